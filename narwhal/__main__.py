@@ -1,0 +1,3 @@
+from narwhal.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,1 @@
+"""The backend: metrics subscriber and dashboard (see the dashboard issue)."""

@@ -1,0 +1,175 @@
+"""Client commands of the CLI: talk to a dispatcher's REST API.
+
+Output for people goes to stdout (logs, tables) and progress to stderr, so
+``narwhal logs 3 > build.log`` keeps only the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from narwhal.errors import NarwhalError
+
+
+class ClientError(NarwhalError):
+    """The dispatcher could not be reached or refused the request."""
+
+
+class Api:
+    """A thin JSON client for the dispatcher's API."""
+
+    def __init__(self, server: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.server = server.rstrip("/")
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=30.0)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ClientError(f"cannot reach the dispatcher at {self.server}: {e}") from None
+        if response.status_code >= 400:
+            raise ClientError(f"{method} {path}: {_reason(response)}")
+        return response.json()
+
+    def raw(self, path: str) -> bytes:
+        try:
+            response = self._http.get(path)
+        except httpx.HTTPError as e:
+            raise ClientError(f"cannot reach the dispatcher at {self.server}: {e}") from None
+        if response.status_code >= 400:
+            raise ClientError(f"GET {path}: {_reason(response)}")
+        return response.content
+
+    def stream_log(self, job_id: int) -> None:
+        path = f"/api/jobs/{job_id}/logs"
+        try:
+            with self._http.stream("GET", path, params={"follow": "1"}, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(f"GET {path}: {_reason(response)}")
+                for chunk in response.iter_bytes():
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+        except httpx.HTTPError as e:
+            raise ClientError(f"log stream from {self.server} broke: {e}") from None
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        return f"{response.status_code} {response.json()['error']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{response.status_code} {response.reason_phrase}"
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)  # noqa: T201 - CLI output
+
+
+def _repo(text: str) -> str:
+    """Local paths become absolute so the runner finds them."""
+    path = Path(text).expanduser()
+    if "://" not in text and path.exists():
+        return str(path.resolve())
+    return text
+
+
+def _final(api: Api, job_id: int) -> int:
+    job = api.call("GET", f"/api/jobs/{job_id}")
+    took = ""
+    if job["finished_at"] and job["created_at"]:
+        took = f" in {job['finished_at'] - job['created_at']:.2f}s"
+    reason = f": {job['reason']}" if job["state"] != "success" and job["reason"] else ""
+    _progress(f"job {job_id} {job['state']}{took}{reason}")
+    return 0 if job["state"] == "success" else 1
+
+
+def _wait_started(api: Api, job_id: int) -> None:
+    """Say so while a job waits for a runner, so a long wait is not silent."""
+    shown = False
+    while (job := api.call("GET", f"/api/jobs/{job_id}"))["state"] == "queued":
+        if not shown:
+            _progress(f"job {job_id} queued, waiting for a free runner...")
+            shown = True
+        time.sleep(0.2)
+
+
+def submit(api: Api, args: argparse.Namespace) -> int:
+    body = {"repo": _repo(args.repo), "ref": args.ref, "sha": args.sha, "event": args.event}
+    job = api.call("POST", "/api/jobs", json=body)
+    _progress(f"job {job['id']} submitted")
+    if not args.follow:
+        _out(str(job["id"]))
+        return 0
+    _wait_started(api, job["id"])
+    api.stream_log(job["id"])
+    return _final(api, job["id"])
+
+
+def logs(api: Api, args: argparse.Namespace) -> int:
+    if args.follow:
+        api.stream_log(args.job)
+        return _final(api, args.job)
+    sys.stdout.buffer.write(api.raw(f"/api/jobs/{args.job}/logs"))
+    return 0
+
+
+def jobs(api: Api, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.state:
+        params["state"] = args.state
+    if args.repo:
+        params["repo"] = _repo(args.repo)
+    listing = api.call("GET", "/api/jobs", params=params)
+    _out(f"{'ID':>6}  {'STATE':<10} {'ATTEMPT':>7}  {'RUNNER':<16} {'SHA':<10} REPO")
+    for job in listing["jobs"]:
+        sha = (job["sha"] or "")[:8]
+        _out(f"{job['id']:>6}  {job['state']:<10} {job['attempt']:>7}  "
+             f"{job['runner_id'] or '-':<16} {sha:<10} {job['repo']} {job['ref']}")
+    return 0
+
+
+def runners(api: Api, args: argparse.Namespace) -> int:
+    listing = api.call("GET", "/api/runners")
+    _out(f"{'ID':<20} {'STATE':<11} {'FREE':>4}/{'CAP':<4} {'ENDPOINT':<28} LABELS")
+    for r in listing["runners"]:
+        labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+        _out(f"{r['id'] or '?':<20} {r['state']:<11} {r['free']:>4}/{r['capacity']:<4} "
+             f"{r['endpoint']:<28} {labels}")
+    return 0
+
+
+def cancel(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/api/jobs/{args.job}/cancel")
+    _progress(f"job {job['id']}: {job['state']}")
+    return 0
+
+
+def resubmit(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/api/jobs/{args.job}/resubmit")
+    _out(str(job["id"]))
+    return 0
+
+
+COMMANDS = {
+    "submit": submit,
+    "logs": logs,
+    "jobs": jobs,
+    "runners": runners,
+    "cancel": cancel,
+    "resubmit": resubmit,
+}
+
+
+def run_client(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](Api(args.server, args.api_token), args)

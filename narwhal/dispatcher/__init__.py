@@ -1,0 +1,1 @@
+"""The dispatcher: job store, scheduler, REST API."""

@@ -1,0 +1,84 @@
+"""The dispatcher's view of each runner connection, and how a runner is chosen.
+
+A ``Link`` is one outgoing ZeroMQ connection to a runner endpoint under one
+routing alias. Aliases are never reused within a process: libzmq aborts the
+whole process when a ``CONNECT_ROUTING_ID`` is used twice, even after a
+disconnect, so every reconnect gets a new generation number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from narwhal.errors import ConfigError
+
+#: Reconnect back-off for a runner that does not answer (Paranoid Pirate).
+BACKOFF_MAX = 32.0
+
+
+@dataclass(slots=True, kw_only=True)
+class Link:
+    """One connection to a runner and the slots it offered on it."""
+
+    endpoint: str
+    alias: bytes
+    state: str = "connecting"  # connecting -> ready -> (lost: replaced by a new Link)
+    runner_id: str | None = None
+    session: str | None = None
+    version: str | None = None
+    capacity: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    #: (job id, attempt) pairs this runner holds; one slot each.
+    jobs: set[tuple[int, int]] = field(default_factory=set)
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = 0.0
+    last_seen_wall: float | None = None
+    backoff: float = 1.0
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - len(self.jobs)) if self.state == "ready" else 0
+
+    def serves(self, labels: Mapping[str, str]) -> bool:
+        return all(self.labels.get(k) == v for k, v in labels.items())
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
+        self.last_seen_wall = time.time()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.runner_id,
+            "endpoint": self.endpoint,
+            "state": self.state,
+            "capacity": self.capacity,
+            "free": self.free,
+            "labels": self.labels,
+            "version": self.version,
+            "jobs": sorted(j for j, _ in self.jobs),
+            "last_seen": self.last_seen_wall,
+        }
+
+
+def pick(links: Iterable[Link], labels: Mapping[str, str]) -> Link | None:
+    """The matching runner with the most free slots (ties: the first connected)."""
+    best: Link | None = None
+    for link in links:
+        if link.free > 0 and link.serves(labels) and (best is None or link.free > best.free):
+            best = link
+    return best
+
+
+def check_endpoint(url: str) -> str:
+    """Validate a runner endpoint like ``tcp://host:port``; return it normalised."""
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme not in ("tcp", "ipc") or not sep or not rest:
+        raise ConfigError(f"runner endpoint must look like tcp://HOST:PORT, got {url!r}")
+    if scheme == "tcp" and (not colon or not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ConfigError(f"runner endpoint must look like tcp://HOST:PORT, got {url!r}")
+    return url

@@ -1,0 +1,398 @@
+"""The job store: jobs, their state transitions, steps and log chunks.
+
+SQLite in WAL mode is the embedded default. Every state change goes through
+``transition``, which checks the (job id, attempt) fence and the allowed
+moves in one statement, so a late frame from an attempt the dispatcher
+already gave up on cannot change anything.
+
+The store is synchronous; the dispatcher calls it from one dedicated thread
+(see ``dispatcher.core``), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from narwhal.errors import NotFound, StoreError
+
+STATES = (
+    "queued",
+    "assigned",
+    "running",
+    "success",
+    "failed",
+    "error",
+    "cancelled",
+    "timed_out",
+)
+TERMINAL = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
+ACTIVE = frozenset({"assigned", "running"})
+
+#: Which states each state may move to.
+_ALLOWED: dict[str, frozenset[str]] = {
+    "queued": frozenset({"assigned", "cancelled", "error"}),
+    "assigned": frozenset({"running", "queued"} | TERMINAL),
+    "running": frozenset({"queued"} | TERMINAL),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    sha TEXT,
+    event TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    matrix TEXT,
+    parent_id INTEGER,
+    pipeline TEXT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL DEFAULT 1,
+    runner_id TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_repo ON jobs (repo, id);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    runner_id TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, id);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_at REAL,
+    duration REAL,
+    PRIMARY KEY (job_id, attempt, idx)
+);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    url TEXT PRIMARY KEY,
+    added_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """One job as stored."""
+
+    id: int
+    repo: str
+    ref: str
+    sha: str | None
+    event: str
+    labels: dict[str, str]
+    matrix: dict[str, str] | None
+    parent_id: int | None
+    pipeline: str | None
+    state: str
+    reason: str
+    attempt: int
+    runner_id: str | None
+    cancel_requested: bool
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """One step of one attempt of a job."""
+
+    index: int
+    name: str
+    status: str
+    exit_code: int | None
+    started_at: float | None
+    duration: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+_JOB_COLUMNS = (
+    "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
+    " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
+    " finished_at"
+)
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    values = dict(row)
+    values["labels"] = json.loads(values["labels"])
+    values["matrix"] = json.loads(values["matrix"]) if values["matrix"] else None
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return JobRecord(**values)
+
+
+class SqliteStore:
+    """Jobs, transitions, steps and logs in one SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across process crashes in WAL mode; only a
+            # power loss can drop the last transactions.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open job store {path}: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                self._db.execute(sql, args)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._db.execute("ROLLBACK")
+            raise StoreError(str(e)) from e
+
+    # jobs
+
+    def create_job(
+        self,
+        *,
+        repo: str,
+        ref: str,
+        sha: str | None,
+        event: str,
+        labels: Mapping[str, str] | None = None,
+        matrix: Mapping[str, str] | None = None,
+        parent_id: int | None = None,
+        reason: str = "submitted",
+    ) -> JobRecord:
+        now = time.time()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.execute(
+                "INSERT INTO jobs (repo, ref, sha, event, labels, matrix, parent_id,"
+                " state, reason, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (
+                    repo,
+                    ref,
+                    sha,
+                    event,
+                    json.dumps(dict(labels or {})),
+                    json.dumps(dict(matrix)) if matrix is not None else None,
+                    parent_id,
+                    reason,
+                    now,
+                    now,
+                ),
+            )
+            job_id = int(cur.lastrowid or 0)
+            self._db.execute(
+                "INSERT INTO transitions (job_id, attempt, state, reason, at)"
+                " VALUES (?, 1, 'queued', ?, ?)",
+                (job_id, reason, now),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._db.execute("ROLLBACK")
+            raise StoreError(str(e)) from e
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: int) -> JobRecord:
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return _job(row)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[str] = (),
+        repo: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+        ascending: bool = False,
+    ) -> list[JobRecord]:
+        where, args = [], []
+        states = list(states)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        if repo is not None:
+            where.append("repo = ?")
+            args.append(repo)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "ASC" if ascending else "DESC"
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id {order} LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def transition(
+        self,
+        job_id: int,
+        *,
+        attempt: int,
+        to: str,
+        reason: str,
+        runner_id: str | None = None,
+    ) -> JobRecord | None:
+        """Move a job to ``to`` if ``attempt`` is current and the move is allowed.
+
+        Returns the updated job, or None when the move was fenced off (a late
+        frame from an old attempt, or a job already past that state).
+        """
+        job = self.get_job(job_id)
+        if job.attempt != attempt or to not in _ALLOWED.get(job.state, ()):
+            return None
+        now = time.time()
+        next_attempt = attempt + 1 if to == "queued" else attempt
+        started = now if to == "running" else None
+        finished = now if to in TERMINAL else None
+        owner = None if to == "queued" else (runner_id or job.runner_id)
+        self._tx(
+            [
+                (
+                    "UPDATE jobs SET state = ?, reason = ?, attempt = ?, runner_id = ?,"
+                    " updated_at = ?, started_at = COALESCE(?, started_at),"
+                    " finished_at = COALESCE(?, finished_at) WHERE id = ?",
+                    (to, reason, next_attempt, owner, now, started, finished, job_id),
+                ),
+                (
+                    "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, next_attempt, to, reason, owner, now),
+                ),
+            ]
+        )
+        return self.get_job(job_id)
+
+    def set_checkout(
+        self, job_id: int, *, attempt: int, sha: str, pipeline: str, matrix: Mapping[str, str] | None
+    ) -> bool:
+        """Record what the runner checked out; False if the attempt is stale."""
+        cur = self._db.execute(
+            "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?)"
+            " WHERE id = ? AND attempt = ?",
+            (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id, attempt),
+        )
+        return cur.rowcount == 1
+
+    def request_cancel(self, job_id: int) -> None:
+        self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+
+    def transitions(self, job_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT attempt, state, reason, runner_id, at FROM transitions"
+            " WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # steps
+
+    def step_started(self, job_id: int, *, attempt: int, index: int, name: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO steps (job_id, attempt, idx, name, status, started_at)"
+            " VALUES (?, ?, ?, ?, 'running', ?)",
+            (job_id, attempt, index, name, time.time()),
+        )
+
+    def step_finished(
+        self,
+        job_id: int,
+        *,
+        attempt: int,
+        index: int,
+        name: str,
+        status: str,
+        exit_code: int | None,
+        duration: float,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO steps (job_id, attempt, idx, name, status, exit_code, duration)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt, idx) DO UPDATE"
+            " SET status = excluded.status, exit_code = excluded.exit_code,"
+            " duration = excluded.duration",
+            (job_id, attempt, index, name, status, exit_code, duration),
+        )
+
+    def steps(self, job_id: int, *, attempt: int) -> list[StepRecord]:
+        rows = self._db.execute(
+            "SELECT idx, name, status, exit_code, started_at, duration FROM steps"
+            " WHERE job_id = ? AND attempt = ? ORDER BY idx",
+            (job_id, attempt),
+        ).fetchall()
+        return [StepRecord(index=r[0], name=r[1], status=r[2], exit_code=r[3],
+                           started_at=r[4], duration=r[5]) for r in rows]
+
+    # logs
+
+    def append_log(self, job_id: int, *, attempt: int, seq: int, data: bytes) -> None:
+        # A chunk resent after a reconnect carries the same seq: keep the first.
+        self._db.execute(
+            "INSERT OR IGNORE INTO logs (job_id, attempt, seq, data) VALUES (?, ?, ?, ?)",
+            (job_id, attempt, seq, data),
+        )
+
+    def read_log(self, job_id: int, *, attempt: int, after: int = -1) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT seq, data FROM logs WHERE job_id = ? AND attempt = ? AND seq > ?"
+            " ORDER BY seq",
+            (job_id, attempt, after),
+        ).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    # runner endpoints added at run time, reconnected after a restart
+
+    def add_endpoint(self, url: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO endpoints (url, added_at) VALUES (?, ?)", (url, time.time())
+        )
+
+    def endpoints(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT url FROM endpoints ORDER BY added_at")]

@@ -1,0 +1,46 @@
+"""Narwhal's exception tree.
+
+    NarwhalError
+    ├── ConfigError        a flag, environment variable or config value is invalid
+    ├── PipelineError      narwhal.yml is invalid (one line: FILE:LINE: FIELD: message)
+    ├── ProtocolError      a mesh frame is malformed, oversized or of another version
+    ├── StoreError         the job store cannot do what was asked
+    │   └── NotFound       no such job or runner
+    ├── CheckoutError      git could not fetch or check out the commit
+    └── ExecutorError      a step could not be started (not: the step failed)
+
+Third-party exceptions (zmq, sqlite3, docker, aio-pika) are translated into
+these only in the module that talks to that library.
+"""
+
+
+class NarwhalError(Exception):
+    """Base of every error Narwhal raises on purpose."""
+
+
+class ConfigError(NarwhalError):
+    """A flag, environment variable or config value is invalid."""
+
+
+class PipelineError(NarwhalError):
+    """narwhal.yml is invalid; str() is one line 'FILE:LINE: FIELD: message'."""
+
+
+class ProtocolError(NarwhalError):
+    """A frame could not be decoded or does not follow the wire protocol."""
+
+
+class StoreError(NarwhalError):
+    """The job store refused or failed an operation."""
+
+
+class NotFound(StoreError):
+    """The job or runner asked for does not exist."""
+
+
+class CheckoutError(NarwhalError):
+    """The repository could not be fetched or the commit checked out."""
+
+
+class ExecutorError(NarwhalError):
+    """A step could not be started at all (distinct from a step that failed)."""

@@ -1,0 +1,1 @@
+"""The mesh: wire protocol, ZeroMQ transport."""

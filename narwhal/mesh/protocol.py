@@ -1,0 +1,396 @@
+"""Wire protocol v1 between the dispatcher (ROUTER) and runners (DEALER).
+
+Every frame is one msgpack array ``[version, kind, {field: value, ...}]``.
+The version is checked first so that a peer speaking another protocol gets a
+clear error instead of a confusing field mismatch. Every message carries the
+job id and attempt where it concerns a job, so that frames arriving late from
+an attempt the dispatcher already gave up on can be fenced off.
+
+Conversation, in order::
+
+    dispatcher                         runner
+    HEARTBEAT(session)        ->                  (first frame after connect)
+                              <-  READY(runner_id, session, capacity, ...)
+    JOB(job_id, attempt, ...) ->
+                              <-  ACCEPT | REJECT
+                              <-  CHECKED_OUT(sha, pipeline, variants)
+                              <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
+                              <-  DONE(status, steps)
+    CANCEL(job_id, attempt)   ->                  (any time)
+    HEARTBEAT                 <->                 (both ways, every interval)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+from narwhal.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+#: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
+MAX_FRAME_BYTES = 1 << 20
+#: Largest LOG payload a runner puts in one frame.
+MAX_LOG_CHUNK = 64 * 1024
+
+#: Terminal job statuses a runner may report in DONE.
+DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
+#: Statuses of one step in STEP_FINISHED and DONE.
+STEP_STATUSES = frozenset(
+    {"success", "failed", "error", "cancelled", "timed_out", "skipped"}
+)
+
+
+class Message:
+    """Base of every wire message; subclasses set ``KIND``."""
+
+    __slots__ = ()
+    KIND: ClassVar[str]
+
+
+_msg = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_msg
+class StepOutcome:
+    """How one step ended; carried inside DONE."""
+
+    index: int
+    name: str
+    status: str
+    exit_code: int | None
+    duration: float
+
+
+@_msg
+class Heartbeat(Message):
+    """Liveness signal, both directions; ``session`` names the sender's process."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    session: str
+
+
+@_msg
+class Ready(Message):
+    """A runner introduces itself and the slots it offers.
+
+    ``active`` lists ``[job_id, attempt]`` pairs the runner still works on or
+    holds results for, so a restarted dispatcher can recover them.
+    """
+
+    KIND: ClassVar[str] = "ready"
+    runner_id: str
+    session: str
+    capacity: int
+    labels: dict[str, str]
+    version: str
+    active: tuple[tuple[int, ...], ...] = ()
+
+
+@_msg
+class Job(Message):
+    """The dispatcher hands a job to a runner."""
+
+    KIND: ClassVar[str] = "job"
+    job_id: int
+    attempt: int
+    repo: str
+    ref: str
+    sha: str | None
+    event: str
+    matrix: dict[str, str] | None = None
+    timeout: float | None = None
+
+
+@_msg
+class Accept(Message):
+    """The runner took the job and spent one of its slots on it."""
+
+    KIND: ClassVar[str] = "accept"
+    job_id: int
+    attempt: int
+
+
+@_msg
+class Reject(Message):
+    """The runner refuses the job (no slot, label mismatch, shutting down)."""
+
+    KIND: ClassVar[str] = "reject"
+    job_id: int
+    attempt: int
+    reason: str
+
+
+@_msg
+class CheckedOut(Message):
+    """The commit is checked out and narwhal.yml parsed.
+
+    ``variants`` lists every matrix combination; the sending job runs
+    ``variants[0]`` and the dispatcher creates one job for each of the rest.
+    """
+
+    KIND: ClassVar[str] = "checked_out"
+    job_id: int
+    attempt: int
+    sha: str
+    pipeline: str
+    variants: tuple[dict[str, str], ...] = ()
+
+
+@_msg
+class Log(Message):
+    """A chunk of a job's output; ``seq`` counts chunks from 0 per attempt."""
+
+    KIND: ClassVar[str] = "log"
+    job_id: int
+    attempt: int
+    seq: int
+    data: bytes
+
+
+@_msg
+class StepStarted(Message):
+    """A step began."""
+
+    KIND: ClassVar[str] = "step_started"
+    job_id: int
+    attempt: int
+    index: int
+    name: str
+
+
+@_msg
+class StepFinished(Message):
+    """A step ended; ``exit_code`` is None when it never ran or was killed."""
+
+    KIND: ClassVar[str] = "step_finished"
+    job_id: int
+    attempt: int
+    index: int
+    name: str
+    status: str
+    exit_code: int | None
+    duration: float
+
+
+@_msg
+class Done(Message):
+    """The job ended on the runner; its slot is free again."""
+
+    KIND: ClassVar[str] = "done"
+    job_id: int
+    attempt: int
+    status: str
+    reason: str
+    duration: float
+    steps: tuple[StepOutcome, ...] = ()
+
+
+@_msg
+class Cancel(Message):
+    """The dispatcher asks the runner to stop a job (SIGTERM, grace, kill)."""
+
+    KIND: ClassVar[str] = "cancel"
+    job_id: int
+    attempt: int
+    reason: str
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    Heartbeat,
+    Ready,
+    Job,
+    Accept,
+    Reject,
+    CheckedOut,
+    Log,
+    StepStarted,
+    StepFinished,
+    Done,
+    Cancel,
+)
+
+Checker = Callable[[Any, str], Any]
+
+
+def _scalar(kind: type) -> Checker:
+    def check(value: Any, path: str) -> Any:
+        # bool is an int subclass; a flag is never a count, so keep them apart.
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ProtocolError(f"{path}: expected {kind.__name__}, got {_name(value)}")
+        return value
+
+    return check
+
+
+def _optional(inner: Checker) -> Checker:
+    def check(value: Any, path: str) -> Any:
+        return None if value is None else inner(value, path)
+
+    return check
+
+
+def _sequence(inner: Checker) -> Checker:
+    def check(value: Any, path: str) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ProtocolError(f"{path}: expected array, got {_name(value)}")
+        return tuple(inner(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    return check
+
+
+def _mapping(key: Checker, val: Checker) -> Checker:
+    def check(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{path}: expected map, got {_name(value)}")
+        return {key(k, f"{path} key"): val(v, f"{path}.{k}") for k, v in value.items()}
+
+    return check
+
+
+def _record(cls: type) -> Checker:
+    def check(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{path}: expected map, got {_name(value)}")
+        return _build(cls, value, path)
+
+    return check
+
+
+def _checker(hint: Any) -> Checker:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional(_checker(inner))
+    if origin is tuple:
+        return _sequence(_checker(args[0]))
+    if origin is dict:
+        return _mapping(_checker(args[0]), _checker(args[1]))
+    if dataclasses.is_dataclass(hint):
+        return _record(typing.cast(type, hint))
+    return _scalar(hint)
+
+
+def _fields(cls: type) -> dict[str, tuple[Checker, bool]]:
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: (_checker(hints[f.name]), _required(f))
+        for f in dataclasses.fields(cls)
+    }
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_SPECS: dict[type, dict[str, tuple[Checker, bool]]] = {
+    cls: _fields(cls) for cls in (*MESSAGES, StepOutcome)
+}
+_BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGES}
+
+
+def _name(value: object) -> str:
+    return type(value).__name__
+
+
+def _build(cls: type, body: Mapping[Any, Any], path: str) -> Any:
+    spec = _SPECS[cls]
+    unknown = [k for k in body if k not in spec]
+    if unknown:
+        raise ProtocolError(f"{path}: unknown field {unknown[0]!r}")
+    values = {}
+    for name, (check, required) in spec.items():
+        if name in body:
+            values[name] = check(body[name], f"{path}.{name}")
+        elif required:
+            raise ProtocolError(f"{path}: missing field {name!r}")
+    return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message to one frame."""
+    body = {
+        f.name: _plain(getattr(message, f.name))
+        for f in dataclasses.fields(typing.cast(Any, message))
+    }
+    frame: bytes = msgpack.packb([PROTOCOL_VERSION, message.KIND, body], use_bin_type=True)
+    return frame
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame; anything malformed raises ProtocolError."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        parts = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ProtocolError(f"not a msgpack frame: {e}") from e
+    if not isinstance(parts, list) or len(parts) != 3:
+        raise ProtocolError("frame is not [version, kind, body]")
+    version, kind, body = parts
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} not supported (this side speaks {PROTOCOL_VERSION})"
+        )
+    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{kind}: body is not a map")
+    message: Message = _build(cls, body, kind)
+    _check_values(message)
+    return message
+
+
+def _check_values(message: Message) -> None:
+    """Semantic checks the type hints cannot express."""
+    if isinstance(message, Ready) and message.capacity < 0:
+        raise ProtocolError("ready.capacity: must not be negative")
+    if isinstance(message, Done) and message.status not in DONE_STATUSES:
+        raise ProtocolError(f"done.status: unknown status {message.status!r}")
+    if isinstance(message, StepFinished) and message.status not in STEP_STATUSES:
+        raise ProtocolError(f"step_finished.status: unknown status {message.status!r}")
+    if isinstance(message, Log) and len(message.data) > MAX_LOG_CHUNK:
+        raise ProtocolError(f"log.data: chunk of {len(message.data)} bytes is too large")
+
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MAX_LOG_CHUNK",
+    "MESSAGES",
+    "PROTOCOL_VERSION",
+    "Accept",
+    "Cancel",
+    "CheckedOut",
+    "Done",
+    "Heartbeat",
+    "Job",
+    "Log",
+    "Message",
+    "Ready",
+    "Reject",
+    "StepFinished",
+    "StepOutcome",
+    "StepStarted",
+    "decode",
+    "encode",
+]

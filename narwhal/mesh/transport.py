@@ -1,0 +1,65 @@
+"""ZeroMQ sockets set up the way the mesh needs them, and a quiet logger.
+
+Settings that matter (see MESH-NOTES in the design docs):
+- ``ROUTER_MANDATORY``: a send to a peer that is gone or full raises instead
+  of being dropped silently; callers send with NOBLOCK and handle it.
+- ``MAXMSGSIZE``: an oversized frame disconnects the sender instead of being
+  buffered.
+- ``LINGER``: set on every socket so closing never hangs the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+import zmq.asyncio
+
+from narwhal.mesh.protocol import MAX_FRAME_BYTES
+
+#: Frames queued per peer before sends raise ``zmq.Again``.
+SEND_HWM = 10_000
+
+
+def router_socket(ctx: zmq.asyncio.Context, *, linger_ms: int) -> zmq.asyncio.Socket:
+    """The dispatcher's socket: one ROUTER that connects out to every runner."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
+    sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+    sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+    return sock
+
+
+def dealer_socket(ctx: zmq.asyncio.Context, *, linger_ms: int) -> zmq.asyncio.Socket:
+    """A runner's socket: one DEALER bound where the dispatcher connects."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
+    sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+    sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+    return sock
+
+
+class QuietLog:
+    """Logs a repeated problem once per key per interval, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        if more:
+            self._logger.warning(msg + " (%d more since last report)", *args, more)
+        else:
+            self._logger.warning(msg, *args)

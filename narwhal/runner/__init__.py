@@ -1,0 +1,1 @@
+"""The runner: job loop, git checkout, executors."""

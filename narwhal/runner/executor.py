@@ -1,0 +1,193 @@
+"""Executors run one step of a pipeline and report how it ended.
+
+``LocalExecutor`` runs the step's commands with ``sh -e`` in the job's
+workspace, in a process group of its own, so that a timeout or a cancel can
+stop everything the step started (SIGTERM, a grace period, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from narwhal.errors import ExecutorError
+from narwhal.mesh.protocol import MAX_LOG_CHUNK
+from narwhal.pipeline import Step
+
+Output = Callable[[bytes], Awaitable[None]]
+
+#: Environment variables a local step inherits from the runner; everything
+#: else comes from the pipeline, so runner secrets never leak into steps.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+
+
+class Stop:
+    """Asks a running job to stop, and says why (``cancelled``, ``timed_out``)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.status = ""
+        self.reason = ""
+
+    def set(self, status: str, reason: str) -> None:
+        if not self._event.is_set():
+            self.status, self.reason = status, reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult:
+    """How one step ended: a status from ``protocol.STEP_STATUSES``."""
+
+    status: str
+    exit_code: int | None
+    duration: float
+    reason: str = ""
+
+
+class Executor(Protocol):
+    """Runs steps; one instance serves every job of a runner."""
+
+    async def run_step(
+        self,
+        step: Step,
+        *,
+        workspace: Path,
+        env: Mapping[str, str],
+        output: Output,
+        stop: Stop,
+        timeout: float | None,
+    ) -> StepResult: ...
+
+
+def step_script(step: Step) -> str:
+    """The shell script for a step: each command echoed, then run."""
+    lines = []
+    for command in step.commands:
+        lines.append(f"printf '%s\\n' {shlex.quote('+ ' + command)}")
+        lines.append(command)
+    return "\n".join(lines) + "\n"
+
+
+class LocalExecutor:
+    """Runs steps as local processes (``sh -e``), no isolation beyond the workspace."""
+
+    def __init__(self, *, grace: float = 10.0) -> None:
+        self._grace = grace
+
+    async def run_step(
+        self,
+        step: Step,
+        *,
+        workspace: Path,
+        env: Mapping[str, str],
+        output: Output,
+        stop: Stop,
+        timeout: float | None,
+    ) -> StepResult:
+        started = time.monotonic()
+        full_env = {k: os.environ[k] for k in _INHERITED if k in os.environ} | dict(env)
+        missing = [d for d in step.dependencies if shutil.which(d, path=full_env.get("PATH")) is None]
+        if missing:
+            await output(f"dependency {missing[0]!r} not found on PATH\n".encode())
+            return StepResult(
+                status="error",
+                exit_code=None,
+                duration=time.monotonic() - started,
+                reason=f"step {step.name!r}: dependency {missing[0]!r} not found on PATH",
+            )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "sh",
+                "-e",
+                "-c",
+                step_script(step),
+                cwd=workspace,
+                env=full_env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise ExecutorError(f"cannot start step {step.name!r}: {e}") from e
+        assert proc.stdout is not None  # noqa: S101 - guaranteed by stdout=PIPE
+        pump = asyncio.create_task(_pump(proc.stdout, output))
+        try:
+            ended = await _wait(proc, stop, timeout)
+            if ended != "exited":
+                await self._terminate(proc)
+            # Whatever the step left running in the background goes with it.
+            _killpg(proc.pid, signal.SIGKILL)
+            await pump
+        finally:
+            if not pump.done():
+                pump.cancel()
+            if proc.returncode is None:
+                _killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        duration = time.monotonic() - started
+        return _result(ended, proc.returncode, duration, stop, timeout)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._grace):
+                await proc.wait()
+        except TimeoutError:
+            _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def _result(
+    ended: str, code: int | None, duration: float, stop: Stop, timeout: float | None
+) -> StepResult:
+    if ended == "stopped":
+        return StepResult(status=stop.status, exit_code=code, duration=duration, reason=stop.reason)
+    if ended == "timed_out":
+        reason = f"step timed out after {timeout:.0f}s" if timeout else "timed out"
+        return StepResult(status="timed_out", exit_code=code, duration=duration, reason=reason)
+    status = "success" if code == 0 else "failed"
+    return StepResult(status=status, exit_code=code, duration=duration)
+
+
+async def _wait(proc: asyncio.subprocess.Process, stop: Stop, timeout: float | None) -> str:
+    """Wait for the process, a stop request or the timeout: whichever comes first."""
+    exited = asyncio.create_task(proc.wait())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {exited, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        exited.cancel()
+        stopped.cancel()
+    if exited in done:
+        return "exited"
+    return "stopped" if stopped in done else "timed_out"
+
+
+async def _pump(stream: asyncio.StreamReader, output: Output) -> None:
+    while chunk := await stream.read(MAX_LOG_CHUNK):
+        await output(chunk)
+
+
+def _killpg(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,157 @@
+"""Run one pipeline, step by step, with one executor.
+
+Shared by the runner daemon and ``narwhal exec``: both hand in a ``Reporter``
+that receives step boundaries and output, the daemon sending them as frames,
+``exec`` printing them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from narwhal.errors import ExecutorError
+from narwhal.mesh.protocol import StepOutcome
+from narwhal.pipeline import Pipeline, Step
+from narwhal.runner.executor import Executor, StepResult, Stop
+
+
+class Reporter(Protocol):
+    """Receives what a running pipeline does, in order."""
+
+    async def step_started(self, index: int, step: Step) -> None: ...
+
+    async def output(self, data: bytes) -> None: ...
+
+    async def step_finished(self, outcome: StepOutcome) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """What the pipeline's ``when`` filters and the steps' environment see."""
+
+    branch: str | None
+    event: str
+    sha: str
+    job_id: int | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {"CI": "true", "NARWHAL": "true", "NARWHAL_COMMIT_SHA": self.sha}
+        env["NARWHAL_EVENT"] = self.event
+        if self.branch is not None:
+            env["NARWHAL_BRANCH"] = self.branch
+        if self.job_id is not None:
+            env["NARWHAL_JOB_ID"] = str(self.job_id)
+        return env
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How the whole pipeline ended."""
+
+    status: str
+    reason: str
+    steps: tuple[StepOutcome, ...]
+
+
+def branch_of(ref: str) -> str | None:
+    """The branch name of a ref (``refs/heads/x`` -> ``x``), or None for tags etc."""
+    prefix = "refs/heads/"
+    if ref.startswith(prefix):
+        return ref[len(prefix) :]
+    return None if ref.startswith("refs/") or ref == "HEAD" else ref
+
+
+async def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    workspace: Path,
+    executor: Executor,
+    reporter: Reporter,
+    stop: Stop,
+    context: Context,
+    default_timeout: float | None = None,
+) -> Outcome:
+    """Run the steps in order; the first failure skips the rest."""
+    if not pipeline.when.matches(branch=context.branch, event=context.event):
+        outcomes = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
+        for outcome in outcomes:
+            await reporter.step_finished(outcome)
+        return Outcome(status="success", reason="skipped: pipeline 'when' does not match",
+                       steps=tuple(outcomes))
+    budget = pipeline.timeout or default_timeout
+    deadline = time.monotonic() + budget if budget else None
+    status, reason = "success", ""
+    outcomes = []
+    for index, step in enumerate(pipeline.steps):
+        if status != "success" or not step.when.matches(branch=context.branch, event=context.event):
+            outcome = _skipped(index, step)
+        else:
+            outcome, result = await _run_step(
+                index, step, pipeline, workspace, executor, reporter, stop, context, deadline
+            )
+            status, reason = _fold(status, step, result, budget)
+        outcomes.append(outcome)
+        await reporter.step_finished(outcome)
+    return Outcome(status=status, reason=reason, steps=tuple(outcomes))
+
+
+async def _run_step(
+    index: int,
+    step: Step,
+    pipeline: Pipeline,
+    workspace: Path,
+    executor: Executor,
+    reporter: Reporter,
+    stop: Stop,
+    context: Context,
+    deadline: float | None,
+) -> tuple[StepOutcome, StepResult]:
+    await reporter.step_started(index, step)
+    await reporter.output(f"--- step {index + 1}/{len(pipeline.steps)}: {step.name}\n".encode())
+    timeout = _step_timeout(step, deadline)
+    if stop.is_set():
+        result = StepResult(status=stop.status, exit_code=None, duration=0.0, reason=stop.reason)
+    elif timeout is not None and timeout <= 0:
+        result = StepResult(status="timed_out", exit_code=None, duration=0.0,
+                            reason="pipeline timed out")
+    else:
+        env: Mapping[str, str] = context.env() | dict(step.env)
+        try:
+            result = await executor.run_step(
+                step, workspace=workspace, env=env, output=reporter.output, stop=stop,
+                timeout=timeout,
+            )
+        except ExecutorError as e:
+            await reporter.output(f"{e}\n".encode())
+            result = StepResult(status="error", exit_code=None, duration=0.0, reason=str(e))
+    outcome = StepOutcome(index=index, name=step.name, status=result.status,
+                          exit_code=result.exit_code, duration=result.duration)
+    return outcome, result
+
+
+def _step_timeout(step: Step, deadline: float | None) -> float | None:
+    left = deadline - time.monotonic() if deadline is not None else None
+    if step.timeout is None:
+        return left
+    return step.timeout if left is None else min(step.timeout, left)
+
+
+def _fold(status: str, step: Step, result: StepResult, budget: float | None) -> tuple[str, str]:
+    """The pipeline's status after this step."""
+    if result.status == "success":
+        return status, ""
+    if result.status == "failed":
+        if step.allow_failure:
+            return status, ""
+        return "failed", f"step {step.name!r} failed with exit code {result.exit_code}"
+    if result.status == "timed_out" and step.timeout is None and budget:
+        return "timed_out", f"pipeline timed out after {budget:.0f}s in step {step.name!r}"
+    return result.status, result.reason or f"step {step.name!r}: {result.status}"
+
+
+def _skipped(index: int, step: Step) -> StepOutcome:
+    return StepOutcome(index=index, name=step.name, status="skipped", exit_code=None, duration=0.0)
