@@ -219,6 +219,9 @@ MESSAGES: tuple[type[Message], ...] = (
 
 Checker = Callable[[Any, str], Any]
 
+#: Integers are stored as SQLite INTEGER: signed 64 bits.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
 
 def _scalar(kind: type) -> Checker:
     def check(value: Any, path: str) -> Any:
@@ -228,6 +231,8 @@ def _scalar(kind: type) -> Checker:
             return float(value)
         if not ok:
             raise ProtocolError(f"{path}: expected {kind.__name__}, got {_name(value)}")
+        if kind is int and not _INT_MIN <= value <= _INT_MAX:
+            raise ProtocolError(f"{path}: integer out of range")
         return value
 
     return check

@@ -1,0 +1,94 @@
+"""The SQLite job store: transitions, fencing, steps, logs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from narwhal.dispatcher.store import SqliteStore
+from narwhal.errors import NotFound
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "db" / "narwhal.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _job(store: SqliteStore) -> int:
+    return store.create_job(repo="/r", ref="refs/heads/main", sha=None, event="push").id
+
+
+def test_uses_wal(tmp_path: Path, store: SqliteStore) -> None:
+    mode = sqlite3.connect(tmp_path / "db" / "narwhal.db").execute("PRAGMA journal_mode").fetchone()
+    assert mode[0] == "wal"
+
+
+def test_full_lifecycle_is_recorded(store: SqliteStore) -> None:
+    job_id = _job(store)
+    assert store.transition(job_id, attempt=1, to="assigned", reason="a", runner_id="r1")
+    assert store.transition(job_id, attempt=1, to="running", reason="b")
+    done = store.transition(job_id, attempt=1, to="success", reason="c")
+    assert done is not None and done.state == "success" and done.runner_id == "r1"
+    assert done.started_at is not None and done.finished_at is not None
+    history = store.transitions(job_id)
+    assert [(t["state"], t["reason"]) for t in history] == [
+        ("queued", "submitted"), ("assigned", "a"), ("running", "b"), ("success", "c")
+    ]
+    assert all(t["at"] > 0 for t in history)
+
+
+def test_requeue_raises_attempt_and_fences_old_frames(store: SqliteStore) -> None:
+    job_id = _job(store)
+    store.transition(job_id, attempt=1, to="assigned", reason="a", runner_id="r1")
+    requeued = store.transition(job_id, attempt=1, to="queued", reason="runner lost")
+    assert requeued is not None and requeued.attempt == 2 and requeued.runner_id is None
+    # A late DONE from attempt 1 changes nothing.
+    assert store.transition(job_id, attempt=1, to="success", reason="late") is None
+    assert store.get_job(job_id).state == "queued"
+
+
+def test_terminal_states_are_final(store: SqliteStore) -> None:
+    job_id = _job(store)
+    assert store.transition(job_id, attempt=1, to="cancelled", reason="user")
+    for state in ("queued", "assigned", "running", "success"):
+        assert store.transition(job_id, attempt=1, to=state, reason="x") is None
+
+
+def test_logs_are_chunked_ordered_and_idempotent(store: SqliteStore) -> None:
+    job_id = _job(store)
+    store.append_log(job_id, attempt=1, seq=1, data=b"second")
+    store.append_log(job_id, attempt=1, seq=0, data=b"first")
+    store.append_log(job_id, attempt=1, seq=0, data=b"duplicate")
+    store.append_log(job_id, attempt=2, seq=0, data=b"other attempt")
+    assert store.read_log(job_id, attempt=1) == [(0, b"first"), (1, b"second")]
+    assert store.read_log(job_id, attempt=1, after=0) == [(1, b"second")]
+
+
+def test_steps_and_listing(store: SqliteStore) -> None:
+    a, b = _job(store), store.create_job(repo="/other", ref="x", sha=None, event="push").id
+    store.step_started(a, attempt=1, index=0, name="build")
+    store.step_finished(a, attempt=1, index=0, name="build", status="failed", exit_code=2,
+                        duration=0.25)
+    (step,) = store.steps(a, attempt=1)
+    assert (step.name, step.status, step.exit_code, step.duration) == ("build", "failed", 2, 0.25)
+    assert step.started_at is not None
+    assert [j.id for j in store.list_jobs()] == [b, a]
+    assert [j.id for j in store.list_jobs(repo="/other")] == [b]
+    assert [j.id for j in store.list_jobs(states=["queued"], before=b)] == [a]
+    with pytest.raises(NotFound):
+        store.get_job(999)
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "n.db")
+    job_id = first.create_job(repo="/r", ref="HEAD", sha=None, event="push", labels={"os": "l"}).id
+    first.add_endpoint("tcp://127.0.0.1:9")
+    first.close()
+    second = SqliteStore(tmp_path / "n.db")
+    assert second.get_job(job_id).labels == {"os": "l"}
+    assert second.endpoints() == ["tcp://127.0.0.1:9"]
+    second.close()

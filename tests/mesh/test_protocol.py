@@ -1,0 +1,135 @@
+"""Wire protocol v1: every message round-trips, everything malformed is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from narwhal.errors import ProtocolError
+from narwhal.mesh import protocol as p
+
+SAMPLES: list[p.Message] = [
+    p.Heartbeat(session="abc"),
+    p.Ready(runner_id="r1", session="s", capacity=4, labels={"os": "linux"}, version="0.1.0",
+            active=((3, 1), (4, 2))),
+    p.Job(job_id=7, attempt=2, repo="/srv/repo", ref="refs/heads/main", sha="a" * 40,
+          event="push", matrix={"PY": "3.12"}, timeout=60.0),
+    p.Job(job_id=7, attempt=1, repo="https://x/y.git", ref="HEAD", sha=None, event="manual"),
+    p.Accept(job_id=1, attempt=1),
+    p.Reject(job_id=1, attempt=1, reason="no free slot"),
+    p.CheckedOut(job_id=1, attempt=1, sha="b" * 40, pipeline="build",
+                 variants=({"A": "1"}, {"A": "2"})),
+    p.Log(job_id=1, attempt=1, seq=0, data=b"\x00\xffbinary ok\n"),
+    p.StepStarted(job_id=1, attempt=1, index=0, name="test"),
+    p.StepFinished(job_id=1, attempt=1, index=0, name="test", status="failed", exit_code=2,
+                   duration=0.5),
+    p.Done(job_id=1, attempt=1, status="success", reason="", duration=1.5,
+           steps=(p.StepOutcome(index=0, name="t", status="success", exit_code=0, duration=1.0),)),
+    p.Cancel(job_id=1, attempt=3, reason="cancelled by user"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: p.Message) -> None:
+    frame = p.encode(message)
+    assert p.decode(frame) == message
+    version, kind, _ = msgpack.unpackb(frame)
+    assert version == p.PROTOCOL_VERSION and kind == message.KIND
+
+
+def test_every_message_kind_is_sampled() -> None:
+    assert {type(m) for m in SAMPLES} == set(p.MESSAGES)
+
+
+def test_messages_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        p.Accept(job_id=1, attempt=1).job_id = 2  # type: ignore[misc]
+
+
+def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
+    return bytes(msgpack.packb([version, kind, body], use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"", "not a msgpack frame"),
+        (p.encode(SAMPLES[2])[:-3], "not a msgpack frame"),
+        (b"\xc1", "not a msgpack frame"),
+        (msgpack.packb({"kind": "heartbeat"}), "not [version, kind, body]"),
+        (msgpack.packb([1, "heartbeat"]), "not [version, kind, body]"),
+        (_frame("heartbeat", {"session": "s"}, version=2), "protocol version 2 not supported"),
+        (_frame("heartbeat", {"session": "s"}, version="1"), "protocol version '1'"),
+        (_frame("launch", {}), "unknown message kind 'launch'"),
+        (_frame(5, {}), "unknown message kind 5"),
+        (_frame("heartbeat", [1]), "body is not a map"),
+        (_frame("heartbeat", {}), "missing field 'session'"),
+        (_frame("heartbeat", {"session": "s", "x": 1}), "unknown field 'x'"),
+        (_frame("heartbeat", {"session": 5}), "heartbeat.session: expected str, got int"),
+        (_frame("accept", {"job_id": True, "attempt": 1}), "expected int, got bool"),
+        (_frame("accept", {"job_id": "1", "attempt": 1}), "expected int, got str"),
+        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": -1, "labels": {},
+                          "version": "1"}), "capacity: must not be negative"),
+        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": 1, "labels": {"a": 1},
+                          "version": "1"}), "ready.labels.a: expected str"),
+        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": 1, "labels": [],
+                          "version": "1"}), "expected map"),
+        (_frame("done", {"job_id": 1, "attempt": 1, "status": "great", "reason": "",
+                         "duration": 1}), "unknown status 'great'"),
+        (_frame("done", {"job_id": 1, "attempt": 1, "status": "success", "reason": "",
+                         "duration": 1, "steps": [{"index": 0}]}), "missing field"),
+        (_frame("log", {"job_id": 1, "attempt": 1, "seq": 0, "data": "text"}),
+         "log.data: expected bytes, got str"),
+        (_frame("log", {"job_id": 1, "attempt": 1, "seq": 0,
+                        "data": b"x" * (p.MAX_LOG_CHUNK + 1)}), "too large"),
+        (b"\x00" * (p.MAX_FRAME_BYTES + 1), "exceeds"),
+        (_frame("accept", {"job_id": 2**64 - 1, "attempt": 1}), "out of range"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error.replace("[", r"\[").replace("(", r"\(")):
+        p.decode(frame)
+
+
+def test_float_fields_accept_integers() -> None:
+    frame = _frame("step_finished", {"job_id": 1, "attempt": 1, "index": 0, "name": "n",
+                                     "status": "success", "exit_code": None, "duration": 2})
+    message = p.decode(frame)
+    assert isinstance(message, p.StepFinished) and message.duration == 2.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_decoding_random_bytes_never_raises_anything_else(data: bytes) -> None:
+    try:
+        p.decode(data)
+    except ProtocolError:
+        pass
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([m.KIND for m in p.MESSAGES] + ["nope"]),
+    body=st.dictionaries(st.sampled_from(["job_id", "attempt", "session", "runner_id", "seq",
+                                          "data", "status", "steps", "labels", "active",
+                                          "variants", "capacity", "name"]), _values),
+)
+def test_structured_garbage_never_raises_anything_else(kind: str, body: dict[str, Any]) -> None:
+    try:
+        message = p.decode(_frame(kind, body))
+    except ProtocolError:
+        return
+    assert p.decode(p.encode(message)) == message
