@@ -120,42 +120,75 @@ def _loopback(host: str) -> bool:
 
 
 def _mesh_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heartbeat-interval", default=_env("HEARTBEAT_INTERVAL", "1.0"),
-                   help="seconds between heartbeats (NARWHAL_HEARTBEAT_INTERVAL)")
-    p.add_argument("--liveness", default=_env("LIVENESS", "3"),
-                   help="missed heartbeats before a peer is dead (NARWHAL_LIVENESS)")
+    p.add_argument(
+        "--heartbeat-interval",
+        default=_env("HEARTBEAT_INTERVAL", "1.0"),
+        help="seconds between heartbeats (NARWHAL_HEARTBEAT_INTERVAL)",
+    )
+    p.add_argument(
+        "--liveness",
+        default=_env("LIVENESS", "3"),
+        help="missed heartbeats before a peer is dead (NARWHAL_LIVENESS)",
+    )
 
 
 def _dispatcher_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--http", default=_env("HTTP", f"127.0.0.1:{DEFAULT_HTTP_PORT}"),
-                   help="REST API address HOST:PORT; port 0 picks a free one (NARWHAL_HTTP)")
-    p.add_argument("--data-dir", default=_env("DATA_DIR", str(default_data_dir())),
-                   help="where the job store lives (NARWHAL_DATA_DIR)")
-    p.add_argument("--api-token", default=_env("API_TOKEN"),
-                   help="token required by mutating API calls (NARWHAL_API_TOKEN)")
-    p.add_argument("--max-attempts", default=_env("MAX_ATTEMPTS", "3"),
-                   help="attempts before a job whose runner was lost ends in error")
+    p.add_argument(
+        "--http",
+        default=_env("HTTP", f"127.0.0.1:{DEFAULT_HTTP_PORT}"),
+        help="REST API address HOST:PORT; port 0 picks a free one (NARWHAL_HTTP)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR", str(default_data_dir())),
+        help="where the job store lives (NARWHAL_DATA_DIR)",
+    )
+    p.add_argument(
+        "--api-token",
+        default=_env("API_TOKEN"),
+        help="token required by mutating API calls (NARWHAL_API_TOKEN)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        default=_env("MAX_ATTEMPTS", "3"),
+        help="attempts before a job whose runner was lost ends in error",
+    )
     _mesh_flags(p)
 
 
 def _runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
     if listen:
-        p.add_argument("--listen", default=_env("LISTEN", f"tcp://127.0.0.1:{DEFAULT_RUNNER_PORT}"),
-                       help="endpoint the dispatcher connects to (NARWHAL_LISTEN)")
+        p.add_argument(
+            "--listen",
+            default=_env("LISTEN", f"tcp://127.0.0.1:{DEFAULT_RUNNER_PORT}"),
+            help="endpoint the dispatcher connects to (NARWHAL_LISTEN)",
+        )
     p.add_argument("--id", default=_env("RUNNER_ID"), help="runner id (default HOST-PORT)")
-    p.add_argument("--capacity", default=_env("CAPACITY", str(os.cpu_count() or 1)),
-                   help="jobs run at once (NARWHAL_CAPACITY)")
+    p.add_argument(
+        "--capacity",
+        default=_env("CAPACITY", str(os.cpu_count() or 1)),
+        help="jobs run at once (NARWHAL_CAPACITY)",
+    )
     p.add_argument("--labels", default=_env("LABELS", ""), help="k=v,k=v the runner offers")
     p.add_argument("--executor", default=_env("EXECUTOR", "local"), choices=["local", "docker"])
-    p.add_argument("--work-dir", default=_env("WORK_DIR", str(default_work_dir())),
-                   help="where job workspaces are made (NARWHAL_WORK_DIR)")
-    p.add_argument("--cancel-grace", default=_env("CANCEL_GRACE", "10"),
-                   help="seconds between SIGTERM and SIGKILL on cancel or timeout")
+    p.add_argument(
+        "--work-dir",
+        default=_env("WORK_DIR", str(default_work_dir())),
+        help="where job workspaces are made (NARWHAL_WORK_DIR)",
+    )
+    p.add_argument(
+        "--cancel-grace",
+        default=_env("CANCEL_GRACE", "10"),
+        help="seconds between SIGTERM and SIGKILL on cancel or timeout",
+    )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=_env("SERVER", f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"),
-                   help="dispatcher API URL (NARWHAL_SERVER)")
+    p.add_argument(
+        "--server",
+        default=_env("SERVER", f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"),
+        help="dispatcher API URL (NARWHAL_SERVER)",
+    )
     p.add_argument("--api-token", default=_env("API_TOKEN"), help="API token (NARWHAL_API_TOKEN)")
 
 
@@ -171,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dispatcher = sub.add_parser("dispatcher", help="run the dispatcher and its REST API")
     _dispatcher_flags(dispatcher)
-    dispatcher.add_argument("--runner", action="append", metavar="URL",
-                            help="runner endpoint tcp://HOST:PORT (repeatable)")
+    dispatcher.add_argument(
+        "--runner",
+        action="append",
+        metavar="URL",
+        help="runner endpoint tcp://HOST:PORT (repeatable)",
+    )
 
     runner = sub.add_parser("runner", help="run a runner that the dispatcher connects to")
     _runner_flags(runner)
@@ -207,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exe = sub.add_parser("exec", help="run a directory's narwhal.yml here, without a dispatcher")
     exe.add_argument("directory", nargs="?", default=".")
-    exe.add_argument("--branch", help="branch seen by 'when' filters (default: the checked-out one)")
+    exe.add_argument(
+        "--branch", help="branch seen by 'when' filters (default: the checked-out one)"
+    )
     exe.add_argument("--event", default="push", help="event seen by 'when' filters")
     exe.add_argument("--executor", default="local", choices=["local", "docker"])
     exe.add_argument("--cancel-grace", default="10")
@@ -270,8 +309,14 @@ def _exec(args: argparse.Namespace) -> int:
         raise ConfigError(f"{directory}: not a directory")
     grace = _positive(float, "--cancel-grace", args.cancel_grace)
     return asyncio.run(
-        exec_directory(directory, executor=LocalExecutor(grace=grace), branch=args.branch,
-                       event=args.event, out=sys.stdout.buffer, err=sys.stderr)
+        exec_directory(
+            directory,
+            executor=LocalExecutor(grace=grace),
+            branch=args.branch,
+            event=args.event,
+            out=sys.stdout.buffer,
+            err=sys.stderr,
+        )
     )
 
 

@@ -97,7 +97,7 @@ def _final(api: Api, job_id: int) -> int:
 def _wait_started(api: Api, job_id: int) -> None:
     """Say so while a job waits for a runner, so a long wait is not silent."""
     shown = False
-    while (job := api.call("GET", f"/api/jobs/{job_id}"))["state"] == "queued":
+    while api.call("GET", f"/api/jobs/{job_id}")["state"] == "queued":
         if not shown:
             _progress(f"job {job_id} queued, waiting for a free runner...")
             shown = True
@@ -134,8 +134,10 @@ def jobs(api: Api, args: argparse.Namespace) -> int:
     _out(f"{'ID':>6}  {'STATE':<10} {'ATTEMPT':>7}  {'RUNNER':<16} {'SHA':<10} REPO")
     for job in listing["jobs"]:
         sha = (job["sha"] or "")[:8]
-        _out(f"{job['id']:>6}  {job['state']:<10} {job['attempt']:>7}  "
-             f"{job['runner_id'] or '-':<16} {sha:<10} {job['repo']} {job['ref']}")
+        _out(
+            f"{job['id']:>6}  {job['state']:<10} {job['attempt']:>7}  "
+            f"{job['runner_id'] or '-':<16} {sha:<10} {job['repo']} {job['ref']}"
+        )
     return 0
 
 
@@ -144,8 +146,10 @@ def runners(api: Api, args: argparse.Namespace) -> int:
     _out(f"{'ID':<20} {'STATE':<11} {'FREE':>4}/{'CAP':<4} {'ENDPOINT':<28} LABELS")
     for r in listing["runners"]:
         labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
-        _out(f"{r['id'] or '?':<20} {r['state']:<11} {r['free']:>4}/{r['capacity']:<4} "
-             f"{r['endpoint']:<28} {labels}")
+        _out(
+            f"{r['id'] or '?':<20} {r['state']:<11} {r['free']:>4}/{r['capacity']:<4} "
+            f"{r['endpoint']:<28} {labels}"
+        )
     return 0
 
 

@@ -26,8 +26,12 @@ GIT_ENV = {
 
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True,
-        text=True, check=True,
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.strip()
 
@@ -136,7 +140,9 @@ class Client:
     def log(self, job_id: int) -> str:
         return self.http.get(f"/api/jobs/{job_id}/logs").text
 
-    def wait(self, job_id: int, states: set[str] | None = None, timeout: float = 60) -> dict[str, Any]:
+    def wait(
+        self, job_id: int, states: set[str] | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
         states = states or {"success", "failed", "error", "cancelled", "timed_out"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -158,9 +164,20 @@ def narwhal_up(tmp_path: Path) -> Iterator[Callable[..., tuple[Daemon, Client]]]
     def start(*extra: str) -> tuple[Daemon, Client]:
         n = len(started)
         daemon = Daemon(
-            ["up", "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / f"data{n}"),
-             "--work-dir", str(tmp_path / f"work{n}"), "--heartbeat-interval", "0.2",
-             "--cancel-grace", "2", *extra]
+            [
+                "up",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(tmp_path / f"data{n}"),
+                "--work-dir",
+                str(tmp_path / f"work{n}"),
+                "--heartbeat-interval",
+                "0.2",
+                "--cancel-grace",
+                "2",
+                *extra,
+            ]
         )
         client = Client(daemon.url)
         wait_for_runners(client, 1)
@@ -190,10 +207,7 @@ def no_leaked_threads() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        leaked = [
-            t for t in set(threading.enumerate()) - before
-            if t.is_alive() and not t.daemon
-        ]
+        leaked = [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
         if not leaked:
             return
         time.sleep(0.05)

@@ -63,7 +63,9 @@ def test_exact_commit_is_built(narwhal_up: Up, make_repo: MakeRepo) -> None:
 
 def test_failing_step_fails_job_and_skips_rest(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
-    repo = make_repo({"narwhal.yml": """\
+    repo = make_repo(
+        {
+            "narwhal.yml": """\
 steps:
   - name: ok
     command: "true"
@@ -71,19 +73,25 @@ steps:
     commands: [echo about to fail, exit 3]
   - name: never
     command: echo should-not-run
-"""})
+"""
+        }
+    )
     job = api.wait(api.submit(repo))
     assert job["state"] == "failed"
     assert "broken" in job["reason"] and "3" in job["reason"]
     assert [(s["status"], s["exit_code"]) for s in job["steps"]] == [
-        ("success", 0), ("failed", 3), ("skipped", None)
+        ("success", 0),
+        ("failed", 3),
+        ("skipped", None),
     ]
     assert "should-not-run" not in api.log(job["id"])
 
 
 def test_bad_pipeline_file_ends_in_error_with_line(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
-    repo = make_repo({"narwhal.yml": """\
+    repo = make_repo(
+        {
+            "narwhal.yml": """\
 name: build
 steps:
   - name: a
@@ -91,7 +99,9 @@ steps:
   - name: b
     command: "true"
     timeout: soon
-"""})
+"""
+        }
+    )
     job = api.wait(api.submit(repo))
     assert job["state"] == "error"
     assert job["reason"] == (
@@ -114,13 +124,17 @@ def test_missing_pipeline_file_and_bad_repo_end_in_error(
 def test_cancel_stops_a_running_step(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:
     _, api = narwhal_up()
     pidfile = tmp_path / "step.pid"
-    repo = make_repo({"narwhal.yml": f"""\
+    repo = make_repo(
+        {
+            "narwhal.yml": f"""\
 steps:
   - name: long
     commands:
       - echo $$ > {pidfile}
       - sleep 300
-"""})
+"""
+        }
+    )
     job_id = api.submit(repo)
     _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
     pid = int(pidfile.read_text())
@@ -136,12 +150,16 @@ steps:
 
 def test_step_timeout_ends_timed_out(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
-    repo = make_repo({"narwhal.yml": """\
+    repo = make_repo(
+        {
+            "narwhal.yml": """\
 steps:
   - name: slow
     command: sleep 300
     timeout: 1s
-"""})
+"""
+        }
+    )
     job = api.wait(api.submit(repo))
     assert job["state"] == "timed_out"
     assert job["steps"][0]["status"] == "timed_out"
@@ -151,14 +169,18 @@ def test_capacity_is_never_exceeded(narwhal_up: Up, make_repo: MakeRepo, tmp_pat
     _, api = narwhal_up("--capacity", "2")
     marks = tmp_path / "marks"
     marks.mkdir()
-    repo = make_repo({"narwhal.yml": f"""\
+    repo = make_repo(
+        {
+            "narwhal.yml": f"""\
 steps:
   - name: mark
     commands:
       - touch {marks}/start-$NARWHAL_JOB_ID-$(date +%s%N)
       - sleep 0.3
       - touch {marks}/end-$NARWHAL_JOB_ID-$(date +%s%N)
-"""})
+"""
+        }
+    )
     ids = [api.submit(repo) for _ in range(7)]
     for job_id in ids:
         assert api.wait(job_id)["state"] == "success"
@@ -176,7 +198,9 @@ steps:
 
 def test_matrix_expands_into_one_job_per_combination(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
-    repo = make_repo({"narwhal.yml": """\
+    repo = make_repo(
+        {
+            "narwhal.yml": """\
 name: test-${PY}
 matrix:
   PY: ["3.11", "3.12"]
@@ -184,15 +208,21 @@ matrix:
 steps:
   - name: show
     command: echo "py=${PY} db=${DB}"
-"""})
+"""
+        }
+    )
     parent = api.wait(api.submit(repo))
     assert parent["state"] == "success"
     _wait_for(lambda: len(_children(api, parent["id"])) == 3)
     jobs = [parent] + [api.wait(j["id"]) for j in _children(api, parent["id"])]
     assert all(j["state"] == "success" for j in jobs)
     combos = {(j["matrix"]["PY"], j["matrix"]["DB"]) for j in jobs}
-    assert combos == {("3.11", "sqlite"), ("3.11", "postgres"), ("3.12", "sqlite"),
-                      ("3.12", "postgres")}
+    assert combos == {
+        ("3.11", "sqlite"),
+        ("3.11", "postgres"),
+        ("3.12", "sqlite"),
+        ("3.12", "postgres"),
+    }
     for j in jobs:
         assert f"py={j['matrix']['PY']} db={j['matrix']['DB']}" in api.log(j["id"])
         assert j["pipeline"] == f"test-{j['matrix']['PY']}"
@@ -200,12 +230,16 @@ steps:
 
 def test_follow_streams_log_while_running(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
-    repo = make_repo({"narwhal.yml": """\
+    repo = make_repo(
+        {
+            "narwhal.yml": """\
 steps:
   - name: tick
     commands:
       - for i in 1 2 3; do echo tick-$i; sleep 0.3; done
-"""})
+"""
+        }
+    )
     job_id = api.submit(repo)
     seen: list[tuple[float, str]] = []
     with api.http.stream("GET", f"/api/jobs/{job_id}/logs", params={"follow": "1"}) as r:
@@ -255,8 +289,12 @@ def test_bad_requests_get_4xx_json(narwhal_up: Up) -> None:
         ("POST", "/api/jobs", {"json": {"repo": "relative/path"}}, 400),
         ("POST", "/api/jobs", {"json": {"repo": "/x", "sha": "abc"}}, 400),
         ("POST", "/api/jobs", {"json": {"repo": "/x", "ref": "bad ref\n"}}, 400),
-        ("POST", "/api/jobs", {"content": b"x" * 70000,
-                               "headers": {"content-type": "application/json"}}, 413),
+        (
+            "POST",
+            "/api/jobs",
+            {"content": b"x" * 70000, "headers": {"content-type": "application/json"}},
+            413,
+        ),
         ("POST", "/api/jobs", {"content": b"{}", "headers": {"content-type": "text/xml"}}, 415),
         ("GET", "/api/jobs/999", {}, 404),
         ("GET", "/api/jobs/abc", {}, 404),
@@ -282,11 +320,13 @@ def test_api_token_protects_mutations(narwhal_up: Up, make_repo: MakeRepo) -> No
     repo = make_repo({"narwhal.yml": "steps: [{name: a, command: 'true'}]\n"})
     denied = api.http.post("/api/jobs", json={"repo": str(repo.path)})
     assert denied.status_code == 401
-    wrong = api.http.post("/api/jobs", json={"repo": str(repo.path)},
-                          headers={"Authorization": "Bearer nope"})
+    wrong = api.http.post(
+        "/api/jobs", json={"repo": str(repo.path)}, headers={"Authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401
-    ok = api.http.post("/api/jobs", json={"repo": str(repo.path)},
-                       headers={"Authorization": "Bearer s3cret"})
+    ok = api.http.post(
+        "/api/jobs", json={"repo": str(repo.path)}, headers={"Authorization": "Bearer s3cret"}
+    )
     assert ok.status_code == 201
     assert api.http.get("/api/jobs").status_code == 200
 
@@ -299,8 +339,15 @@ def test_sigterm_shuts_down_cleanly_and_jobs_survive_restart(
     done = api.wait(api.submit(repo))
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
-    again = Daemon(["up", "--http", "127.0.0.1:0", "--data-dir",
-                    daemon.args[daemon.args.index("--data-dir") + 1]])
+    again = Daemon(
+        [
+            "up",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            daemon.args[daemon.args.index("--data-dir") + 1],
+        ]
+    )
     try:
         with httpx.Client(base_url=again.url) as http:
             assert http.get(f"/api/jobs/{done['id']}").json()["state"] == "success"

@@ -44,30 +44,44 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
-    """The API for one dispatcher."""
+def _guard(handler: Handler, token: str | None, *, mutating: bool = False) -> Handler:
+    """Wrap a handler: token check for mutations, errors to 4xx JSON."""
 
-    def endpoint(handler: Handler, *, mutating: bool = False) -> Handler:
-        async def wrapped(request: Request) -> Response:
-            if mutating and token is not None and not _authorized(request, token):
-                return _error("missing or wrong API token", 401)
-            try:
-                return await handler(request)
-            except BadRequest as e:
-                return _error(str(e), e.status)
-            except NotFound as e:
-                return _error(str(e), 404)
-            except (Conflict, ConfigError) as e:
-                return _error(str(e), 409 if isinstance(e, Conflict) else 400)
+    async def wrapped(request: Request) -> Response:
+        if mutating and token is not None and not _authorized(request, token):
+            return _error("missing or wrong API token", 401)
+        try:
+            return await handler(request)
+        except BadRequest as e:
+            return _error(str(e), e.status)
+        except NotFound as e:
+            return _error(str(e), 404)
+        except Conflict as e:
+            return _error(str(e), 409)
+        except ConfigError as e:
+            return _error(str(e), 400)
 
-        return wrapped
+    return wrapped
 
-    async def health(request: Request) -> Response:
-        ready = [link for link in dispatcher.links() if link.state == "ready"]
-        return JSONResponse({"status": "ok", "version": __version__,
-                             "runners": len(ready), "queued": dispatcher.queued()})
 
-    async def submit(request: Request) -> Response:
+class Api:
+    """Request handlers for one dispatcher."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def health(self, request: Request) -> Response:
+        ready = [link for link in self.dispatcher.links() if link.state == "ready"]
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "runners": len(ready),
+                "queued": self.dispatcher.queued(),
+            }
+        )
+
+    async def submit(self, request: Request) -> Response:
         body = await _json(request)
         repo = _field(body, "repo", str, required=True)
         if not (("://" in repo or repo.startswith("/") or "@" in repo) and len(repo) < 2048):
@@ -81,10 +95,10 @@ def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
         for name, value in [("ref", ref), ("event", event), *labels.items()]:
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise BadRequest(f"{name}: not a valid name: {value!r}")
-        job = await dispatcher.submit(repo=repo, ref=ref, sha=sha, event=event, labels=labels)
+        job = await self.dispatcher.submit(repo=repo, ref=ref, sha=sha, event=event, labels=labels)
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
-    async def list_jobs(request: Request) -> Response:
+    async def list_jobs(self, request: Request) -> Response:
         q = request.query_params
         states = q.getlist("state")
         bad = [s for s in states if s not in STATES]
@@ -92,53 +106,61 @@ def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
             raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
         limit = _int(q.get("limit"), "limit", default=50, low=1, high=500)
         before = _int(q.get("before"), "before", default=None, low=1)
-        jobs = await dispatcher.db(SqliteStore.list_jobs, states=states, repo=q.get("repo"),
-                                   before=before, limit=limit)
+        jobs = await self.dispatcher.db(
+            SqliteStore.list_jobs, states=states, repo=q.get("repo"), before=before, limit=limit
+        )
         nxt = jobs[-1].id if len(jobs) == limit else None
         return JSONResponse({"jobs": [j.to_json() for j in jobs], "next": nxt})
 
-    async def get_job(request: Request) -> Response:
+    async def get_job(self, request: Request) -> Response:
         job_id = _job_id(request)
-        job = await dispatcher.db(SqliteStore.get_job, job_id)
-        steps = await dispatcher.db(SqliteStore.steps, job_id, attempt=job.attempt)
-        history = await dispatcher.db(SqliteStore.transitions, job_id)
-        return JSONResponse({**job.to_json(), "steps": [s.to_json() for s in steps],
-                             "transitions": history})
+        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
+        steps = await self.dispatcher.db(SqliteStore.steps, job_id, attempt=job.attempt)
+        history = await self.dispatcher.db(SqliteStore.transitions, job_id)
+        return JSONResponse(
+            {**job.to_json(), "steps": [s.to_json() for s in steps], "transitions": history}
+        )
 
-    async def logs(request: Request) -> Response:
+    async def logs(self, request: Request) -> Response:
         job_id = _job_id(request)
-        job = await dispatcher.db(SqliteStore.get_job, job_id)
+        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
         if request.query_params.get("follow") in ("1", "true", "yes"):
-            return StreamingResponse(_follow(dispatcher, job_id), media_type="text/plain")
-        chunks = await dispatcher.db(SqliteStore.read_log, job_id, attempt=job.attempt)
+            return StreamingResponse(_follow(self.dispatcher, job_id), media_type="text/plain")
+        chunks = await self.dispatcher.db(SqliteStore.read_log, job_id, attempt=job.attempt)
         return Response(b"".join(data for _, data in chunks), media_type="text/plain")
 
-    async def cancel(request: Request) -> Response:
-        job = await dispatcher.cancel(_job_id(request))
+    async def cancel(self, request: Request) -> Response:
+        job = await self.dispatcher.cancel(_job_id(request))
         return JSONResponse({"id": job.id, "state": job.state}, status_code=202)
 
-    async def resubmit(request: Request) -> Response:
-        job = await dispatcher.resubmit(_job_id(request))
+    async def resubmit(self, request: Request) -> Response:
+        job = await self.dispatcher.resubmit(_job_id(request))
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
-    async def runners(request: Request) -> Response:
-        return JSONResponse({"runners": [link.to_json() for link in dispatcher.links()]})
+    async def runners(self, request: Request) -> Response:
+        return JSONResponse({"runners": [link.to_json() for link in self.dispatcher.links()]})
 
-    async def add_runner(request: Request) -> Response:
+    async def add_runner(self, request: Request) -> Response:
         url = _field(await _json(request), "url", str, required=True)
-        link = await dispatcher.add_runner(url)
+        link = await self.dispatcher.add_runner(url)
         return JSONResponse(link.to_json(), status_code=201)
 
+
+def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
+    """The ASGI app of one dispatcher's API."""
+    api = Api(dispatcher)
     routes = [
-        Route("/health", endpoint(health)),
-        Route("/api/jobs", endpoint(list_jobs), methods=["GET"]),
-        Route("/api/jobs", endpoint(submit, mutating=True), methods=["POST"]),
-        Route("/api/jobs/{id}", endpoint(get_job)),
-        Route("/api/jobs/{id}/logs", endpoint(logs)),
-        Route("/api/jobs/{id}/cancel", endpoint(cancel, mutating=True), methods=["POST"]),
-        Route("/api/jobs/{id}/resubmit", endpoint(resubmit, mutating=True), methods=["POST"]),
-        Route("/api/runners", endpoint(runners), methods=["GET"]),
-        Route("/api/runners", endpoint(add_runner, mutating=True), methods=["POST"]),
+        Route("/health", _guard(api.health, token)),
+        Route("/api/jobs", _guard(api.list_jobs, token), methods=["GET"]),
+        Route("/api/jobs", _guard(api.submit, token, mutating=True), methods=["POST"]),
+        Route("/api/jobs/{id}", _guard(api.get_job, token)),
+        Route("/api/jobs/{id}/logs", _guard(api.logs, token)),
+        Route("/api/jobs/{id}/cancel", _guard(api.cancel, token, mutating=True), methods=["POST"]),
+        Route(
+            "/api/jobs/{id}/resubmit", _guard(api.resubmit, token, mutating=True), methods=["POST"]
+        ),
+        Route("/api/runners", _guard(api.runners, token), methods=["GET"]),
+        Route("/api/runners", _guard(api.add_runner, token, mutating=True), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
@@ -177,7 +199,7 @@ def _field(body: dict[str, Any], name: str, kind: type, *, required: bool = Fals
         if required:
             raise BadRequest(f"{name}: required")
         return None
-    if not isinstance(value, kind) or (kind is str and not value.strip()):
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
         raise BadRequest(f"{name}: expected a {'non-empty string' if kind is str else 'object'}")
     return value
 
@@ -209,8 +231,7 @@ async def _follow(dispatcher: Dispatcher, job_id: int) -> AsyncIterator[bytes]:
                 if attempt:
                     yield f"--- attempt {job.attempt}\n".encode()
                 attempt, after = job.attempt, -1
-            chunks = await dispatcher.db(SqliteStore.read_log, job_id, attempt=attempt,
-                                         after=after)
+            chunks = await dispatcher.db(SqliteStore.read_log, job_id, attempt=attempt, after=after)
             for seq, data in chunks:
                 yield data
                 after = seq

@@ -62,6 +62,8 @@ class Dispatcher:
         self._orphans: dict[tuple[int, int], JobRecord] = {}
         self._orphan_deadline = 0.0
         self._wake = asyncio.Event()
+        #: Set whenever a runner slot is given back (see ``drained``).
+        self._released = asyncio.Event()
         self._watchers: dict[int, set[asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._quiet = QuietLog(log)
@@ -118,7 +120,9 @@ class Dispatcher:
         return await self._run(method, self._store, *args, **kwargs)
 
     async def _recover(self) -> None:
-        for job in await self.db(SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True):
+        for job in await self.db(
+            SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True
+        ):
             self._queue[job.id] = job
         active = await self.db(SqliteStore.list_jobs, states=["assigned", "running"], limit=-1)
         self._orphans = {(j.id, j.attempt): j for j in active}
@@ -178,7 +182,9 @@ class Dispatcher:
             for link in list(self._links.values()):
                 if link.state == "ready" and now - link.last_seen > mesh.dead_after:
                     silent = now - link.last_seen
-                    await self._lose(link, f"runner {link.runner_id} lost: silent for {silent:.1f}s")
+                    await self._lose(
+                        link, f"runner {link.runner_id} lost: silent for {silent:.1f}s"
+                    )
                     self._reopen(link, 1.0)
                 elif link.state == "ready":
                     self._send(link, p.Heartbeat(session=self.session))
@@ -193,8 +199,7 @@ class Dispatcher:
         link.state = "lost"
         for job_id, attempt in sorted(link.jobs):
             await self._requeue(job_id, attempt, reason)
-        link.jobs.clear()
-        self._wake.set()
+        self._release(link, *link.jobs)
 
     async def _requeue_orphans(self) -> None:
         orphans, self._orphans = self._orphans, {}
@@ -208,12 +213,19 @@ class Dispatcher:
         if job.cancel_requested:
             await self._finish(job_id, attempt, "cancelled", f"cancelled; {reason}")
         elif attempt >= self.config.max_attempts:
-            await self._finish(job_id, attempt, "error", f"{reason}; gave up after {attempt} attempts")
+            await self._finish(
+                job_id, attempt, "error", f"{reason}; gave up after {attempt} attempts"
+            )
         else:
-            job = await self.db(SqliteStore.transition, job_id, attempt=attempt, to="queued",
-                                reason=f"{reason}; requeued")
-            if job is not None:
-                self._queue[job.id] = job
+            requeued = await self.db(
+                SqliteStore.transition,
+                job_id,
+                attempt=attempt,
+                to="queued",
+                reason=f"{reason}; requeued",
+            )
+            if requeued is not None:
+                self._queue[requeued.id] = requeued
                 self._notify(job_id)
 
     async def _finish(self, job_id: int, attempt: int, status: str, reason: str) -> None:
@@ -241,14 +253,16 @@ class Dispatcher:
             try:
                 await self._handle(link, message)
             except NarwhalError as e:
-                self._quiet.warning(link.endpoint, "runner %s: %s frame refused: %s",
-                                    link.endpoint, message.KIND, e)
+                self._quiet.warning(
+                    link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
+                )
 
     async def _handle(self, link: Link, message: p.Message) -> None:
         handler = self._handlers.get(type(message))
         if handler is None:
-            self._quiet.warning(link.endpoint, "runner %s: unexpected %s frame",
-                                link.endpoint, message.KIND)
+            self._quiet.warning(
+                link.endpoint, "runner %s: unexpected %s frame", link.endpoint, message.KIND
+            )
             return
         await handler(self, link, message)
 
@@ -273,8 +287,9 @@ class Dispatcher:
         link.backoff = 1.0
         for pair in message.active:
             await self._adopt(link, pair)
-        log.info("runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint,
-                 link.capacity)
+        log.info(
+            "runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint, link.capacity
+        )
         self._wake.set()
 
     async def _adopt(self, link: Link, pair: tuple[int, ...]) -> None:
@@ -292,50 +307,86 @@ class Dispatcher:
             self._send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
 
     async def _on_accept(self, link: Link, message: p.Accept) -> None:
-        await self.db(SqliteStore.transition, message.job_id, attempt=message.attempt,
-                      to="running", reason=f"accepted by {link.runner_id}")
+        await self.db(
+            SqliteStore.transition,
+            message.job_id,
+            attempt=message.attempt,
+            to="running",
+            reason=f"accepted by {link.runner_id}",
+        )
         self._notify(message.job_id)
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
-        link.jobs.discard((message.job_id, message.attempt))
-        await self._requeue(message.job_id, message.attempt,
-                            f"runner {link.runner_id} rejected it: {message.reason}")
-        self._wake.set()
+        self._release(link, (message.job_id, message.attempt))
+        await self._requeue(
+            message.job_id,
+            message.attempt,
+            f"runner {link.runner_id} rejected it: {message.reason}",
+        )
 
     async def _on_checked_out(self, link: Link, message: p.CheckedOut) -> None:
         variants = message.variants
         first = variants[0] if variants else None
-        fresh = await self.db(SqliteStore.set_checkout, message.job_id, attempt=message.attempt,
-                              sha=message.sha, pipeline=message.pipeline, matrix=first)
+        fresh = await self.db(
+            SqliteStore.set_checkout,
+            message.job_id,
+            attempt=message.attempt,
+            sha=message.sha,
+            pipeline=message.pipeline,
+            matrix=first,
+        )
         if not fresh or len(variants) < 2:
             return
         parent = await self.db(SqliteStore.get_job, message.job_id)
         if parent.parent_id is not None:
             return
         for variant in variants[1:]:
-            await self._create(repo=parent.repo, ref=parent.ref, sha=message.sha,
-                               event=parent.event, labels=parent.labels, matrix=variant,
-                               parent_id=parent.id, reason=f"matrix of job {parent.id}")
+            await self._create(
+                repo=parent.repo,
+                ref=parent.ref,
+                sha=message.sha,
+                event=parent.event,
+                labels=parent.labels,
+                matrix=variant,
+                parent_id=parent.id,
+                reason=f"matrix of job {parent.id}",
+            )
 
     async def _on_log(self, link: Link, message: p.Log) -> None:
-        await self.db(SqliteStore.append_log, message.job_id, attempt=message.attempt,
-                      seq=message.seq, data=message.data)
+        await self.db(
+            SqliteStore.append_log,
+            message.job_id,
+            attempt=message.attempt,
+            seq=message.seq,
+            data=message.data,
+        )
         self._notify(message.job_id)
 
     async def _on_step_started(self, link: Link, message: p.StepStarted) -> None:
-        await self.db(SqliteStore.step_started, message.job_id, attempt=message.attempt,
-                      index=message.index, name=message.name)
+        await self.db(
+            SqliteStore.step_started,
+            message.job_id,
+            attempt=message.attempt,
+            index=message.index,
+            name=message.name,
+        )
 
     async def _on_step_finished(self, link: Link, message: p.StepFinished) -> None:
-        await self.db(SqliteStore.step_finished, message.job_id, attempt=message.attempt,
-                      index=message.index, name=message.name, status=message.status,
-                      exit_code=message.exit_code, duration=message.duration)
+        await self.db(
+            SqliteStore.step_finished,
+            message.job_id,
+            attempt=message.attempt,
+            index=message.index,
+            name=message.name,
+            status=message.status,
+            exit_code=message.exit_code,
+            duration=message.duration,
+        )
 
     async def _on_done(self, link: Link, message: p.Done) -> None:
-        link.jobs.discard((message.job_id, message.attempt))
+        self._release(link, (message.job_id, message.attempt))
         reason = message.reason or message.status
         await self._finish(message.job_id, message.attempt, message.status, reason)
-        self._wake.set()
 
     _handlers: dict[type, Callable[[Dispatcher, Link, Any], Coroutine[Any, Any, None]]] = {
         p.Heartbeat: _on_heartbeat,
@@ -365,18 +416,42 @@ class Dispatcher:
             key = (job.id, job.attempt)
             link.jobs.add(key)  # reserve the slot before the store round trip
             del self._queue[job.id]
-            assigned = await self.db(SqliteStore.transition, job.id, attempt=job.attempt,
-                                     to="assigned", reason=f"assigned to {link.runner_id}",
-                                     runner_id=link.runner_id)
+            assigned = await self.db(
+                SqliteStore.transition,
+                job.id,
+                attempt=job.attempt,
+                to="assigned",
+                reason=f"assigned to {link.runner_id}",
+                runner_id=link.runner_id,
+            )
             if assigned is None:
                 link.jobs.discard(key)
                 continue
             self._notify(job.id)
-            frame = p.Job(job_id=job.id, attempt=job.attempt, repo=job.repo, ref=job.ref,
-                          sha=job.sha, event=job.event, matrix=job.matrix)
+            frame = p.Job(
+                job_id=job.id,
+                attempt=job.attempt,
+                repo=job.repo,
+                ref=job.ref,
+                sha=job.sha,
+                event=job.event,
+                matrix=job.matrix,
+            )
             if not self._send(link, frame):
-                link.jobs.discard(key)
+                self._release(link, key)
                 await self._requeue(job.id, job.attempt, f"could not send to {link.runner_id}")
+
+    def _release(self, link: Link, *keys: tuple[int, int]) -> None:
+        """Give slots back: schedule again, and tell ``drained`` waiters."""
+        link.jobs.difference_update(keys)
+        self._released.set()
+        self._wake.set()
+
+    async def drained(self) -> None:
+        """Return once no runner holds a job of this dispatcher."""
+        while any(link.jobs for link in self._links.values()):
+            self._released.clear()
+            await self._released.wait()
 
     # what the API calls
 
@@ -393,9 +468,15 @@ class Dispatcher:
 
     async def resubmit(self, job_id: int) -> JobRecord:
         old = await self.db(SqliteStore.get_job, job_id)
-        return await self._create(repo=old.repo, ref=old.ref, sha=old.sha, event=old.event,
-                                  labels=old.labels, matrix=old.matrix,
-                                  reason=f"resubmitted from job {old.id}")
+        return await self._create(
+            repo=old.repo,
+            ref=old.ref,
+            sha=old.sha,
+            event=old.event,
+            labels=old.labels,
+            matrix=old.matrix,
+            reason=f"resubmitted from job {old.id}",
+        )
 
     async def cancel(self, job_id: int) -> JobRecord:
         job = await self.db(SqliteStore.get_job, job_id)
@@ -410,8 +491,9 @@ class Dispatcher:
             if link is None:
                 await self._finish(job_id, job.attempt, "cancelled", "cancelled by user")
             else:
-                self._send(link, p.Cancel(job_id=job_id, attempt=job.attempt,
-                                          reason="cancelled by user"))
+                self._send(
+                    link, p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
+                )
         return await self.db(SqliteStore.get_job, job_id)
 
     def _holder(self, job_id: int, attempt: int) -> Link | None:

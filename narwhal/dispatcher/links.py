@@ -79,6 +79,8 @@ def check_endpoint(url: str) -> str:
     host, colon, port = rest.rpartition(":")
     if scheme not in ("tcp", "ipc") or not sep or not rest:
         raise ConfigError(f"runner endpoint must look like tcp://HOST:PORT, got {url!r}")
-    if scheme == "tcp" and (not colon or not host or not port.isdigit() or not 0 < int(port) < 65536):
+    if scheme == "tcp" and (
+        not colon or not host or not port.isdigit() or not 0 < int(port) < 65536
+    ):
         raise ConfigError(f"runner endpoint must look like tcp://HOST:PORT, got {url!r}")
     return url

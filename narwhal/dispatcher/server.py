@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -90,6 +89,6 @@ async def serve(
 
 
 async def _drain(dispatcher: Dispatcher) -> None:
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while any(link.jobs for link in dispatcher.links()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await dispatcher.drained()

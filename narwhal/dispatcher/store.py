@@ -253,7 +253,8 @@ class SqliteStore:
         limit: int = 50,
         ascending: bool = False,
     ) -> list[JobRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         states = list(states)
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
@@ -312,7 +313,13 @@ class SqliteStore:
         return self.get_job(job_id)
 
     def set_checkout(
-        self, job_id: int, *, attempt: int, sha: str, pipeline: str, matrix: Mapping[str, str] | None
+        self,
+        job_id: int,
+        *,
+        attempt: int,
+        sha: str,
+        pipeline: str,
+        matrix: Mapping[str, str] | None,
     ) -> bool:
         """Record what the runner checked out; False if the attempt is stale."""
         cur = self._db.execute(
@@ -367,8 +374,12 @@ class SqliteStore:
             " WHERE job_id = ? AND attempt = ? ORDER BY idx",
             (job_id, attempt),
         ).fetchall()
-        return [StepRecord(index=r[0], name=r[1], status=r[2], exit_code=r[3],
-                           started_at=r[4], duration=r[5]) for r in rows]
+        return [
+            StepRecord(
+                index=r[0], name=r[1], status=r[2], exit_code=r[3], started_at=r[4], duration=r[5]
+            )
+            for r in rows
+        ]
 
     # logs
 
@@ -381,8 +392,7 @@ class SqliteStore:
 
     def read_log(self, job_id: int, *, attempt: int, after: int = -1) -> list[tuple[int, bytes]]:
         rows = self._db.execute(
-            "SELECT seq, data FROM logs WHERE job_id = ? AND attempt = ? AND seq > ?"
-            " ORDER BY seq",
+            "SELECT seq, data FROM logs WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq",
             (job_id, attempt, after),
         ).fetchall()
         return [(r[0], bytes(r[1])) for r in rows]

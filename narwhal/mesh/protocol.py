@@ -43,9 +43,7 @@ MAX_LOG_CHUNK = 64 * 1024
 #: Terminal job statuses a runner may report in DONE.
 DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
 #: Statuses of one step in STEP_FINISHED and DONE.
-STEP_STATUSES = frozenset(
-    {"success", "failed", "error", "cancelled", "timed_out", "skipped"}
-)
+STEP_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 
 
 class Message:
@@ -55,10 +53,7 @@ class Message:
     KIND: ClassVar[str]
 
 
-_msg = dataclass(frozen=True, slots=True, kw_only=True)
-
-
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepOutcome:
     """How one step ended; carried inside DONE."""
 
@@ -69,7 +64,7 @@ class StepOutcome:
     duration: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Message):
     """Liveness signal, both directions; ``session`` names the sender's process."""
 
@@ -77,7 +72,7 @@ class Heartbeat(Message):
     session: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ready(Message):
     """A runner introduces itself and the slots it offers.
 
@@ -94,7 +89,7 @@ class Ready(Message):
     active: tuple[tuple[int, ...], ...] = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job(Message):
     """The dispatcher hands a job to a runner."""
 
@@ -109,7 +104,7 @@ class Job(Message):
     timeout: float | None = None
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Accept(Message):
     """The runner took the job and spent one of its slots on it."""
 
@@ -118,7 +113,7 @@ class Accept(Message):
     attempt: int
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reject(Message):
     """The runner refuses the job (no slot, label mismatch, shutting down)."""
 
@@ -128,7 +123,7 @@ class Reject(Message):
     reason: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CheckedOut(Message):
     """The commit is checked out and narwhal.yml parsed.
 
@@ -144,7 +139,7 @@ class CheckedOut(Message):
     variants: tuple[dict[str, str], ...] = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Log(Message):
     """A chunk of a job's output; ``seq`` counts chunks from 0 per attempt."""
 
@@ -155,7 +150,7 @@ class Log(Message):
     data: bytes
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepStarted(Message):
     """A step began."""
 
@@ -166,7 +161,7 @@ class StepStarted(Message):
     name: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepFinished(Message):
     """A step ended; ``exit_code`` is None when it never ran or was killed."""
 
@@ -180,7 +175,7 @@ class StepFinished(Message):
     duration: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Done(Message):
     """The job ended on the runner; its slot is free again."""
 
@@ -193,7 +188,7 @@ class Done(Message):
     steps: tuple[StepOutcome, ...] = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel(Message):
     """The dispatcher asks the runner to stop a job (SIGTERM, grace, kill)."""
 
@@ -289,10 +284,7 @@ def _checker(hint: Any) -> Checker:
 
 def _fields(cls: type) -> dict[str, tuple[Checker, bool]]:
     hints = typing.get_type_hints(cls)
-    return {
-        f.name: (_checker(hints[f.name]), _required(f))
-        for f in dataclasses.fields(cls)
-    }
+    return {f.name: (_checker(hints[f.name]), _required(f)) for f in dataclasses.fields(cls)}
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:

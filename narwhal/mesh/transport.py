@@ -60,6 +60,6 @@ class QuietLog:
         self._last[key] = now
         more = self._suppressed.pop(key, 0)
         if more:
-            self._logger.warning(msg + " (%d more since last report)", *args, more)
-        else:
-            self._logger.warning(msg, *args)
+            args = (*args, more)
+            msg = f"{msg} (%d more since last report)"
+        self._logger.warning(msg, *args)

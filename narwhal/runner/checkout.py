@@ -56,8 +56,7 @@ async def checkout(
     repo: str, *, ref: str, sha: str | None, workspace: Path, timeout: float = 600.0
 ) -> str:
     """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; return the sha."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    await _git("init", "-q", str(workspace), cwd=workspace, timeout=timeout)
+    await _git("init", "-q", str(workspace), cwd=workspace.parent, timeout=timeout)
     want = sha or ref
     try:
         await _git(

@@ -101,7 +101,9 @@ class LocalExecutor:
     ) -> StepResult:
         started = time.monotonic()
         full_env = {k: os.environ[k] for k in _INHERITED if k in os.environ} | dict(env)
-        missing = [d for d in step.dependencies if shutil.which(d, path=full_env.get("PATH")) is None]
+        missing = [
+            d for d in step.dependencies if shutil.which(d, path=full_env.get("PATH")) is None
+        ]
         if missing:
             await output(f"dependency {missing[0]!r} not found on PATH\n".encode())
             return StepResult(

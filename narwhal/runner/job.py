@@ -80,8 +80,11 @@ async def run_pipeline(
         outcomes = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
         for outcome in outcomes:
             await reporter.step_finished(outcome)
-        return Outcome(status="success", reason="skipped: pipeline 'when' does not match",
-                       steps=tuple(outcomes))
+        return Outcome(
+            status="success",
+            reason="skipped: pipeline 'when' does not match",
+            steps=tuple(outcomes),
+        )
     budget = pipeline.timeout or default_timeout
     deadline = time.monotonic() + budget if budget else None
     status, reason = "success", ""
@@ -116,20 +119,30 @@ async def _run_step(
     if stop.is_set():
         result = StepResult(status=stop.status, exit_code=None, duration=0.0, reason=stop.reason)
     elif timeout is not None and timeout <= 0:
-        result = StepResult(status="timed_out", exit_code=None, duration=0.0,
-                            reason="pipeline timed out")
+        result = StepResult(
+            status="timed_out", exit_code=None, duration=0.0, reason="pipeline timed out"
+        )
     else:
         env: Mapping[str, str] = context.env() | dict(step.env)
         try:
             result = await executor.run_step(
-                step, workspace=workspace, env=env, output=reporter.output, stop=stop,
+                step,
+                workspace=workspace,
+                env=env,
+                output=reporter.output,
+                stop=stop,
                 timeout=timeout,
             )
         except ExecutorError as e:
             await reporter.output(f"{e}\n".encode())
             result = StepResult(status="error", exit_code=None, duration=0.0, reason=str(e))
-    outcome = StepOutcome(index=index, name=step.name, status=result.status,
-                          exit_code=result.exit_code, duration=result.duration)
+    outcome = StepOutcome(
+        index=index,
+        name=step.name,
+        status=result.status,
+        exit_code=result.exit_code,
+        duration=result.duration,
+    )
     return outcome, result
 
 

@@ -92,8 +92,14 @@ async def _run_one(
     workspace = scratch / "workspace"
     try:
         await asyncio.to_thread(shutil.copytree, directory, workspace, symlinks=True)
-        return await run_pipeline(pipeline, workspace=workspace, executor=executor,
-                                  reporter=PrintReporter(out), stop=stop, context=context)
+        return await run_pipeline(
+            pipeline,
+            workspace=workspace,
+            executor=executor,
+            reporter=PrintReporter(out),
+            stop=stop,
+            context=context,
+        )
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
 

@@ -93,8 +93,12 @@ class Runner:
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._spawn(self._receive_loop())
         self._spawn(self._heartbeat_loop())
-        log.info("runner %s listening on %s with %d slot(s)",
-                 self.config.runner_id, self.endpoint, self.config.capacity)
+        log.info(
+            "runner %s listening on %s with %d slot(s)",
+            self.config.runner_id,
+            self.endpoint,
+            self.config.capacity,
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -134,8 +138,12 @@ class Runner:
                 message = p.decode(frame)
             except ProtocolError as e:
                 self.bad_frames += 1
-                self._quiet.warning("bad-frame", "runner %s: bad frame from dispatcher: %s",
-                                    self.config.runner_id, e)
+                self._quiet.warning(
+                    "bad-frame",
+                    "runner %s: bad frame from dispatcher: %s",
+                    self.config.runner_id,
+                    e,
+                )
                 continue
             await self._handle(message)
 
@@ -151,8 +159,12 @@ class Runner:
             if active is not None:
                 active.stop.set("cancelled", message.reason or "cancelled")
         else:
-            self._quiet.warning("unexpected", "runner %s: unexpected %s frame from dispatcher",
-                                self.config.runner_id, message.KIND)
+            self._quiet.warning(
+                "unexpected",
+                "runner %s: unexpected %s frame from dispatcher",
+                self.config.runner_id,
+                message.KIND,
+            )
 
     def _ready(self) -> p.Ready:
         return p.Ready(
@@ -202,9 +214,14 @@ class Runner:
             await asyncio.to_thread(shutil.rmtree, workspace, True)
         try:
             await self.send(
-                p.Done(job_id=job.job_id, attempt=job.attempt, status=outcome.status,
-                       reason=outcome.reason, duration=time.monotonic() - started,
-                       steps=outcome.steps)
+                p.Done(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    status=outcome.status,
+                    reason=outcome.reason,
+                    duration=time.monotonic() - started,
+                    steps=outcome.steps,
+                )
             )
         finally:
             self._active.pop((job.job_id, job.attempt), None)
@@ -225,13 +242,22 @@ class Runner:
             return Outcome(status="error", reason=str(e), steps=())
         variants = pipeline_file.variants if job.matrix is None else ()
         await self.send(
-            p.CheckedOut(job_id=job.job_id, attempt=job.attempt, sha=sha,
-                         pipeline=pipeline.name, variants=tuple(dict(v) for v in variants))
+            p.CheckedOut(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                sha=sha,
+                pipeline=pipeline.name,
+                variants=tuple(dict(v) for v in variants),
+            )
         )
         context = Context(branch=branch_of(job.ref), event=job.event, sha=sha, job_id=job.job_id)
         return await run_pipeline(
-            pipeline, workspace=workspace, executor=self._executor, reporter=reporter,
-            stop=stop, context=context,
+            pipeline,
+            workspace=workspace,
+            executor=self._executor,
+            reporter=reporter,
+            stop=stop,
+            context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
 
@@ -261,22 +287,28 @@ class FrameReporter:
 
     async def step_started(self, index: int, step: Step) -> None:
         await self._runner.send(
-            p.StepStarted(job_id=self._job.job_id, attempt=self._job.attempt, index=index,
-                          name=step.name)
+            p.StepStarted(
+                job_id=self._job.job_id, attempt=self._job.attempt, index=index, name=step.name
+            )
         )
 
     async def output(self, data: bytes) -> None:
         for start in range(0, len(data), p.MAX_LOG_CHUNK):
             chunk = data[start : start + p.MAX_LOG_CHUNK]
             await self._runner.send(
-                p.Log(job_id=self._job.job_id, attempt=self._job.attempt, seq=self._seq,
-                      data=chunk)
+                p.Log(job_id=self._job.job_id, attempt=self._job.attempt, seq=self._seq, data=chunk)
             )
             self._seq += 1
 
     async def step_finished(self, outcome: p.StepOutcome) -> None:
         await self._runner.send(
-            p.StepFinished(job_id=self._job.job_id, attempt=self._job.attempt,
-                           index=outcome.index, name=outcome.name, status=outcome.status,
-                           exit_code=outcome.exit_code, duration=outcome.duration)
+            p.StepFinished(
+                job_id=self._job.job_id,
+                attempt=self._job.attempt,
+                index=outcome.index,
+                name=outcome.name,
+                status=outcome.status,
+                exit_code=outcome.exit_code,
+                duration=outcome.duration,
+            )
         )

@@ -36,7 +36,10 @@ def test_full_lifecycle_is_recorded(store: SqliteStore) -> None:
     assert done.started_at is not None and done.finished_at is not None
     history = store.transitions(job_id)
     assert [(t["state"], t["reason"]) for t in history] == [
-        ("queued", "submitted"), ("assigned", "a"), ("running", "b"), ("success", "c")
+        ("queued", "submitted"),
+        ("assigned", "a"),
+        ("running", "b"),
+        ("success", "c"),
     ]
     assert all(t["at"] > 0 for t in history)
 
@@ -71,8 +74,9 @@ def test_logs_are_chunked_ordered_and_idempotent(store: SqliteStore) -> None:
 def test_steps_and_listing(store: SqliteStore) -> None:
     a, b = _job(store), store.create_job(repo="/other", ref="x", sha=None, event="push").id
     store.step_started(a, attempt=1, index=0, name="build")
-    store.step_finished(a, attempt=1, index=0, name="build", status="failed", exit_code=2,
-                        duration=0.25)
+    store.step_finished(
+        a, attempt=1, index=0, name="build", status="failed", exit_code=2, duration=0.25
+    )
     (step,) = store.steps(a, attempt=1)
     assert (step.name, step.status, step.exit_code, step.duration) == ("build", "failed", 2, 0.25)
     assert step.started_at is not None

@@ -14,21 +14,43 @@ from narwhal.mesh import protocol as p
 
 SAMPLES: list[p.Message] = [
     p.Heartbeat(session="abc"),
-    p.Ready(runner_id="r1", session="s", capacity=4, labels={"os": "linux"}, version="0.1.0",
-            active=((3, 1), (4, 2))),
-    p.Job(job_id=7, attempt=2, repo="/srv/repo", ref="refs/heads/main", sha="a" * 40,
-          event="push", matrix={"PY": "3.12"}, timeout=60.0),
+    p.Ready(
+        runner_id="r1",
+        session="s",
+        capacity=4,
+        labels={"os": "linux"},
+        version="0.1.0",
+        active=((3, 1), (4, 2)),
+    ),
+    p.Job(
+        job_id=7,
+        attempt=2,
+        repo="/srv/repo",
+        ref="refs/heads/main",
+        sha="a" * 40,
+        event="push",
+        matrix={"PY": "3.12"},
+        timeout=60.0,
+    ),
     p.Job(job_id=7, attempt=1, repo="https://x/y.git", ref="HEAD", sha=None, event="manual"),
     p.Accept(job_id=1, attempt=1),
     p.Reject(job_id=1, attempt=1, reason="no free slot"),
-    p.CheckedOut(job_id=1, attempt=1, sha="b" * 40, pipeline="build",
-                 variants=({"A": "1"}, {"A": "2"})),
+    p.CheckedOut(
+        job_id=1, attempt=1, sha="b" * 40, pipeline="build", variants=({"A": "1"}, {"A": "2"})
+    ),
     p.Log(job_id=1, attempt=1, seq=0, data=b"\x00\xffbinary ok\n"),
     p.StepStarted(job_id=1, attempt=1, index=0, name="test"),
-    p.StepFinished(job_id=1, attempt=1, index=0, name="test", status="failed", exit_code=2,
-                   duration=0.5),
-    p.Done(job_id=1, attempt=1, status="success", reason="", duration=1.5,
-           steps=(p.StepOutcome(index=0, name="t", status="success", exit_code=0, duration=1.0),)),
+    p.StepFinished(
+        job_id=1, attempt=1, index=0, name="test", status="failed", exit_code=2, duration=0.5
+    ),
+    p.Done(
+        job_id=1,
+        attempt=1,
+        status="success",
+        reason="",
+        duration=1.5,
+        steps=(p.StepOutcome(index=0, name="t", status="success", exit_code=0, duration=1.0),),
+    ),
     p.Cancel(job_id=1, attempt=3, reason="cancelled by user"),
 ]
 
@@ -72,20 +94,63 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
         (_frame("heartbeat", {"session": 5}), "heartbeat.session: expected str, got int"),
         (_frame("accept", {"job_id": True, "attempt": 1}), "expected int, got bool"),
         (_frame("accept", {"job_id": "1", "attempt": 1}), "expected int, got str"),
-        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": -1, "labels": {},
-                          "version": "1"}), "capacity: must not be negative"),
-        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": 1, "labels": {"a": 1},
-                          "version": "1"}), "ready.labels.a: expected str"),
-        (_frame("ready", {"runner_id": "r", "session": "s", "capacity": 1, "labels": [],
-                          "version": "1"}), "expected map"),
-        (_frame("done", {"job_id": 1, "attempt": 1, "status": "great", "reason": "",
-                         "duration": 1}), "unknown status 'great'"),
-        (_frame("done", {"job_id": 1, "attempt": 1, "status": "success", "reason": "",
-                         "duration": 1, "steps": [{"index": 0}]}), "missing field"),
-        (_frame("log", {"job_id": 1, "attempt": 1, "seq": 0, "data": "text"}),
-         "log.data: expected bytes, got str"),
-        (_frame("log", {"job_id": 1, "attempt": 1, "seq": 0,
-                        "data": b"x" * (p.MAX_LOG_CHUNK + 1)}), "too large"),
+        (
+            _frame(
+                "ready",
+                {"runner_id": "r", "session": "s", "capacity": -1, "labels": {}, "version": "1"},
+            ),
+            "capacity: must not be negative",
+        ),
+        (
+            _frame(
+                "ready",
+                {
+                    "runner_id": "r",
+                    "session": "s",
+                    "capacity": 1,
+                    "labels": {"a": 1},
+                    "version": "1",
+                },
+            ),
+            "ready.labels.a: expected str",
+        ),
+        (
+            _frame(
+                "ready",
+                {"runner_id": "r", "session": "s", "capacity": 1, "labels": [], "version": "1"},
+            ),
+            "expected map",
+        ),
+        (
+            _frame(
+                "done", {"job_id": 1, "attempt": 1, "status": "great", "reason": "", "duration": 1}
+            ),
+            "unknown status 'great'",
+        ),
+        (
+            _frame(
+                "done",
+                {
+                    "job_id": 1,
+                    "attempt": 1,
+                    "status": "success",
+                    "reason": "",
+                    "duration": 1,
+                    "steps": [{"index": 0}],
+                },
+            ),
+            "missing field",
+        ),
+        (
+            _frame("log", {"job_id": 1, "attempt": 1, "seq": 0, "data": "text"}),
+            "log.data: expected bytes, got str",
+        ),
+        (
+            _frame(
+                "log", {"job_id": 1, "attempt": 1, "seq": 0, "data": b"x" * (p.MAX_LOG_CHUNK + 1)}
+            ),
+            "too large",
+        ),
         (b"\x00" * (p.MAX_FRAME_BYTES + 1), "exceeds"),
         (_frame("accept", {"job_id": 2**64 - 1, "attempt": 1}), "out of range"),
     ],
@@ -96,8 +161,18 @@ def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None
 
 
 def test_float_fields_accept_integers() -> None:
-    frame = _frame("step_finished", {"job_id": 1, "attempt": 1, "index": 0, "name": "n",
-                                     "status": "success", "exit_code": None, "duration": 2})
+    frame = _frame(
+        "step_finished",
+        {
+            "job_id": 1,
+            "attempt": 1,
+            "index": 0,
+            "name": "n",
+            "status": "success",
+            "exit_code": None,
+            "duration": 2,
+        },
+    )
     message = p.decode(frame)
     assert isinstance(message, p.StepFinished) and message.duration == 2.0
 
@@ -112,10 +187,15 @@ def test_decoding_random_bytes_never_raises_anything_else(data: bytes) -> None:
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -123,9 +203,26 @@ _values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(
     kind=st.sampled_from([m.KIND for m in p.MESSAGES] + ["nope"]),
-    body=st.dictionaries(st.sampled_from(["job_id", "attempt", "session", "runner_id", "seq",
-                                          "data", "status", "steps", "labels", "active",
-                                          "variants", "capacity", "name"]), _values),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "job_id",
+                "attempt",
+                "session",
+                "runner_id",
+                "seq",
+                "data",
+                "status",
+                "steps",
+                "labels",
+                "active",
+                "variants",
+                "capacity",
+                "name",
+            ]
+        ),
+        _values,
+    ),
 )
 def test_structured_garbage_never_raises_anything_else(kind: str, body: dict[str, Any]) -> None:
     try:

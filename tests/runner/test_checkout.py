@@ -13,7 +13,9 @@ from narwhal.runner.checkout import checkout
 from tests.conftest import Repo
 
 
-def test_checks_out_exact_commit_and_ref_tip(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+def test_checks_out_exact_commit_and_ref_tip(
+    make_repo: Callable[..., Repo], tmp_path: Path
+) -> None:
     repo = make_repo({"a.txt": "one\n"})
     first = repo.commit({"a.txt": "two\n"})
     tip = repo.commit({"a.txt": "three\n"})
@@ -26,17 +28,25 @@ def test_checks_out_exact_commit_and_ref_tip(make_repo: Callable[..., Repo], tmp
 
 def test_file_url_and_head(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
     repo = make_repo({"a.txt": "x\n"})
-    sha = asyncio.run(checkout(f"file://{repo.path}", ref="HEAD", sha=None, workspace=tmp_path / "w"))
+    sha = asyncio.run(
+        checkout(f"file://{repo.path}", ref="HEAD", sha=None, workspace=tmp_path / "w")
+    )
     assert len(sha) == 40
 
 
-def test_unknown_commit_and_missing_repo_raise(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+def test_unknown_commit_and_missing_repo_raise(
+    make_repo: Callable[..., Repo], tmp_path: Path
+) -> None:
     repo = make_repo({"a.txt": "x\n"})
     with pytest.raises(CheckoutError, match="not found|failed"):
-        asyncio.run(checkout(str(repo.path), ref="refs/heads/main", sha="1" * 40,
-                             workspace=tmp_path / "w1"))
+        asyncio.run(
+            checkout(str(repo.path), ref="refs/heads/main", sha="1" * 40, workspace=tmp_path / "w1")
+        )
     with pytest.raises(CheckoutError, match="git fetch failed"):
-        asyncio.run(checkout(str(tmp_path / "nope"), ref="HEAD", sha=None, workspace=tmp_path / "w2"))
+        asyncio.run(
+            checkout(str(tmp_path / "nope"), ref="HEAD", sha=None, workspace=tmp_path / "w2")
+        )
     with pytest.raises(CheckoutError, match="git fetch failed"):
-        asyncio.run(checkout(str(repo.path), ref="refs/heads/nope", sha=None,
-                             workspace=tmp_path / "w3"))
+        asyncio.run(
+            checkout(str(repo.path), ref="refs/heads/nope", sha=None, workspace=tmp_path / "w3")
+        )

@@ -17,8 +17,14 @@ def _step(commands: str, **extra: str) -> object:
     return load(text).pipeline().steps[0]
 
 
-def _run(step: object, workspace: Path, *, stop: Stop | None = None,
-         timeout: float | None = None, grace: float = 2.0) -> tuple[StepResult, bytes]:
+def _run(
+    step: object,
+    workspace: Path,
+    *,
+    stop: Stop | None = None,
+    timeout: float | None = None,
+    grace: float = 2.0,
+) -> tuple[StepResult, bytes]:
     out: list[bytes] = []
 
     async def collect(data: bytes) -> None:
@@ -26,8 +32,12 @@ def _run(step: object, workspace: Path, *, stop: Stop | None = None,
 
     async def main() -> StepResult:
         return await LocalExecutor(grace=grace).run_step(
-            step, workspace=workspace, env={"GREETING": "hi"}, output=collect,  # type: ignore[arg-type]
-            stop=stop or Stop(), timeout=timeout,
+            step,
+            workspace=workspace,
+            env={"GREETING": "hi"},
+            output=collect,  # type: ignore[arg-type]
+            stop=stop or Stop(),
+            timeout=timeout,
         )
 
     return asyncio.run(main()), b"".join(out)
@@ -37,7 +47,7 @@ def test_runs_commands_in_workspace_with_env(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("content\n")
     result, out = _run(_step('[cat f.txt, echo "$GREETING", echo err >&2]'), tmp_path)
     assert result.status == "success" and result.exit_code == 0
-    assert out == b"+ cat f.txt\ncontent\n+ echo \"$GREETING\"\nhi\n+ echo err >&2\nerr\n"
+    assert out == b'+ cat f.txt\ncontent\n+ echo "$GREETING"\nhi\n+ echo err >&2\nerr\n'
 
 
 def test_first_failing_command_stops_the_step(tmp_path: Path) -> None:
@@ -89,8 +99,12 @@ def test_stop_cancels_a_running_step(tmp_path: Path) -> None:
             out.append(data)
 
         result = await LocalExecutor(grace=1).run_step(
-            _step("['sleep 300']"), workspace=tmp_path, env={}, output=collect,  # type: ignore[arg-type]
-            stop=stop, timeout=None,
+            _step("['sleep 300']"),
+            workspace=tmp_path,
+            env={},
+            output=collect,  # type: ignore[arg-type]
+            stop=stop,
+            timeout=None,
         )
         await task
         return result

@@ -26,22 +26,32 @@ class Recorder:
         self.events.append(f"{outcome.status} {outcome.name}")
 
 
-def _run(text: str, tmp_path: Path, *, branch: str | None = "main",
-         event: str = "push") -> tuple[Outcome, Recorder]:
+def _run(
+    text: str, tmp_path: Path, *, branch: str | None = "main", event: str = "push"
+) -> tuple[Outcome, Recorder]:
     recorder = Recorder()
-    outcome = asyncio.run(run_pipeline(
-        load(text).pipeline(), workspace=tmp_path, executor=LocalExecutor(grace=1),
-        reporter=recorder, stop=Stop(), context=Context(branch=branch, event=event, sha="0" * 40),
-    ))
+    outcome = asyncio.run(
+        run_pipeline(
+            load(text).pipeline(),
+            workspace=tmp_path,
+            executor=LocalExecutor(grace=1),
+            reporter=recorder,
+            stop=Stop(),
+            context=Context(branch=branch, event=event, sha="0" * 40),
+        )
+    )
     return outcome, recorder
 
 
 def test_allow_failure_keeps_going(tmp_path: Path) -> None:
-    outcome, rec = _run("""\
+    outcome, rec = _run(
+        """\
 steps:
   - {name: flaky, command: "exit 1", allow_failure: true}
   - {name: after, command: "echo ran"}
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert outcome.status == "success"
     assert rec.events == ["start flaky", "failed flaky", "start after", "success after"]
 
@@ -60,37 +70,49 @@ steps:
 
 
 def test_pipeline_when_skips_everything(tmp_path: Path) -> None:
-    outcome, rec = _run("""\
+    outcome, rec = _run(
+        """\
 when: {branch: [main]}
 steps:
   - {name: a, command: "echo no"}
-""", tmp_path, branch="feature")
+""",
+        tmp_path,
+        branch="feature",
+    )
     assert outcome.status == "success" and "skipped" in outcome.reason
     assert [s.status for s in outcome.steps] == ["skipped"]
     assert rec.out == b""
 
 
 def test_pipeline_timeout_spans_steps(tmp_path: Path) -> None:
-    outcome, _ = _run("""\
+    outcome, _ = _run(
+        """\
 timeout: 1s
 steps:
   - {name: a, command: "sleep 0.6"}
   - {name: b, command: "sleep 5"}
   - {name: c, command: "true"}
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert outcome.status == "timed_out"
     assert "pipeline timed out" in outcome.reason
     assert [s.status for s in outcome.steps] == ["success", "timed_out", "skipped"]
 
 
 def test_context_env_reaches_steps(tmp_path: Path) -> None:
-    _, rec = _run("""\
+    _, rec = _run(
+        """\
 env: {A: "1"}
 steps:
   - name: e
     env: {B: "2"}
     command: echo "$CI $NARWHAL_BRANCH $NARWHAL_EVENT $A $B"
-""", tmp_path, branch="dev", event="tag")
+""",
+        tmp_path,
+        branch="dev",
+        event="tag",
+    )
     assert b"true dev tag 1 2\n" in rec.out
 
 

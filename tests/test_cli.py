@@ -1,0 +1,142 @@
+"""The narwhal command: exec, client commands, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Client, Daemon, Repo, wait_for_runners
+
+
+def narwhal(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "narwhal", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_exec_runs_pipeline_locally_without_touching_the_tree(tmp_path: Path) -> None:
+    (tmp_path / "narwhal.yml").write_text("""\
+name: local
+matrix:
+  N: ["1", "2"]
+steps:
+  - name: write
+    commands:
+      - echo "n=${N}" > out.txt
+      - cat out.txt
+""")
+    done = narwhal("exec", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "n=1" in done.stdout and "n=2" in done.stdout
+    assert "local [N=1]: success" in done.stderr and "local [N=2]: success" in done.stderr
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_exec_failure_exit_code_and_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "narwhal.yml").write_text("steps:\n  - name: f\n    command: exit 4\n")
+    done = narwhal("exec", str(tmp_path))
+    assert done.returncode == 1
+    assert "failed" in done.stderr and "exit 4" in done.stderr
+    (tmp_path / "narwhal.yml").write_text("steps:\n  - name: f\n    comand: true\n")
+    done = narwhal("exec", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, "one line, no traceback"
+    assert done.stderr.startswith("narwhal: narwhal.yml:3:")
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    for args in (
+        ["jobs", "--server", "http://127.0.0.1:9"],
+        ["exec", str(tmp_path / "missing")],
+        ["runner", "--labels", "novalue", "--listen", "tcp://127.0.0.1:0"],
+        ["dispatcher", "--http", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+        ["up", "--http", "127.0.0.1:notaport", "--data-dir", str(tmp_path)],
+    ):
+        done = narwhal(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith("narwhal: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_client_commands_against_narwhal_up(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: hi\n    command: echo hi-from-cli\n"})
+    done = narwhal(
+        "submit", str(repo.path), "--ref", "refs/heads/main", "-f", "--server", daemon.url
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hi-from-cli" in done.stdout
+    assert "job 1 success" in done.stderr
+    logs = narwhal("logs", "1", "--server", daemon.url)
+    assert "hi-from-cli" in logs.stdout
+    jobs = narwhal("jobs", "--server", daemon.url)
+    assert "success" in jobs.stdout and str(repo.path) in jobs.stdout
+    runners = narwhal("runners", "--server", daemon.url)
+    assert "local" in runners.stdout and "ready" in runners.stdout
+    failing = make_repo({"narwhal.yml": "steps:\n  - name: bad\n    command: 'false'\n"})
+    done = narwhal("submit", str(failing.path), "-f", "--server", daemon.url)
+    assert done.returncode == 1 and "failed" in done.stderr
+
+
+def test_dispatcher_spreads_jobs_over_separate_runner_processes(
+    tmp_path: Path, make_repo: Callable[..., Repo]
+) -> None:
+    runners = [
+        Daemon(
+            [
+                "runner",
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--id",
+                f"r{i}",
+                "--capacity",
+                str(i),
+                "--work-dir",
+                str(tmp_path / f"w{i}"),
+                "--heartbeat-interval",
+                "0.2",
+            ]
+        )
+        for i in (1, 2)
+    ]
+    dispatcher = Daemon(
+        [
+            "dispatcher",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--heartbeat-interval",
+            "0.2",
+            "--runner",
+            runners[0].endpoint,
+        ]
+    )
+    api = Client(dispatcher.url)
+    try:
+        wait_for_runners(api, 1)
+        added = api.http.post("/api/runners", json={"url": runners[1].endpoint})
+        assert added.status_code == 201
+        listed = wait_for_runners(api, 2)
+        assert {(r["id"], r["capacity"]) for r in listed} == {("r1", 1), ("r2", 2)}
+        repo = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: sleep 0.4\n"})
+        ids = [api.submit(repo) for _ in range(6)]
+        jobs = [api.wait(i) for i in ids]
+        assert all(j["state"] == "success" for j in jobs)
+        used = {j["runner_id"] for j in jobs}
+        assert used == {"r1", "r2"}
+    finally:
+        api.close()
+        assert dispatcher.stop() == 0
+        for runner in runners:
+            assert runner.stop() == 0
