@@ -65,6 +65,7 @@ class Dispatcher:
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
         self._watchers: dict[int, set[asyncio.Event]] = {}
+        self._listeners: list[Callable[[JobRecord], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._quiet = QuietLog(log)
         self._closed = False
@@ -217,20 +218,44 @@ class Dispatcher:
                 job_id, attempt, "error", f"{reason}; gave up after {attempt} attempts"
             )
         else:
-            requeued = await self.db(
-                SqliteStore.transition,
-                job_id,
-                attempt=attempt,
-                to="queued",
-                reason=f"{reason}; requeued",
-            )
+            requeued = await self._transition(job_id, attempt, "queued", f"{reason}; requeued")
             if requeued is not None:
                 self._queue[requeued.id] = requeued
-                self._notify(job_id)
 
     async def _finish(self, job_id: int, attempt: int, status: str, reason: str) -> None:
-        await self.db(SqliteStore.transition, job_id, attempt=attempt, to=status, reason=reason)
-        self._notify(job_id)
+        await self._transition(job_id, attempt, status, reason)
+
+    async def _transition(
+        self, job_id: int, attempt: int, to: str, reason: str, runner_id: str | None = None
+    ) -> JobRecord | None:
+        """Commit a state change, then tell log followers and listeners."""
+        job = await self.db(
+            SqliteStore.transition,
+            job_id,
+            attempt=attempt,
+            to=to,
+            reason=reason,
+            runner_id=runner_id,
+        )
+        if job is not None:
+            self._changed(job)
+        return job
+
+    def _changed(self, job: JobRecord) -> None:
+        self._notify(job.id)
+        for listener in self._listeners:
+            try:
+                listener(job)
+            except Exception:  # one broken listener must not stop dispatching
+                log.exception("job listener %r failed", listener)
+
+    def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
+        """Call ``listener(job)`` after every committed state change and new job.
+
+        Listeners run on the event loop and must not block: hand slow work
+        (forge status calls, metrics) to a task or queue of their own.
+        """
+        self._listeners.append(listener)
 
     # frames from runners
 
@@ -307,14 +332,9 @@ class Dispatcher:
             self._send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
 
     async def _on_accept(self, link: Link, message: p.Accept) -> None:
-        await self.db(
-            SqliteStore.transition,
-            message.job_id,
-            attempt=message.attempt,
-            to="running",
-            reason=f"accepted by {link.runner_id}",
+        await self._transition(
+            message.job_id, message.attempt, "running", f"accepted by {link.runner_id}"
         )
-        self._notify(message.job_id)
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
         self._release(link, (message.job_id, message.attempt))
@@ -416,18 +436,12 @@ class Dispatcher:
             key = (job.id, job.attempt)
             link.jobs.add(key)  # reserve the slot before the store round trip
             del self._queue[job.id]
-            assigned = await self.db(
-                SqliteStore.transition,
-                job.id,
-                attempt=job.attempt,
-                to="assigned",
-                reason=f"assigned to {link.runner_id}",
-                runner_id=link.runner_id,
+            assigned = await self._transition(
+                job.id, job.attempt, "assigned", f"assigned to {link.runner_id}", link.runner_id
             )
             if assigned is None:
                 link.jobs.discard(key)
                 continue
-            self._notify(job.id)
             frame = p.Job(
                 job_id=job.id,
                 attempt=job.attempt,
@@ -456,15 +470,31 @@ class Dispatcher:
     # what the API calls
 
     async def _create(self, **fields: Any) -> JobRecord:
-        job = await self.db(SqliteStore.create_job, **fields)
-        self._queue[job.id] = job
-        self._wake.set()
+        job, created = await self.db(SqliteStore.create_job_once, **fields)
+        if created:
+            self._queue[job.id] = job
+            self._changed(job)
+            self._wake.set()
         return job
 
     async def submit(
-        self, *, repo: str, ref: str, sha: str | None, event: str, labels: dict[str, str]
+        self,
+        *,
+        repo: str,
+        ref: str,
+        sha: str | None,
+        event: str,
+        labels: dict[str, str],
+        source_key: str | None = None,
     ) -> JobRecord:
-        return await self._create(repo=repo, ref=ref, sha=sha, event=event, labels=labels)
+        """Queue a job; a ``source_key`` seen before returns that job instead.
+
+        The key is what makes redelivered commit events (AMQP redelivery, a
+        forge retrying a webhook) idempotent.
+        """
+        return await self._create(
+            repo=repo, ref=ref, sha=sha, event=event, labels=labels, source_key=source_key
+        )
 
     async def resubmit(self, job_id: int) -> JobRecord:
         old = await self.db(SqliteStore.get_job, job_id)

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     labels TEXT NOT NULL,
     matrix TEXT,
     parent_id INTEGER,
+    source_key TEXT UNIQUE,
     pipeline TEXT,
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
@@ -203,14 +204,48 @@ class SqliteStore:
         matrix: Mapping[str, str] | None = None,
         parent_id: int | None = None,
         reason: str = "submitted",
+        source_key: str | None = None,
     ) -> JobRecord:
+        job, _ = self.create_job_once(
+            repo=repo,
+            ref=ref,
+            sha=sha,
+            event=event,
+            labels=labels,
+            matrix=matrix,
+            parent_id=parent_id,
+            reason=reason,
+            source_key=source_key,
+        )
+        return job
+
+    def create_job_once(
+        self,
+        *,
+        repo: str,
+        ref: str,
+        sha: str | None,
+        event: str,
+        labels: Mapping[str, str] | None = None,
+        matrix: Mapping[str, str] | None = None,
+        parent_id: int | None = None,
+        reason: str = "submitted",
+        source_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Create a job unless one with ``source_key`` exists; say which happened."""
+        if source_key is not None:
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_key = ?", (source_key,)
+            ).fetchone()
+            if row is not None:
+                return _job(row), False
         now = time.time()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute(
                 "INSERT INTO jobs (repo, ref, sha, event, labels, matrix, parent_id,"
-                " state, reason, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                " source_key, state, reason, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (
                     repo,
                     ref,
@@ -219,6 +254,7 @@ class SqliteStore:
                     json.dumps(dict(labels or {})),
                     json.dumps(dict(matrix)) if matrix is not None else None,
                     parent_id,
+                    source_key,
                     reason,
                     now,
                     now,
@@ -234,7 +270,7 @@ class SqliteStore:
         except sqlite3.Error as e:
             self._db.execute("ROLLBACK")
             raise StoreError(str(e)) from e
-        return self.get_job(job_id)
+        return self.get_job(job_id), True
 
     def get_job(self, job_id: int) -> JobRecord:
         row = self._db.execute(
@@ -328,6 +364,15 @@ class SqliteStore:
             (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id, attempt),
         )
         return cur.rowcount == 1
+
+    def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
+        """A queued, assigned or running job for this commit and event, if any."""
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE repo = ? AND sha = ? AND event = ?"
+            " AND state IN ('queued', 'assigned', 'running') ORDER BY id LIMIT 1",
+            (repo, sha, event),
+        ).fetchone()
+        return _job(row) if row is not None else None
 
     def request_cancel(self, job_id: int) -> None:
         self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))

@@ -13,14 +13,15 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import MAX_LOG_CHUNK
-from narwhal.pipeline import Step
+from narwhal.pipeline import Pipeline, Step
 
 Output = Callable[[bytes], Awaitable[None]]
 
@@ -59,19 +60,32 @@ class StepResult:
     reason: str = ""
 
 
-class Executor(Protocol):
-    """Runs steps; one instance serves every job of a runner."""
+class Session(Protocol):
+    """Runs the steps of one job, in order, sharing one workspace."""
 
     async def run_step(
         self,
         step: Step,
         *,
-        workspace: Path,
         env: Mapping[str, str],
         output: Output,
         stop: Stop,
         timeout: float | None,
     ) -> StepResult: ...
+
+
+class Executor(Protocol):
+    """Makes sessions; one instance serves every job of a runner.
+
+    ``session`` sets up what a job needs around its steps (for containers:
+    networks, volumes, service containers) and removes all of it on exit,
+    also when the job failed or was cancelled. A problem setting up raises
+    ``ExecutorError``; the job then ends in ``error`` with that message.
+    """
+
+    def session(
+        self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
+    ) -> AbstractAsyncContextManager[Session]: ...
 
 
 def step_script(step: Step) -> str:
@@ -89,11 +103,24 @@ class LocalExecutor:
     def __init__(self, *, grace: float = 10.0) -> None:
         self._grace = grace
 
+    @asynccontextmanager
+    async def session(
+        self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
+    ) -> AsyncIterator[LocalSession]:
+        yield LocalSession(workspace=workspace, grace=self._grace)
+
+
+class LocalSession:
+    """One job's steps as local processes in its workspace."""
+
+    def __init__(self, *, workspace: Path, grace: float) -> None:
+        self._workspace = workspace
+        self._grace = grace
+
     async def run_step(
         self,
         step: Step,
         *,
-        workspace: Path,
         env: Mapping[str, str],
         output: Output,
         stop: Stop,
@@ -118,7 +145,7 @@ class LocalExecutor:
                 "-e",
                 "-c",
                 step_script(step),
-                cwd=workspace,
+                cwd=self._workspace,
                 env=full_env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

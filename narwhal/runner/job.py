@@ -16,7 +16,7 @@ from typing import Protocol
 from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import StepOutcome
 from narwhal.pipeline import Pipeline, Step
-from narwhal.runner.executor import Executor, StepResult, Stop
+from narwhal.runner.executor import Executor, Session, StepResult, Stop
 
 
 class Reporter(Protocol):
@@ -77,28 +77,41 @@ async def run_pipeline(
 ) -> Outcome:
     """Run the steps in order; the first failure skips the rest."""
     if not pipeline.when.matches(branch=context.branch, event=context.event):
-        outcomes = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
-        for outcome in outcomes:
+        skipped = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
+        for outcome in skipped:
             await reporter.step_finished(outcome)
         return Outcome(
             status="success",
             reason="skipped: pipeline 'when' does not match",
-            steps=tuple(outcomes),
+            steps=tuple(skipped),
         )
     budget = pipeline.timeout or default_timeout
     deadline = time.monotonic() + budget if budget else None
     status, reason = "success", ""
-    outcomes = []
-    for index, step in enumerate(pipeline.steps):
-        if status != "success" or not step.when.matches(branch=context.branch, event=context.event):
-            outcome = _skipped(index, step)
-        else:
-            outcome, result = await _run_step(
-                index, step, pipeline, workspace, executor, reporter, stop, context, deadline
-            )
-            status, reason = _fold(status, step, result, budget)
-        outcomes.append(outcome)
-        await reporter.step_finished(outcome)
+    outcomes: list[StepOutcome] = []
+    name = f"job-{context.job_id}" if context.job_id is not None else "exec"
+    try:
+        async with executor.session(
+            job=name, workspace=workspace, pipeline=pipeline, output=reporter.output
+        ) as session:
+            for index, step in enumerate(pipeline.steps):
+                if status != "success" or not step.when.matches(
+                    branch=context.branch, event=context.event
+                ):
+                    outcome = _skipped(index, step)
+                else:
+                    outcome, result = await _run_step(
+                        index, step, pipeline, session, reporter, stop, context, deadline
+                    )
+                    status, reason = _fold(status, step, result, budget)
+                outcomes.append(outcome)
+                await reporter.step_finished(outcome)
+    except ExecutorError as e:
+        await reporter.output(f"{e}\n".encode())
+        rest = [_skipped(i, s) for i, s in enumerate(pipeline.steps) if i >= len(outcomes)]
+        for outcome in rest:
+            await reporter.step_finished(outcome)
+        return Outcome(status="error", reason=str(e), steps=(*outcomes, *rest))
     return Outcome(status=status, reason=reason, steps=tuple(outcomes))
 
 
@@ -106,8 +119,7 @@ async def _run_step(
     index: int,
     step: Step,
     pipeline: Pipeline,
-    workspace: Path,
-    executor: Executor,
+    session: Session,
     reporter: Reporter,
     stop: Stop,
     context: Context,
@@ -125,9 +137,8 @@ async def _run_step(
     else:
         env: Mapping[str, str] = context.env() | dict(step.env)
         try:
-            result = await executor.run_step(
+            result = await session.run_step(
                 step,
-                workspace=workspace,
                 env=env,
                 output=reporter.output,
                 stop=stop,

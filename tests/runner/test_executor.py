@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from narwhal.pipeline import load
-from narwhal.runner.executor import LocalExecutor, StepResult, Stop
+from narwhal.runner.executor import LocalSession, StepResult, Stop
 
 
 def _step(commands: str, **extra: str) -> object:
@@ -31,9 +31,8 @@ def _run(
         out.append(data)
 
     async def main() -> StepResult:
-        return await LocalExecutor(grace=grace).run_step(
+        return await LocalSession(workspace=workspace, grace=grace).run_step(
             step,
-            workspace=workspace,
             env={"GREETING": "hi"},
             output=collect,  # type: ignore[arg-type]
             stop=stop or Stop(),
@@ -98,9 +97,8 @@ def test_stop_cancels_a_running_step(tmp_path: Path) -> None:
         async def collect(data: bytes) -> None:
             out.append(data)
 
-        result = await LocalExecutor(grace=1).run_step(
+        result = await LocalSession(workspace=tmp_path, grace=1).run_step(
             _step("['sleep 300']"),
-            workspace=tmp_path,
             env={},
             output=collect,  # type: ignore[arg-type]
             stop=stop,
