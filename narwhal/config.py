@@ -13,6 +13,10 @@ from pathlib import Path
 
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
+DEFAULT_AGENT_PORT = 8472
+DEFAULT_AMQP_QUEUE = "narwhal.commits"
+#: GitHub refuses webhook payloads above 25 MB, so nothing genuine is larger.
+DEFAULT_MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

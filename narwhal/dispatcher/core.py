@@ -1,36 +1,35 @@
-"""The dispatcher: one ROUTER socket, the job store, the scheduler.
+"""The dispatcher: the job store, the queue, the scheduler, and what frames mean.
 
 Every state change is committed to the store before the frame that acts on
-it is sent (a JOB is sent only after the job is recorded as ``assigned``), so
-a crash between the two leaves a job that recovery finds, never one that
-runs without a record.
+it is sent (a JOB goes out only after the job is recorded as ``assigned``),
+and a runner's frame is acknowledged only after what it says is stored, so a
+crash anywhere leaves a job that recovery finds, never one that runs without
+a record or a result that is lost.
 
-Shutdown order (``aclose``): stop scheduling, stop the mesh loops, close the
-socket with its linger, terminate the ZeroMQ context, close the store.
-Runners keep running their jobs and report them to the next dispatcher.
+Shutdown order (``aclose``): stop scheduling and the mesh loops, close the
+socket with its linger, terminate the ZeroMQ context (if ours), close the
+store. Runners keep running their jobs and report them to the next
+dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import zmq
 import zmq.asyncio
 
 from narwhal.config import DispatcherConfig
-from narwhal.dispatcher.links import BACKOFF_MAX, Link, check_endpoint, pick
+from narwhal.dispatcher.links import Link, pick
+from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.store import JobRecord, SqliteStore
-from narwhal.errors import NarwhalError, ProtocolError
+from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, router_socket
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,11 @@ class Dispatcher:
         self, config: DispatcherConfig, *, context: zmq.asyncio.Context | None = None
     ) -> None:
         self.config = config
-        self.session = uuid.uuid4().hex
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="narwhal-store")
+        self._threads = ThreadPoolExecutor(1, thread_name_prefix="narwhal-store")
         self._store: SqliteStore | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        self._links: dict[bytes, Link] = {}
-        self._generation = 0
+        self._runners: RunnerPool | None = None
         #: Queued jobs in submission order (dicts keep insertion order).
         self._queue: dict[int, JobRecord] = {}
         #: Jobs found assigned/running at start, waiting for their runner's READY.
@@ -67,9 +63,7 @@ class Dispatcher:
         self._watchers: dict[int, set[asyncio.Event]] = {}
         self._listeners: list[Callable[[JobRecord], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._quiet = QuietLog(log)
         self._closed = False
-        self.bad_frames = 0
 
     # lifecycle
 
@@ -81,14 +75,15 @@ class Dispatcher:
         await self.aclose()
 
     async def start(self) -> None:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.config.data_dir.mkdir, parents=True, exist_ok=True)
         self._store = await self._run(SqliteStore, self.config.db_path)
-        self._sock = router_socket(self._ctx, linger_ms=self.config.mesh.linger_ms)
+        self._runners = RunnerPool(self.config.mesh, self._ctx, self)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
-            self.connect(endpoint)
-        for loop in (self._receive_loop(), self._liveness_loop(), self._schedule_loop()):
-            self._spawn(loop)
+            self._runners.connect(endpoint)
+        self._spawn(self._runners.receive_loop())
+        self._spawn(self._runners.liveness_loop())
+        self._spawn(self._schedule_loop())
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -98,13 +93,13 @@ class Dispatcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close(self.config.mesh.linger_ms)
+        if self._runners is not None:
+            self._runners.close()
         if self._own_ctx:
             self._ctx.term()
         if self._store is not None:
             await self._run(self._store.close)
-        self._pool.shutdown(wait=True)
+        self._threads.shutdown(wait=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -113,117 +108,37 @@ class Dispatcher:
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     async def db(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a ``SqliteStore`` method on the store thread."""
         assert self._store is not None  # noqa: S101 - set in start()
         return await self._run(method, self._store, *args, **kwargs)
 
+    @property
+    def runners(self) -> RunnerPool:
+        assert self._runners is not None  # noqa: S101 - set in start()
+        return self._runners
+
     async def _recover(self) -> None:
-        for job in await self.db(
-            SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True
-        ):
-            self._queue[job.id] = job
+        queued = await self.db(SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True)
+        self._queue = {job.id: job for job in queued}
         active = await self.db(SqliteStore.list_jobs, states=["assigned", "running"], limit=-1)
         self._orphans = {(j.id, j.attempt): j for j in active}
-        # Runners that still hold these jobs report them in READY; give them
+        # Runners that still hold these jobs list them in READY; give them
         # time to reconnect before the jobs go back to the queue.
         self._orphan_deadline = time.monotonic() + max(2 * self.config.mesh.dead_after, 5.0)
+        if self._orphans:
+            self._spawn(self._expire_orphans())
+            log.info("recovering %d running job(s) from the store", len(self._orphans))
 
-    # runner links
-
-    def connect(self, endpoint: str) -> Link:
-        """Connect to a runner endpoint (idempotent per endpoint)."""
-        endpoint = check_endpoint(endpoint)
-        for link in self._links.values():
-            if link.endpoint == endpoint:
-                return link
-        return self._open(endpoint)
-
-    def _open(self, endpoint: str, backoff: float = 1.0) -> Link:
-        assert self._sock is not None  # noqa: S101 - set in start()
-        self._generation += 1
-        alias = f"{self._generation}:{endpoint}".encode()
-        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
-        self._sock.connect(endpoint)
-        link = Link(endpoint=endpoint, alias=alias, backoff=backoff)
-        self._links[alias] = link
-        # Queued until the connection is up; the runner answers with READY.
-        self._send(link, p.Heartbeat(session=self.session))
-        return link
-
-    def _reopen(self, link: Link, backoff: float) -> None:
-        assert self._sock is not None  # noqa: S101 - set in start()
-        del self._links[link.alias]
-        with contextlib.suppress(zmq.ZMQError):
-            self._sock.disconnect(link.endpoint)
-        self._open(link.endpoint, backoff)
-
-    def links(self) -> list[Link]:
-        return list(self._links.values())
-
-    def _send(self, link: Link, message: p.Message) -> bool:
-        assert self._sock is not None  # noqa: S101 - set in start()
-        try:
-            self._sock.send_multipart([link.alias, p.encode(message)], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self._quiet.warning(link.endpoint, "runner %s: send queue full", link.endpoint)
-            return False
-        except zmq.ZMQError as e:
-            self._quiet.warning(link.endpoint, "runner %s: cannot send: %s", link.endpoint, e)
-            return False
-        return True
-
-    async def _liveness_loop(self) -> None:
-        mesh = self.config.mesh
-        while True:
-            await asyncio.sleep(mesh.heartbeat_interval)
-            now = time.monotonic()
-            for link in list(self._links.values()):
-                if link.state == "ready" and now - link.last_seen > mesh.dead_after:
-                    silent = now - link.last_seen
-                    await self._lose(
-                        link, f"runner {link.runner_id} lost: silent for {silent:.1f}s"
-                    )
-                    self._reopen(link, 1.0)
-                elif link.state == "ready":
-                    self._send(link, p.Heartbeat(session=self.session))
-                elif now - link.connected_at > max(link.backoff, mesh.dead_after):
-                    self._reopen(link, min(link.backoff * 2, BACKOFF_MAX))
-            if self._orphans and now > self._orphan_deadline:
-                await self._requeue_orphans()
-
-    async def _lose(self, link: Link, reason: str) -> None:
-        """The runner behind ``link`` is gone: its jobs go back to the queue."""
-        log.warning("%s", reason)
-        link.state = "lost"
-        for job_id, attempt in sorted(link.jobs):
-            await self._requeue(job_id, attempt, reason)
-        self._release(link, *link.jobs)
-
-    async def _requeue_orphans(self) -> None:
+    async def _expire_orphans(self) -> None:
+        await asyncio.sleep(max(0.0, self._orphan_deadline - time.monotonic()))
         orphans, self._orphans = self._orphans, {}
         for job_id, attempt in orphans:
             await self._requeue(job_id, attempt, "no runner reported the job after a restart")
 
-    async def _requeue(self, job_id: int, attempt: int, reason: str) -> None:
-        job = await self.db(SqliteStore.get_job, job_id)
-        if job.attempt != attempt or job.terminal:
-            return
-        if job.cancel_requested:
-            await self._finish(job_id, attempt, "cancelled", f"cancelled; {reason}")
-        elif attempt >= self.config.max_attempts:
-            await self._finish(
-                job_id, attempt, "error", f"{reason}; gave up after {attempt} attempts"
-            )
-        else:
-            requeued = await self._transition(job_id, attempt, "queued", f"{reason}; requeued")
-            if requeued is not None:
-                self._queue[requeued.id] = requeued
-
-    async def _finish(self, job_id: int, attempt: int, status: str, reason: str) -> None:
-        await self._transition(job_id, attempt, status, reason)
+    # job state
 
     async def _transition(
         self, job_id: int, attempt: int, to: str, reason: str, runner_id: str | None = None
@@ -257,109 +172,98 @@ class Dispatcher:
         """
         self._listeners.append(listener)
 
-    # frames from runners
-
-    async def _receive_loop(self) -> None:
-        assert self._sock is not None  # noqa: S101 - set in start()
-        while True:
-            parts = await self._sock.recv_multipart()
-            link = self._links.get(parts[0])
-            if link is None or len(parts) != 2:
-                self.bad_frames += 1
-                self._quiet.warning("unknown-peer", "frame from unknown peer %r ignored", parts[0])
-                continue
-            try:
-                message = p.decode(parts[1])
-            except ProtocolError as e:
-                self.bad_frames += 1
-                self._quiet.warning(link.endpoint, "runner %s: bad frame: %s", link.endpoint, e)
-                continue
-            link.seen()
-            try:
-                await self._handle(link, message)
-            except NarwhalError as e:
-                self._quiet.warning(
-                    link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
-                )
-
-    async def _handle(self, link: Link, message: p.Message) -> None:
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            self._quiet.warning(
-                link.endpoint, "runner %s: unexpected %s frame", link.endpoint, message.KIND
-            )
+    async def _requeue(self, job_id: int, attempt: int, reason: str) -> None:
+        job = await self.db(SqliteStore.get_job, job_id)
+        if job.attempt != attempt or job.terminal:
             return
-        await handler(self, link, message)
+        if job.cancel_requested:
+            await self._transition(job_id, attempt, "cancelled", f"cancelled; {reason}")
+        elif attempt >= self.config.max_attempts:
+            await self._transition(
+                job_id, attempt, "error", f"{reason}; gave up after {attempt} attempts"
+            )
+        else:
+            requeued = await self._transition(job_id, attempt, "queued", f"{reason}; requeued")
+            if requeued is not None:
+                self._queue[requeued.id] = requeued
+                self._wake.set()
 
-    async def _on_heartbeat(self, link: Link, message: p.Heartbeat) -> None:
-        if link.state != "ready" or message.session != link.session:
-            # A runner we have no READY from for this session: ask again.
-            self._send(link, p.Heartbeat(session=self.session))
+    # what runners report (called by the pool)
 
-    async def _on_ready(self, link: Link, message: p.Ready) -> None:
-        if link.session is not None and link.session != message.session:
-            keep = {tuple(a) for a in message.active}
-            gone = {j for j in link.jobs if j not in keep}
-            link.jobs -= gone
-            for job_id, attempt in sorted(gone):
-                await self._requeue(job_id, attempt, f"runner {message.runner_id} restarted")
-        link.state = "ready"
-        link.runner_id = message.runner_id
-        link.session = message.session
-        link.capacity = message.capacity
-        link.labels = dict(message.labels)
-        link.version = message.version
-        link.backoff = 1.0
-        for pair in message.active:
-            await self._adopt(link, pair)
-        log.info(
-            "runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint, link.capacity
-        )
+    async def on_ready(self, link: Link, ready: p.Ready) -> None:
+        for job_id, attempt, next_seq in ready.active:
+            await self._adopt(link, job_id, attempt, next_seq)
         self._wake.set()
 
-    async def _adopt(self, link: Link, pair: tuple[int, ...]) -> None:
-        """A runner reports a job it still holds (after a dispatcher restart)."""
-        if len(pair) != 2:
-            raise ProtocolError("ready.active: expected [job_id, attempt] pairs")
-        job_id, attempt = pair
-        link.jobs.add((job_id, attempt))
-        self._orphans.pop((job_id, attempt), None)
+    async def _adopt(self, link: Link, job_id: int, attempt: int, next_seq: int) -> None:
+        """A runner reports a job it holds (after a reconnect or a dispatcher restart)."""
+        key = (job_id, attempt)
+        if key in link.streams:
+            return
+        self._orphans.pop(key, None)
+        try:
+            job: JobRecord | None = await self.db(SqliteStore.get_job, job_id)
+        except NarwhalError:
+            job = None
+        live = job is not None and job.attempt == attempt and not job.terminal
+        link.jobs.add(key)  # it occupies a slot until its DONE, live or not
+        self.runners.open_stream(link, key, expected=next_seq, live=live)
+        if not live:
+            self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
+
+    async def on_stray(self, link: Link, message: p.Message) -> bool:
+        """A job frame outside any known stream: acknowledge it if the job is settled.
+
+        A runner that runs an attempt we gave up on (its JOB arrived late) is
+        told to stop.
+        """
+        job_id, attempt = message.job_id, message.attempt  # type: ignore[attr-defined]
         try:
             job = await self.db(SqliteStore.get_job, job_id)
         except NarwhalError:
-            job = None
-        if job is None or job.attempt != attempt or job.terminal:
-            self._send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
+            return True
+        settled = job.terminal or job.attempt != attempt
+        if settled and not isinstance(message, p.Done):
+            self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
+        return settled
+
+    async def on_lost(self, link: Link, reason: str) -> None:
+        """The runner behind ``link`` is gone: its jobs go back to the queue."""
+        held = sorted(link.jobs)
+        self._release(link, *held)
+        for job_id, attempt in held:
+            await self._requeue(job_id, attempt, reason)
+
+    async def on_frame(self, link: Link, message: p.Message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise NarwhalError(f"unexpected {message.KIND} frame")
+        await handler(self, link, message)
 
     async def _on_accept(self, link: Link, message: p.Accept) -> None:
-        await self._transition(
-            message.job_id, message.attempt, "running", f"accepted by {link.runner_id}"
-        )
+        reason = f"accepted by {link.runner_id}"
+        await self._transition(message.job_id, message.attempt, "running", reason)
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
-        self._release(link, (message.job_id, message.attempt))
-        await self._requeue(
-            message.job_id,
-            message.attempt,
-            f"runner {link.runner_id} rejected it: {message.reason}",
-        )
+        key = (message.job_id, message.attempt)
+        link.streams.pop(key, None)
+        self._release(link, key)
+        reason = f"runner {link.runner_id} rejected it: {message.reason}"
+        await self._requeue(message.job_id, message.attempt, reason)
 
     async def _on_checked_out(self, link: Link, message: p.CheckedOut) -> None:
         variants = message.variants
-        first = variants[0] if variants else None
-        fresh = await self.db(
+        first_time = await self.db(
             SqliteStore.set_checkout,
             message.job_id,
             attempt=message.attempt,
             sha=message.sha,
             pipeline=message.pipeline,
-            matrix=first,
+            matrix=variants[0] if variants else None,
         )
-        if not fresh or len(variants) < 2:
+        if not first_time or len(variants) < 2:
             return
         parent = await self.db(SqliteStore.get_job, message.job_id)
-        if parent.parent_id is not None:
-            return
         for variant in variants[1:]:
             await self._create(
                 repo=parent.repo,
@@ -406,11 +310,9 @@ class Dispatcher:
     async def _on_done(self, link: Link, message: p.Done) -> None:
         self._release(link, (message.job_id, message.attempt))
         reason = message.reason or message.status
-        await self._finish(message.job_id, message.attempt, message.status, reason)
+        await self._transition(message.job_id, message.attempt, message.status, reason)
 
     _handlers: dict[type, Callable[[Dispatcher, Link, Any], Coroutine[Any, Any, None]]] = {
-        p.Heartbeat: _on_heartbeat,
-        p.Ready: _on_ready,
         p.Accept: _on_accept,
         p.Reject: _on_reject,
         p.CheckedOut: _on_checked_out,
@@ -430,30 +332,35 @@ class Dispatcher:
 
     async def _schedule(self) -> None:
         for job in list(self._queue.values()):
-            link = pick(self._links.values(), job.labels)
+            link = pick(self.runners.links(), job.labels)
             if link is None:
                 continue
             key = (job.id, job.attempt)
             link.jobs.add(key)  # reserve the slot before the store round trip
             del self._queue[job.id]
-            assigned = await self._transition(
-                job.id, job.attempt, "assigned", f"assigned to {link.runner_id}", link.runner_id
-            )
-            if assigned is None:
-                link.jobs.discard(key)
-                continue
-            frame = p.Job(
-                job_id=job.id,
-                attempt=job.attempt,
-                repo=job.repo,
-                ref=job.ref,
-                sha=job.sha,
-                event=job.event,
-                matrix=job.matrix,
-            )
-            if not self._send(link, frame):
+            reason = f"assigned to {link.runner_id}"
+            if await self._transition(job.id, job.attempt, "assigned", reason, link.runner_id):
+                self._dispatch(link, job)
+            else:
                 self._release(link, key)
-                await self._requeue(job.id, job.attempt, f"could not send to {link.runner_id}")
+
+    def _dispatch(self, link: Link, job: JobRecord) -> None:
+        assert link.session is not None  # noqa: S101 - a ready link has a session
+        key = (job.id, job.attempt)
+        frame = p.Job(
+            job_id=job.id,
+            attempt=job.attempt,
+            runner_session=link.session,
+            repo=job.repo,
+            ref=job.ref,
+            sha=job.sha,
+            event=job.event,
+            matrix=job.matrix,
+        )
+        if not self.runners.open_stream(link, key, expected=0, live=True, request=frame):
+            # Recorded as assigned: the pool sends it again until the runner
+            # answers, or the runner's loss requeues it.
+            log.warning("job %d: JOB frame to %s not sent yet", job.id, link.runner_id)
 
     def _release(self, link: Link, *keys: tuple[int, int]) -> None:
         """Give slots back: schedule again, and tell ``drained`` waiters."""
@@ -463,7 +370,7 @@ class Dispatcher:
 
     async def drained(self) -> None:
         """Return once no runner holds a job of this dispatcher."""
-        while any(link.jobs for link in self._links.values()):
+        while any(link.jobs for link in self.runners.links()):
             self._released.clear()
             await self._released.wait()
 
@@ -512,28 +419,31 @@ class Dispatcher:
         job = await self.db(SqliteStore.get_job, job_id)
         if job.terminal:
             raise Conflict(f"job {job_id} already ended ({job.state})")
-        if job.state == "queued":
+        link = self._holder(job_id, job.attempt)
+        if link is None:
+            # Queued, or held by no connected runner: nothing to stop.
             self._queue.pop(job_id, None)
-            await self._finish(job_id, job.attempt, "cancelled", "cancelled by user")
+            await self._transition(job_id, job.attempt, "cancelled", "cancelled by user")
         else:
             await self.db(SqliteStore.request_cancel, job_id)
-            link = self._holder(job_id, job.attempt)
-            if link is None:
-                await self._finish(job_id, job.attempt, "cancelled", "cancelled by user")
-            else:
-                self._send(
-                    link, p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
-                )
+            cancel = p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
+            self.runners.send(link, cancel)
         return await self.db(SqliteStore.get_job, job_id)
 
     def _holder(self, job_id: int, attempt: int) -> Link | None:
-        for link in self._links.values():
+        for link in self.runners.links():
             if (job_id, attempt) in link.jobs:
                 return link
         return None
 
+    def links(self) -> list[Link]:
+        return self.runners.links()
+
+    def connect(self, endpoint: str) -> Link:
+        return self.runners.connect(endpoint)
+
     async def add_runner(self, url: str) -> Link:
-        link = self.connect(url)
+        link = self.runners.connect(url)
         await self.db(SqliteStore.add_endpoint, link.endpoint)
         return link
 

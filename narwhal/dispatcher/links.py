@@ -19,6 +19,23 @@ from narwhal.errors import ConfigError
 BACKOFF_MAX = 32.0
 
 
+@dataclass(slots=True)
+class Stream:
+    """The dispatcher's side of one job stream: the next ``seq`` it expects.
+
+    ``live`` is False for an attempt that was superseded or already ended:
+    its frames are acknowledged (so the runner can forget them) but change
+    nothing.
+    """
+
+    expected: int = 0
+    live: bool = True
+    #: The JOB frame, until the runner's first frame shows it arrived; sent
+    #: again if no answer comes (a frame can be lost when a connection drops).
+    request: bytes | None = None
+    sent_at: float = 0.0
+
+
 @dataclass(slots=True, kw_only=True)
 class Link:
     """One connection to a runner and the slots it offered on it."""
@@ -33,6 +50,8 @@ class Link:
     labels: dict[str, str] = field(default_factory=dict)
     #: (job id, attempt) pairs this runner holds; one slot each.
     jobs: set[tuple[int, int]] = field(default_factory=set)
+    #: Job streams on this connection, by (job id, attempt).
+    streams: dict[tuple[int, int], Stream] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = 0.0
     last_seen_wall: float | None = None

@@ -357,13 +357,22 @@ class SqliteStore:
         pipeline: str,
         matrix: Mapping[str, str] | None,
     ) -> bool:
-        """Record what the runner checked out; False if the attempt is stale."""
-        cur = self._db.execute(
-            "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?)"
-            " WHERE id = ? AND attempt = ?",
-            (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id, attempt),
+        """Record what the runner checked out.
+
+        True only the first time a job is checked out (any attempt), which is
+        when its matrix is expanded; a stale attempt or a replayed frame
+        changes nothing and gets False.
+        """
+        row = self._db.execute(
+            "SELECT pipeline FROM jobs WHERE id = ? AND attempt = ?", (job_id, attempt)
+        ).fetchone()
+        if row is None:
+            return False
+        self._db.execute(
+            "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?) WHERE id = ?",
+            (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id),
         )
-        return cur.rowcount == 1
+        return row[0] is None
 
     def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         """A queued, assigned or running job for this commit and event, if any."""

@@ -8,16 +8,25 @@ an attempt the dispatcher already gave up on can be fenced off.
 
 Conversation, in order::
 
-    dispatcher                         runner
-    HEARTBEAT(session)        ->                  (first frame after connect)
-                              <-  READY(runner_id, session, capacity, ...)
-    JOB(job_id, attempt, ...) ->
-                              <-  ACCEPT | REJECT
-                              <-  CHECKED_OUT(sha, pipeline, variants)
-                              <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
-                              <-  DONE(status, steps)
-    CANCEL(job_id, attempt)   ->                  (any time)
-    HEARTBEAT                 <->                 (both ways, every interval)
+    dispatcher                           runner
+    HELLO(session)              ->                  (first frame on a connection)
+                                <-  READY(runner_id, session, capacity, active)
+    JOB(job_id, attempt, runner_session, ...) ->
+                                <-  ACCEPT | REJECT
+                                <-  CHECKED_OUT(sha, pipeline, variants)
+                                <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
+                                <-  DONE(status, steps)
+    ACK(job_id, attempt, seq)   ->                  (as frames are stored)
+    CANCEL(job_id, attempt)     ->                  (any time)
+    HEARTBEAT(session)          <->                 (both ways, every interval)
+
+The runner-to-dispatcher frames of one job attempt (ACCEPT to DONE) form a
+*job stream*: each carries ``seq``, counting from 0. The runner keeps every
+frame until the dispatcher ACKs it (cumulatively, like TCP) and resends the
+unacknowledged ones after a reconnect or when ACKs stall, so nothing is lost
+when the connection or the dispatcher goes away. The number of unacknowledged
+frames per job is bounded: that bound is the log flow control, and a step
+that prints faster than the dispatcher stores simply waits.
 """
 
 from __future__ import annotations
@@ -73,11 +82,21 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Message):
+    """First frame on every new connection: the runner answers with READY."""
+
+    KIND: ClassVar[str] = "hello"
+    session: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ready(Message):
     """A runner introduces itself and the slots it offers.
 
-    ``active`` lists ``[job_id, attempt]`` pairs the runner still works on or
-    holds results for, so a restarted dispatcher can recover them.
+    ``active`` lists ``[job_id, attempt, next_seq]`` for every job the runner
+    still runs or holds unacknowledged frames of; ``next_seq`` is the first
+    frame of that job stream it will (re)send. A restarted dispatcher
+    recovers its jobs from this list.
     """
 
     KIND: ClassVar[str] = "ready"
@@ -96,6 +115,9 @@ class Job(Message):
     KIND: ClassVar[str] = "job"
     job_id: int
     attempt: int
+    #: The runner process the job is meant for: a JOB queued for a process
+    #: that has since restarted is refused, never run by accident.
+    runner_session: str
     repo: str
     ref: str
     sha: str | None
@@ -111,6 +133,7 @@ class Accept(Message):
     KIND: ClassVar[str] = "accept"
     job_id: int
     attempt: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +157,7 @@ class CheckedOut(Message):
     KIND: ClassVar[str] = "checked_out"
     job_id: int
     attempt: int
+    seq: int
     sha: str
     pipeline: str
     variants: tuple[dict[str, str], ...] = ()
@@ -141,7 +165,7 @@ class CheckedOut(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Log(Message):
-    """A chunk of a job's output; ``seq`` counts chunks from 0 per attempt."""
+    """A chunk of a job's output, in order within the job stream."""
 
     KIND: ClassVar[str] = "log"
     job_id: int
@@ -157,6 +181,7 @@ class StepStarted(Message):
     KIND: ClassVar[str] = "step_started"
     job_id: int
     attempt: int
+    seq: int
     index: int
     name: str
 
@@ -168,6 +193,7 @@ class StepFinished(Message):
     KIND: ClassVar[str] = "step_finished"
     job_id: int
     attempt: int
+    seq: int
     index: int
     name: str
     status: str
@@ -182,10 +208,21 @@ class Done(Message):
     KIND: ClassVar[str] = "done"
     job_id: int
     attempt: int
+    seq: int
     status: str
     reason: str
     duration: float
     steps: tuple[StepOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    """Every frame of the job stream up to ``seq`` is stored; the runner may forget them."""
+
+    KIND: ClassVar[str] = "ack"
+    job_id: int
+    attempt: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +236,7 @@ class Cancel(Message):
 
 
 MESSAGES: tuple[type[Message], ...] = (
+    Hello,
     Heartbeat,
     Ready,
     Job,
@@ -209,7 +247,19 @@ MESSAGES: tuple[type[Message], ...] = (
     StepStarted,
     StepFinished,
     Done,
+    Ack,
     Cancel,
+)
+
+#: Runner-to-dispatcher frames that belong to a job stream (carry ``seq``).
+StreamMessage = Accept | CheckedOut | Log | StepStarted | StepFinished | Done
+STREAM_MESSAGES: tuple[type[Message], ...] = (
+    Accept,
+    CheckedOut,
+    Log,
+    StepStarted,
+    StepFinished,
+    Done,
 )
 
 Checker = Callable[[Any, str], Any]
@@ -360,8 +410,13 @@ def decode(frame: bytes) -> Message:
 
 def _check_values(message: Message) -> None:
     """Semantic checks the type hints cannot express."""
-    if isinstance(message, Ready) and message.capacity < 0:
-        raise ProtocolError("ready.capacity: must not be negative")
+    if isinstance(message, Ready):
+        if message.capacity < 0:
+            raise ProtocolError("ready.capacity: must not be negative")
+        if any(len(entry) != 3 for entry in message.active):
+            raise ProtocolError("ready.active: expected [job_id, attempt, next_seq] entries")
+    if getattr(message, "seq", 0) < 0:
+        raise ProtocolError(f"{message.KIND}.seq: must not be negative")
     if isinstance(message, Done) and message.status not in DONE_STATUSES:
         raise ProtocolError(f"done.status: unknown status {message.status!r}")
     if isinstance(message, StepFinished) and message.status not in STEP_STATUSES:
@@ -375,11 +430,14 @@ __all__ = [
     "MAX_LOG_CHUNK",
     "MESSAGES",
     "PROTOCOL_VERSION",
+    "STREAM_MESSAGES",
     "Accept",
+    "Ack",
     "Cancel",
     "CheckedOut",
     "Done",
     "Heartbeat",
+    "Hello",
     "Job",
     "Log",
     "Message",
@@ -388,6 +446,7 @@ __all__ = [
     "StepFinished",
     "StepOutcome",
     "StepStarted",
+    "StreamMessage",
     "decode",
     "encode",
 ]

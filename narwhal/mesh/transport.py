@@ -10,8 +10,10 @@ Settings that matter (see MESH-NOTES in the design docs):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -63,3 +65,30 @@ class QuietLog:
             args = (*args, more)
             msg = f"{msg} (%d more since last report)"
         self._logger.warning(msg, *args)
+
+
+def send_now(sock: zmq.asyncio.Socket, parts: list[bytes]) -> None:
+    """Send without waiting; raise ``zmq.Again`` or ``zmq.ZMQError`` at once.
+
+    The mesh never awaits a send: a peer that cannot take a frame right now
+    is handled by the caller (kept for resend, or counted). With no send
+    pending on the socket, pyzmq's asyncio socket completes a NOBLOCK send
+    immediately, and going through it (not a raw shadow socket) keeps its
+    edge-triggered event bookkeeping right for the receivers.
+    """
+    future = cast("asyncio.Future[object]", sock.send_multipart(parts, flags=zmq.NOBLOCK))
+    if not future.done():  # a send is already waiting: treat as a full queue
+        future.cancel()
+        raise zmq.Again()
+    error = future.exception()
+    if error is not None:
+        raise error
+
+
+def recv_now(sock: zmq.asyncio.Socket) -> list[bytes]:
+    """Receive one waiting message without blocking; raise ``zmq.Again`` if none."""
+    future = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(flags=zmq.NOBLOCK))
+    if not future.done():
+        future.cancel()
+        raise zmq.Again()
+    return future.result()

@@ -1,13 +1,19 @@
 """The runner daemon: a DEALER socket bound where the dispatcher connects.
 
-A runner offers ``capacity`` slots. It answers the dispatcher's first
-heartbeat (and the first from any new dispatcher session) with READY, takes
-jobs while it has free slots, runs each in a workspace of its own and streams
-everything back as frames. It never imports the dispatcher.
+A runner offers ``capacity`` slots. It answers every HELLO (one per new
+dispatcher connection) with READY, takes jobs while it has free slots, runs
+each in a workspace of its own and sends everything back on the job's
+``JobStream``, which keeps frames until the dispatcher acknowledges them. It
+never imports the dispatcher.
 
-Shutdown order (``aclose``): stop taking jobs (REJECT from then on), ask the
-running jobs to stop and give them ``cancel_grace`` plus a margin to report,
-then close the socket with its linger so the last frames leave.
+While the dispatcher is away (silent for ``heartbeat_interval x liveness``)
+jobs keep running; their frames wait in their streams (bounded) and are
+resent after the next HELLO.
+
+Shutdown order (``aclose``): refuse new jobs; let running jobs finish for up
+to ``drain_timeout``; cancel the rest (SIGTERM, grace, SIGKILL) and wait for
+their DONE; wait (bounded) for the dispatcher to acknowledge the last frames;
+close the socket with its linger; terminate the context if it is ours.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,11 +37,12 @@ from narwhal import __version__
 from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, dealer_socket
+from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
 from narwhal.pipeline import Step, load_path
 from narwhal.runner.checkout import checkout
 from narwhal.runner.executor import Executor, LocalExecutor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
+from narwhal.runner.stream import JobStream
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,12 @@ T = TypeVar("T")
 class _Active:
     job: p.Job
     stop: Stop
-    task: asyncio.Task[None]
+    stream: JobStream
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
 
 
 class Runner:
@@ -68,9 +80,11 @@ class Runner:
         self._executor = executor or LocalExecutor(grace=config.cancel_grace)
         self._sock: zmq.asyncio.Socket | None = None
         self._dispatcher: str | None = None
+        self._heard = 0.0
         self._active: dict[tuple[int, int], _Active] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._closed = False
         self._quiet = QuietLog(log)
         self.endpoint = ""
         self.bad_frames = 0
@@ -83,7 +97,7 @@ class Runner:
         await self.aclose()
 
     async def start(self) -> None:
-        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.config.work_dir.mkdir, parents=True, exist_ok=True)
         self._sock = dealer_socket(self._ctx, linger_ms=self.config.mesh.linger_ms)
         try:
             self._sock.bind(self.config.listen)
@@ -107,15 +121,20 @@ class Runner:
         return task
 
     async def aclose(self) -> None:
-        """Stop taking jobs, stop running ones, report, close the socket."""
+        """Refuse new jobs, drain or cancel running ones, report, close."""
         if self._closing:
             return
         self._closing = True
-        jobs = [a.task for a in self._active.values()]
+        await self._wait_jobs(self.config.drain_timeout)
         for active in self._active.values():
             active.stop.set("cancelled", "runner shutting down")
-        if jobs:
-            await asyncio.wait(jobs, timeout=self.config.cancel_grace + 5)
+        await self._wait_jobs(self.config.cancel_grace + 5)
+        if self._dispatcher is not None:
+            closed = [asyncio.create_task(a.stream.closed.wait()) for a in self._active.values()]
+            if closed:
+                await asyncio.wait(closed, timeout=self.config.mesh.dead_after)
+                for waiter in closed:
+                    waiter.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -123,12 +142,26 @@ class Runner:
             self._sock.close(self.config.mesh.linger_ms)
         if self._own_ctx:
             self._ctx.term()
+        self._closed = True
+
+    async def _wait_jobs(self, timeout: float) -> None:
+        running = [a.task for a in self._active.values() if a.task is not None and a.running]
+        if running and timeout > 0:
+            await asyncio.wait(running, timeout=timeout)
 
     # mesh
 
-    async def send(self, message: p.Message) -> None:
-        assert self._sock is not None  # noqa: S101 - set in start()
-        await self._sock.send(p.encode(message))
+    def _send(self, frame: bytes) -> bool:
+        if self._sock is None or self._closed:
+            return False
+        try:
+            send_now(self._sock, [frame])
+        except zmq.ZMQError:  # no dispatcher connected, or its queue is full
+            return False
+        return True
+
+    def send(self, message: p.Message) -> bool:
+        return self._send(p.encode(message))
 
     async def _receive_loop(self) -> None:
         assert self._sock is not None  # noqa: S101 - set in start()
@@ -145,13 +178,17 @@ class Runner:
                     e,
                 )
                 continue
+            self._heard = time.monotonic()
             await self._handle(message)
 
     async def _handle(self, message: p.Message) -> None:
-        if isinstance(message, p.Heartbeat):
+        if isinstance(message, p.Hello):
+            self._greet(message.session)
+        elif isinstance(message, p.Heartbeat):
             if message.session != self._dispatcher:
-                self._dispatcher = message.session
-                await self.send(self._ready())
+                self._greet(message.session)
+        elif isinstance(message, p.Ack):
+            self._ack(message)
         elif isinstance(message, p.Job):
             await self._take(message)
         elif isinstance(message, p.Cancel):
@@ -166,6 +203,15 @@ class Runner:
                 message.KIND,
             )
 
+    def _greet(self, session: str) -> None:
+        """A dispatcher (re)connected: introduce ourselves, then resend what it lacks."""
+        if session != self._dispatcher:
+            log.info("runner %s: dispatcher %s connected", self.config.runner_id, session[:8])
+        self._dispatcher = session
+        self.send(self._ready())
+        for active in self._active.values():
+            active.stream.resend()
+
     def _ready(self) -> p.Ready:
         return p.Ready(
             runner_id=self.config.runner_id,
@@ -173,38 +219,80 @@ class Runner:
             capacity=self.config.capacity,
             labels=dict(self.config.labels),
             version=__version__,
-            active=tuple((j, a) for j, a in self._active),
+            active=tuple((j, a, x.stream.next_unacked) for (j, a), x in self._active.items()),
         )
 
+    def _ack(self, ack: p.Ack) -> None:
+        key = (ack.job_id, ack.attempt)
+        active = self._active.get(key)
+        if active is None:
+            return
+        active.stream.ack(ack.seq)
+        if active.stream.closed.is_set():
+            del self._active[key]
+
     async def _heartbeat_loop(self) -> None:
-        assert self._sock is not None  # noqa: S101 - set in start()
+        mesh = self.config.mesh
         beat = p.encode(p.Heartbeat(session=self.session))
         while True:
-            await asyncio.sleep(self.config.mesh.heartbeat_interval)
+            await asyncio.sleep(mesh.heartbeat_interval)
             if self._dispatcher is None:
                 continue
-            with contextlib.suppress(zmq.Again):
-                await self._sock.send(beat, flags=zmq.NOBLOCK)
+            now = time.monotonic()
+            if now - self._heard > mesh.dead_after:
+                log.warning(
+                    "runner %s: dispatcher silent for %.1fs; %d job(s) keep running",
+                    self.config.runner_id,
+                    now - self._heard,
+                    sum(a.running for a in self._active.values()),
+                )
+                self._dispatcher = None
+                continue
+            self._send(beat)
+            for active in self._active.values():
+                stream = active.stream
+                if stream.pending and now - stream.last_progress > mesh.dead_after:
+                    stream.resend()
 
     # jobs
+
+    def running(self) -> int:
+        return sum(a.running for a in self._active.values())
 
     async def _take(self, job: p.Job) -> None:
         key = (job.job_id, job.attempt)
         if key in self._active:
-            return  # a resent JOB for an attempt already running
-        if self._closing or len(self._active) >= self.config.capacity:
-            reason = "runner shutting down" if self._closing else "no free slot"
-            await self.send(p.Reject(job_id=job.job_id, attempt=job.attempt, reason=reason))
+            return  # a resent JOB for an attempt we already have
+        reason = self._refusal(job)
+        if reason:
+            self.send(p.Reject(job_id=job.job_id, attempt=job.attempt, reason=reason))
             return
-        stop = Stop()
-        task = self._spawn(self._run(job, stop))
-        self._active[key] = _Active(job=job, stop=stop, task=task)
-        await self.send(p.Accept(job_id=job.job_id, attempt=job.attempt))
+        stream = JobStream(
+            job.job_id,
+            job.attempt,
+            send=self._send,
+            max_frames=self.config.stream_frames,
+            max_bytes=self.config.stream_bytes,
+        )
+        active = _Active(job=job, stop=Stop(), stream=stream)
+        self._active[key] = active
+        await stream.put(lambda seq: p.Accept(job_id=job.job_id, attempt=job.attempt, seq=seq))
+        active.task = self._spawn(self._run(job, active.stop, stream))
 
-    async def _run(self, job: p.Job, stop: Stop) -> None:
+    def _refusal(self, job: p.Job) -> str:
+        if job.runner_session != self.session:
+            return "meant for an earlier session of this runner"
+        if self._closing:
+            return "runner shutting down"
+        if self.running() >= self.config.capacity:
+            return "no free slot"
+        return ""
+
+    async def _run(self, job: p.Job, stop: Stop, stream: JobStream) -> None:
         started = time.monotonic()
-        reporter = FrameReporter(self, job)
-        workspace = self.config.work_dir / f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
+        reporter = FrameReporter(stream)
+        name = f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
+        workspace = self.config.work_dir / name
         try:
             outcome = await self._execute(job, stop, reporter, workspace)
         except Exception as e:  # a bug must not take the slot with it
@@ -212,19 +300,17 @@ class Runner:
             outcome = Outcome(status="error", reason=f"runner error: {e}", steps=())
         finally:
             await asyncio.to_thread(shutil.rmtree, workspace, True)
-        try:
-            await self.send(
-                p.Done(
-                    job_id=job.job_id,
-                    attempt=job.attempt,
-                    status=outcome.status,
-                    reason=outcome.reason,
-                    duration=time.monotonic() - started,
-                    steps=outcome.steps,
-                )
+        await stream.put(
+            lambda seq: p.Done(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                seq=seq,
+                status=outcome.status,
+                reason=outcome.reason,
+                duration=time.monotonic() - started,
+                steps=outcome.steps,
             )
-        finally:
-            self._active.pop((job.job_id, job.attempt), None)
+        )
 
     async def _execute(
         self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
@@ -235,21 +321,13 @@ class Runner:
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
-            pipeline_file = load_path(workspace / PIPELINE_FILE)
+            pipeline_file = await asyncio.to_thread(load_path, workspace / PIPELINE_FILE)
             pipeline = pipeline_file.pipeline(job.matrix)
         except (CheckoutError, PipelineError) as e:
             await reporter.output(f"{e}\n".encode())
             return Outcome(status="error", reason=str(e), steps=())
         variants = pipeline_file.variants if job.matrix is None else ()
-        await self.send(
-            p.CheckedOut(
-                job_id=job.job_id,
-                attempt=job.attempt,
-                sha=sha,
-                pipeline=pipeline.name,
-                variants=tuple(dict(v) for v in variants),
-            )
-        )
+        await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
         context = Context(branch=branch_of(job.ref), event=job.event, sha=sha, job_id=job.job_id)
         return await run_pipeline(
             pipeline,
@@ -278,33 +356,47 @@ async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
 
 
 class FrameReporter:
-    """Sends a job's step boundaries and output to the dispatcher as frames."""
+    """Puts a job's step boundaries and output on its job stream."""
 
-    def __init__(self, runner: Runner, job: p.Job) -> None:
-        self._runner = runner
-        self._job = job
-        self._seq = 0
+    def __init__(self, stream: JobStream) -> None:
+        self._stream = stream
+        self._job = stream.job_id
+        self._attempt = stream.attempt
+
+    async def checked_out(
+        self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
+    ) -> None:
+        await self._stream.put(
+            lambda seq: p.CheckedOut(
+                job_id=self._job,
+                attempt=self._attempt,
+                seq=seq,
+                sha=sha,
+                pipeline=pipeline,
+                variants=variants,
+            )
+        )
 
     async def step_started(self, index: int, step: Step) -> None:
-        await self._runner.send(
-            p.StepStarted(
-                job_id=self._job.job_id, attempt=self._job.attempt, index=index, name=step.name
+        await self._stream.put(
+            lambda seq: p.StepStarted(
+                job_id=self._job, attempt=self._attempt, seq=seq, index=index, name=step.name
             )
         )
 
     async def output(self, data: bytes) -> None:
         for start in range(0, len(data), p.MAX_LOG_CHUNK):
-            chunk = data[start : start + p.MAX_LOG_CHUNK]
-            await self._runner.send(
-                p.Log(job_id=self._job.job_id, attempt=self._job.attempt, seq=self._seq, data=chunk)
-            )
-            self._seq += 1
+            await self._stream.put(self._log(data[start : start + p.MAX_LOG_CHUNK]))
+
+    def _log(self, chunk: bytes) -> Callable[[int], p.Message]:
+        return lambda seq: p.Log(job_id=self._job, attempt=self._attempt, seq=seq, data=chunk)
 
     async def step_finished(self, outcome: p.StepOutcome) -> None:
-        await self._runner.send(
-            p.StepFinished(
-                job_id=self._job.job_id,
-                attempt=self._job.attempt,
+        await self._stream.put(
+            lambda seq: p.StepFinished(
+                job_id=self._job,
+                attempt=self._attempt,
+                seq=seq,
                 index=outcome.index,
                 name=outcome.name,
                 status=outcome.status,

@@ -13,6 +13,7 @@ from narwhal.errors import ProtocolError
 from narwhal.mesh import protocol as p
 
 SAMPLES: list[p.Message] = [
+    p.Hello(session="abc"),
     p.Heartbeat(session="abc"),
     p.Ready(
         runner_id="r1",
@@ -20,11 +21,12 @@ SAMPLES: list[p.Message] = [
         capacity=4,
         labels={"os": "linux"},
         version="0.1.0",
-        active=((3, 1), (4, 2)),
+        active=((3, 1, 0), (4, 2, 17)),
     ),
     p.Job(
         job_id=7,
         attempt=2,
+        runner_session="s",
         repo="/srv/repo",
         ref="refs/heads/main",
         sha="a" * 40,
@@ -32,25 +34,47 @@ SAMPLES: list[p.Message] = [
         matrix={"PY": "3.12"},
         timeout=60.0,
     ),
-    p.Job(job_id=7, attempt=1, repo="https://x/y.git", ref="HEAD", sha=None, event="manual"),
-    p.Accept(job_id=1, attempt=1),
+    p.Job(
+        job_id=7,
+        attempt=1,
+        runner_session="s",
+        repo="https://x/y.git",
+        ref="HEAD",
+        sha=None,
+        event="manual",
+    ),
+    p.Accept(job_id=1, attempt=1, seq=0),
     p.Reject(job_id=1, attempt=1, reason="no free slot"),
     p.CheckedOut(
-        job_id=1, attempt=1, sha="b" * 40, pipeline="build", variants=({"A": "1"}, {"A": "2"})
+        job_id=1,
+        attempt=1,
+        seq=1,
+        sha="b" * 40,
+        pipeline="build",
+        variants=({"A": "1"}, {"A": "2"}),
     ),
-    p.Log(job_id=1, attempt=1, seq=0, data=b"\x00\xffbinary ok\n"),
-    p.StepStarted(job_id=1, attempt=1, index=0, name="test"),
+    p.Log(job_id=1, attempt=1, seq=2, data=b"\x00\xffbinary ok\n"),
+    p.StepStarted(job_id=1, attempt=1, seq=3, index=0, name="test"),
     p.StepFinished(
-        job_id=1, attempt=1, index=0, name="test", status="failed", exit_code=2, duration=0.5
+        job_id=1,
+        attempt=1,
+        seq=4,
+        index=0,
+        name="test",
+        status="failed",
+        exit_code=2,
+        duration=0.5,
     ),
     p.Done(
         job_id=1,
         attempt=1,
+        seq=5,
         status="success",
         reason="",
         duration=1.5,
         steps=(p.StepOutcome(index=0, name="t", status="success", exit_code=0, duration=1.0),),
     ),
+    p.Ack(job_id=1, attempt=1, seq=5),
     p.Cancel(job_id=1, attempt=3, reason="cancelled by user"),
 ]
 
@@ -69,7 +93,7 @@ def test_every_message_kind_is_sampled() -> None:
 
 def test_messages_are_frozen() -> None:
     with pytest.raises(AttributeError):
-        p.Accept(job_id=1, attempt=1).job_id = 2  # type: ignore[misc]
+        p.Accept(job_id=1, attempt=1, seq=0).job_id = 2  # type: ignore[misc]
 
 
 def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
@@ -92,8 +116,8 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
         (_frame("heartbeat", {}), "missing field 'session'"),
         (_frame("heartbeat", {"session": "s", "x": 1}), "unknown field 'x'"),
         (_frame("heartbeat", {"session": 5}), "heartbeat.session: expected str, got int"),
-        (_frame("accept", {"job_id": True, "attempt": 1}), "expected int, got bool"),
-        (_frame("accept", {"job_id": "1", "attempt": 1}), "expected int, got str"),
+        (_frame("accept", {"job_id": True, "attempt": 1, "seq": 0}), "expected int, got bool"),
+        (_frame("accept", {"job_id": "1", "attempt": 1, "seq": 0}), "expected int, got str"),
         (
             _frame(
                 "ready",
@@ -123,7 +147,15 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
         ),
         (
             _frame(
-                "done", {"job_id": 1, "attempt": 1, "status": "great", "reason": "", "duration": 1}
+                "done",
+                {
+                    "job_id": 1,
+                    "attempt": 1,
+                    "seq": 0,
+                    "status": "great",
+                    "reason": "",
+                    "duration": 1,
+                },
             ),
             "unknown status 'great'",
         ),
@@ -133,6 +165,7 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
                 {
                     "job_id": 1,
                     "attempt": 1,
+                    "seq": 0,
                     "status": "success",
                     "reason": "",
                     "duration": 1,
@@ -152,12 +185,26 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
             "too large",
         ),
         (b"\x00" * (p.MAX_FRAME_BYTES + 1), "exceeds"),
-        (_frame("accept", {"job_id": 2**64 - 1, "attempt": 1}), "out of range"),
+        (_frame("accept", {"job_id": 2**64 - 1, "attempt": 1, "seq": 0}), "out of range"),
+        (_frame("ack", {"job_id": 1, "attempt": 1, "seq": -1}), "ack.seq: must not be negative"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None:
     with pytest.raises(ProtocolError, match=error.replace("[", r"\[").replace("(", r"\(")):
         p.decode(frame)
+
+
+def test_ready_active_entries_are_triples() -> None:
+    body = {
+        "runner_id": "r",
+        "session": "s",
+        "capacity": 1,
+        "labels": {},
+        "version": "1",
+        "active": [[1, 2]],
+    }
+    with pytest.raises(ProtocolError, match="job_id, attempt, next_seq"):
+        p.decode(_frame("ready", body))
 
 
 def test_float_fields_accept_integers() -> None:
@@ -166,6 +213,7 @@ def test_float_fields_accept_integers() -> None:
         {
             "job_id": 1,
             "attempt": 1,
+            "seq": 0,
             "index": 0,
             "name": "n",
             "status": "success",

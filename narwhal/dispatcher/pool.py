@@ -1,0 +1,252 @@
+"""The dispatcher's mesh side: one ROUTER socket and a ``Link`` per runner.
+
+The pool connects out to runner endpoints, keeps each link's liveness
+(Paranoid Pirate: any frame counts, heartbeats both ways, reconnect with
+back-off), puts job-stream frames in order (duplicates acknowledged again,
+gaps waited out until the runner resends) and acknowledges them in batches
+after they were handled. What frames *mean* for jobs is the ``Handler``'s
+business: the pool knows links and frames, not jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Protocol
+
+import zmq
+import zmq.asyncio
+
+from narwhal.config import MeshConfig
+from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
+from narwhal.errors import NarwhalError, ProtocolError
+from narwhal.mesh import protocol as p
+from narwhal.mesh.transport import QuietLog, recv_now, router_socket, send_now
+
+log = logging.getLogger(__name__)
+
+#: Frames handled per wake-up before the acknowledgements go out.
+BATCH = 256
+
+
+class Handler(Protocol):
+    """What the pool reports to the dispatcher."""
+
+    async def on_ready(self, link: Link, ready: p.Ready) -> None: ...
+
+    async def on_frame(self, link: Link, message: p.Message) -> None: ...
+
+    async def on_stray(self, link: Link, message: p.Message) -> bool: ...
+
+    async def on_lost(self, link: Link, reason: str) -> None: ...
+
+
+class RunnerPool:
+    """Links to runners over one ROUTER socket."""
+
+    def __init__(self, mesh: MeshConfig, ctx: zmq.asyncio.Context, handler: Handler) -> None:
+        self.mesh = mesh
+        self.session = uuid.uuid4().hex
+        self._handler = handler
+        self._sock = router_socket(ctx, linger_ms=mesh.linger_ms)
+        self._links: dict[bytes, Link] = {}
+        self._generation = 0
+        self._acks: dict[tuple[bytes, int, int], int] = {}
+        self._quiet = QuietLog(log)
+        self.bad_frames = 0
+        self.resent_gaps = 0
+
+    def close(self) -> None:
+        self._sock.close(self.mesh.linger_ms)
+
+    def links(self) -> list[Link]:
+        return list(self._links.values())
+
+    # connections
+
+    def connect(self, endpoint: str) -> Link:
+        """Connect to a runner endpoint (idempotent per endpoint)."""
+        endpoint = check_endpoint(endpoint)
+        for link in self._links.values():
+            if link.endpoint == endpoint:
+                return link
+        return self._open(endpoint)
+
+    def _open(self, endpoint: str, backoff: float = 1.0) -> Link:
+        # A fresh alias every time: reusing one aborts libzmq (router.cpp).
+        self._generation += 1
+        alias = f"{self._generation}:{endpoint}".encode()
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
+        self._sock.connect(endpoint)
+        link = Link(endpoint=endpoint, alias=alias, backoff=backoff)
+        self._links[alias] = link
+        self.send(link, p.Hello(session=self.session))
+        return link
+
+    def reopen(self, link: Link, backoff: float = 1.0) -> Link:
+        """Drop ``link`` and everything queued on it; connect again under a new alias."""
+        self._links.pop(link.alias, None)
+        link.state = "lost"
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disconnect(link.endpoint)
+        return self._open(link.endpoint, backoff)
+
+    def send(self, link: Link, message: p.Message) -> bool:
+        return self._send_frame(link, p.encode(message))
+
+    def _send_frame(self, link: Link, frame: bytes) -> bool:
+        try:
+            send_now(self._sock, [link.alias, frame])
+        except zmq.Again:
+            self._quiet.warning(link.endpoint, "runner %s: send queue full", link.endpoint)
+            return False
+        except zmq.ZMQError as e:
+            self._quiet.warning(link.endpoint, "runner %s: cannot send: %s", link.endpoint, e)
+            return False
+        return True
+
+    # liveness
+
+    async def liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.mesh.heartbeat_interval)
+            await self.check_liveness(time.monotonic())
+
+    async def check_liveness(self, now: float) -> None:
+        beat = p.Heartbeat(session=self.session)
+        for link in list(self._links.values()):
+            if link.state == "ready" and now - link.last_seen > self.mesh.dead_after:
+                reason = f"runner {link.runner_id} lost: silent for {now - link.last_seen:.1f}s"
+                log.warning("%s", reason)
+                self.reopen(link)
+                await self._handler.on_lost(link, reason)
+            elif link.state == "ready":
+                self.send(link, beat)
+                self._resend_requests(link, now)
+            elif now - link.connected_at > max(link.backoff, self.mesh.dead_after):
+                self.reopen(link, min(link.backoff * 2, BACKOFF_MAX))
+
+    # frames in
+
+    async def receive_loop(self) -> None:
+        while True:
+            batch = [await self._sock.recv_multipart()]
+            with contextlib.suppress(zmq.Again):
+                while len(batch) < BATCH:
+                    batch.append(recv_now(self._sock))
+            for parts in batch:
+                await self._receive(parts)
+            self._flush_acks()
+
+    async def _receive(self, parts: list[bytes]) -> None:
+        link = self._links.get(parts[0])
+        if link is None or len(parts) != 2:
+            self.bad_frames += 1
+            self._quiet.warning("unknown-peer", "frame from unknown peer %r ignored", parts[0])
+            return
+        try:
+            message = p.decode(parts[1])
+        except ProtocolError as e:
+            self.bad_frames += 1
+            self._quiet.warning(link.endpoint, "runner %s: bad frame: %s", link.endpoint, e)
+            return
+        link.seen()
+        try:
+            await self._dispatch(link, message)
+        except NarwhalError as e:
+            self.bad_frames += 1
+            self._quiet.warning(
+                link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
+            )
+
+    async def _dispatch(self, link: Link, message: p.Message) -> None:
+        if isinstance(message, p.STREAM_MESSAGES):
+            await self._stream_frame(link, message)
+        elif isinstance(message, p.Heartbeat):
+            if link.state != "ready" or message.session != link.session:
+                self.send(link, p.Hello(session=self.session))
+        elif isinstance(message, p.Ready):
+            await self._ready(link, message)
+        else:
+            await self._handler.on_frame(link, message)
+
+    async def _ready(self, link: Link, ready: p.Ready) -> None:
+        if link.state == "ready" and ready.session != link.session:
+            # The runner restarted behind this alias: anything still queued on
+            # it was meant for the old process. Start over on a fresh alias.
+            reason = f"runner {ready.runner_id} restarted"
+            log.warning("%s", reason)
+            self.reopen(link)
+            await self._handler.on_lost(link, reason)
+            return
+        link.state = "ready"
+        link.runner_id = ready.runner_id
+        link.session = ready.session
+        link.capacity = ready.capacity
+        link.labels = dict(ready.labels)
+        link.version = ready.version
+        link.backoff = 1.0
+        log.info(
+            "runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint, link.capacity
+        )
+        await self._handler.on_ready(link, ready)
+
+    async def _stream_frame(self, link: Link, message: p.Message) -> None:
+        job_id, attempt, seq = message.job_id, message.attempt, message.seq  # type: ignore[attr-defined]
+        stream = link.streams.get((job_id, attempt))
+        if stream is None:
+            if await self._handler.on_stray(link, message):
+                self._ack(link, job_id, attempt, seq)
+            return
+        if seq != stream.expected:
+            # A duplicate (already handled) or a gap (frames lost on the way;
+            # the runner resends from its first unacknowledged frame).
+            self.resent_gaps += seq > stream.expected
+            if stream.expected > 0:
+                self._ack(link, job_id, attempt, stream.expected - 1)
+            return
+        stream.expected += 1
+        stream.request = None
+        if stream.live or isinstance(message, p.Done):
+            await self._handler.on_frame(link, message)
+        self._ack(link, job_id, attempt, seq)
+        if isinstance(message, p.Done):
+            link.streams.pop((job_id, attempt), None)
+
+    def open_stream(
+        self,
+        link: Link,
+        key: tuple[int, int],
+        *,
+        expected: int,
+        live: bool,
+        request: p.Message | None = None,
+    ) -> bool:
+        """Track a job stream; send ``request`` (a JOB) on it. False if it could not go yet."""
+        frame = p.encode(request) if request is not None else None
+        link.streams[key] = Stream(expected=expected, live=live, request=frame)
+        if frame is None:
+            return True
+        link.streams[key].sent_at = time.monotonic()
+        return self._send_frame(link, frame)
+
+    def _resend_requests(self, link: Link, now: float) -> None:
+        for stream in link.streams.values():
+            late = now - stream.sent_at > self.mesh.dead_after
+            if stream.request is not None and stream.expected == 0 and late:
+                stream.sent_at = now
+                self._send_frame(link, stream.request)
+
+    def _ack(self, link: Link, job_id: int, attempt: int, seq: int) -> None:
+        key = (link.alias, job_id, attempt)
+        self._acks[key] = max(seq, self._acks.get(key, -1))
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for (alias, job_id, attempt), seq in acks.items():
+            link = self._links.get(alias)
+            if link is not None:
+                self.send(link, p.Ack(job_id=job_id, attempt=attempt, seq=seq))
