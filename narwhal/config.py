@@ -65,6 +65,13 @@ class RunnerConfig:
     cancel_grace: float = 10.0
     #: Pipeline time limit when narwhal.yml sets none.
     default_timeout: float = 3600.0
+    #: On shutdown, how long running jobs may finish before they are cancelled.
+    drain_timeout: float = 0.0
+    #: Unacknowledged frames (and bytes) per job before its output waits:
+    #: the log flow-control window, and the buffer kept while the
+    #: dispatcher is away.
+    stream_frames: int = 256
+    stream_bytes: int = 4 << 20
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
