@@ -70,6 +70,10 @@ def _positive(kind: type[int] | type[float], name: str, value: str) -> float:
     return number
 
 
+def _non_negative(name: str, value: str) -> float:
+    return 0.0 if value in ("0", "0.0") else _positive(float, name, value)
+
+
 def _mesh(args: argparse.Namespace) -> MeshConfig:
     return MeshConfig(
         heartbeat_interval=_positive(float, "--heartbeat-interval", args.heartbeat_interval),
@@ -108,6 +112,7 @@ def runner_config(
         executor=args.executor,
         work_dir=Path(args.work_dir).expanduser(),
         cancel_grace=_positive(float, "--cancel-grace", args.cancel_grace),
+        drain_timeout=_non_negative("--drain-timeout", args.drain_timeout),
         mesh=_mesh(args),
     )
 
@@ -180,6 +185,11 @@ def _runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
         "--cancel-grace",
         default=_env("CANCEL_GRACE", "10"),
         help="seconds between SIGTERM and SIGKILL on cancel or timeout",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        default=_env("DRAIN_TIMEOUT", "0"),
+        help="on shutdown, seconds running jobs may finish before they are cancelled",
     )
 
 

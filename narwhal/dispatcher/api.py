@@ -78,6 +78,7 @@ class Api:
                 "version": __version__,
                 "runners": len(ready),
                 "queued": self.dispatcher.queued(),
+                "bad_frames": self.dispatcher.runners.bad_frames,
             }
         )
 

@@ -37,6 +37,7 @@ class Context:
     event: str
     sha: str
     job_id: int | None = None
+    attempt: int | None = None
 
     def env(self) -> dict[str, str]:
         env = {"CI": "true", "NARWHAL": "true", "NARWHAL_COMMIT_SHA": self.sha}
@@ -45,6 +46,8 @@ class Context:
             env["NARWHAL_BRANCH"] = self.branch
         if self.job_id is not None:
             env["NARWHAL_JOB_ID"] = str(self.job_id)
+        if self.attempt is not None:
+            env["NARWHAL_JOB_ATTEMPT"] = str(self.attempt)
         return env
 
 

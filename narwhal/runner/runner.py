@@ -328,7 +328,13 @@ class Runner:
             return Outcome(status="error", reason=str(e), steps=())
         variants = pipeline_file.variants if job.matrix is None else ()
         await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
-        context = Context(branch=branch_of(job.ref), event=job.event, sha=sha, job_id=job.job_id)
+        context = Context(
+            branch=branch_of(job.ref),
+            event=job.event,
+            sha=sha,
+            job_id=job.job_id,
+            attempt=job.attempt,
+        )
         return await run_pipeline(
             pipeline,
             workspace=workspace,

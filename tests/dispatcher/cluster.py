@@ -1,0 +1,129 @@
+"""A dispatcher and runners as real ``narwhal`` processes, for chaos tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Client, Daemon, wait_for_runners
+
+#: Fast liveness for tests: a silent peer is dead after 0.6 s.
+MESH = ["--heartbeat-interval", "0.2", "--liveness", "3"]
+TERMINAL = {"success", "failed", "error", "cancelled", "timed_out"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """One dispatcher and named runners on fixed loopback ports."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.runners: dict[str, Daemon] = {}
+        self.ports: dict[str, int] = {}
+        self.dispatcher: Daemon | None = None
+        #: Processes replaced by a restart; their pipes are closed at the end.
+        self.retired: list[Daemon] = []
+        self.api: Client | None = None
+        self.http_port = free_port()
+
+    def start_runner(self, name: str, capacity: int = 1, *extra: str) -> Daemon:
+        port = self.ports.setdefault(name, free_port())
+        runner = Daemon(
+            [
+                "runner",
+                "--listen",
+                f"tcp://127.0.0.1:{port}",
+                "--id",
+                name,
+                "--capacity",
+                str(capacity),
+                "--work-dir",
+                str(self.root / f"work-{name}"),
+                "--cancel-grace",
+                "1",
+                *MESH,
+                *extra,
+            ]
+        )
+        if name in self.runners:
+            self.retired.append(self.runners[name])
+        self.runners[name] = runner
+        return runner
+
+    def start_dispatcher(self, *extra: str) -> Client:
+        endpoints = [f"tcp://127.0.0.1:{port}" for port in self.ports.values()]
+        args = [
+            "dispatcher",
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--data-dir",
+            str(self.data),
+            *MESH,
+        ]
+        for endpoint in endpoints:
+            args += ["--runner", endpoint]
+        if self.dispatcher is not None:
+            self.retired.append(self.dispatcher)
+        self.dispatcher = Daemon([*args, *extra])
+        if self.api is None:
+            self.api = Client(self.dispatcher.url)
+        return self.api
+
+    def client(self) -> Client:
+        assert self.api is not None
+        return self.api
+
+    def wait_ready(self, count: int) -> list[dict[str, Any]]:
+        return wait_for_runners(self.client(), count, timeout=20)
+
+    def kill(self, daemon: Daemon, sig: int = signal.SIGKILL) -> None:
+        daemon.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            daemon.proc.wait(10)
+
+    def job_holder(self, job_id: int) -> str:
+        job = self.client().job(job_id)
+        return str(job["runner_id"])
+
+    def db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(f"file:{self.data / 'narwhal.db'}?mode=ro", uri=True, timeout=10)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def close(self) -> None:
+        if self.api is not None:
+            self.api.close()
+        for daemon in [*self.runners.values(), self.dispatcher, *self.retired]:
+            if daemon is not None:
+                if daemon.proc.poll() is None:
+                    os.kill(daemon.proc.pid, signal.SIGCONT)
+                daemon.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

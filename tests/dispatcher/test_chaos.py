@@ -1,0 +1,185 @@
+"""Chaos: real dispatcher and runner processes killed, frozen and restarted mid-job.
+
+Every test ends by checking the store: each job reaches exactly one terminal
+state, nothing stays running, attempts are bounded, logs are complete.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Repo
+from tests.dispatcher.cluster import TERMINAL, Cluster, alive, wait_for
+
+MakeRepo = Callable[..., Repo]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def _pipeline(script: str) -> dict[str, str]:
+    lines = "".join(f"      - {line}\n" for line in script.strip().splitlines())
+    return {"narwhal.yml": f"steps:\n  - name: work\n    commands:\n{lines}"}
+
+
+def _terminal_once(cluster: Cluster, job_id: int) -> str:
+    """The job's single terminal state: exactly one terminal transition is stored."""
+    rows = (
+        cluster.db()
+        .execute("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
+        .fetchall()
+    )
+    ends = [r["state"] for r in rows if r["state"] in TERMINAL]
+    assert len(ends) == 1, f"job {job_id} transitions: {[r['state'] for r in rows]}"
+    return str(ends[0])
+
+
+def test_killed_runner_loses_its_job_to_another(cluster: Cluster, make_repo: MakeRepo) -> None:
+    for name in ("a", "b"):
+        cluster.start_runner(name)
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(2)
+    repo = make_repo(_pipeline("echo attempt-$NARWHAL_JOB_ATTEMPT\nsleep 1"))
+    job_id = api.submit(repo)
+    api.wait(job_id, {"running"})
+    first = cluster.job_holder(job_id)
+    cluster.kill(cluster.runners[first])
+    job = api.wait(job_id)
+    assert job["state"] == "success"
+    assert job["attempt"] == 2 and job["runner_id"] != first
+    reasons = [t["reason"] for t in job["transitions"]]
+    assert any(f"runner {first} lost" in r and "requeued" in r for r in reasons), reasons
+    assert "attempt-2" in api.log(job_id) and "attempt-1" not in api.log(job_id)
+    assert _terminal_once(cluster, job_id) == "success"
+
+
+def test_frozen_runner_is_replaced_and_its_stale_attempt_stopped(
+    cluster: Cluster, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    for name in ("a", "b"):
+        cluster.start_runner(name)
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(2)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    repo = make_repo(
+        _pipeline(f"""
+echo $$ > {pids}/attempt-$NARWHAL_JOB_ATTEMPT
+if [ "$NARWHAL_JOB_ATTEMPT" = 1 ]; then sleep 60; fi
+echo finished-$NARWHAL_JOB_ATTEMPT
+""")
+    )
+    job_id = api.submit(repo)
+    wait_for(lambda: (pids / "attempt-1").exists(), what="attempt 1 started")
+    frozen = cluster.runners[cluster.job_holder(job_id)]
+    cluster.kill(frozen, signal.SIGSTOP)
+    job = api.wait(job_id)
+    assert job["state"] == "success" and job["attempt"] == 2
+    frozen.proc.send_signal(signal.SIGCONT)
+    stale = int((pids / "attempt-1").read_text())
+    wait_for(lambda: not alive(stale), what="the stale attempt to be stopped")
+    wait_for(
+        lambda: all(r["free"] == r["capacity"] for r in cluster.wait_ready(2)),
+        what="both runners free again",
+    )
+    assert "finished-1" not in api.log(job_id)
+    assert api.job(job_id)["state"] == "success"
+    assert _terminal_once(cluster, job_id) == "success"
+
+
+def test_runner_restarted_on_same_endpoint(cluster: Cluster, make_repo: MakeRepo) -> None:
+    cluster.start_runner("solo")
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(1)
+    repo = make_repo(_pipeline("sleep 0.5\necho done-$NARWHAL_JOB_ATTEMPT"))
+    job_id = api.submit(repo)
+    api.wait(job_id, {"running"})
+    cluster.kill(cluster.runners["solo"])
+    cluster.start_runner("solo")
+    job = api.wait(job_id)
+    assert job["state"] == "success" and job["attempt"] == 2
+    assert "done-2" in api.log(job_id)
+    assert cluster.dispatcher is not None and cluster.dispatcher.proc.poll() is None
+    runners = cluster.wait_ready(1)
+    assert [r["id"] for r in runners if r["state"] == "ready"] == ["solo"]
+
+
+def test_attempts_are_bounded(cluster: Cluster, make_repo: MakeRepo) -> None:
+    cluster.start_runner("doomed")
+    api = cluster.start_dispatcher("--max-attempts", "3")
+    cluster.wait_ready(1)
+    repo = make_repo(_pipeline("sleep 60"))
+    job_id = api.submit(repo)
+    for attempt in (1, 2, 3):
+        wait_for(
+            lambda a=attempt: (
+                api.job(job_id)["attempt"] == a  # type: ignore[misc]
+                and api.job(job_id)["state"] == "running"
+            ),
+            what=f"attempt {attempt} running",
+        )
+        cluster.kill(cluster.runners["doomed"])
+        cluster.start_runner("doomed")
+    job = api.wait(job_id)
+    assert job["state"] == "error" and job["attempt"] == 3
+    assert "gave up after 3 attempts" in job["reason"]
+    assert _terminal_once(cluster, job_id) == "error"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_dispatcher_restart_loses_nothing(cluster: Cluster, make_repo: MakeRepo, sig: int) -> None:
+    cluster.start_runner("r", 2)
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(1)
+    repo = make_repo(_pipeline("for i in $(seq 1 60); do echo line-$i; sleep 0.03; done"))
+    running = api.submit(repo)
+    api.wait(running, {"running"})
+    time.sleep(0.3)
+    assert cluster.dispatcher is not None
+    cluster.kill(cluster.dispatcher, sig)
+    cluster.dispatcher.proc.wait(20)
+    time.sleep(1.0)  # the runner keeps working while the dispatcher is away
+    cluster.start_dispatcher()
+    queued_later = api.submit(repo)
+    for job_id in (running, queued_later):
+        job = api.wait(job_id)
+        assert job["state"] == "success", job
+        assert job["attempt"] == 1, "the runner reported the job; it was not run again"
+        lines = [line for line in api.log(job_id).splitlines() if line.startswith("line-")]
+        assert lines == [f"line-{i}" for i in range(1, 61)]
+        assert _terminal_once(cluster, job_id) == "success"
+
+
+def test_runner_shutdown_cancels_and_reports(cluster: Cluster, make_repo: MakeRepo) -> None:
+    cluster.start_runner("r")
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(1)
+    job_id = api.submit(make_repo(_pipeline("sleep 60")))
+    api.wait(job_id, {"running"})
+    runner = cluster.runners["r"]
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(20) == 0
+    job = api.wait(job_id)
+    assert job["state"] == "cancelled" and "shutting down" in job["reason"]
+
+
+def test_runner_shutdown_drains_short_jobs(cluster: Cluster, make_repo: MakeRepo) -> None:
+    cluster.start_runner("r", 1, "--drain-timeout", "10")
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(1)
+    job_id = api.submit(make_repo(_pipeline("sleep 1\necho drained")))
+    api.wait(job_id, {"running"})
+    runner = cluster.runners["r"]
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(20) == 0
+    job = api.wait(job_id)
+    assert job["state"] == "success" and "drained" in api.log(job_id)
