@@ -87,6 +87,14 @@ class Executor(Protocol):
         self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
     ) -> AbstractAsyncContextManager[Session]: ...
 
+    def reap(self, work_dir: Path) -> int:
+        """Remove what jobs of an earlier life of this runner left behind.
+
+        Called (off the event loop) when a runner starts, before it takes
+        jobs; returns how many leftovers it removed.
+        """
+        ...
+
 
 def step_script(step: Step) -> str:
     """The shell script for a step: each command echoed, then run."""
@@ -108,6 +116,22 @@ class LocalExecutor:
         self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
     ) -> AsyncIterator[LocalSession]:
         yield LocalSession(workspace=workspace, grace=self._grace)
+
+    def reap(self, work_dir: Path) -> int:
+        """Kill step process groups a killed runner left running; remove workspaces.
+
+        Each running step is recorded in ``<workspace>.pgid``. A group is only
+        killed when its leader still runs inside that workspace, so a reused
+        process id never takes an unrelated process down.
+        """
+        killed = 0
+        for record in work_dir.glob("*.pgid"):
+            workspace = record.with_suffix("")
+            killed += _kill_leftover(record, workspace)
+            record.unlink(missing_ok=True)
+        for leftover in work_dir.glob("job-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return killed
 
 
 class LocalSession:
@@ -156,7 +180,9 @@ class LocalSession:
             raise ExecutorError(f"cannot start step {step.name!r}: {e}") from e
         assert proc.stdout is not None  # noqa: S101 - guaranteed by stdout=PIPE
         pump = asyncio.create_task(_pump(proc.stdout, output))
+        record = self._workspace.with_name(self._workspace.name + ".pgid")
         try:
+            await asyncio.to_thread(record.write_text, str(proc.pid))
             ended = await _wait(proc, stop, timeout)
             if ended != "exited":
                 await self._terminate(proc)
@@ -169,6 +195,7 @@ class LocalSession:
             if proc.returncode is None:
                 _killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+            await asyncio.to_thread(record.unlink, True)
         duration = time.monotonic() - started
         return _result(ended, proc.returncode, duration, stop, timeout)
 
@@ -213,6 +240,18 @@ async def _wait(proc: asyncio.subprocess.Process, stop: Stop, timeout: float | N
 async def _pump(stream: asyncio.StreamReader, output: Output) -> None:
     while chunk := await stream.read(MAX_LOG_CHUNK):
         await output(chunk)
+
+
+def _kill_leftover(record: Path, workspace: Path) -> int:
+    try:
+        pgid = int(record.read_text())
+        cwd = os.readlink(f"/proc/{pgid}/cwd").removesuffix(" (deleted)")
+    except (OSError, ValueError):
+        return 0
+    if not Path(cwd).is_relative_to(workspace):
+        return 0
+    _killpg(pgid, signal.SIGKILL)
+    return 1
 
 
 def _killpg(pid: int, sig: signal.Signals) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -88,6 +89,9 @@ class Runner:
         self._quiet = QuietLog(log)
         self.endpoint = ""
         self.bad_frames = 0
+        #: Workspaces live under a folder of this runner's own, so that
+        #: ``reap`` never touches another runner's jobs on the same machine.
+        self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -97,7 +101,14 @@ class Runner:
         await self.aclose()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.config.work_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._work.mkdir, parents=True, exist_ok=True)
+        reaped = await asyncio.to_thread(self._executor.reap, self._work)
+        if reaped:
+            log.warning(
+                "runner %s: stopped %d step(s) left by an earlier run",
+                self.config.runner_id,
+                reaped,
+            )
         self._sock = dealer_socket(self._ctx, linger_ms=self.config.mesh.linger_ms)
         try:
             self._sock.bind(self.config.listen)
@@ -292,7 +303,7 @@ class Runner:
         started = time.monotonic()
         reporter = FrameReporter(stream)
         name = f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
-        workspace = self.config.work_dir / name
+        workspace = self._work / name
         try:
             outcome = await self._execute(job, stop, reporter, workspace)
         except Exception as e:  # a bug must not take the slot with it

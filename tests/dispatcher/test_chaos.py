@@ -183,3 +183,20 @@ def test_runner_shutdown_drains_short_jobs(cluster: Cluster, make_repo: MakeRepo
     assert runner.proc.wait(20) == 0
     job = api.wait(job_id)
     assert job["state"] == "success" and "drained" in api.log(job_id)
+
+
+def test_restarted_runner_stops_steps_its_killed_predecessor_left(
+    cluster: Cluster, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    cluster.start_runner("r")
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(1)
+    pidfile = tmp_path / "step.pid"
+    api.submit(make_repo(_pipeline(f"echo $$ > {pidfile}\nsleep 60")))
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="step started")
+    pid = int(pidfile.read_text())
+    cluster.kill(cluster.runners["r"])
+    assert alive(pid), "kill -9 of the runner leaves its step running"
+    cluster.start_runner("r")
+    wait_for(lambda: not alive(pid), what="the leftover step to be stopped")
+    assert not list((tmp_path / "work-r" / "r").glob("job-1-1-*")), "old workspace removed"
