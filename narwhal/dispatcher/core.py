@@ -439,11 +439,13 @@ class Dispatcher:
     def links(self) -> list[Link]:
         return self.runners.links()
 
-    def connect(self, endpoint: str) -> Link:
+    def connect(self, endpoint: str) -> Link | None:
         return self.runners.connect(endpoint)
 
     async def add_runner(self, url: str) -> Link:
         link = self.runners.connect(url)
+        if link is None:
+            raise Conflict(f"{url}: refused ({self.runners.refused.get(url, 'duplicate')})")
         await self.db(SqliteStore.add_endpoint, link.endpoint)
         return link
 

@@ -42,6 +42,9 @@ class Link:
 
     endpoint: str
     alias: bytes
+    #: How the dispatcher learnt of the runner: "static" (--runner, the API)
+    #: or "mdns" (discovery; dropped again when the runner says goodbye).
+    source: str = "static"
     state: str = "connecting"  # connecting -> ready -> (lost: replaced by a new Link)
     runner_id: str | None = None
     session: str | None = None
@@ -72,6 +75,7 @@ class Link:
         return {
             "id": self.runner_id,
             "endpoint": self.endpoint,
+            "source": self.source,
             "state": self.state,
             "capacity": self.capacity,
             "free": self.free,

@@ -55,6 +55,8 @@ class RunnerPool:
         self._links: dict[bytes, Link] = {}
         self._generation = 0
         self._acks: dict[tuple[bytes, int, int], int] = {}
+        #: Endpoints refused for claiming a runner id another link holds.
+        self.refused: dict[str, str] = {}
         self._quiet = QuietLog(log)
         self.bad_frames = 0
         self.resent_gaps = 0
@@ -67,32 +69,52 @@ class RunnerPool:
 
     # connections
 
-    def connect(self, endpoint: str) -> Link:
-        """Connect to a runner endpoint (idempotent per endpoint)."""
+    def connect(self, endpoint: str, *, source: str = "static") -> Link | None:
+        """Connect to a runner endpoint; idempotent per endpoint.
+
+        A repeated announcement of a known endpoint never connects twice (a
+        second connect under the same alias would abort libzmq). Returns
+        None for an endpoint refused for claiming a runner id in use.
+        """
         endpoint = check_endpoint(endpoint)
         for link in self._links.values():
             if link.endpoint == endpoint:
+                if source == "static":
+                    link.source = "static"  # named by an operator: never dropped by mDNS
                 return link
-        return self._open(endpoint)
+        if source == "mdns" and endpoint in self.refused:
+            return None
+        return self._open(endpoint, source=source)
 
-    def _open(self, endpoint: str, backoff: float = 1.0) -> Link:
+    async def forget(self, endpoint: str, reason: str) -> None:
+        """Drop a discovered runner that said goodbye; its jobs (if any) are requeued."""
+        for link in list(self._links.values()):
+            if link.endpoint == endpoint and link.source == "mdns":
+                self._drop(link)
+                await self._handler.on_lost(link, reason)
+        self.refused.pop(endpoint, None)
+
+    def _drop(self, link: Link) -> None:
+        self._links.pop(link.alias, None)
+        link.state = "lost"
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disconnect(link.endpoint)
+
+    def _open(self, endpoint: str, backoff: float = 1.0, source: str = "static") -> Link:
         # A fresh alias every time: reusing one aborts libzmq (router.cpp).
         self._generation += 1
         alias = f"{self._generation}:{endpoint}".encode()
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
         self._sock.connect(endpoint)
-        link = Link(endpoint=endpoint, alias=alias, backoff=backoff)
+        link = Link(endpoint=endpoint, alias=alias, backoff=backoff, source=source)
         self._links[alias] = link
         self.send(link, p.Hello(session=self.session))
         return link
 
     def reopen(self, link: Link, backoff: float = 1.0) -> Link:
         """Drop ``link`` and everything queued on it; connect again under a new alias."""
-        self._links.pop(link.alias, None)
-        link.state = "lost"
-        with contextlib.suppress(zmq.ZMQError):
-            self._sock.disconnect(link.endpoint)
-        return self._open(link.endpoint, backoff)
+        self._drop(link)
+        return self._open(link.endpoint, backoff, link.source)
 
     def send(self, link: Link, message: p.Message) -> bool:
         return self._send_frame(link, p.encode(message))
@@ -182,6 +204,8 @@ class RunnerPool:
             self.reopen(link)
             await self._handler.on_lost(link, reason)
             return
+        if not await self._unique(link, ready):
+            return
         link.state = "ready"
         link.runner_id = ready.runner_id
         link.session = ready.session
@@ -193,6 +217,24 @@ class RunnerPool:
             "runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint, link.capacity
         )
         await self._handler.on_ready(link, ready)
+
+    async def _unique(self, link: Link, ready: p.Ready) -> bool:
+        """One runner id, one link: a second live claimant is refused."""
+        for other in list(self._links.values()):
+            if other is link or other.runner_id != ready.runner_id:
+                continue
+            if other.state == "ready":
+                reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
+                log.warning("refusing runner at %s: %s", link.endpoint, reason)
+                self.refused[link.endpoint] = reason
+                self._drop(link)
+                await self._handler.on_lost(link, reason)
+                return False
+            if other.source == "mdns":
+                # The same runner, back at another address: keep the new one.
+                self._drop(other)
+                await self._handler.on_lost(other, f"runner {ready.runner_id} moved")
+        return True
 
     async def _stream_frame(self, link: Link, message: p.Message) -> None:
         job_id, attempt, seq = message.job_id, message.attempt, message.seq  # type: ignore[attr-defined]
