@@ -234,15 +234,64 @@ class Dispatcher:
         for job_id, attempt in held:
             await self._requeue(job_id, attempt, reason)
 
-    async def on_frame(self, link: Link, message: p.Message) -> None:
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            raise NarwhalError(f"unexpected {message.KIND} frame")
-        await handler(self, link, message)
+    async def on_frames(self, frames: list[tuple[Link, p.Message]]) -> None:
+        """Store what one batch of frames says, in one transaction, then act on it."""
+        calls: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+        rejects: list[tuple[Link, p.Reject]] = []
+        for link, message in frames:
+            if isinstance(message, p.Reject):
+                rejects.append((link, message))
+                continue
+            if isinstance(message, p.Done):
+                self._release(link, (message.job_id, message.attempt))
+            call = self._store_call(link, message)
+            if call is None:
+                raise NarwhalError(f"unexpected {message.KIND} frame")
+            calls.append(call)
+        results = await self.db(SqliteStore.apply, calls) if calls else []
+        for (method, kwargs), result in zip(calls, results, strict=True):
+            if method is SqliteStore.transition and result is not None:
+                self._changed(result)
+            elif method is SqliteStore.append_log:
+                self._notify(kwargs["job_id"])
+            elif method is SqliteStore.set_checkout and result:
+                await self._expand(kwargs["job_id"], kwargs["sha"], kwargs["variants"])
+        for link, reject in rejects:
+            await self._on_reject(link, reject)
 
-    async def _on_accept(self, link: Link, message: p.Accept) -> None:
-        reason = f"accepted by {link.runner_id}"
-        await self._transition(message.job_id, message.attempt, "running", reason)
+    @staticmethod
+    def _store_call(
+        link: Link, message: p.Message
+    ) -> tuple[Callable[..., Any], dict[str, Any]] | None:
+        """The store call that records a runner's frame."""
+        key = {"job_id": message.job_id, "attempt": message.attempt}  # type: ignore[attr-defined]
+        if isinstance(message, p.Accept):
+            return SqliteStore.transition, key | {
+                "to": "running",
+                "reason": f"accepted by {link.runner_id}",
+            }
+        if isinstance(message, p.Done):
+            reason = message.reason or message.status
+            return SqliteStore.transition, key | {"to": message.status, "reason": reason}
+        if isinstance(message, p.Log):
+            return SqliteStore.append_log, key | {"seq": message.seq, "data": message.data}
+        if isinstance(message, p.StepStarted):
+            return SqliteStore.step_started, key | {"index": message.index, "name": message.name}
+        if isinstance(message, p.StepFinished):
+            return SqliteStore.step_finished, key | {
+                "index": message.index,
+                "name": message.name,
+                "status": message.status,
+                "exit_code": message.exit_code,
+                "duration": message.duration,
+            }
+        if isinstance(message, p.CheckedOut):
+            return SqliteStore.set_checkout, key | {
+                "sha": message.sha,
+                "pipeline": message.pipeline,
+                "variants": message.variants,
+            }
+        return None
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
         key = (message.job_id, message.attempt)
@@ -251,76 +300,20 @@ class Dispatcher:
         reason = f"runner {link.runner_id} rejected it: {message.reason}"
         await self._requeue(message.job_id, message.attempt, reason)
 
-    async def _on_checked_out(self, link: Link, message: p.CheckedOut) -> None:
-        variants = message.variants
-        first_time = await self.db(
-            SqliteStore.set_checkout,
-            message.job_id,
-            attempt=message.attempt,
-            sha=message.sha,
-            pipeline=message.pipeline,
-            matrix=variants[0] if variants else None,
-        )
-        if not first_time or len(variants) < 2:
-            return
-        parent = await self.db(SqliteStore.get_job, message.job_id)
+    async def _expand(self, job_id: int, sha: str, variants: tuple[dict[str, str], ...]) -> None:
+        """One job for each matrix combination after the first (which ``job_id`` runs)."""
+        parent = await self.db(SqliteStore.get_job, job_id)
         for variant in variants[1:]:
             await self._create(
                 repo=parent.repo,
                 ref=parent.ref,
-                sha=message.sha,
+                sha=sha,
                 event=parent.event,
                 labels=parent.labels,
                 matrix=variant,
                 parent_id=parent.id,
                 reason=f"matrix of job {parent.id}",
             )
-
-    async def _on_log(self, link: Link, message: p.Log) -> None:
-        await self.db(
-            SqliteStore.append_log,
-            message.job_id,
-            attempt=message.attempt,
-            seq=message.seq,
-            data=message.data,
-        )
-        self._notify(message.job_id)
-
-    async def _on_step_started(self, link: Link, message: p.StepStarted) -> None:
-        await self.db(
-            SqliteStore.step_started,
-            message.job_id,
-            attempt=message.attempt,
-            index=message.index,
-            name=message.name,
-        )
-
-    async def _on_step_finished(self, link: Link, message: p.StepFinished) -> None:
-        await self.db(
-            SqliteStore.step_finished,
-            message.job_id,
-            attempt=message.attempt,
-            index=message.index,
-            name=message.name,
-            status=message.status,
-            exit_code=message.exit_code,
-            duration=message.duration,
-        )
-
-    async def _on_done(self, link: Link, message: p.Done) -> None:
-        self._release(link, (message.job_id, message.attempt))
-        reason = message.reason or message.status
-        await self._transition(message.job_id, message.attempt, message.status, reason)
-
-    _handlers: dict[type, Callable[[Dispatcher, Link, Any], Coroutine[Any, Any, None]]] = {
-        p.Accept: _on_accept,
-        p.Reject: _on_reject,
-        p.CheckedOut: _on_checked_out,
-        p.Log: _on_log,
-        p.StepStarted: _on_step_started,
-        p.StepFinished: _on_step_finished,
-        p.Done: _on_done,
-    }
 
     # scheduling
 
@@ -331,18 +324,40 @@ class Dispatcher:
             await self._schedule()
 
     async def _schedule(self) -> None:
+        """Assign queued jobs to free slots: one transaction for the lot, then send."""
+        picked: list[tuple[JobRecord, Link]] = []
         for job in list(self._queue.values()):
-            link = pick(self.runners.links(), job.labels)
+            links = self.runners.links()
+            if not any(link.free for link in links):
+                break  # a long queue is not scanned while every slot is taken
+            link = pick(links, job.labels)
             if link is None:
                 continue
-            key = (job.id, job.attempt)
-            link.jobs.add(key)  # reserve the slot before the store round trip
+            link.jobs.add((job.id, job.attempt))  # reserve the slot before the store
             del self._queue[job.id]
-            reason = f"assigned to {link.runner_id}"
-            if await self._transition(job.id, job.attempt, "assigned", reason, link.runner_id):
-                self._dispatch(link, job)
-            else:
-                self._release(link, key)
+            picked.append((job, link))
+        if not picked:
+            return
+        calls = [
+            (
+                SqliteStore.transition,
+                {
+                    "job_id": job.id,
+                    "attempt": job.attempt,
+                    "to": "assigned",
+                    "reason": f"assigned to {link.runner_id}",
+                    "runner_id": link.runner_id,
+                },
+            )
+            for job, link in picked
+        ]
+        assigned = await self.db(SqliteStore.apply, calls)
+        for (job, link), record in zip(picked, assigned, strict=True):
+            if record is None:  # cancelled meanwhile
+                self._release(link, (job.id, job.attempt))
+                continue
+            self._changed(record)
+            self._dispatch(link, job)
 
     def _dispatch(self, link: Link, job: JobRecord) -> None:
         assert link.session is not None  # noqa: S101 - a ready link has a session
@@ -402,6 +417,15 @@ class Dispatcher:
         return await self._create(
             repo=repo, ref=ref, sha=sha, event=event, labels=labels, source_key=source_key
         )
+
+    async def submit_many(self, jobs: list[dict[str, Any]]) -> list[JobRecord]:
+        """Queue many jobs in one store transaction (no ``source_key``)."""
+        created = await self.db(SqliteStore.create_jobs, jobs)
+        for job in created:
+            self._queue[job.id] = job
+            self._changed(job)
+        self._wake.set()
+        return created
 
     async def resubmit(self, job_id: int) -> JobRecord:
         old = await self.db(SqliteStore.get_job, job_id)

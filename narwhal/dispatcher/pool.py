@@ -37,7 +37,7 @@ class Handler(Protocol):
 
     async def on_ready(self, link: Link, ready: p.Ready) -> None: ...
 
-    async def on_frame(self, link: Link, message: p.Message) -> None: ...
+    async def on_frames(self, frames: list[tuple[Link, p.Message]]) -> None: ...
 
     async def on_stray(self, link: Link, message: p.Message) -> bool: ...
 
@@ -55,6 +55,8 @@ class RunnerPool:
         self._links: dict[bytes, Link] = {}
         self._generation = 0
         self._acks: dict[tuple[bytes, int, int], int] = {}
+        #: In-order frames of the current batch, recorded together by the handler.
+        self._frames: list[tuple[Link, p.Message]] = []
         #: Endpoints refused for claiming a runner id another link holds.
         self.refused: dict[str, str] = {}
         self._quiet = QuietLog(log)
@@ -161,6 +163,7 @@ class RunnerPool:
                     batch.append(recv_now(self._sock))
             for parts in batch:
                 await self._receive(parts)
+            await self._commit()
             self._flush_acks()
 
     async def _receive(self, parts: list[bytes]) -> None:
@@ -193,7 +196,7 @@ class RunnerPool:
         elif isinstance(message, p.Ready):
             await self._ready(link, message)
         else:
-            await self._handler.on_frame(link, message)
+            self._frames.append((link, message))
 
     async def _ready(self, link: Link, ready: p.Ready) -> None:
         if link.state == "ready" and ready.session != link.session:
@@ -253,10 +256,33 @@ class RunnerPool:
         stream.expected += 1
         stream.request = None
         if stream.live or isinstance(message, p.Done):
-            await self._handler.on_frame(link, message)
+            self._frames.append((link, message))
         self._ack(link, job_id, attempt, seq)
-        if isinstance(message, p.Done):
-            link.streams.pop((job_id, attempt), None)
+
+    async def _commit(self) -> None:
+        """Hand the batch's frames to the dispatcher; ACK only what it stored."""
+        frames, self._frames = self._frames, []
+        if not frames:
+            return
+        try:
+            await self._handler.on_frames(frames)
+        except NarwhalError as e:
+            log.error("could not record %d frame(s), the runners will resend: %s", len(frames), e)
+            self._forget_batch(frames)
+            return
+        for link, message in frames:
+            if isinstance(message, p.Done):  # the stream is complete and stored
+                link.streams.pop((message.job_id, message.attempt), None)
+
+    def _forget_batch(self, frames: list[tuple[Link, p.Message]]) -> None:
+        """Rewind each stream to its first frame of the failed batch, unacknowledged."""
+        for link, message in frames:
+            job_id, attempt = message.job_id, message.attempt  # type: ignore[attr-defined]
+            self._acks.pop((link.alias, job_id, attempt), None)
+            seq = getattr(message, "seq", None)
+            stream = link.streams.get((job_id, attempt))
+            if seq is not None and stream is not None:
+                stream.expected = min(stream.expected, seq)
 
     def open_stream(
         self,

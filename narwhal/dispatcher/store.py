@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,19 +178,40 @@ class SqliteStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open job store {path}: {e}") from e
+        self._in_tx = False
 
     def close(self) -> None:
         self._db.close()
 
-    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for everything inside; nested uses join the outer one."""
+        if self._in_tx:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for sql, args in statements:
-                self._db.execute(sql, args)
-            self._db.execute("COMMIT")
+            yield
         except sqlite3.Error as e:
             self._db.execute("ROLLBACK")
             raise StoreError(str(e)) from e
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
+    def apply(self, calls: Iterable[tuple[Callable[..., Any], dict[str, Any]]]) -> list[Any]:
+        """Run many store calls in one transaction (group commit); their results, in order.
+
+        The dispatcher hands in everything one batch of frames asks for, so
+        a burst costs one commit, not one per frame.
+        """
+        with self.transaction():
+            return [method(self, **kwargs) for method, kwargs in calls]
 
     # jobs
 
@@ -240,8 +262,7 @@ class SqliteStore:
             if row is not None:
                 return _job(row), False
         now = time.time()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self.transaction():
             cur = self._db.execute(
                 "INSERT INTO jobs (repo, ref, sha, event, labels, matrix, parent_id,"
                 " source_key, state, reason, created_at, updated_at)"
@@ -266,11 +287,42 @@ class SqliteStore:
                 " VALUES (?, 1, 'queued', ?, ?)",
                 (job_id, reason, now),
             )
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            self._db.execute("ROLLBACK")
-            raise StoreError(str(e)) from e
         return self.get_job(job_id), True
+
+    def create_jobs(self, jobs: list[Mapping[str, Any]]) -> list[JobRecord]:
+        """Create many queued jobs in one transaction (fields as ``create_job``)."""
+        now = time.time()
+        rows = [
+            (
+                j["repo"],
+                j["ref"],
+                j.get("sha"),
+                j["event"],
+                json.dumps(dict(j.get("labels") or {})),
+                j.get("reason", "submitted"),
+                now,
+                now,
+            )
+            for j in jobs
+        ]
+        with self.transaction():
+            first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
+            self._db.executemany(
+                "INSERT INTO jobs (repo, ref, sha, event, labels, state, reason, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                rows,
+            )
+            ids = range(first, first + len(rows))
+            self._db.executemany(
+                "INSERT INTO transitions (job_id, attempt, state, reason, at)"
+                " VALUES (?, 1, 'queued', ?, ?)",
+                [(job_id, row[5], now) for job_id, row in zip(ids, rows, strict=True)],
+            )
+        found = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id",
+            (first, first + len(rows)),
+        ).fetchall()
+        return [_job(r) for r in found]
 
     def get_job(self, job_id: int) -> JobRecord:
         row = self._db.execute(
@@ -331,22 +383,28 @@ class SqliteStore:
         started = now if to == "running" else None
         finished = now if to in TERMINAL else None
         owner = None if to == "queued" else (runner_id or job.runner_id)
-        self._tx(
-            [
-                (
-                    "UPDATE jobs SET state = ?, reason = ?, attempt = ?, runner_id = ?,"
-                    " updated_at = ?, started_at = COALESCE(?, started_at),"
-                    " finished_at = COALESCE(?, finished_at) WHERE id = ?",
-                    (to, reason, next_attempt, owner, now, started, finished, job_id),
-                ),
-                (
-                    "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, next_attempt, to, reason, owner, now),
-                ),
-            ]
+        with self.transaction():
+            self._db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, attempt = ?, runner_id = ?,"
+                " updated_at = ?, started_at = COALESCE(?, started_at),"
+                " finished_at = COALESCE(?, finished_at) WHERE id = ?",
+                (to, reason, next_attempt, owner, now, started, finished, job_id),
+            )
+            self._db.execute(
+                "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, next_attempt, to, reason, owner, now),
+            )
+        return replace(
+            job,
+            state=to,
+            reason=reason,
+            attempt=next_attempt,
+            runner_id=owner,
+            updated_at=now,
+            started_at=started or job.started_at,
+            finished_at=finished or job.finished_at,
         )
-        return self.get_job(job_id)
 
     def set_checkout(
         self,
@@ -355,14 +413,15 @@ class SqliteStore:
         attempt: int,
         sha: str,
         pipeline: str,
-        matrix: Mapping[str, str] | None,
+        variants: tuple[Mapping[str, str], ...] = (),
     ) -> bool:
-        """Record what the runner checked out.
+        """Record what the runner checked out; the job takes ``variants[0]``.
 
-        True only the first time a job is checked out (any attempt), which is
-        when its matrix is expanded; a stale attempt or a replayed frame
-        changes nothing and gets False.
+        True only the first time a job is checked out (any attempt) with
+        more than one matrix combination: that is when the others become
+        jobs. A stale attempt or a replayed frame changes nothing.
         """
+        matrix = variants[0] if variants else None
         row = self._db.execute(
             "SELECT pipeline FROM jobs WHERE id = ? AND attempt = ?", (job_id, attempt)
         ).fetchone()
@@ -372,7 +431,7 @@ class SqliteStore:
             "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?) WHERE id = ?",
             (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id),
         )
-        return row[0] is None
+        return row[0] is None and len(variants) > 1
 
     def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         """A queued, assigned or running job for this commit and event, if any."""

@@ -262,57 +262,88 @@ STREAM_MESSAGES: tuple[type[Message], ...] = (
     Done,
 )
 
-Checker = Callable[[Any, str], Any]
+
+class _Invalid(Exception):
+    """A value failed its check; ``path`` grows as the error unwinds.
+
+    Paths are only built on failure: the hot path (valid frames) formats no
+    strings at all.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+    def at(self, part: str) -> _Invalid:
+        self.path.append(part)
+        return self
+
+
+Checker = Callable[[Any], Any]
 
 #: Integers are stored as SQLite INTEGER: signed 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def _scalar(kind: type) -> Checker:
-    def check(value: Any, path: str) -> Any:
-        # bool is an int subclass; a flag is never a count, so keep them apart.
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    name = kind.__name__
+
+    def check(value: Any) -> Any:
+        # type() not isinstance(): bool is an int subclass, and a flag is never a count.
+        if type(value) is kind:
+            if kind is int and not _INT_MIN <= typing.cast(int, value) <= _INT_MAX:
+                raise _Invalid("integer out of range")
+            return value
+        if kind is float and type(value) is int:
             return float(value)
-        if not ok:
-            raise ProtocolError(f"{path}: expected {kind.__name__}, got {_name(value)}")
-        if kind is int and not _INT_MIN <= value <= _INT_MAX:
-            raise ProtocolError(f"{path}: integer out of range")
-        return value
+        raise _Invalid(f"expected {name}, got {type(value).__name__}")
 
     return check
 
 
 def _optional(inner: Checker) -> Checker:
-    def check(value: Any, path: str) -> Any:
-        return None if value is None else inner(value, path)
+    def check(value: Any) -> Any:
+        return None if value is None else inner(value)
 
     return check
 
 
 def _sequence(inner: Checker) -> Checker:
-    def check(value: Any, path: str) -> Any:
+    def check(value: Any) -> Any:
         if not isinstance(value, list | tuple):
-            raise ProtocolError(f"{path}: expected array, got {_name(value)}")
-        return tuple(inner(item, f"{path}[{i}]") for i, item in enumerate(value))
+            raise _Invalid(f"expected array, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(inner(item))
+            except _Invalid as e:
+                raise e.at(f"[{i}]") from None
+        return tuple(out)
 
     return check
 
 
 def _mapping(key: Checker, val: Checker) -> Checker:
-    def check(value: Any, path: str) -> Any:
+    def check(value: Any) -> Any:
         if not isinstance(value, dict):
-            raise ProtocolError(f"{path}: expected map, got {_name(value)}")
-        return {key(k, f"{path} key"): val(v, f"{path}.{k}") for k, v in value.items()}
+            raise _Invalid(f"expected map, got {type(value).__name__}")
+        out = {}
+        for k, v in value.items():
+            try:
+                out[key(k)] = val(v)
+            except _Invalid as e:
+                raise e.at(f".{k}") from None
+        return out
 
     return check
 
 
 def _record(cls: type) -> Checker:
-    def check(value: Any, path: str) -> Any:
+    def check(value: Any) -> Any:
         if not isinstance(value, dict):
-            raise ProtocolError(f"{path}: expected map, got {_name(value)}")
-        return _build(cls, value, path)
+            raise _Invalid(f"expected map, got {type(value).__name__}")
+        return _build(cls, value)
 
     return check
 
@@ -345,40 +376,37 @@ _SPECS: dict[type, dict[str, tuple[Checker, bool]]] = {
     cls: _fields(cls) for cls in (*MESSAGES, StepOutcome)
 }
 _BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGES}
+#: Field names per class, in order, for encoding without dataclass introspection.
+_NAMES: dict[type, tuple[str, ...]] = {cls: tuple(spec) for cls, spec in _SPECS.items()}
 
 
-def _name(value: object) -> str:
-    return type(value).__name__
-
-
-def _build(cls: type, body: Mapping[Any, Any], path: str) -> Any:
+def _build(cls: type, body: Mapping[Any, Any]) -> Any:
     spec = _SPECS[cls]
-    unknown = [k for k in body if k not in spec]
-    if unknown:
-        raise ProtocolError(f"{path}: unknown field {unknown[0]!r}")
+    for key in body:
+        if key not in spec:
+            raise _Invalid(f"unknown field {key!r}")
     values = {}
     for name, (check, required) in spec.items():
         if name in body:
-            values[name] = check(body[name], f"{path}.{name}")
+            try:
+                values[name] = check(body[name])
+            except _Invalid as e:
+                raise e.at(f".{name}") from None
         elif required:
-            raise ProtocolError(f"{path}: missing field {name!r}")
+            raise _Invalid(f"missing field {name!r}")
     return cls(**values)
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+    """A field value msgpack can pack: nested records (StepOutcome) become maps."""
+    if isinstance(value, tuple) and value and type(value[0]) in _NAMES:
+        return [{n: getattr(item, n) for n in _NAMES[type(item)]} for item in value]
     return value
 
 
 def encode(message: Message) -> bytes:
     """Serialize a message to one frame."""
-    body = {
-        f.name: _plain(getattr(message, f.name))
-        for f in dataclasses.fields(typing.cast(Any, message))
-    }
+    body = {name: _plain(getattr(message, name)) for name in _NAMES[type(message)]}
     frame: bytes = msgpack.packb([PROTOCOL_VERSION, message.KIND, body], use_bin_type=True)
     return frame
 
@@ -403,7 +431,11 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"unknown message kind {kind!r}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind}: body is not a map")
-    message: Message = _build(cls, body, kind)
+    try:
+        message: Message = _build(cls, body)
+    except _Invalid as e:
+        path = "".join(reversed(e.path))
+        raise ProtocolError(f"{kind}{path}: {e.message}") from None
     _check_values(message)
     return message
 
