@@ -19,55 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
 
+from bench.common import ROOT, machine, standins
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.store import JobRecord
 from narwhal.mesh import protocol as p
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def standins(count: int, capacity: int) -> Iterator[list[str]]:
-    procs, endpoints = [], []
-    try:
-        for _ in range(count):
-            port = _port()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.standin", str(port), str(capacity)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert proc.stdout is not None
-            proc.stdout.readline()
-            procs.append(proc)
-            endpoints.append(f"tcp://127.0.0.1:{port}")
-        yield endpoints
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 def ceiling(endpoints: list[str], jobs: int, window: int) -> float:
@@ -126,8 +91,7 @@ async def narwhal(endpoints: list[str], jobs: int) -> float:
             mesh=MeshConfig(heartbeat_interval=2.0, liveness=5),
         )
         async with Dispatcher(config) as dispatcher:
-            while sum(link.state == "ready" for link in dispatcher.links()) < len(endpoints):
-                await asyncio.sleep(0.01)  # noqa: ASYNC110 - setup, before timing
+            await all_ready(dispatcher, len(endpoints))
             finished = asyncio.Event()
             count = 0
 
@@ -156,6 +120,12 @@ async def narwhal(endpoints: list[str], jobs: int) -> float:
                 )
             await finished.wait()
             return jobs / (time.perf_counter() - started)
+
+
+async def all_ready(dispatcher: Dispatcher, count: int) -> None:
+    """Setup, before timing: poll until every stand-in sent READY."""
+    while sum(link.state == "ready" for link in dispatcher.links()) < count:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
 
 
 def celery(jobs: int) -> float:
@@ -211,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--celery-jobs", type=int, default=2_000)
     parser.add_argument("--no-celery", action="store_true")
     args = parser.parse_args(argv)
+    print(f"# {machine()}")
     print(f"# {args.jobs} no-op jobs, {args.runners} runner stand-ins x {args.capacity} slots")
     with standins(args.runners, args.capacity) as endpoints:
         bare = ceiling(endpoints, args.jobs, args.capacity)

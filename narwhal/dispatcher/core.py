@@ -326,14 +326,16 @@ class Dispatcher:
     async def _schedule(self) -> None:
         """Assign queued jobs to free slots: one transaction for the lot, then send."""
         picked: list[tuple[JobRecord, Link]] = []
+        free = [link for link in self.runners.links() if link.free]
         for job in list(self._queue.values()):
-            links = self.runners.links()
-            if not any(link.free for link in links):
+            if not free:
                 break  # a long queue is not scanned while every slot is taken
-            link = pick(links, job.labels)
+            link = pick(free, job.labels)
             if link is None:
                 continue
             link.jobs.add((job.id, job.attempt))  # reserve the slot before the store
+            if not link.free:
+                free.remove(link)
             del self._queue[job.id]
             picked.append((job, link))
         if not picked:
