@@ -314,7 +314,10 @@ class RunnerPool:
 
     def _flush_acks(self) -> None:
         acks, self._acks = self._acks, {}
+        per_link: dict[bytes, list[tuple[int, int, int]]] = {}
         for (alias, job_id, attempt), seq in acks.items():
+            per_link.setdefault(alias, []).append((job_id, attempt, seq))
+        for alias, streams in per_link.items():
             link = self._links.get(alias)
             if link is not None:
-                self.send(link, p.Ack(job_id=job_id, attempt=attempt, seq=seq))
+                self.send(link, p.Ack(streams=tuple(streams)))

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"assigned", "cancelled", "error"}),
     "assigned": frozenset({"running", "queued"} | TERMINAL),
     "running": frozenset({"queued"} | TERMINAL),
+}
+
+#: For each target state, the states it may be reached from (as SQL).
+_SOURCES: dict[str, str] = {
+    to: ", ".join(f"'{src}'" for src, targets in _ALLOWED.items() if to in targets) for to in STATES
 }
 
 _SCHEMA = """
@@ -375,36 +380,43 @@ class SqliteStore:
         Returns the updated job, or None when the move was fenced off (a late
         frame from an old attempt, or a job already past that state).
         """
-        job = self.get_job(job_id)
-        if job.attempt != attempt or to not in _ALLOWED.get(job.state, ()):
+        sources = _SOURCES.get(to)
+        if not sources:
             return None
         now = time.time()
-        next_attempt = attempt + 1 if to == "queued" else attempt
-        started = now if to == "running" else None
-        finished = now if to in TERMINAL else None
-        owner = None if to == "queued" else (runner_id or job.runner_id)
+        requeue = to == "queued"
         with self.transaction():
-            self._db.execute(
-                "UPDATE jobs SET state = ?, reason = ?, attempt = ?, runner_id = ?,"
+            # One statement checks the fence (attempt), the allowed move and
+            # updates, and hands back the new row.
+            row = self._db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, attempt = attempt + ?,"
+                " runner_id = CASE WHEN ? THEN NULL ELSE COALESCE(?, runner_id) END,"
                 " updated_at = ?, started_at = COALESCE(?, started_at),"
-                " finished_at = COALESCE(?, finished_at) WHERE id = ?",
-                (to, reason, next_attempt, owner, now, started, finished, job_id),
-            )
+                " finished_at = COALESCE(?, finished_at)"
+                f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
+                f" RETURNING {_JOB_COLUMNS}",
+                (
+                    to,
+                    reason,
+                    1 if requeue else 0,
+                    requeue,
+                    runner_id,
+                    now,
+                    now if to == "running" else None,
+                    now if to in TERMINAL else None,
+                    job_id,
+                    attempt,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            job = _job(row)
             self._db.execute(
                 "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, next_attempt, to, reason, owner, now),
+                (job_id, job.attempt, to, reason, job.runner_id, now),
             )
-        return replace(
-            job,
-            state=to,
-            reason=reason,
-            attempt=next_attempt,
-            runner_id=owner,
-            updated_at=now,
-            started_at=started or job.started_at,
-            finished_at=finished or job.finished_at,
-        )
+        return job
 
     def set_checkout(
         self,

@@ -16,7 +16,7 @@ Conversation, in order::
                                 <-  CHECKED_OUT(sha, pipeline, variants)
                                 <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
                                 <-  DONE(status, steps)
-    ACK(job_id, attempt, seq)   ->                  (as frames are stored)
+    ACK([job_id, attempt, seq]*) ->                 (as frames are stored)
     CANCEL(job_id, attempt)     ->                  (any time)
     HEARTBEAT(session)          <->                 (both ways, every interval)
 
@@ -217,12 +217,14 @@ class Done(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ack(Message):
-    """Every frame of the job stream up to ``seq`` is stored; the runner may forget them."""
+    """Stored: for each ``[job_id, attempt, seq]``, every frame of that job stream up to ``seq``.
+
+    One ACK covers every stream of a runner that a batch of frames touched,
+    so acknowledging costs one frame per batch, not one per job.
+    """
 
     KIND: ClassVar[str] = "ack"
-    job_id: int
-    attempt: int
-    seq: int
+    streams: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -447,6 +449,8 @@ def _check_values(message: Message) -> None:
             raise ProtocolError("ready.capacity: must not be negative")
         if any(len(entry) != 3 for entry in message.active):
             raise ProtocolError("ready.active: expected [job_id, attempt, next_seq] entries")
+    if isinstance(message, Ack) and any(len(e) != 3 or e[2] < 0 for e in message.streams):
+        raise ProtocolError("ack.streams: expected [job_id, attempt, seq] entries")
     if getattr(message, "seq", 0) < 0:
         raise ProtocolError(f"{message.KIND}.seq: must not be negative")
     if isinstance(message, Done) and message.status not in DONE_STATUSES:

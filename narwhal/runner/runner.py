@@ -12,8 +12,9 @@ resent after the next HELLO.
 
 Shutdown order (``aclose``): refuse new jobs; let running jobs finish for up
 to ``drain_timeout``; cancel the rest (SIGTERM, grace, SIGKILL) and wait for
-their DONE; wait (bounded) for the dispatcher to acknowledge the last frames;
-close the socket with its linger; terminate the context if it is ours.
+their DONE; wait (bounded) for the dispatcher to acknowledge the last frames
+(these first steps are ``drain``, after which the entrypoint says goodbye on
+mDNS); close the socket with its linger; terminate the context if it is ours.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Runner:
         self._active: dict[tuple[int, int], _Active] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._drained = asyncio.Event()
+        self._stopping = False
         self._closed = False
         self._quiet = QuietLog(log)
         self.endpoint = ""
@@ -131,9 +134,15 @@ class Runner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def aclose(self) -> None:
-        """Refuse new jobs, drain or cancel running ones, report, close."""
+    async def drain(self) -> None:
+        """Shutdown's first half: refuse new jobs, drain or cancel running ones, report them.
+
+        The socket stays open, so an entrypoint can do what must happen
+        between the last report and the close (say goodbye on mDNS).
+        Idempotent; ``aclose`` calls it.
+        """
         if self._closing:
+            await self._drained.wait()
             return
         self._closing = True
         await self._wait_jobs(self.config.drain_timeout)
@@ -146,6 +155,14 @@ class Runner:
                 await asyncio.wait(closed, timeout=self.config.mesh.dead_after)
                 for waiter in closed:
                     waiter.cancel()
+        self._drained.set()
+
+    async def aclose(self) -> None:
+        """Refuse new jobs, drain or cancel running ones, report, close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.drain()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -234,13 +251,13 @@ class Runner:
         )
 
     def _ack(self, ack: p.Ack) -> None:
-        key = (ack.job_id, ack.attempt)
-        active = self._active.get(key)
-        if active is None:
-            return
-        active.stream.ack(ack.seq)
-        if active.stream.closed.is_set():
-            del self._active[key]
+        for job_id, attempt, seq in ack.streams:
+            active = self._active.get((job_id, attempt))
+            if active is None:
+                continue
+            active.stream.ack(seq)
+            if active.stream.closed.is_set():
+                del self._active[(job_id, attempt)]
 
     async def _heartbeat_loop(self) -> None:
         mesh = self.config.mesh

@@ -74,7 +74,7 @@ SAMPLES: list[p.Message] = [
         duration=1.5,
         steps=(p.StepOutcome(index=0, name="t", status="success", exit_code=0, duration=1.0),),
     ),
-    p.Ack(job_id=1, attempt=1, seq=5),
+    p.Ack(streams=((1, 1, 5), (2, 3, 0))),
     p.Cancel(job_id=1, attempt=3, reason="cancelled by user"),
 ]
 
@@ -186,7 +186,7 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
         ),
         (b"\x00" * (p.MAX_FRAME_BYTES + 1), "exceeds"),
         (_frame("accept", {"job_id": 2**64 - 1, "attempt": 1, "seq": 0}), "out of range"),
-        (_frame("ack", {"job_id": 1, "attempt": 1, "seq": -1}), "ack.seq: must not be negative"),
+        (_frame("ack", {"streams": [[1, 1, -1]]}), "ack.streams: expected"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None:
