@@ -38,10 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runner starts (and kills) measured")
     parser.add_argument("--heartbeat-interval", type=float, default=0.5)
+    parser.add_argument("--liveness", type=int, default=3, help="missed intervals = dead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="narwhal-bench-") as tmp:
         root = Path(tmp)
-        cluster = LanCluster(root, heartbeat_interval=args.heartbeat_interval)
+        cluster = LanCluster(
+            root, heartbeat_interval=args.heartbeat_interval, liveness=args.liveness
+        )
         try:
             api = cluster.start_dispatcher()
             announced, started = start_to_ready(cluster, api, args.runs)
@@ -61,7 +64,8 @@ def main() -> None:
     p50 = statistics.median(requeued)
     print(
         f"runner kill -9 -> its job requeued: p50 {p50:.2f} s = {p50 / interval:.1f} heartbeat "
-        f"intervals of {interval} s over {len(requeued)} runs (target < 3 intervals)"
+        f"intervals of {interval} s (dead after {args.liveness} silent intervals) "
+        f"over {len(requeued)} runs (target < 3 intervals)"
     )
 
 

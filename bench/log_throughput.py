@@ -70,6 +70,8 @@ def run(size: int) -> tuple[float, int, int]:
                 str(root / "work"),
                 "--discovery",
                 "none",
+                "--executor",
+                "local",
             ]
         )
         dispatcher = _daemon(
@@ -89,8 +91,10 @@ def run(size: int) -> tuple[float, int, int]:
             with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as api:
                 _wait(lambda: api.get("/health").json()["runners"] == 1)
                 job = api.post("/api/jobs", json={"repo": str(root / "repo")}).json()["id"]
-                _wait(lambda: api.get(f"/api/jobs/{job}").json()["state"] == "success", 600)
+                _wait(lambda: api.get(f"/api/jobs/{job}").json()["finished_at"], 600)
                 record = api.get(f"/api/jobs/{job}").json()
+                if record["state"] != "success":
+                    raise RuntimeError(f"the flood job ended {record['state']}: {record['reason']}")
             stored = _stored(root / "data" / "narwhal.db", job)
             # Until every byte is in the store: the job ends only after that.
             seconds = record["finished_at"] - record["started_at"]
