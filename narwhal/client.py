@@ -143,13 +143,15 @@ def jobs(api: Api, args: argparse.Namespace) -> int:
 
 def runners(api: Api, args: argparse.Namespace) -> int:
     listing = api.call("GET", "/api/runners")
-    _out(f"{'ID':<20} {'STATE':<11} {'FREE':>4}/{'CAP':<4} {'ENDPOINT':<28} LABELS")
+    _out(f"{'ID':<20} {'STATE':<11} {'FREE':>4}/{'CAP':<4} {'ENDPOINT':<28} {'SOURCE':<7} LABELS")
     for r in listing["runners"]:
         labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
         _out(
             f"{r['id'] or '?':<20} {r['state']:<11} {r['free']:>4}/{r['capacity']:<4} "
-            f"{r['endpoint']:<28} {labels}"
+            f"{r['endpoint']:<28} {r.get('source', ''):<7} {labels}"
         )
+    for refused in listing.get("refused", []):
+        _out(f"refused {refused['endpoint']}: {refused['reason']}")
     return 0
 
 

@@ -34,6 +34,98 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    """mDNS discovery: runners announce themselves, the dispatcher browses.
+
+    Off unless asked for: the CLI turns it on for ``narwhal dispatcher`` and
+    ``narwhal runner`` (``--discovery mdns``, their default) and picks the
+    interfaces (docs/discovery.md).
+    """
+
+    enabled: bool = False
+    #: IPv4 addresses of the interfaces mDNS uses; empty: every interface.
+    interfaces: tuple[str, ...] = ()
+    #: Seconds the dispatcher waits for an announced runner's details.
+    request_timeout: float = 3.0
+    #: Announced runners the dispatcher tracks at once; more are ignored.
+    max_services: int = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AmqpConfig:
+    """Where commit events travel between the agent and the dispatcher (RabbitMQ)."""
+
+    url: str
+    queue: str = DEFAULT_AMQP_QUEUE
+    #: Unacknowledged messages the dispatcher takes at once.
+    prefetch: int = 32
+    #: Seconds the agent waits for the broker to confirm a message.
+    confirm_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    #: Longest wait between reconnect attempts (the back-off doubles up to it).
+    reconnect_max: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """Webhook secrets; a forge whose secret is unset has no endpoint."""
+
+    github_secret: str | None = None
+    gitea_secret: str | None = None
+    gitlab_secret: str | None = None
+    max_body: int = DEFAULT_MAX_WEBHOOK_BODY
+    #: Delivery ids remembered to answer a forge's redelivery without a new message.
+    remember_deliveries: int = 10_000
+
+    def secret(self, forge: str) -> str | None:
+        return {
+            "github": self.github_secret,
+            "gitea": self.gitea_secret,
+            "gitlab": self.gitlab_secret,
+        }.get(forge)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """Everything ``narwhal agent`` needs."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = DEFAULT_AGENT_PORT
+    amqp: AmqpConfig
+    webhooks: WebhookConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgeApi:
+    """A forge's REST API that commit statuses are posted to."""
+
+    forge: str  # github | gitea | gitlab
+    url: str  # e.g. https://api.github.com, https://gitea.example/api/v1
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusConfig:
+    """Commit status reporting; no forge APIs configured means no reports."""
+
+    forges: tuple[ForgeApi, ...] = ()
+    #: Base of the job links in statuses (default: the API's own URL).
+    public_url: str | None = None
+    timeout: float = 10.0
+    #: Tries per status before it is given up (a newer state replaces it anyway).
+    attempts: int = 5
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    #: Reports waiting to be sent; beyond that the oldest is dropped.
+    max_pending: int = 10_000
+    #: Concurrent senders (reports for one job always go through the same one).
+    workers: int = 4
+
+    def api(self, forge: str) -> ForgeApi | None:
+        return next((api for api in self.forges if api.forge == forge), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DispatcherConfig:
     """Everything ``narwhal dispatcher`` (and ``narwhal up``) needs."""
 
@@ -45,6 +137,13 @@ class DispatcherConfig:
     #: Attempts a job gets before a lost runner ends it in ``error``.
     max_attempts: int = 3
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    #: Consume commit events from RabbitMQ (and, in ``up``, publish webhooks to it).
+    amqp: AmqpConfig | None = None
+    #: ``narwhal up`` only: serve the agent's webhook endpoints in-process.
+    webhooks: WebhookConfig | None = None
+    status: StatusConfig = field(default_factory=StatusConfig)
+    #: Connect to the runners mDNS finds (off unless enabled).
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     @property
     def db_path(self) -> Path:
@@ -73,6 +172,25 @@ class RunnerConfig:
     stream_frames: int = 256
     stream_bytes: int = 4 << 20
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    #: Docker executor: the engine (None: DOCKER_HOST or the local socket).
+    docker_host: str | None = None
+    #: Image for steps whose narwhal.yml names none.
+    docker_image: str = "debian:bookworm-slim"
+    #: Network of step containers: ``bridge`` (Docker's default) or ``none``.
+    #: A job with services gets a network of its own, internal with ``none``.
+    docker_network: str = "bridge"
+    #: ``missing``: pull an image that is not on the engine; ``never``: error.
+    docker_pull: str = "missing"
+    docker_pull_timeout: float = 600.0
+    #: Most a container may have: also the limit when narwhal.yml asks none.
+    #: None is no limit.
+    max_memory: int | None = None
+    max_cpus: float | None = None
+    max_pids: int | None = 4096
+    #: Environment variables every step gets, masked in every log line.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Announce this runner over mDNS (off unless enabled; never in ``up``).
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
 
 def default_data_dir() -> Path:

@@ -7,9 +7,10 @@
     ├── StoreError         the job store cannot do what was asked
     │   └── NotFound       no such job or runner
     ├── CheckoutError      git could not fetch or check out the commit
-    └── ExecutorError      a step could not be started (not: the step failed)
+    ├── ExecutorError      a step could not be started (not: the step failed)
+    └── DiscoveryError     mDNS could not start on the chosen interfaces
 
-Third-party exceptions (zmq, sqlite3, docker, aio-pika) are translated into
+Third-party exceptions (zmq, sqlite3, docker, aio-pika, zeroconf) are translated into
 these only in the module that talks to that library.
 """
 
@@ -44,3 +45,7 @@ class CheckoutError(NarwhalError):
 
 class ExecutorError(NarwhalError):
     """A step could not be started at all (distinct from a step that failed)."""
+
+
+class DiscoveryError(NarwhalError):
+    """mDNS (announcing or browsing) could not start on the chosen interfaces."""

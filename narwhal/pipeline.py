@@ -12,6 +12,7 @@ import fnmatch
 import itertools
 import pathlib
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NoReturn, TypeVar
@@ -47,10 +48,31 @@ _IMAGE = re.compile(r"\S+")
 # No leading '-', so a package is never taken for an option by apk/apt/dnf.
 _PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_:=~-]*")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_PIPELINE_KEYS = ("name", "image", "env", "timeout", "when", "matrix", "steps")
-_STEP_KEYS = tuple(
-    "name command commands image env timeout allow_failure when dependencies".split()
+_PIPELINE_KEYS = (
+    "name",
+    "image",
+    "env",
+    "timeout",
+    "when",
+    "matrix",
+    "steps",
+    "services",
+    "resources",
 )
+_STEP_KEYS = tuple(
+    "name command commands image env timeout allow_failure when dependencies resources".split()
+)
+_SERVICE_KEYS = ("name", "image", "env", "command")
+_RESOURCE_KEYS = ("memory", "cpus", "pids")
+MAX_SERVICES = 16
+# A service name is the host name the steps reach it by: one DNS label.
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MEMORY = re.compile(r"([0-9]{1,15})([kmg]?)b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_MEMORY = 6 << 20  # the Docker engine refuses less
+MAX_MEMORY = 1 << 40
+MAX_CPUS = 1024
+MAX_PIDS = 1 << 22
 _WHEN_KEYS = ("branch", "event")
 
 _Fields = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
@@ -103,6 +125,35 @@ def _accepts(patterns: tuple[str, ...], value: str | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    """Limits a container asks for; None: the runner's maximum (or no limit)."""
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+
+    def over(self, base: Resources) -> Resources:
+        """These limits, with `base`'s where these set none."""
+        return Resources(
+            memory=base.memory if self.memory is None else self.memory,
+            cpus=base.cpus if self.cpus is None else self.cpus,
+            pids=base.pids if self.pids is None else self.pids,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """A sidecar container (a database, say) that the steps reach by `name`."""
+
+    name: str
+    image: str
+    env: Mapping[str, str]
+    #: Replaces the image's command; None keeps it.
+    command: tuple[str, ...] | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
     """One step of a pipeline, with the pipeline's image and env folded in."""
 
@@ -115,6 +166,7 @@ class Step:
     when: When
     dependencies: tuple[str, ...]
     line: int
+    resources: Resources = Resources()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +180,8 @@ class Pipeline:
     timeout: float | None
     when: When
     variant: Mapping[str, str]
+    services: tuple[Service, ...] = ()
+    resources: Resources = Resources()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,6 +323,8 @@ def _parse(root: Node | None) -> tuple[Pipeline, _Variants, int]:
         timeout=_optional(fields, "timeout", "", _timeout),
         when=_optional(fields, "when", "", _when) or When(),
         variant={},
+        services=_optional(fields, "services", "", _services) or (),
+        resources=_optional(fields, "resources", "", _resources) or Resources(),
     )
     variants = _optional(fields, "matrix", "", _matrix) or ({},)
     template = replace(base, steps=_steps(root, fields, base, variants))
@@ -304,6 +360,9 @@ def _step(fields: _Fields, node: Node, path: str, base: Pipeline) -> Step:
         when=_optional(fields, "when", path, _when) or When(),
         dependencies=_optional(fields, "dependencies", path, _dependencies) or (),
         line=_line(node.start_mark),
+        resources=(_optional(fields, "resources", path, _resources) or Resources()).over(
+            base.resources
+        ),
     )
 
 
@@ -385,6 +444,86 @@ def _matrix_value(node: Node, path: str) -> str:
     if not _single_line(value):
         _fail(node, path, f"expected a single-line value, got {_describe(node)}")
     return value
+
+
+def _services(node: Node, path: str) -> tuple[Service, ...]:
+    services: list[Service] = []
+    for index, item in enumerate(_list(node, path, "services", empty=True, most=MAX_SERVICES)):
+        service = _service(item, f"{path}[{index}]")
+        first = next((i for i, s in enumerate(services) if s.name == service.name), None)
+        if first is not None:
+            name_node = _mapping(item, "")["name"][1]
+            message = f"duplicate service name {service.name!r}, already used by {path}[{first}]"
+            _fail(name_node, f"{path}[{index}].name", message)
+        services.append(service)
+    return tuple(services)
+
+
+def _service(node: Node, path: str) -> Service:
+    fields = _mapping(node, path, _SERVICE_KEYS)
+    for key in ("name", "image"):
+        if key not in fields:
+            _fail(node, f"{path}.{key}", f"missing; expected the service's {key}")
+    what = "a host name like db (lowercase letters, digits and '-')"
+    return Service(
+        name=_string(fields["name"][1], f"{path}.name", what, _HOSTNAME.fullmatch),
+        image=_image(fields["image"][1], f"{path}.image"),
+        env=_optional(fields, "env", path, _env) or {},
+        command=_optional(fields, "command", path, _argv),
+        line=_line(node.start_mark),
+    )
+
+
+def _argv(node: Node, path: str) -> tuple[str, ...]:
+    if isinstance(node, SequenceNode):
+        items = enumerate(_list(node, path, "arguments"))
+        return tuple(_string(item, f"{path}[{i}]", "an argument", str) for i, item in items)
+    text = _string(node, path, "a command (a string or a list of arguments)")
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        _fail(node, path, f"cannot split into arguments: {error}")
+    if not argv:
+        _fail(node, path, "expected a command, got only spaces")
+    return tuple(argv)
+
+
+def _resources(node: Node, path: str) -> Resources:
+    fields = _mapping(node, path, _RESOURCE_KEYS)
+    return Resources(
+        memory=_optional(fields, "memory", path, _memory),
+        cpus=_optional(fields, "cpus", path, _cpus),
+        pids=_optional(fields, "pids", path, _pids),
+    )
+
+
+def _memory(node: Node, path: str) -> int:
+    match = _MEMORY.fullmatch(str(node.value)) if _is(node, _STR, _INT) else None
+    if match is None:
+        _fail(node, path, f"expected a size like 512m or 2g, got {_describe(node)}")
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        _fail(node, path, f"expected a size from 6m to 1024g, got {_describe(node)}")
+    return size
+
+
+def _cpus(node: Node, path: str) -> float:
+    try:
+        cpus = float(node.value) if _is(node, _INT, _TAG + "float") else None
+    except ValueError:
+        cpus = None
+    if cpus is None or not 0.01 <= cpus <= MAX_CPUS:
+        _fail(node, path, f"expected a number of CPUs like 0.5 or 2, got {_describe(node)}")
+    return cpus
+
+
+def _pids(node: Node, path: str) -> int:
+    if not (_is(node, _INT) and re.fullmatch(r"[0-9]{1,9}", node.value)):
+        _fail(node, path, f"expected a whole number of processes, got {_describe(node)}")
+    pids = int(node.value)
+    if not 1 <= pids <= MAX_PIDS:
+        _fail(node, path, f"expected from 1 to {MAX_PIDS} processes, got {pids}")
+    return pids
 
 
 def _when(node: Node, path: str) -> When:
@@ -556,6 +695,15 @@ def _apply(template: Pipeline, variant: Mapping[str, str]) -> Pipeline:
         env={key: _substitute(value, variant) for key, value in template.env.items()},
         steps=tuple(_apply_step(step, variant) for step in template.steps),
         variant=dict(variant),
+        services=tuple(_apply_service(service, variant) for service in template.services),
+    )
+
+
+def _apply_service(service: Service, variant: Mapping[str, str]) -> Service:
+    return replace(
+        service,
+        image=_substitute(service.image, variant),
+        env={key: _substitute(value, variant) for key, value in service.env.items()},
     )
 
 

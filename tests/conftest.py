@@ -68,16 +68,36 @@ def make_repo(tmp_path: Path) -> Callable[..., Repo]:
 
 
 class Daemon:
-    """A ``narwhal`` daemon subprocess; reads its announce line from stdout."""
+    """A ``narwhal`` daemon subprocess; reads its announce line from stdout.
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None) -> None:
+    mDNS discovery is off (``NARWHAL_DISCOVERY=none``) unless the test asks
+    for it with ``--discovery mdns``: daemons of other tests (or of another
+    checkout's test run on this machine) must never find each other on
+    loopback. Steps run locally (``NARWHAL_EXECUTOR=local``) unless the test
+    passes ``--executor docker``. ``netns`` runs the daemon inside that
+    network namespace.
+    """
+
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, netns: str | None = None
+    ) -> None:
         self.args = args
+        command = [sys.executable, "-m", "narwhal", *args]
+        if netns is not None:
+            command = ["ip", "netns", "exec", netns, *command]  # exec: the pid stays narwhal's
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "narwhal", *args],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={
+                "NARWHAL_DISCOVERY": "none",
+                # Steps run as local processes unless a test asks for Docker:
+                # the pipelines here name no image the engine has.
+                "NARWHAL_EXECUTOR": "local",
+                **os.environ,
+                **(env or {}),
+            },
         )
         self.stderr_lines: list[str] = []
         self._stderr = threading.Thread(target=self._drain, daemon=True)

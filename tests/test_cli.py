@@ -95,6 +95,8 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
         Daemon(
             [
                 "runner",
+                "--discovery",
+                "none",
                 "--listen",
                 "tcp://127.0.0.1:0",
                 "--id",
@@ -112,6 +114,8 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
     dispatcher = Daemon(
         [
             "dispatcher",
+            "--discovery",
+            "none",
             "--http",
             "127.0.0.1:0",
             "--data-dir",

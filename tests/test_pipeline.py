@@ -410,9 +410,9 @@ ERRORS = [
         id="unknown-top-level-close",
     ),
     pytest.param(
-        STEP + "services: [db]\n",
-        "narwhal.yml:2: services: unknown key 'services'; "
-        "expected one of name, image, env, timeout, when, matrix, steps",
+        STEP + "volumes: [db]\n",
+        "narwhal.yml:2: volumes: unknown key 'volumes'; "
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
         id="unknown-top-level",
     ),
     pytest.param(
@@ -760,13 +760,13 @@ ERRORS = [
     pytest.param(
         STEP + '"line\\nbreak": 1\n',
         "narwhal.yml:2: 'line\\nbreak': unknown key 'line\\nbreak'; "
-        "expected one of name, image, env, timeout, when, matrix, steps",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
         id="key-with-newline-stays-one-line",
     ),
     pytest.param(
         STEP + '"\\u2028": 1\n',
         "narwhal.yml:2: '\\u2028': unknown key '\\u2028'; "
-        "expected one of name, image, env, timeout, when, matrix, steps",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
         id="unicode-line-separator-key",
     ),
 ]
@@ -918,3 +918,124 @@ def test_nearly_valid_files_load_or_raise_pipeline_error(
     steps: list[dict[str, object]], matrix: dict[str, object] | None
 ) -> None:
     check_loads_or_refuses(yaml.safe_dump({"matrix": matrix, "steps": steps}))
+
+
+# services and resources (used by the Docker executor)
+
+SERVICES = """\
+image: app:${PY}
+matrix: {PY: ["3.11"]}
+resources: {memory: 512m, cpus: 1.5, pids: 256}
+services:
+  - name: db
+    image: postgres:${PY}
+    env: {POSTGRES_PASSWORD: pw, V: "${PY}"}
+  - name: cache-1
+    image: redis
+    command: redis-server --save ""
+  - name: q
+    image: busybox
+    command: [sh, -c, "sleep 1000"]
+steps:
+  - name: test
+    command: make
+    resources: {memory: 1g}
+  - name: lint
+    command: ruff
+"""
+
+
+def test_services_and_resources() -> None:
+    from narwhal.pipeline import Resources, Service
+
+    pipeline = load(SERVICES).pipeline()
+    db, cache, queue = pipeline.services
+    assert db == Service(
+        name="db",
+        image="postgres:3.11",
+        env={"POSTGRES_PASSWORD": "pw", "V": "3.11"},
+        command=None,
+        line=5,
+    )
+    assert cache.command == ("redis-server", "--save", "")
+    assert queue.command == ("sh", "-c", "sleep 1000")
+    assert pipeline.resources == Resources(memory=512 << 20, cpus=1.5, pids=256)
+    test, lint = pipeline.steps
+    assert test.resources == Resources(memory=1 << 30, cpus=1.5, pids=256)
+    assert lint.resources == pipeline.resources
+
+
+def test_no_services_and_no_resources_by_default() -> None:
+    from narwhal.pipeline import Resources
+
+    pipeline = load(STEP).pipeline()
+    assert pipeline.services == ()
+    assert pipeline.resources == Resources() == pipeline.steps[0].resources
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            STEP + "services:\n  - {name: db, image: x}\n  - {name: db, image: y}\n",
+            "narwhal.yml:4: services[1].name: duplicate service name 'db', "
+            "already used by services[0]",
+            id="service-duplicate",
+        ),
+        pytest.param(
+            STEP + "services:\n  - {name: db, image: x, ports: [5432]}\n",
+            "narwhal.yml:3: services[0].ports: unknown key 'ports'; "
+            "expected one of name, image, env, command",
+            id="service-unknown-key",
+        ),
+        pytest.param(
+            STEP + "services:\n  - {image: x}\n",
+            "narwhal.yml:3: services[0].name: missing; expected the service's name",
+            id="service-without-name",
+        ),
+        pytest.param(
+            STEP + "services:\n  - {name: Data_Base, image: x}\n",
+            "narwhal.yml:3: services[0].name: expected a host name like db "
+            "(lowercase letters, digits and '-'), got 'Data_Base'",
+            id="service-bad-name",
+        ),
+        pytest.param(
+            STEP + 'services:\n  - name: db\n    image: x\n    command: "a \'b"\n',
+            "narwhal.yml:5: services[0].command: cannot split into arguments: No closing quotation",
+            id="service-bad-command",
+        ),
+        pytest.param(
+            STEP + "services: {db: x}\n",
+            "narwhal.yml:2: services: expected a list of services, got a mapping",
+            id="services-not-a-list",
+        ),
+        pytest.param(
+            STEP + "resources: {memory: lots}\n",
+            "narwhal.yml:2: resources.memory: expected a size like 512m or 2g, got 'lots'",
+            id="memory-bad",
+        ),
+        pytest.param(
+            STEP + "resources: {memory: 1m}\n",
+            "narwhal.yml:2: resources.memory: expected a size from 6m to 1024g, got '1m'",
+            id="memory-too-small",
+        ),
+        pytest.param(
+            STEP + "resources: {cpus: 0}\n",
+            "narwhal.yml:2: resources.cpus: expected a number of CPUs like 0.5 or 2, got 0",
+            id="cpus-zero",
+        ),
+        pytest.param(
+            STEP + "resources: {pids: 1.5}\n",
+            "narwhal.yml:2: resources.pids: expected a whole number of processes, got 1.5",
+            id="pids-fraction",
+        ),
+        pytest.param(
+            "steps:\n  - name: a\n    command: b\n    resources: {disk: 1g}\n",
+            "narwhal.yml:4: steps[0].resources.disk: unknown key 'disk'; "
+            "expected one of memory, cpus, pids",
+            id="step-resources-unknown-key",
+        ),
+    ],
+)
+def test_service_and_resource_errors(text: str, message: str) -> None:
+    assert error_of(text) == message

@@ -139,7 +139,13 @@ class Api:
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
     async def runners(self, request: Request) -> Response:
-        return JSONResponse({"runners": [link.to_json() for link in self.dispatcher.links()]})
+        refused = self.dispatcher.runners.refused.items()
+        return JSONResponse(
+            {
+                "runners": [link.to_json() for link in self.dispatcher.links()],
+                "refused": [{"endpoint": e, "reason": reason} for e, reason in refused],
+            }
+        )
 
     async def add_runner(self, request: Request) -> Response:
         url = _field(await _json(request), "url", str, required=True)

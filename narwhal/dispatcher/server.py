@@ -1,8 +1,16 @@
 """Run a dispatcher with its REST API (and, for ``narwhal up``, a local runner).
 
+Optional parts, from the config: the AMQP consumer of commit events
+(``amqp``), the commit status reporter (``status.forges``), mDNS discovery
+of runners (``discovery``) and, for ``narwhal up``, the agent's webhook
+endpoints next to the API (``webhooks``), which publish to RabbitMQ when
+``amqp`` is set and hand events straight to the dispatcher otherwise.
+
 Shutdown order: stop accepting HTTP requests, close the local runner (its
 running jobs are cancelled and reported), let the dispatcher record those
-reports, then close the dispatcher.
+reports, stop browsing mDNS, close the webhook publisher, the AMQP consumer
+and the status reporter (which sends what it has for a few seconds), then
+close the dispatcher.
 """
 
 from __future__ import annotations
@@ -15,10 +23,19 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 import zmq.asyncio
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp
 
+from narwhal.agent.app import Webhooks, webhook_routes
+from narwhal.agent.events import Sink
+from narwhal.agent.publisher import AmqpPublisher, redacted
 from narwhal.config import DispatcherConfig, RunnerConfig
+from narwhal.dispatcher.amqp import AmqpConsumer, DirectSink, Intake
 from narwhal.dispatcher.api import build_app
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.discovered import DiscoveredRunners
+from narwhal.dispatcher.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +53,10 @@ class _Server(uvicorn.Server):
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say
+    # they are TCP, and without it every keep-alive answer waits ~40 ms for
+    # the peer's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -61,21 +81,28 @@ async def serve(
 
     sock = _listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
-    async with Dispatcher(dconf, context=context) as dispatcher:
+    shown = f"[{host}]" if ":" in host else host
+    async with (
+        Dispatcher(dconf, context=context) as dispatcher,
+        contextlib.AsyncExitStack() as extras,
+    ):
+        app = await _app(dispatcher, dconf, f"http://{shown}:{port}", extras)
+        if dconf.discovery.enabled:
+            # Closed by ``extras``, so browsing stops before the dispatcher does.
+            await extras.enter_async_context(DiscoveredRunners(dconf.discovery, dispatcher.runners))
         runner = Runner(rconf, context=context) if rconf is not None else None
         if runner is not None:
             await runner.start()
             dispatcher.connect(runner.endpoint)
         config = uvicorn.Config(
-            build_app(dispatcher, token=dconf.api_token),
+            app,
             log_level="warning",
             lifespan="off",
             access_log=False,
         )
         server = _Server(config)
         http = asyncio.create_task(server.serve(sockets=[sock]))
-        shown = f"[{host}]" if ":" in host else host
-        announce(f"narwhal {dconf.data_dir}: API on http://{shown}:{port}")
+        announce(f"narwhal {dconf.data_dir}: API on http://{shown}:{port}{_extras_line(dconf)}")
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,6 +113,43 @@ async def serve(
             if runner is not None:
                 await runner.aclose()
                 await _drain(dispatcher)
+
+
+async def _app(
+    dispatcher: Dispatcher, dconf: DispatcherConfig, url: str, extras: contextlib.AsyncExitStack
+) -> ASGIApp:
+    """Start the optional parts (closed by ``extras``) and build the HTTP app."""
+    reporter = None
+    if dconf.status.forges:
+        reporter = StatusReporter(dconf.status, data_dir=dconf.data_dir, public_url=url)
+        await extras.enter_async_context(reporter)
+        dispatcher.add_listener(reporter.on_job)
+    intake = Intake(dispatcher, reporter)
+    if dconf.amqp is not None:
+        await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
+    api = build_app(dispatcher, token=dconf.api_token)
+    if dconf.webhooks is None:
+        return api
+    sink: Sink = DirectSink(intake)
+    if dconf.amqp is not None:
+        sink = await extras.enter_async_context(AmqpPublisher(dconf.amqp))
+    routes = webhook_routes(Webhooks(dconf.webhooks, sink))
+    return Starlette(routes=[*routes, Mount("", app=api)])
+
+
+def _extras_line(dconf: DispatcherConfig) -> str:
+    # Each part starts with a space: the API URL must stay a word of its own.
+    line = ""
+    if dconf.webhooks is not None:
+        forges = [f for f in ("github", "gitea", "gitlab") if dconf.webhooks.secret(f)]
+        line += f" + webhooks at /webhooks/{{{','.join(forges)}}}"
+    if dconf.amqp is not None:
+        line += f" + commit events from queue {dconf.amqp.queue} at {redacted(dconf.amqp.url)}"
+    if dconf.status.forges:
+        line += f" + statuses to {', '.join(api.forge for api in dconf.status.forges)}"
+    if dconf.discovery.enabled:
+        line += f" + mDNS discovery on {', '.join(dconf.discovery.interfaces) or 'every interface'}"
+    return line
 
 
 async def _drain(dispatcher: Dispatcher) -> None:

@@ -1,13 +1,21 @@
-"""Fetch one commit of a repository into a job's workspace with the git CLI.
+"""Check out one commit of a repository into a job's workspace with the git CLI.
 
-The fetch is shallow (``--depth 1``) and asks for the exact commit; servers
-that refuse to serve an unadvertised commit get a second, full fetch of the
-ref, after which the commit is checked out by its id.
+Each runner keeps a mirror cache: one bare repository per clone URL under
+its work folder. A job fetches into the mirror only what the mirror lacks
+(nothing at all when the commit is already there), and its workspace is a
+fresh ``git init`` that borrows the mirror's objects through
+``objects/info/alternates`` before a detached checkout, so a job costs two
+or three short git processes instead of a clone. Steps still get a real git
+repository in their workspace.
+
+Fetching a commit by its id needs a server that serves unadvertised
+commits; otherwise the ref is fetched and the commit looked up in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -52,25 +60,58 @@ async def _git(*args: str, cwd: Path, timeout: float) -> str:
     return out.decode(errors="replace").strip()
 
 
-async def checkout(
-    repo: str, *, ref: str, sha: str | None, workspace: Path, timeout: float = 600.0
-) -> str:
-    """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; return the sha."""
-    await _git("init", "-q", str(workspace), cwd=workspace.parent, timeout=timeout)
-    want = sha or ref
-    try:
-        await _git(
-            "fetch", "-q", "--no-tags", "--depth", "1", repo, want, cwd=workspace, timeout=timeout
-        )
-    except CheckoutError:
-        if sha is None:
-            raise
-        log.info("shallow fetch of %s from %s refused; fetching %s in full", sha, repo, ref)
-        await _git("fetch", "-q", "--no-tags", repo, ref, cwd=workspace, timeout=timeout)
-        want = sha
-    target = sha or "FETCH_HEAD"
-    try:
-        await _git("checkout", "-q", "--detach", target, cwd=workspace, timeout=timeout)
-    except CheckoutError as e:
-        raise CheckoutError(f"commit {want} not found in {repo}: {e}") from None
-    return await _git("rev-parse", "HEAD", cwd=workspace, timeout=timeout)
+class MirrorCache:
+    """Bare mirrors of the repositories this runner builds, one per clone URL."""
+
+    def __init__(self, root: Path, *, timeout: float = 600.0) -> None:
+        self._root = root
+        self._timeout = timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Commits known to be in a mirror, so a rebuild asks git nothing.
+        self._known: set[tuple[str, str]] = set()
+
+    def _mirror(self, repo: str) -> Path:
+        return self._root / (hashlib.sha256(repo.encode()).hexdigest()[:24] + ".git")
+
+    async def checkout(self, repo: str, *, ref: str, sha: str | None, workspace: Path) -> str:
+        """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; return the sha."""
+        mirror = self._mirror(repo)
+        async with self._locks.setdefault(repo, asyncio.Lock()):
+            commit = await self._update(mirror, repo, ref, sha)
+        await self._git("init", "-q", str(workspace), cwd=self._root)
+        alternates = workspace / ".git" / "objects" / "info" / "alternates"
+        await asyncio.to_thread(alternates.write_text, f"{mirror / 'objects'}\n")
+        await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
+        return commit
+
+    async def _update(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
+        """Make sure the mirror has the commit; fetch only when it does not."""
+        if not await asyncio.to_thread(mirror.is_dir):
+            await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
+        if sha is not None and (repo, sha) in self._known:
+            return sha
+        if sha is not None and await self._has(mirror, sha):
+            self._known.add((repo, sha))
+            return sha
+        try:
+            await self._git("fetch", "-q", "--no-tags", repo, sha or ref, cwd=mirror)
+        except CheckoutError:
+            if sha is None:
+                raise
+            log.info("fetch of %s from %s refused; fetching %s", sha, repo, ref)
+            await self._git("fetch", "-q", "--no-tags", repo, ref, cwd=mirror)
+        commit = sha or await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror)
+        if not await self._has(mirror, commit):
+            raise CheckoutError(f"commit {commit} not found in {repo}")
+        self._known.add((repo, commit))
+        return commit
+
+    async def _has(self, mirror: Path, sha: str) -> bool:
+        try:
+            await self._git("cat-file", "-e", f"{sha}^{{commit}}", cwd=mirror)
+        except CheckoutError:
+            return False
+        return True
+
+    async def _git(self, *args: str, cwd: Path) -> str:
+        return await _git(*args, cwd=cwd, timeout=self._timeout)

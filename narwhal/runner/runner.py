@@ -27,7 +27,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,9 +41,11 @@ from narwhal.errors import CheckoutError, PipelineError, ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
 from narwhal.pipeline import Step, load_path
-from narwhal.runner.checkout import checkout
-from narwhal.runner.executor import Executor, LocalExecutor, Stop
+from narwhal.runner.checkout import MirrorCache
+from narwhal.runner.docker import executor_for
+from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
+from narwhal.runner.masking import Masker, mask_text
 from narwhal.runner.stream import JobStream
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class Runner:
         self.session = uuid.uuid4().hex
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        self._executor = executor or LocalExecutor(grace=config.cancel_grace)
+        self._executor = executor or executor_for(config)
         self._sock: zmq.asyncio.Socket | None = None
         self._dispatcher: str | None = None
         self._heard = 0.0
@@ -95,6 +97,7 @@ class Runner:
         #: Workspaces live under a folder of this runner's own, so that
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
+        self._mirrors = MirrorCache(self._work / "mirrors")
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -104,7 +107,7 @@ class Runner:
         await self.aclose()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._work.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread((self._work / "mirrors").mkdir, parents=True, exist_ok=True)
         reaped = await asyncio.to_thread(self._executor.reap, self._work)
         if reaped:
             log.warning(
@@ -170,6 +173,9 @@ class Runner:
             self._sock.close(self.config.mesh.linger_ms)
         if self._own_ctx:
             self._ctx.term()
+        close = getattr(self._executor, "aclose", None)
+        if close is not None:  # the Docker executor holds an engine connection
+            await close()
         self._closed = True
 
     async def _wait_jobs(self, timeout: float) -> None:
@@ -318,7 +324,8 @@ class Runner:
 
     async def _run(self, job: p.Job, stop: Stop, stream: JobStream) -> None:
         started = time.monotonic()
-        reporter = FrameReporter(stream)
+        secret_values = self.config.secrets.values()
+        reporter = FrameReporter(stream, secret_values)
         name = f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
         workspace = self._work / name
         try:
@@ -328,13 +335,14 @@ class Runner:
             outcome = Outcome(status="error", reason=f"runner error: {e}", steps=())
         finally:
             await asyncio.to_thread(shutil.rmtree, workspace, True)
+        await reporter.flush()
         await stream.put(
             lambda seq: p.Done(
                 job_id=job.job_id,
                 attempt=job.attempt,
                 seq=seq,
                 status=outcome.status,
-                reason=outcome.reason,
+                reason=mask_text(outcome.reason, secret_values),
                 duration=time.monotonic() - started,
                 steps=outcome.steps,
             )
@@ -345,7 +353,8 @@ class Runner:
     ) -> Outcome:
         try:
             sha = await _until_stopped(
-                checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace), stop
+                self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace),
+                stop,
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
@@ -392,10 +401,13 @@ async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
 class FrameReporter:
     """Puts a job's step boundaries and output on its job stream."""
 
-    def __init__(self, stream: JobStream) -> None:
+    def __init__(self, stream: JobStream, secrets: Iterable[str] = ()) -> None:
         self._stream = stream
         self._job = stream.job_id
         self._attempt = stream.attempt
+        # One masker per job: it keeps state across chunks, so a secret split
+        # between two reads is still caught before the line leaves the runner.
+        self._masker = Masker(secrets)
 
     async def checked_out(
         self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
@@ -419,6 +431,13 @@ class FrameReporter:
         )
 
     async def output(self, data: bytes) -> None:
+        await self._send_log(self._masker.feed(data))
+
+    async def flush(self) -> None:
+        """Send what the masker held back; once, before DONE."""
+        await self._send_log(self._masker.flush())
+
+    async def _send_log(self, data: bytes) -> None:
         for start in range(0, len(data), p.MAX_LOG_CHUNK):
             await self._stream.put(self._log(data[start : start + p.MAX_LOG_CHUNK]))
 

@@ -64,3 +64,9 @@ def test_scale_tiny() -> None:
 def test_docker_overhead_tiny() -> None:
     out = bench("docker_overhead", "--rounds", "1")
     assert figure(out, "docker_overhead_ratio") > 0
+
+
+def test_trivial_job_tiny() -> None:
+    out = bench("trivial_job", "--jobs", "3", "--burst", "5")
+    assert figure(out, "trivial_job_p50") > 0
+    assert figure(out, "trivial_job_throughput") > 0

@@ -43,6 +43,8 @@ class Cluster:
         runner = Daemon(
             [
                 "runner",
+                "--discovery",
+                "none",
                 "--listen",
                 f"tcp://127.0.0.1:{port}",
                 "--id",
@@ -66,6 +68,8 @@ class Cluster:
         endpoints = [f"tcp://127.0.0.1:{port}" for port in self.ports.values()]
         args = [
             "dispatcher",
+            "--discovery",
+            "none",
             "--http",
             f"127.0.0.1:{self.http_port}",
             "--data-dir",

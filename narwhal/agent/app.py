@@ -1,0 +1,182 @@
+"""The agent's HTTP side: webhook endpoints that hand commit events to a sink.
+
+Answers (JSON): 200 ``queued`` once the sink has the event safely (for
+RabbitMQ: the broker confirmed it), 200 ``duplicate`` for a delivery or
+commit already handed on, 200 ``pong`` for a ping, 202 ``ignored`` with the
+reason, 4xx ``{"error": ...}`` for a bad request (401 signature, 413 too
+large, 415 content type, 400 anything else), 503 when the sink is down so
+that the forge can deliver again later. No request produces a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from narwhal.agent.events import CommitEvent, Sink, Unavailable
+from narwhal.agent.webhooks import FORGES, Forge, Ignored, Pong, WebhookError, read_webhook
+from narwhal.config import WebhookConfig
+
+log = logging.getLogger(__name__)
+
+#: Seconds a forge is asked to wait before delivering again after a 503.
+RETRY_AFTER = 5
+
+
+class Deduper:
+    """One hand-over per delivery id, and per commit while a hand-over is under way.
+
+    A delivery id is remembered only once the sink took the event, so a
+    delivery answered 503 is handed over again when the forge retries.
+    Concurrent deliveries of the same commit wait for the first one's
+    result instead of sending a second message. That the commit is already
+    queued or running is the dispatcher's to know; it dedupes those.
+    """
+
+    def __init__(self, sink: Sink, *, remember: int) -> None:
+        self._sink = sink
+        self._remember = remember
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._inflight: dict[object, asyncio.Future[bool]] = {}
+
+    async def send(self, event: CommitEvent) -> bool:
+        """Hand ``event`` on; False if it was a duplicate. Raises ``Unavailable``."""
+        if event.id in self._seen:
+            self._seen.move_to_end(event.id)
+            return False
+        for key in (event.id, event.commit_key):
+            pending = self._inflight.get(key)
+            if pending is not None:
+                if not await asyncio.shield(pending):
+                    raise Unavailable("an identical delivery failed just now; try again")
+                self._mark(event.id)
+                return False
+        return await self._send(event)
+
+    async def _send(self, event: CommitEvent) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        keys = (event.id, event.commit_key)
+        for key in keys:
+            self._inflight[key] = done
+        try:
+            await self._sink.send(event)
+            self._mark(event.id)
+            done.set_result(True)
+            return True
+        finally:
+            if not done.done():
+                done.set_result(False)
+            for key in keys:
+                self._inflight.pop(key, None)
+
+    def _mark(self, key: str) -> None:
+        self._seen[key] = None
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
+
+def _answer(code: int, **body: object) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
+
+
+class Webhooks:
+    """Request handlers for every forge that has a secret configured."""
+
+    def __init__(self, config: WebhookConfig, sink: Sink) -> None:
+        self.config = config
+        self.dedupe = Deduper(sink, remember=config.remember_deliveries)
+        self.counts: dict[str, int] = {}
+
+    def handler(self, forge: Forge) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            response = await self._handle(forge, request)
+            key = f"{forge.name} {response.status_code}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return response
+
+        return handle
+
+    async def _handle(self, forge: Forge, request: Request) -> Response:
+        secret = self.config.secret(forge.name)
+        if secret is None:
+            return _answer(404, error=f"{forge.name} webhooks are not enabled on this agent")
+        try:
+            body = await _read_body(request, self.config.max_body)
+            outcome = read_webhook(forge, request.headers, body, secret)
+        except WebhookError as e:
+            log.warning("%s webhook refused (%d): %s", forge.name, e.status, e)
+            return _answer(e.status, error=str(e))
+        except ClientDisconnect:
+            return _answer(400, error="client disconnected before the body was complete")
+        if isinstance(outcome, Pong):
+            return _answer(200, status="pong")
+        if isinstance(outcome, Ignored):
+            return _answer(202, status="ignored", reason=outcome.reason)
+        return await self._send(outcome)
+
+    async def _send(self, event: CommitEvent) -> Response:
+        try:
+            fresh = await self.dedupe.send(event)
+        except Unavailable as e:
+            log.warning("%s: cannot queue %s: %s", event.forge, event.id, e)
+            response = _answer(503, error=f"cannot queue the event: {e}")
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
+        if fresh:
+            log.info("queued %s %s %s at %s", event.id, event.event, event.ref, event.sha)
+        return _answer(
+            200,
+            status="queued" if fresh else "duplicate",
+            id=event.id,
+            repo=event.repo,
+            ref=event.ref,
+            sha=event.sha,
+            event=event.event,
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body (signatures are over exact bytes), refused past ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise WebhookError(f"body of {declared} bytes is larger than {limit}", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookError(f"body larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def webhook_routes(webhooks: Webhooks) -> list[Route]:
+    """``POST /webhooks/{github,gitea,gitlab}``, to serve alone or next to the API."""
+    return [
+        Route(f"/webhooks/{name}", webhooks.handler(forge), methods=["POST"])
+        for name, forge in FORGES.items()
+    ]
+
+
+def build_app(webhooks: Webhooks, *, health: Callable[[], dict[str, object]]) -> Starlette:
+    """The standalone agent's ASGI app: webhook endpoints and ``GET /health``."""
+
+    async def health_route(request: Request) -> Response:
+        return JSONResponse({"status": "ok", **health(), "webhooks": webhooks.counts})
+
+    routes = [*webhook_routes(webhooks), Route("/health", health_route, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _answer(status, error=str(detail))

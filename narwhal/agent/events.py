@@ -1,0 +1,154 @@
+"""Commit events: what the agent puts on the queue and the dispatcher takes off it.
+
+This module is the contract between the two; the dispatcher imports it, it
+imports neither side. One event is one JSON object (UTF-8) per AMQP message::
+
+    {"v": 1, "id": "github:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+     "forge": "github", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+     "repo": "https://github.com/octo/hello.git", "full_name": "octo/hello",
+     "ref": "refs/heads/main", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+     "event": "push"}
+
+``id`` is the event's idempotency key (forge and delivery id): the AMQP
+``message_id`` and the job's ``source_key``, so a redelivered message never
+makes a second job. ``repo`` is what the runner clones; ``full_name`` is the
+forge repository that commit statuses go to (the base repository of a pull
+request from a fork).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from narwhal.errors import NarwhalError
+
+VERSION = 1
+FORGES = ("github", "gitea", "gitlab")
+#: ``tag`` is a push of a tag; ``when: {event: [...]}`` filters see these names.
+EVENTS = ("push", "tag", "pull_request")
+#: A genuine event is a few hundred bytes; anything far larger is not one.
+MAX_EVENT_BYTES = 16 * 1024
+CONTENT_TYPE = "application/json"
+MESSAGE_TYPE = "narwhal.commit-event"
+#: Header of a dead-lettered message saying why it was refused.
+REASON_HEADER = "x-narwhal-reason"
+
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+_KEY = re.compile(r"[\x21-\x7e]{1,300}")
+_FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+_REF = re.compile(r"refs/[^\x00-\x20\x7f~^:?*\[\\]{1,250}")
+_REPO_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+
+
+class EventError(NarwhalError):
+    """A commit event is malformed (bad JSON, a missing or invalid field)."""
+
+
+class Unavailable(NarwhalError):
+    """The event could not be handed on (broker down, no confirm in time)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitEvent:
+    """One commit to build, as a forge webhook announced it."""
+
+    id: str
+    forge: str
+    delivery: str
+    repo: str
+    full_name: str
+    ref: str
+    sha: str
+    event: str
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @property
+    def commit_key(self) -> tuple[str, str, str]:
+        """What makes two events the same work: repository, commit, event kind."""
+        return (self.repo, self.sha, self.event)
+
+
+class Sink(Protocol):
+    """Where the agent hands accepted events: RabbitMQ, or the dispatcher in-process."""
+
+    async def send(self, event: CommitEvent) -> None:
+        """Return once the event is safely stored; raise ``Unavailable`` otherwise."""
+
+
+def encode(event: CommitEvent) -> bytes:
+    return json.dumps({"v": VERSION, **asdict(event)}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> CommitEvent:
+    """Parse one message body; every failure is an ``EventError`` with the reason."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventError(f"message of {len(data)} bytes is larger than {MAX_EVENT_BYTES}")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise EventError(f"not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise EventError("expected a JSON object")
+    if body.get("v") != VERSION:
+        raise EventError(f"unsupported event version {body.get('v')!r} (expected {VERSION})")
+    fields = {name: _string(body, name) for name in _FIELDS}
+    return CommitEvent(**fields)
+
+
+_FIELDS = ("id", "forge", "delivery", "repo", "full_name", "ref", "sha", "event")
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise EventError(f"{name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _check(event: CommitEvent) -> None:
+    if event.forge not in FORGES:
+        raise EventError(f"forge: expected one of {', '.join(FORGES)}, got {event.forge!r}")
+    if event.event not in EVENTS:
+        raise EventError(f"event: expected one of {', '.join(EVENTS)}, got {event.event!r}")
+    for name in ("id", "delivery"):
+        if not _KEY.fullmatch(getattr(event, name)):
+            raise EventError(f"{name}: expected 1-300 printable characters")
+    if not _SHA.fullmatch(event.sha):
+        raise EventError(f"sha: expected a full hex commit id, got {event.sha[:80]!r}")
+    if not _REF.fullmatch(event.ref) or ".." in event.ref:
+        raise EventError(f"ref: not a valid git ref: {event.ref[:80]!r}")
+    if len(event.full_name) > 255 or not _FULL_NAME.fullmatch(event.full_name):
+        raise EventError(f"full_name: expected OWNER/NAME, got {event.full_name[:80]!r}")
+    check_repo(event.repo)
+
+
+def check_repo(repo: str) -> str:
+    """A clone URL (https, ssh, git, scp-like) or an absolute path; never an option."""
+    if not 0 < len(repo) <= 2048 or any(c in repo for c in "\x00\n\r\t "):
+        raise EventError("repo: expected a clone URL of at most 2048 characters")
+    scp_like = "@" in repo and ":" in repo and not repo.startswith("-")
+    if not (repo.startswith(_REPO_SCHEMES) or repo.startswith("/") or scp_like):
+        raise EventError(f"repo: expected a clone URL or an absolute path, got {repo[:80]!r}")
+    return repo
+
+
+def dead_letter_queue(queue: str) -> str:
+    """The queue where messages that cannot be parsed are parked, with the reason."""
+    return f"{queue}.dead"
+
+
+def queue_arguments(queue: str) -> dict[str, Any]:
+    """Arguments of the commit queue; both sides declare it, so they must agree.
+
+    A message rejected without requeue (by a future consumer, or by hand)
+    lands in the dead-letter queue too, rather than vanishing.
+    """
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(queue),
+    }

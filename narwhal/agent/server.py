@@ -1,0 +1,103 @@
+"""Run the agent: webhook endpoints over HTTP, commit events out to RabbitMQ.
+
+Shutdown order: stop accepting requests and let the ones in flight finish
+(each waits at most the confirm timeout for the broker), then close the
+publisher's channel and connection.
+
+The uvicorn plumbing mirrors ``narwhal.dispatcher.server``; the agent never
+imports the dispatcher, so the few lines are repeated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from narwhal.agent.app import Webhooks, build_app
+from narwhal.agent.publisher import AmqpPublisher, redacted
+from narwhal.config import AgentConfig
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the entrypoint owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say
+    # they are TCP, and without it every keep-alive answer waits ~40 ms for
+    # the peer's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def run_http(app: ASGIApp, sock: socket.socket, stop: asyncio.Event, *, grace: float) -> None:
+    """Serve ``app`` on ``sock`` until ``stop`` is set; requests in flight finish."""
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(grace + 0.999)),
+    )
+    server = HttpServer(config)
+    http = asyncio.create_task(server.serve(sockets=[sock]))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        server.should_exit = True
+        await http
+
+
+async def serve_agent(
+    config: AgentConfig, *, stop: asyncio.Event, announce: Callable[[str], None]
+) -> None:
+    """Serve webhooks until ``stop`` is set."""
+    sock = listen(config.http_host, config.http_port)
+    with sock:
+        await _serve(config, sock, stop, announce)
+
+
+async def _serve(
+    config: AgentConfig,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    announce: Callable[[str], None],
+) -> None:
+    async with AmqpPublisher(config.amqp) as publisher:
+        webhooks = Webhooks(config.webhooks, publisher)
+
+        def health() -> dict[str, object]:
+            return {"broker": "connected" if publisher.connected else "disconnected"}
+
+        app = build_app(webhooks, health=health)
+        enabled = [f for f in ("github", "gitea", "gitlab") if config.webhooks.secret(f)]
+        announce(
+            f"narwhal agent: webhooks on {url_of(sock)} ({', '.join(enabled)}),"
+            f" queue {config.amqp.queue} at {redacted(config.amqp.url)}"
+        )
+        await run_http(app, sock, stop, grace=config.amqp.confirm_timeout + 1)

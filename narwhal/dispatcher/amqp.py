@@ -1,0 +1,256 @@
+"""Commit events into jobs: the RabbitMQ consumer and the in-process path.
+
+``Intake.accept`` turns one commit event into at most one job: nothing new
+while a job for the same (repository, commit, event kind) is queued, assigned
+or running, and the event id as the job's ``source_key`` so that the same
+event seen twice (a redelivered message, a forge retrying) returns the job
+made the first time.
+
+``AmqpConsumer`` takes events off the queue with a bounded prefetch and
+handles them one at a time: accept (the job is committed to the store), then
+ack. A dispatcher killed between the two gets the message again from the
+broker, and the source key makes that harmless. A message that cannot be
+parsed is copied to the dead-letter queue with the reason in its
+``x-narwhal-reason`` header (confirmed), then acked: it never loops. When
+the broker goes away the consumer reconnects with back-off; messages it held
+unacked go back to the queue on the broker's side.
+
+Shutdown order (``aclose``): stop taking messages (the message in hand is
+either committed and acked, or left unacked and redelivered later, which the
+source key makes harmless), close the channel and the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+import aio_pika.abc
+
+from narwhal.agent.events import (
+    REASON_HEADER,
+    CommitEvent,
+    EventError,
+    Unavailable,
+    dead_letter_queue,
+    decode,
+)
+from narwhal.agent.publisher import (
+    BROKER_ERRORS,
+    client_properties,
+    close_quietly,
+    declare_topology,
+    redacted,
+)
+from narwhal.config import AmqpConfig
+from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.status import StatusReporter
+from narwhal.dispatcher.store import JobRecord, SqliteStore
+from narwhal.errors import NarwhalError
+from narwhal.mesh.transport import QuietLog
+
+log = logging.getLogger(__name__)
+
+#: Pause before a message whose job could not be stored is handed back.
+STORE_RETRY_SECONDS = 1.0
+
+
+class Intake:
+    """Turns commit events into jobs, one job per commit while it is active."""
+
+    def __init__(self, dispatcher: Dispatcher, reporter: StatusReporter | None = None) -> None:
+        self._dispatcher = dispatcher
+        self._reporter = reporter
+        # find_active and submit are two store calls: one event at a time
+        # between them, or two deliveries of one commit make two jobs.
+        self._lock = asyncio.Lock()
+        self.created = 0
+        self.deduplicated = 0
+
+    async def accept(self, event: CommitEvent) -> tuple[JobRecord, bool]:
+        """The job for ``event`` and whether it is new."""
+        async with self._lock:
+            if self._reporter is not None:
+                await self._reporter.remember(event)
+            active = await self._dispatcher.db(
+                SqliteStore.find_active, repo=event.repo, sha=event.sha, event=event.event
+            )
+            if active is not None:
+                self.deduplicated += 1
+                log.info(
+                    "%s: job %d is already %s for this commit", event.id, active.id, active.state
+                )
+                return active, False
+            job = await self._dispatcher.submit(
+                repo=event.repo,
+                ref=event.ref,
+                sha=event.sha,
+                event=event.event,
+                labels={},
+                source_key=event.id,
+            )
+        # After find_active found nothing, an existing job for this source
+        # key can only be one that has ended: the event was seen before.
+        fresh = not job.terminal
+        if fresh:
+            self.created += 1
+        log.info("job %d for %s (%s %s at %s)", job.id, event.id, event.event, event.ref, event.sha)
+        return job, fresh
+
+
+class DirectSink:
+    """The agent's sink in ``narwhal up`` without RabbitMQ: straight into the store."""
+
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+
+    async def send(self, event: CommitEvent) -> None:
+        try:
+            await self._intake.accept(event)
+        except NarwhalError as e:
+            raise Unavailable(f"the job store refused the event: {e}") from e
+
+
+class AmqpConsumer:
+    """Consumes commit events from RabbitMQ into jobs; reconnects by itself."""
+
+    def __init__(self, config: AmqpConfig, intake: Intake) -> None:
+        self.config = config
+        self._intake = intake
+        self._task: asyncio.Task[None] | None = None
+        self._quiet = QuietLog(log)
+        self._closed = False
+        self.connected = asyncio.Event()
+        self.handled = 0
+        self.dead_lettered = 0
+        self.connects = 0
+
+    async def __aenter__(self) -> AmqpConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="amqp-consumer")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _supervise(self) -> None:
+        delay = 0.1
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except BROKER_ERRORS as e:
+                self._quiet.warning(
+                    "broker", "RabbitMQ at %s: %s", redacted(self.config.url), e or type(e).__name__
+                )
+            except Exception:  # a bug must not end the consumer for good: log, reconnect
+                log.exception("AMQP consumer failed; reconnecting")
+            finally:
+                self.connected.clear()
+            if time.monotonic() - started > 10:
+                delay = 0.1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max)
+
+    async def _session(self) -> None:
+        connection = await aio_pika.connect(
+            self.config.url,
+            timeout=self.config.connect_timeout,
+            client_properties=client_properties("narwhal-dispatcher"),
+        )
+        lost = asyncio.Event()
+        inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        try:
+            connection.close_callbacks.add(lambda *_: lost.set())
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel.close_callbacks.add(lambda *_: lost.set())
+            await channel.set_qos(prefetch_count=self.config.prefetch)
+            queue = await declare_topology(channel, self.config.queue)
+            await queue.consume(inbox.put)
+            self.connects += 1
+            self.connected.set()
+            log.info("consuming queue %s at %s", self.config.queue, redacted(self.config.url))
+            await self._drain(channel, inbox, lost)
+            log.warning("lost the connection to RabbitMQ; reconnecting")
+        finally:
+            await close_quietly(connection)
+
+    async def _drain(
+        self,
+        channel: aio_pika.abc.AbstractChannel,
+        inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage],
+        lost: asyncio.Event,
+    ) -> None:
+        """Handle messages one by one until the connection is lost."""
+        lost_wait = asyncio.ensure_future(lost.wait())
+        try:
+            while not lost.is_set():
+                getter = asyncio.ensure_future(inbox.get())
+                await asyncio.wait({getter, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    return
+                await self._handle(channel, getter.result())
+        finally:
+            lost_wait.cancel()
+
+    async def _handle(
+        self, channel: aio_pika.abc.AbstractChannel, message: aio_pika.abc.AbstractIncomingMessage
+    ) -> None:
+        try:
+            event = decode(message.body)
+        except EventError as e:
+            await self._dead_letter(channel, message, str(e))
+            return
+        try:
+            await self._intake.accept(event)
+        except NarwhalError as e:
+            self._quiet.warning("store", "cannot store the job for %s: %s", event.id, e)
+            await asyncio.sleep(STORE_RETRY_SECONDS)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        self.handled += 1
+
+    async def _dead_letter(
+        self,
+        channel: aio_pika.abc.AbstractChannel,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        reason: str,
+    ) -> None:
+        log.warning(
+            "message %s from %s is not a commit event: %s; moved to %s",
+            message.message_id,
+            self.config.queue,
+            reason,
+            dead_letter_queue(self.config.queue),
+        )
+        parked = aio_pika.Message(
+            message.body,
+            headers={**(message.headers or {}), REASON_HEADER: reason[:1000]},
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            timestamp=time.time(),
+        )
+        await channel.default_exchange.publish(
+            parked,
+            routing_key=dead_letter_queue(self.config.queue),
+            mandatory=True,
+            timeout=self.config.confirm_timeout,
+        )
+        await message.ack()
+        self.dead_lettered += 1
