@@ -83,6 +83,7 @@ class Dispatcher:
             self._runners.connect(endpoint)
         self._spawn(self._runners.receive_loop())
         self._spawn(self._runners.liveness_loop())
+        self._spawn(self._runners.monitor_loop())
         self._spawn(self._schedule_loop())
         self._wake.set()
 

@@ -58,6 +58,10 @@ class Link:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = 0.0
     last_seen_wall: float | None = None
+    #: When libzmq saw the TCP connection drop (a killed runner's closes at
+    #: once); cleared by the next frame. Shortens the wait for a dead runner.
+    disconnected_at: float | None = None
+    last_beat: float = 0.0
     backoff: float = 1.0
 
     @property
@@ -70,6 +74,7 @@ class Link:
     def seen(self) -> None:
         self.last_seen = time.monotonic()
         self.last_seen_wall = time.time()
+        self.disconnected_at = None
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from narwhal.config import MeshConfig
 from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
@@ -52,6 +53,7 @@ class RunnerPool:
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._sock = router_socket(ctx, linger_ms=mesh.linger_ms)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._links: dict[bytes, Link] = {}
         self._generation = 0
         self._acks: dict[tuple[bytes, int, int], int] = {}
@@ -64,6 +66,8 @@ class RunnerPool:
         self.resent_gaps = 0
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(0)
         self._sock.close(self.mesh.linger_ms)
 
     def links(self) -> list[Link]:
@@ -135,23 +139,49 @@ class RunnerPool:
     # liveness
 
     async def liveness_loop(self) -> None:
+        # Checked twice per interval, so a deadline is missed by half an
+        # interval at most; heartbeats still go out once per interval.
         while True:
-            await asyncio.sleep(self.mesh.heartbeat_interval)
+            await asyncio.sleep(self.mesh.heartbeat_interval / 2)
             await self.check_liveness(time.monotonic())
 
     async def check_liveness(self, now: float) -> None:
         beat = p.Heartbeat(session=self.session)
         for link in list(self._links.values()):
-            if link.state == "ready" and now - link.last_seen > self.mesh.dead_after:
-                reason = f"runner {link.runner_id} lost: silent for {now - link.last_seen:.1f}s"
+            silent = self._silence(link, now)
+            if link.state == "ready" and silent:
+                reason = f"runner {link.runner_id} lost: {silent}"
                 log.warning("%s", reason)
                 self.reopen(link)
                 await self._handler.on_lost(link, reason)
             elif link.state == "ready":
-                self.send(link, beat)
+                if now - link.last_beat >= self.mesh.heartbeat_interval:
+                    link.last_beat = now
+                    self.send(link, beat)
                 self._resend_requests(link, now)
             elif now - link.connected_at > max(link.backoff, self.mesh.dead_after):
                 self.reopen(link, min(link.backoff * 2, BACKOFF_MAX))
+
+    def _silence(self, link: Link, now: float) -> str:
+        """Why a link counts as dead now, or "" while it is alive."""
+        quiet = now - link.last_seen
+        if quiet > self.mesh.dead_after:
+            return f"silent for {quiet:.1f}s"
+        # After a dropped connection, one and a half intervals without a
+        # frame is enough: a live runner's heartbeat would have arrived.
+        dropped = link.disconnected_at
+        if dropped is not None and now - dropped > 1.5 * self.mesh.heartbeat_interval:
+            return f"connection closed and silent for {quiet:.1f}s"
+        return ""
+
+    async def monitor_loop(self) -> None:
+        """Note connections that drop; ``_silence`` then waits less for the runner."""
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            endpoint = event["endpoint"].decode(errors="replace")
+            for link in self._links.values():
+                if link.endpoint == endpoint and link.state == "ready":
+                    link.disconnected_at = time.monotonic()
 
     # frames in
 
