@@ -25,7 +25,9 @@ import aio_pika
 import pytest
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "github"
+#: Recorded GitHub payloads (octokit/webhooks, MIT: see the LICENSE file
+#: beside them), kept in the repository so the tests need nothing outside it.
+TESTDATA = Path(__file__).resolve().parent / "testdata" / "github"
 SECRET = "It's a Secret to Everybody"
 
 
@@ -134,7 +136,7 @@ def broker_stopped() -> Iterator[None]:
 
 
 def recorded(name: str) -> dict[str, Any]:
-    """A recorded GitHub payload from shared/testdata (octokit/webhooks, MIT)."""
+    """A recorded GitHub payload from tests/agent/testdata (octokit/webhooks, MIT)."""
     data = json.loads((TESTDATA / name).read_text())
     assert isinstance(data, dict)
     return data
