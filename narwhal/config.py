@@ -1,7 +1,7 @@
 """Frozen configuration objects for every daemon.
 
 Flags and ``NARWHAL_*`` environment variables are parsed into these in one
-place, ``narwhal.cli``; everything else receives them through constructors so
+place, ``narwhal.settings``; everything else receives them through constructors so
 tests can shorten intervals without patching globals.
 """
 

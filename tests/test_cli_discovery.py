@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from narwhal.cli import build_parser, dispatcher_config, main, runner_config
+from narwhal.cli import build_parser, main
 from narwhal.config import DiscoveryConfig
 from narwhal.errors import ConfigError
+from narwhal.settings import dispatcher_config, runner_config
 from tests.conftest import Client, Daemon, Repo
 
 LOOPBACK = DiscoveryConfig(enabled=True, interfaces=("127.0.0.1",))

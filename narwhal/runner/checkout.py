@@ -3,7 +3,7 @@
 Each runner keeps a mirror cache: one bare repository per clone URL under
 its work folder. A job fetches into the mirror only what the mirror lacks
 (nothing at all when the commit is already there), and its workspace is a
-fresh ``git init`` that borrows the mirror's objects through
+fresh ``.git`` that borrows the mirror's objects through
 ``objects/info/alternates`` before a detached checkout, so a job costs two
 or three short git processes instead of a clone. Steps still get a real git
 repository in their workspace.
@@ -60,6 +60,19 @@ async def _git(*args: str, cwd: Path, timeout: float) -> str:
     return out.decode(errors="replace").strip()
 
 
+def _skeleton(workspace: Path, mirror: Path) -> None:
+    """The smallest ``.git`` git accepts, borrowing the mirror's objects.
+
+    Written directly rather than by ``git init``: one process less per job.
+    """
+    git = workspace / ".git"
+    (git / "objects" / "info").mkdir(parents=True)
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
+    (git / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
+
+
 class MirrorCache:
     """Bare mirrors of the repositories this runner builds, one per clone URL."""
 
@@ -78,9 +91,7 @@ class MirrorCache:
         mirror = self._mirror(repo)
         async with self._locks.setdefault(repo, asyncio.Lock()):
             commit = await self._update(mirror, repo, ref, sha)
-        await self._git("init", "-q", str(workspace), cwd=self._root)
-        alternates = workspace / ".git" / "objects" / "info" / "alternates"
-        await asyncio.to_thread(alternates.write_text, f"{mirror / 'objects'}\n")
+        await asyncio.to_thread(_skeleton, workspace, mirror)
         await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
         return commit
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from narwhal.cli import agent_config, build_parser, dispatcher_config, main
+from narwhal.cli import build_parser, main
+from narwhal.settings import agent_config, dispatcher_config
 
 
 def test_agent_config_from_flags_env_and_files(

@@ -1,0 +1,360 @@
+"""Parsed command-line arguments and ``NARWHAL_*`` variables, turned into config objects.
+
+The one place where flag values are checked and converted (the parser that
+defines the flags is ``narwhal.cli``); every other module gets frozen config
+objects. Bad values raise ``ConfigError`` with a one-line message naming the
+flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from narwhal.config import (
+    DEFAULT_AGENT_PORT,
+    DEFAULT_HTTP_PORT,
+    AgentConfig,
+    AmqpConfig,
+    DiscoveryConfig,
+    DispatcherConfig,
+    ForgeApi,
+    MeshConfig,
+    RunnerConfig,
+    StatusConfig,
+    WebhookConfig,
+)
+from narwhal.errors import ConfigError
+
+log = logging.getLogger("narwhal")
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"NARWHAL_{name}", default)
+
+
+def host_port(text: str, default_port: int) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` / ``HOST`` / ``:PORT`` / ``[::1]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"labels must look like key=value,key=value; got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def positive(kind: type[int] | type[float], name: str, value: str) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: must be positive, got {value!r}")
+    return number
+
+
+def _non_negative(name: str, value: str) -> float:
+    return 0.0 if value in ("0", "0.0") else positive(float, name, value)
+
+
+def _mesh(args: argparse.Namespace) -> MeshConfig:
+    return MeshConfig(
+        heartbeat_interval=positive(float, "--heartbeat-interval", args.heartbeat_interval),
+        liveness=int(positive(int, "--liveness", args.liveness)),
+    )
+
+
+def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
+    host, port = host_port(args.http, DEFAULT_HTTP_PORT)
+    token = args.api_token or None
+    if token is None and not _loopback(host):
+        raise ConfigError(f"--http {args.http} is reachable beyond this machine: set --api-token")
+    return DispatcherConfig(
+        data_dir=Path(args.data_dir).expanduser(),
+        http_host=host,
+        http_port=port,
+        runners=tuple(getattr(args, "runner", None) or ()),
+        api_token=token,
+        max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
+        mesh=_mesh(args),
+        amqp=amqp_config(args),
+        webhooks=webhook_config(args) if args.command == "up" else None,
+        status=status_config(args),
+        discovery=dispatcher_discovery(args, host),
+    )
+
+
+# mDNS discovery (docs/discovery.md)
+
+
+def _mdns_interfaces(args: argparse.Namespace) -> tuple[str, ...]:
+    given = args.mdns_interface or (env("MDNS_INTERFACE") or "").split(",")
+    interfaces = []
+    for text in filter(None, (item.strip() for item in given)):
+        try:
+            interfaces.append(str(ipaddress.IPv4Address(text)))
+        except ValueError:
+            raise ConfigError(f"--mdns-interface: expected an IPv4 address, got {text!r}") from None
+    return tuple(interfaces)
+
+
+def _discovery_on(args: argparse.Namespace) -> bool:
+    if args.discovery not in ("mdns", "none"):
+        raise ConfigError(f"--discovery: expected mdns or none, got {args.discovery!r}")
+    return bool(args.discovery == "mdns")
+
+
+def dispatcher_discovery(args: argparse.Namespace, http_host: str) -> DiscoveryConfig:
+    """Browse on loopback when the API is loopback-only, else on every interface."""
+    if not _discovery_on(args):
+        return DiscoveryConfig()
+    default = ("127.0.0.1",) if _loopback(http_host) else ()
+    return DiscoveryConfig(enabled=True, interfaces=_mdns_interfaces(args) or default)
+
+
+def runner_discovery(args: argparse.Namespace, listen: str) -> DiscoveryConfig:
+    """Announce on the interface of the ``--listen`` address (every one for 0.0.0.0)."""
+    if not _discovery_on(args):
+        return DiscoveryConfig()
+    scheme, _, rest = listen.partition("://")
+    if scheme != "tcp":
+        log.warning("not announcing on mDNS: --listen %s is not a tcp:// address", listen)
+        return DiscoveryConfig()
+    interfaces = _mdns_interfaces(args)
+    host = rest.rpartition(":")[0]
+    if host.startswith("["):
+        log.warning("not announcing on mDNS: it is IPv4 only, and --listen %s is IPv6", listen)
+        return DiscoveryConfig()
+    if not interfaces and host not in ("0.0.0.0", "*"):
+        interfaces = ("127.0.0.1",) if _loopback(host) else (_interface_of(host),)
+    return DiscoveryConfig(enabled=True, interfaces=interfaces)
+
+
+def _interface_of(host: str) -> str:
+    """The IPv4 address of a ``--listen`` host: an address, or an interface name like eth0."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.IPv4Address(host))
+    from narwhal.mesh.discovery import interface_address
+
+    found = interface_address(host)
+    if found is None:
+        raise ConfigError(
+            f"--listen {host}: cannot tell which interface to announce on; set --mdns-interface IP"
+        )
+    return found
+
+
+# agent, AMQP, webhooks, commit statuses
+
+FORGES = ("github", "gitea", "gitlab")
+FORGE_APIS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
+
+
+def _secret(args: argparse.Namespace, flag: str) -> str | None:
+    """``--X``, ``--X-file``, ``NARWHAL_X`` or ``NARWHAL_X_FILE``, the first set."""
+    dest = flag.replace("-", "_")
+    value, path = getattr(args, dest, None), getattr(args, f"{dest}_file", None)
+    if value and path:
+        raise ConfigError(f"--{flag} and --{flag}-file: give only one")
+    value = value or (None if path else env(dest.upper()))
+    path = path or (None if value else env(f"{dest.upper()}_FILE"))
+    if path:
+        try:
+            value = Path(path).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--{flag}-file {path}: cannot read it: {e}") from None
+        if not value:
+            raise ConfigError(f"--{flag}-file {path}: the file is empty")
+    return value or None
+
+
+def _http_url(flag: str, url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) < 10:
+        raise ConfigError(f"{flag}: expected an http(s):// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
+    if not args.amqp:
+        return None
+    if not args.amqp.startswith(("amqp://", "amqps://")):
+        raise ConfigError(
+            f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {args.amqp!r}"
+        )
+    return AmqpConfig(
+        url=args.amqp,
+        queue=args.amqp_queue,
+        prefetch=int(positive(int, "--amqp-prefetch", args.amqp_prefetch)),
+        confirm_timeout=positive(float, "--amqp-confirm-timeout", args.amqp_confirm_timeout),
+        reconnect_max=positive(float, "--amqp-reconnect", args.amqp_reconnect),
+    )
+
+
+def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
+    github, gitea, gitlab = (_secret(args, f"{forge}-secret") for forge in FORGES)
+    if not (github or gitea or gitlab):
+        return None
+    return WebhookConfig(github_secret=github, gitea_secret=gitea, gitlab_secret=gitlab)
+
+
+def status_config(args: argparse.Namespace) -> StatusConfig:
+    forges = []
+    for forge in FORGES:
+        token = _secret(args, f"{forge}-token")
+        url = getattr(args, f"{forge}_api") or FORGE_APIS.get(forge)
+        if token and not url:
+            raise ConfigError(f"--{forge}-token needs --{forge}-api (e.g. https://HOST/api/v1)")
+        if token and url:
+            forges.append(ForgeApi(forge=forge, url=_http_url(f"--{forge}-api", url), token=token))
+    public = _http_url("--public-url", args.public_url) if args.public_url else None
+    return StatusConfig(forges=tuple(forges), public_url=public)
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    host, port = host_port(args.http, DEFAULT_AGENT_PORT)
+    amqp = amqp_config(args)
+    if amqp is None:
+        raise ConfigError("narwhal agent needs --amqp URL (or NARWHAL_AMQP)")
+    webhooks = webhook_config(args)
+    if webhooks is None:
+        raise ConfigError("set at least one webhook secret: --github-secret, --gitea-secret ...")
+    return AgentConfig(http_host=host, http_port=port, amqp=amqp, webhooks=webhooks)
+
+
+def runner_config(
+    args: argparse.Namespace, *, listen: str | None = None, default_id: str | None = None
+) -> RunnerConfig:
+    endpoint = listen or args.listen
+    default_id = default_id or f"{socket.gethostname()}-{endpoint.rpartition(':')[2]}"
+    conf = RunnerConfig(
+        runner_id=args.id or default_id,
+        listen=endpoint,
+        capacity=int(positive(int, "--capacity", args.capacity)),
+        labels=parse_labels(args.labels),
+        work_dir=Path(args.work_dir).expanduser(),
+        cancel_grace=positive(float, "--cancel-grace", args.cancel_grace),
+        drain_timeout=_non_negative("--drain-timeout", args.drain_timeout),
+        mesh=_mesh(args),
+        **docker_options(args),
+    )
+    # ``up`` embeds its runner in-process: it never announces itself.
+    discovery = runner_discovery(args, endpoint) if args.command == "runner" else DiscoveryConfig()
+    return dataclasses.replace(
+        conf, executor=pick_executor(args.executor, conf.docker_host), discovery=discovery
+    )
+
+
+def docker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """RunnerConfig fields of the Docker executor, limits and secrets."""
+    if args.network not in ("bridge", "none"):
+        raise ConfigError(f"--network: expected bridge or none, got {args.network!r}")
+    if args.pull not in ("missing", "never"):
+        raise ConfigError(f"--pull: expected missing or never, got {args.pull!r}")
+    return {
+        "docker_host": args.docker_host or None,
+        "docker_image": args.image,
+        "docker_network": args.network,
+        "docker_pull": args.pull,
+        "docker_pull_timeout": positive(float, "--pull-timeout", args.pull_timeout),
+        "max_memory": _memory_size(args.max_memory) if args.max_memory else None,
+        "max_cpus": _optional_limit(float, "--max-cpus", args.max_cpus),
+        "max_pids": _optional_limit(int, "--max-pids", args.max_pids),
+        "secrets": _secrets(args.secret or [], args.secrets_file),
+    }
+
+
+def _optional_limit(kind: type[int] | type[float], name: str, value: str | None) -> Any:
+    """A positive limit, or None for none (unset, or 0)."""
+    if not value or value.strip() in ("0", "0.0"):
+        return None
+    return kind(positive(kind, name, value))
+
+
+def pick_executor(choice: str, docker_host: str | None) -> str:
+    """``auto`` is docker when an engine answers, else local; the choice is logged."""
+    if choice == "local":
+        return "local"
+    from narwhal.runner.docker_engine import engine_problem
+
+    problem = engine_problem(docker_host)
+    if choice == "docker":
+        if problem:
+            log.warning("executor docker: %s; jobs end in error until it answers", problem)
+        return "docker"
+    if problem:
+        log.info("executor: local (%s)", problem)
+        return "local"
+    log.info("executor: docker (a Docker engine answers)")
+    return "docker"
+
+
+_SIZE = re.compile(r"([0-9]{1,15})([kmg]?)b?", re.IGNORECASE)
+
+
+def _memory_size(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigError(f"--max-memory: expected a size like 512m or 2g, got {text!r}")
+    return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
+
+
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Masking a secret of a character or two would garble every log.
+MIN_SECRET = 4
+
+
+def _secrets(names: Sequence[str], secrets_file: str | None) -> dict[str, str]:
+    """``--secret NAME`` (the value from the environment) and ``--secrets-file`` lines."""
+    found: dict[str, str] = {}
+    if secrets_file:
+        found.update(_secrets_file(Path(secrets_file).expanduser()))
+    for name in names:
+        if name not in os.environ:
+            raise ConfigError(f"--secret {name}: no environment variable {name}")
+        found[name] = os.environ[name]
+    for name, value in found.items():
+        if not _SECRET_NAME.fullmatch(name):
+            raise ConfigError(f"secret {name!r}: expected a variable name like API_TOKEN")
+        if len(value) < MIN_SECRET:
+            raise ConfigError(f"secret {name}: shorter than {MIN_SECRET} characters")
+    return found
+
+
+def _secrets_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--secrets-file {path}: {e}") from None
+    found = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected NAME=VALUE")
+        found[name.strip()] = value
+    return found
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
