@@ -3,17 +3,13 @@
 Shutdown order: stop accepting requests and let the ones in flight finish
 (each waits at most the confirm timeout for the broker), then close the
 publisher's channel and connection.
-
-The uvicorn plumbing mirrors ``narwhal.dispatcher.server``; the agent never
-imports the dispatcher, so the few lines are repeated here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -21,31 +17,7 @@ from starlette.types import ASGIApp
 from narwhal.agent.app import Webhooks, build_app
 from narwhal.agent.publisher import AmqpPublisher, redacted
 from narwhal.config import AgentConfig
-
-
-class HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the entrypoint owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say
-    # they are TCP, and without it every keep-alive answer waits ~40 ms for
-    # the peer's delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+from narwhal.httpserver import HttpServer, listen
 
 
 def url_of(sock: socket.socket) -> str:

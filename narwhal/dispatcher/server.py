@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import uvicorn
 import zmq.asyncio
@@ -36,36 +35,12 @@ from narwhal.dispatcher.api import build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.status import StatusReporter
+from narwhal.httpserver import HttpServer, listen
 
 log = logging.getLogger(__name__)
 
 #: How long shutdown waits for a local runner's last reports.
 DRAIN_SECONDS = 3.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the entrypoint owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say
-    # they are TCP, and without it every keep-alive answer waits ~40 ms for
-    # the peer's delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(
@@ -79,7 +54,7 @@ async def serve(
     """Serve until ``stop`` is set."""
     from narwhal.runner.runner import Runner  # only ``narwhal up`` embeds a runner
 
-    sock = _listen(dconf.http_host, dconf.http_port)
+    sock = listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     async with (
@@ -100,7 +75,7 @@ async def serve(
             lifespan="off",
             access_log=False,
         )
-        server = _Server(config)
+        server = HttpServer(config)
         http = asyncio.create_task(server.serve(sockets=[sock]))
         announce(f"narwhal {dconf.data_dir}: API on http://{shown}:{port}{_extras_line(dconf)}")
         stopped = asyncio.create_task(stop.wait())
