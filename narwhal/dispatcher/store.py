@@ -159,12 +159,35 @@ _JOB_COLUMNS = (
 )
 
 
+def _json_map(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    # Most jobs have no labels: skip the JSON parser for them (hot path).
+    return {} if text == "{}" else dict(json.loads(text))
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
-    values = dict(row)
-    values["labels"] = json.loads(values["labels"])
-    values["matrix"] = json.loads(values["matrix"]) if values["matrix"] else None
-    values["cancel_requested"] = bool(values["cancel_requested"])
-    return JobRecord(**values)
+    """A row selected with ``_JOB_COLUMNS``, in that order, as a record."""
+    return JobRecord(
+        id=row[0],
+        repo=row[1],
+        ref=row[2],
+        sha=row[3],
+        event=row[4],
+        labels=_json_map(row[5]) or {},
+        matrix=_json_map(row[6]),
+        parent_id=row[7],
+        pipeline=row[8],
+        state=row[9],
+        reason=row[10],
+        attempt=row[11],
+        runner_id=row[12],
+        cancel_requested=bool(row[13]),
+        created_at=row[14],
+        updated_at=row[15],
+        started_at=row[16],
+        finished_at=row[17],
+    )
 
 
 class SqliteStore:
