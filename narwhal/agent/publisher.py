@@ -70,7 +70,6 @@ class AmqpPublisher:
         self._task: asyncio.Task[None] | None = None
         self._quiet = QuietLog(log)
         self._closed = False
-        self._up = asyncio.Event()
         self.published = 0
         self.connects = 0
 
@@ -95,11 +94,6 @@ class AmqpPublisher:
     @property
     def connected(self) -> bool:
         return self._channel is not None and not self._channel.is_closed
-
-    async def wait_connected(self, timeout: float) -> None:
-        """For callers that want the broker before they start (tests, ``up``)."""
-        async with asyncio.timeout(timeout):
-            await self._up.wait()
 
     async def send(self, event: CommitEvent) -> None:
         channel = self._channel
@@ -161,14 +155,12 @@ class AmqpPublisher:
             channel.close_callbacks.add(lambda *_: lost.set())
             await declare_topology(channel, self.config.queue)
             self._channel = channel
-            self._up.set()
             self.connects += 1
             log.info("publishing to queue %s at %s", self.config.queue, redacted(self.config.url))
             await lost.wait()
             log.warning("lost the connection to RabbitMQ; reconnecting")
         finally:
             self._channel = None
-            self._up.clear()
             await close_quietly(connection)
 
 

@@ -69,9 +69,6 @@ class DiscoveredRunners:
             self._task = None
         await self._browser.aclose()
 
-    def announced(self) -> list[Announcement]:
-        return list(self._announced.values())
-
     async def _found(self, runner: Announcement) -> None:
         if runner.protocol != PROTOCOL_VERSION:
             self._quiet.warning(

@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -113,7 +112,3 @@ def _summary(pipeline: Pipeline, outcome: Outcome, err: TextIO) -> None:
         code = "" if step.exit_code is None else f" exit {step.exit_code}"
         err.write(f"  {step.status:<9} {step.name} {step.duration:.2f}s{code}\n")
     err.flush()
-
-
-def stdout_bytes() -> BinaryIO:
-    return sys.stdout.buffer
