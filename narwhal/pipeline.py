@@ -7,7 +7,6 @@ so that every problem can be one `PipelineError` line: `FILE:LINE: FIELD: messag
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import itertools
 import pathlib
@@ -15,31 +14,42 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
-import yaml
-from yaml.error import Mark
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from narwhal.errors import PipelineError
+from narwhal.yamlnodes import (
+    INT,
+    MAX_FILE_BYTES,
+    NULL,
+    STR,
+    TAG,
+    Fields,
+    Problem,
+    boolean,
+    child,
+    compose,
+    decode,
+    describe,
+    fail,
+    line_of,
+    mapping,
+    one_line,
+    sequence,
+    short,
+    string,
+    tagged,
+    text_value,
+)
 
-MAX_FILE_BYTES = 1024 * 1024
 MAX_COMBINATIONS = 256
 MAX_STEPS = 1000
 # Every step gets its own merged env, so steps x variables must stay small.
 MAX_VARIABLES = 256
 MAX_TIMEOUT = 7 * 24 * 3600
-_MAX_DEPTH = 64
-# pyyaml composes ~30k values a second: this bounds the time a hostile file costs.
-_MAX_NODES = 50_000
 
 _T = TypeVar("_T")
-_TAG = "tag:yaml.org,2002:"
-_STR, _INT, _BOOL, _NULL = (_TAG + "str", _TAG + "int", _TAG + "bool", _TAG + "null")
-_NUMBERS = (_INT, _TAG + "float", _TAG + "timestamp")
-# YAML 1.1 booleans: pyyaml resolves an unquoted yes/on/off... to bool.
-_BOOLS = dict.fromkeys(("true", "yes", "on"), True)
-_BOOLS.update(dict.fromkeys(("false", "no", "off"), False))
 # Bare seconds, or hours, minutes and seconds in that order: 90, 1h30m, 45s.
 _DURATION = re.compile(r"([0-9]{1,12})|(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -47,7 +57,6 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IMAGE = re.compile(r"\S+")
 # No leading '-', so a package is never taken for an option by apk/apt/dnf.
 _PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_:=~-]*")
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _PIPELINE_KEYS = (
     "name",
     "image",
@@ -75,7 +84,6 @@ MAX_CPUS = 1024
 MAX_PIDS = 1 << 22
 _WHEN_KEYS = ("branch", "event")
 
-_Fields = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
 _Variants = tuple[dict[str, str], ...]
 
 
@@ -91,7 +99,7 @@ def parse_duration(value: object) -> float:
     else:
         expected = "a duration of at most 168h"
     # repr() refuses ints of thousands of digits; such a value needs no echo.
-    shown = _short(repr(value)) if seconds is None or seconds < 10**18 else "more"
+    shown = short(repr(value)) if seconds is None or seconds < 10**18 else "more"
     raise ValueError(f"expected {expected}, got {shown}")
 
 
@@ -199,19 +207,19 @@ class PipelineFile:
         if chosen not in self.variants:
             expected = f"expected one of the {len(self.variants)} combinations"
             where = f"{self.filename}:{self.matrix_line}: matrix"
-            raise PipelineError(_one_line(f"{where}: {expected}, got {_short(chosen)}"))
+            raise PipelineError(one_line(f"{where}: {expected}, got {short(chosen)}"))
         return _apply(self.template, chosen)
 
 
 def load(text: str | bytes, *, filename: str = "narwhal.yml") -> PipelineFile:
     """Validate a whole narwhal.yml; every problem is a one-line PipelineError."""
     try:
-        template, variants, matrix_line = _parse(_compose(_decode(text)))
-    except _Problem as problem:
+        template, variants, matrix_line = _parse(compose(decode(text)))
+    except Problem as problem:
         line, path, message = problem.args
         where = f"{filename}:{line}: {path}: " if path else f"{filename}:{line}: "
         # Keep pyyaml's error as the cause, but not our internal carrier.
-        raise PipelineError(_one_line(where + message)) from problem.__cause__
+        raise PipelineError(one_line(where + message)) from problem.__cause__
     return PipelineFile(
         filename=filename, variants=variants, template=template, matrix_line=matrix_line
     )
@@ -230,91 +238,12 @@ def load_path(path: pathlib.Path) -> PipelineFile:
     return load(data, filename=path.name)
 
 
-class _Problem(Exception):
-    """(line, path, message) of one invalid spot; load() adds the filename."""
-
-
-def _fail(node: Node, path: str, message: str) -> NoReturn:
-    raise _Problem(_line(node.start_mark), path, message)
-
-
-def _line(mark: Mark | None) -> int:
-    return 1 if mark is None else mark.line + 1
-
-
-def _one_line(text: str) -> str:
-    # Keys and values from the file may hold any line break Python knows.
-    return " ".join(text.splitlines())
-
-
-def _decode(text: str | bytes) -> str:
-    # Check the length first: encoding a huge str just to measure it is waste.
-    _check_size(len(text))
-    if isinstance(text, str):
-        _check_size(len(text.encode("utf-8", "surrogatepass")))
-        return text
-    try:
-        return text.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = text.count(b"\n", 0, error.start) + 1
-        bad = f"byte 0x{text[error.start]:02x} at offset {error.start}"
-        raise _Problem(line, "", f"not valid UTF-8 ({bad})") from error
-
-
-def _check_size(size: int) -> None:
-    if size > MAX_FILE_BYTES:
-        raise _Problem(1, "", "file is larger than 1 MiB")
-
-
-class _Loader(yaml.SafeLoader):
-    """Composes nodes only, refusing aliases, deep nesting and huge trees up front."""
-
-    _depth = 0
-    _nodes = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # stubs lack it
-        line = _line(event.start_mark)
-        if isinstance(event, yaml.AliasEvent):
-            # Nested aliases make a billion-laughs bomb; no pipeline needs them.
-            message = "YAML aliases (*name) are not supported; write the value out"
-            raise _Problem(line, "", message)
-        if self._depth >= _MAX_DEPTH:
-            # pyyaml composes recursively: stop well before Python's stack does.
-            raise _Problem(line, "", f"nested deeper than {_MAX_DEPTH} levels")
-        self._nodes += 1
-        if self._nodes > _MAX_NODES:
-            raise _Problem(line, "", f"more than {_MAX_NODES} YAML values in one file")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _compose(text: str) -> Node | None:
-    try:
-        loader = _Loader(text)
-        try:
-            return loader.get_single_node()
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as error:
-        line = _line(error.problem_mark or error.context_mark)
-        found = ": ".join(part for part in (error.context, error.problem) if part)
-        raise _Problem(line, "", f"invalid YAML: {found}") from error
-    except yaml.reader.ReaderError as error:
-        line = text.count("\n", 0, error.position) + 1
-        found = f"unacceptable character #x{error.character:04x}"
-        raise _Problem(line, "", f"invalid YAML: {found}") from error
-
-
 def _parse(root: Node | None) -> tuple[Pipeline, _Variants, int]:
     if root is None:
-        raise _Problem(1, "", "file is empty; expected a mapping with 'steps'")
-    if not (isinstance(root, MappingNode) and root.tag == _TAG + "map"):
-        _fail(root, "", f"expected a mapping at the top level, got {_describe(root)}")
-    fields = _mapping(root, "", _PIPELINE_KEYS)
+        raise Problem(1, "", "file is empty; expected a mapping with 'steps'")
+    if not (isinstance(root, MappingNode) and root.tag == TAG + "map"):
+        fail(root, "", f"expected a mapping at the top level, got {describe(root)}")
+    fields = mapping(root, "", _PIPELINE_KEYS)
     base = Pipeline(
         name=_optional(fields, "name", "", _name) or "narwhal",
         image=_optional(fields, "image", "", _image),
@@ -328,18 +257,18 @@ def _parse(root: Node | None) -> tuple[Pipeline, _Variants, int]:
     )
     variants = _optional(fields, "matrix", "", _matrix) or ({},)
     template = replace(base, steps=_steps(root, fields, base, variants))
-    matrix_line = _line(fields["matrix"][0].start_mark) if "matrix" in fields else 1
+    matrix_line = line_of(fields["matrix"][0].start_mark) if "matrix" in fields else 1
     return template, variants, matrix_line
 
 
-def _steps(root: Node, fields: _Fields, base: Pipeline, variants: _Variants) -> tuple[Step, ...]:
+def _steps(root: Node, fields: Fields, base: Pipeline, variants: _Variants) -> tuple[Step, ...]:
     if "steps" not in fields:
-        _fail(root, "steps", "missing; expected a list of steps")
+        fail(root, "steps", "missing; expected a list of steps")
     steps: list[Step] = []
     name_nodes: list[Node] = []
-    for index, item in enumerate(_list(fields["steps"][1], "steps", "steps", most=MAX_STEPS)):
+    for index, item in enumerate(sequence(fields["steps"][1], "steps", "steps", most=MAX_STEPS)):
         path = f"steps[{index}]"
-        step_fields = _mapping(item, path, _STEP_KEYS)
+        step_fields = mapping(item, path, _STEP_KEYS)
         steps.append(_step(step_fields, item, path, base))
         name_nodes.append(step_fields["name"][1])
     for variant in variants:
@@ -347,19 +276,19 @@ def _steps(root: Node, fields: _Fields, base: Pipeline, variants: _Variants) -> 
     return tuple(steps)
 
 
-def _step(fields: _Fields, node: Node, path: str, base: Pipeline) -> Step:
+def _step(fields: Fields, node: Node, path: str, base: Pipeline) -> Step:
     if "name" not in fields:
-        _fail(node, f"{path}.name", "missing; expected a step name")
+        fail(node, f"{path}.name", "missing; expected a step name")
     return Step(
         name=_name(fields["name"][1], f"{path}.name"),
         commands=_commands(fields, node, path),
         image=_optional(fields, "image", path, _image) or base.image,
         env={**base.env, **(_optional(fields, "env", path, _env) or {})},
         timeout=_optional(fields, "timeout", path, _timeout),
-        allow_failure=_optional(fields, "allow_failure", path, _bool) or False,
+        allow_failure=_optional(fields, "allow_failure", path, boolean) or False,
         when=_optional(fields, "when", path, _when) or When(),
         dependencies=_optional(fields, "dependencies", path, _dependencies) or (),
-        line=_line(node.start_mark),
+        line=line_of(node.start_mark),
         resources=(_optional(fields, "resources", path, _resources) or Resources()).over(
             base.resources
         ),
@@ -372,29 +301,29 @@ def _check_unique_names(steps: list[Step], name_nodes: list[Node], variant: dict
     for index, step in enumerate(steps):
         name = _substitute(step.name, variant)
         if name in first:
-            where = "" if name == step.name else f" with matrix {_short(variant)}"
+            where = "" if name == step.name else f" with matrix {short(variant)}"
             used = f"already used by steps[{first[name]}]"
-            message = f"duplicate step name {_short(name)!r}{where}, {used}"
-            _fail(name_nodes[index], f"steps[{index}].name", message)
+            message = f"duplicate step name {short(name)!r}{where}, {used}"
+            fail(name_nodes[index], f"steps[{index}].name", message)
         first[name] = index
 
 
-def _commands(fields: _Fields, node: Node, path: str) -> tuple[str, ...]:
+def _commands(fields: Fields, node: Node, path: str) -> tuple[str, ...]:
     single, many = fields.get("command"), fields.get("commands")
     expected = "expected 'command' (a string) or 'commands' (a list)"
     if single and many:
         later = max(single[0], many[0], key=lambda key: key.start_mark.index)
-        _fail(later, _child(path, later.value), f"{expected}, got both")
+        fail(later, child(path, later.value), f"{expected}, got both")
     if single:
-        return (_string(single[1], f"{path}.command", "a shell command"),)
+        return (string(single[1], f"{path}.command", "a shell command"),)
     if not many:
-        _fail(node, path, f"{expected}, got neither")
-    items = enumerate(_list(many[1], f"{path}.commands", "commands"))
-    return tuple(_string(cmd, f"{path}.commands[{i}]", "a command") for i, cmd in items)
+        fail(node, path, f"{expected}, got neither")
+    items = enumerate(sequence(many[1], f"{path}.commands", "commands"))
+    return tuple(string(cmd, f"{path}.commands[{i}]", "a command") for i, cmd in items)
 
 
 def _matrix(node: Node, path: str) -> _Variants:
-    fields = _mapping(node, path)
+    fields = mapping(node, path)
     if "include" in fields:
         return _include(fields, path)
     axes = _variables(node, path, _axis)
@@ -404,18 +333,18 @@ def _matrix(node: Node, path: str) -> _Variants:
         count = min(count * len(values), 10**6)
     if count > MAX_COMBINATIONS:
         shown = count if count < 10**6 else "a million or more"
-        _fail(node, path, f"expected {MAX_COMBINATIONS} combinations or fewer, got {shown}")
+        fail(node, path, f"expected {MAX_COMBINATIONS} combinations or fewer, got {shown}")
     product = itertools.product(*axes.values())
     return tuple(dict(zip(axes, values, strict=True)) for values in product)
 
 
-def _include(fields: _Fields, matrix: str) -> _Variants:
+def _include(fields: Fields, matrix: str) -> _Variants:
     other = next((key for key in fields if key != "include"), None)
     if other is not None:
         message = "cannot be mixed with 'include'; list every combination there"
-        _fail(fields[other][0], _child(matrix, other), message)
+        fail(fields[other][0], child(matrix, other), message)
     path = f"{matrix}.include"
-    items = _list(fields["include"][1], path, "combinations", most=MAX_COMBINATIONS)
+    items = sequence(fields["include"][1], path, "combinations", most=MAX_COMBINATIONS)
     variants = tuple(
         _variables(item, f"{path}[{i}]", _matrix_value) for i, item in enumerate(items)
     )
@@ -424,7 +353,7 @@ def _include(fields: _Fields, matrix: str) -> _Variants:
 
 
 def _axis(node: Node, path: str) -> tuple[str, ...]:
-    items = _list(node, path, "values", most=MAX_COMBINATIONS)
+    items = sequence(node, path, "values", most=MAX_COMBINATIONS)
     values = tuple(_matrix_value(item, f"{path}[{i}]") for i, item in enumerate(items))
     _no_repeats(items, values, path)
     return values
@@ -435,61 +364,61 @@ def _no_repeats(items: list[Node], values: Sequence[object], path: str) -> None:
     for index, value in enumerate(values):
         if value in values[:index]:
             message = f"duplicate of {path}[{values.index(value)}]"
-            _fail(items[index], f"{path}[{index}]", message)
+            fail(items[index], f"{path}[{index}]", message)
 
 
 def _matrix_value(node: Node, path: str) -> str:
-    value = _value(node, path)
+    value = text_value(node, path)
     # Values end up in step names, which must stay non-blank and one line.
     if not _single_line(value):
-        _fail(node, path, f"expected a single-line value, got {_describe(node)}")
+        fail(node, path, f"expected a single-line value, got {describe(node)}")
     return value
 
 
 def _services(node: Node, path: str) -> tuple[Service, ...]:
     services: list[Service] = []
-    for index, item in enumerate(_list(node, path, "services", empty=True, most=MAX_SERVICES)):
+    for index, item in enumerate(sequence(node, path, "services", empty=True, most=MAX_SERVICES)):
         service = _service(item, f"{path}[{index}]")
         first = next((i for i, s in enumerate(services) if s.name == service.name), None)
         if first is not None:
-            name_node = _mapping(item, "")["name"][1]
+            name_node = mapping(item, "")["name"][1]
             message = f"duplicate service name {service.name!r}, already used by {path}[{first}]"
-            _fail(name_node, f"{path}[{index}].name", message)
+            fail(name_node, f"{path}[{index}].name", message)
         services.append(service)
     return tuple(services)
 
 
 def _service(node: Node, path: str) -> Service:
-    fields = _mapping(node, path, _SERVICE_KEYS)
+    fields = mapping(node, path, _SERVICE_KEYS)
     for key in ("name", "image"):
         if key not in fields:
-            _fail(node, f"{path}.{key}", f"missing; expected the service's {key}")
+            fail(node, f"{path}.{key}", f"missing; expected the service's {key}")
     what = "a host name like db (lowercase letters, digits and '-')"
     return Service(
-        name=_string(fields["name"][1], f"{path}.name", what, _HOSTNAME.fullmatch),
+        name=string(fields["name"][1], f"{path}.name", what, _HOSTNAME.fullmatch),
         image=_image(fields["image"][1], f"{path}.image"),
         env=_optional(fields, "env", path, _env) or {},
         command=_optional(fields, "command", path, _argv),
-        line=_line(node.start_mark),
+        line=line_of(node.start_mark),
     )
 
 
 def _argv(node: Node, path: str) -> tuple[str, ...]:
     if isinstance(node, SequenceNode):
-        items = enumerate(_list(node, path, "arguments"))
-        return tuple(_string(item, f"{path}[{i}]", "an argument", str) for i, item in items)
-    text = _string(node, path, "a command (a string or a list of arguments)")
+        items = enumerate(sequence(node, path, "arguments"))
+        return tuple(string(item, f"{path}[{i}]", "an argument", str) for i, item in items)
+    text = string(node, path, "a command (a string or a list of arguments)")
     try:
         argv = shlex.split(text)
     except ValueError as error:
-        _fail(node, path, f"cannot split into arguments: {error}")
+        fail(node, path, f"cannot split into arguments: {error}")
     if not argv:
-        _fail(node, path, "expected a command, got only spaces")
+        fail(node, path, "expected a command, got only spaces")
     return tuple(argv)
 
 
 def _resources(node: Node, path: str) -> Resources:
-    fields = _mapping(node, path, _RESOURCE_KEYS)
+    fields = mapping(node, path, _RESOURCE_KEYS)
     return Resources(
         memory=_optional(fields, "memory", path, _memory),
         cpus=_optional(fields, "cpus", path, _cpus),
@@ -498,36 +427,36 @@ def _resources(node: Node, path: str) -> Resources:
 
 
 def _memory(node: Node, path: str) -> int:
-    match = _MEMORY.fullmatch(str(node.value)) if _is(node, _STR, _INT) else None
+    match = _MEMORY.fullmatch(str(node.value)) if tagged(node, STR, INT) else None
     if match is None:
-        _fail(node, path, f"expected a size like 512m or 2g, got {_describe(node)}")
+        fail(node, path, f"expected a size like 512m or 2g, got {describe(node)}")
     size = int(match.group(1)) * _UNITS[match.group(2).lower()]
     if not MIN_MEMORY <= size <= MAX_MEMORY:
-        _fail(node, path, f"expected a size from 6m to 1024g, got {_describe(node)}")
+        fail(node, path, f"expected a size from 6m to 1024g, got {describe(node)}")
     return size
 
 
 def _cpus(node: Node, path: str) -> float:
     try:
-        cpus = float(node.value) if _is(node, _INT, _TAG + "float") else None
+        cpus = float(node.value) if tagged(node, INT, TAG + "float") else None
     except ValueError:
         cpus = None
     if cpus is None or not 0.01 <= cpus <= MAX_CPUS:
-        _fail(node, path, f"expected a number of CPUs like 0.5 or 2, got {_describe(node)}")
+        fail(node, path, f"expected a number of CPUs like 0.5 or 2, got {describe(node)}")
     return cpus
 
 
 def _pids(node: Node, path: str) -> int:
-    if not (_is(node, _INT) and re.fullmatch(r"[0-9]{1,9}", node.value)):
-        _fail(node, path, f"expected a whole number of processes, got {_describe(node)}")
+    if not (tagged(node, INT) and re.fullmatch(r"[0-9]{1,9}", node.value)):
+        fail(node, path, f"expected a whole number of processes, got {describe(node)}")
     pids = int(node.value)
     if not 1 <= pids <= MAX_PIDS:
-        _fail(node, path, f"expected from 1 to {MAX_PIDS} processes, got {pids}")
+        fail(node, path, f"expected from 1 to {MAX_PIDS} processes, got {pids}")
     return pids
 
 
 def _when(node: Node, path: str) -> When:
-    fields = _mapping(node, path, _WHEN_KEYS)
+    fields = mapping(node, path, _WHEN_KEYS)
     return When(
         branch=_optional(fields, "branch", path, _patterns) or (),
         event=_optional(fields, "event", path, _patterns) or (),
@@ -536,84 +465,48 @@ def _when(node: Node, path: str) -> When:
 
 def _patterns(node: Node, path: str) -> tuple[str, ...]:
     if not isinstance(node, SequenceNode):
-        return (_string(node, path, "a glob pattern or a list of them"),)
-    items = enumerate(_list(node, path, "glob patterns", empty=True))
-    return tuple(_string(item, f"{path}[{i}]", "a glob pattern") for i, item in items)
+        return (string(node, path, "a glob pattern or a list of them"),)
+    items = enumerate(sequence(node, path, "glob patterns", empty=True))
+    return tuple(string(item, f"{path}[{i}]", "a glob pattern") for i, item in items)
 
 
 def _dependencies(node: Node, path: str) -> tuple[str, ...]:
-    items = enumerate(_list(node, path, "package names", empty=True))
+    items = enumerate(sequence(node, path, "package names", empty=True))
     what = "a package name like make"
-    return tuple(_string(it, f"{path}[{i}]", what, _PACKAGE.fullmatch) for i, it in items)
+    return tuple(string(it, f"{path}[{i}]", what, _PACKAGE.fullmatch) for i, it in items)
 
 
 def _env(node: Node, path: str) -> dict[str, str]:
-    return _variables(node, path, _value)
+    return _variables(node, path, text_value)
 
 
 def _variables(node: Node, path: str, parse: Callable[[Node, str], _T]) -> dict[str, _T]:
-    fields = _mapping(node, path)
+    fields = mapping(node, path)
     if len(fields) > MAX_VARIABLES:
-        _fail(node, path, f"expected {MAX_VARIABLES} variables or fewer, got {len(fields)}")
+        fail(node, path, f"expected {MAX_VARIABLES} variables or fewer, got {len(fields)}")
     variables: dict[str, _T] = {}
     for key, (key_node, value_node) in fields.items():
         if not _VARIABLE.fullmatch(key):
-            message = f"expected a variable name like FOO_BAR, got {_short(key)!r}"
-            _fail(key_node, _child(path, key), message)
-        variables[key] = parse(value_node, _child(path, key))
+            message = f"expected a variable name like FOO_BAR, got {short(key)!r}"
+            fail(key_node, child(path, key), message)
+        variables[key] = parse(value_node, child(path, key))
     return variables
 
 
-def _optional(fields: _Fields, key: str, path: str, parse: Callable[[Node, str], _T]) -> _T | None:
+def _optional(fields: Fields, key: str, path: str, parse: Callable[[Node, str], _T]) -> _T | None:
     """Parse an optional field; a null value counts as leaving it out."""
     pair = fields.get(key)
-    if pair is None or _is(pair[1], _NULL):
+    if pair is None or tagged(pair[1], NULL):
         return None
-    return parse(pair[1], _child(path, key))
-
-
-def _mapping(node: Node, path: str, allowed: Sequence[str] | None = None) -> _Fields:
-    if not (isinstance(node, MappingNode) and node.tag == _TAG + "map"):
-        _fail(node, path, f"expected a mapping, got {_describe(node)}")
-    fields: _Fields = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, ScalarNode):
-            _fail(key_node, path, f"expected a string key, got {_describe(key_node)}")
-        key = str(key_node.value)
-        if key in fields:
-            first = _line(fields[key][0].start_mark)
-            _fail(key_node, _child(path, key), f"duplicate key (first on line {first})")
-        if allowed is not None and key not in allowed:
-            _fail(key_node, _child(path, key), _unknown(key, allowed))
-        fields[key] = (key_node, value_node)
-    return fields
-
-
-def _unknown(key: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    names = ", ".join(allowed)
-    hint = f"did you mean {close[0]!r}?" if close else f"expected one of {names}"
-    return f"unknown key {_short(key)!r}; {hint}"
-
-
-def _list(
-    node: Node, path: str, what: str, *, empty: bool = False, most: int = 10**9
-) -> list[Node]:
-    if not (isinstance(node, SequenceNode) and node.tag == _TAG + "seq"):
-        _fail(node, path, f"expected a list of {what}, got {_describe(node)}")
-    if not (node.value or empty):
-        _fail(node, path, f"expected a non-empty list of {what}, got []")
-    if len(node.value) > most:
-        _fail(node, path, f"expected {most} {what} or fewer, got {len(node.value)}")
-    return list(node.value)
+    return parse(pair[1], child(path, key))
 
 
 def _name(node: Node, path: str) -> str:
-    return _string(node, path, "a single-line name", _single_line)
+    return string(node, path, "a single-line name", _single_line)
 
 
 def _image(node: Node, path: str) -> str:
-    return _string(node, path, "an image like alpine:3.19", _IMAGE.fullmatch)
+    return string(node, path, "an image like alpine:3.19", _IMAGE.fullmatch)
 
 
 def _single_line(text: str) -> bool:
@@ -621,63 +514,15 @@ def _single_line(text: str) -> bool:
 
 
 def _timeout(node: Node, path: str) -> float:
-    if not _is(node, _STR, _INT):
-        _fail(node, path, f"expected a duration like 10m, got {_describe(node)}")
+    if not tagged(node, STR, INT):
+        fail(node, path, f"expected a duration like 10m, got {describe(node)}")
     value: object = node.value
-    if node.tag == _INT and re.fullmatch(r"[-+]?[0-9]{1,12}", node.value):
+    if node.tag == INT and re.fullmatch(r"[-+]?[0-9]{1,12}", node.value):
         value = int(node.value)  # so `timeout: 0` reads "got 0", not "got '0'"
     try:
         return parse_duration(value)
     except ValueError as error:
-        _fail(node, path, str(error))
-
-
-def _string(node: Node, path: str, what: str, valid: Callable[[str], object] = str.strip) -> str:
-    """A str scalar that `valid` accepts (by default: any non-blank one)."""
-    if _is(node, _STR) and valid(node.value):
-        return str(node.value)
-    hint = " (quote it to use it as text)" if _is(node, _BOOL, *_NUMBERS) else ""
-    _fail(node, path, f"expected {what}, got {_describe(node)}{hint}")
-
-
-def _value(node: Node, path: str) -> str:
-    if _is(node, _BOOL):
-        return "true" if _bool(node, path) else "false"
-    if not _is(node, _STR, *_NUMBERS):
-        _fail(node, path, f"expected a string, number or bool, got {_describe(node)}")
-    # The text as written: `3.10` stays "3.10" instead of becoming 3.1.
-    return str(node.value)
-
-
-def _bool(node: Node, path: str) -> bool:
-    truth = _BOOLS.get(str(node.value).lower()) if _is(node, _BOOL) else None
-    if truth is None:
-        _fail(node, path, f"expected true or false, got {_describe(node)}")
-    return truth
-
-
-def _is(node: Node, *tags: str) -> bool:
-    return isinstance(node, ScalarNode) and node.tag in tags
-
-
-def _describe(node: Node) -> str:
-    if not isinstance(node, ScalarNode) or not node.tag.startswith(_TAG):
-        kinds = {_TAG + "map": "a mapping", _TAG + "seq": "a list"}
-        return kinds.get(node.tag) or f"a value tagged {_short(node.tag.replace(_TAG, '!!'))}"
-    if node.tag == _NULL:
-        return "null"
-    text = _short(node.value)
-    return text if node.tag != _STR and text.isprintable() else repr(text)
-
-
-def _child(path: str, key: str) -> str:
-    shown = key if _PLAIN_KEY.fullmatch(key) else repr(_short(key))
-    return f"{path}.{shown}" if path else shown
-
-
-def _short(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+        fail(node, path, str(error))
 
 
 def _substitute(text: str, variant: Mapping[str, str]) -> str:
