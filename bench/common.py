@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,12 @@ import msgpack
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, CI) into SystemExit, so ``finally`` blocks stop
+    the daemons and stand-ins a benchmark started instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def free_port() -> int:

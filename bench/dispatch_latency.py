@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, percentile, standins
+from bench.common import exit_on_sigterm, machine, percentile, standins
 from bench.dispatch_throughput import all_ready
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runners", type=int, default=4)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     print(f"# {machine()}")
     print(f"# steady load: {args.rate:.0f} jobs/s for {args.seconds:.0f} s, {args.runners} runners")
     with standins(args.runners, 16) as endpoints:

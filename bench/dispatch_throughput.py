@@ -28,7 +28,7 @@ from pathlib import Path
 
 import zmq
 
-from bench.common import ROOT, machine, standins
+from bench.common import ROOT, exit_on_sigterm, machine, standins
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.store import JobRecord
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--celery-jobs", type=int, default=2_000)
     parser.add_argument("--no-celery", action="store_true")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     print(f"# {machine()}")
     print(f"# {args.jobs} no-op jobs, {args.runners} runner stand-ins x {args.capacity} slots")
     with standins(args.runners, args.capacity) as endpoints:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, free_port, machine, peak_rss
+from bench.common import ROOT, exit_on_sigterm, free_port, machine, peak_rss
 
 GIT = {
     "GIT_AUTHOR_NAME": "bench",
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=500)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     print(f"# {machine()}")
     rate, runner, dispatcher = run(args.megabytes * 1_000_000)
     print(f"# {args.megabytes} MB through one step's stdout")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, standins
+from bench.common import exit_on_sigterm, machine, standins
 from bench.dispatch_throughput import all_ready
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle heartbeats")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     print(f"# {machine()}")
     for size in (int(s) for s in args.sizes.split(",")):
         with standins(size, 2, processes=4) as endpoints:

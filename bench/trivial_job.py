@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, machine, percentile
+from bench.common import ROOT, exit_on_sigterm, machine, percentile
 from bench.log_throughput import GIT
 
 TERMINAL = {"success", "failed", "error", "cancelled", "timed_out"}
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", type=int, default=300, help="jobs for throughput")
     parser.add_argument("--capacity", type=int, default=4)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     print(f"# {machine()}")
     times, rate = measure(args.jobs, args.burst, args.capacity)
     ms = [t * 1000 for t in times]
