@@ -328,19 +328,20 @@ class Dispatcher:
         """Assign queued jobs to free slots: one transaction for the lot, then send."""
         picked: list[tuple[JobRecord, Link]] = []
         free = [link for link in self.runners.links() if link.free]
-        for job in list(self._queue.values()):
+        for job in self._queue.values():  # not copied: a long queue is not re-read per round
             if not free:
-                break  # a long queue is not scanned while every slot is taken
+                break  # nor scanned while every slot is taken
             link = pick(free, job.labels)
             if link is None:
                 continue
             link.jobs.add((job.id, job.attempt))  # reserve the slot before the store
             if not link.free:
                 free.remove(link)
-            del self._queue[job.id]
             picked.append((job, link))
         if not picked:
             return
+        for job, _ in picked:
+            del self._queue[job.id]
         calls = [
             (
                 SqliteStore.transition,
