@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Self
 
 import aio_pika
 import aio_pika.abc
@@ -61,19 +62,25 @@ def redacted(url: str) -> str:
     return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
-class AmqpPublisher:
-    """Hands commit events to RabbitMQ; implements the agent's ``Sink``."""
+class BrokerClient:
+    """A RabbitMQ connection kept up by one supervising task, reconnecting with back-off.
+
+    Subclasses implement ``_session``: connect, work until the connection or
+    channel is lost, return or raise. Shared by the agent's publisher and the
+    dispatcher's consumer.
+    """
+
+    #: Names the supervising task and the log line when a session fails.
+    role = "client"
 
     def __init__(self, config: AmqpConfig) -> None:
         self.config = config
-        self._channel: aio_pika.abc.AbstractChannel | None = None
         self._task: asyncio.Task[None] | None = None
         self._quiet = QuietLog(log)
         self._closed = False
-        self.published = 0
         self.connects = 0
 
-    async def __aenter__(self) -> AmqpPublisher:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -81,7 +88,7 @@ class AmqpPublisher:
         await self.aclose()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name="amqp-publisher")
+        self._task = asyncio.create_task(self._supervise(), name=f"amqp-{self.role}")
 
     async def aclose(self) -> None:
         if self._closed:
@@ -90,6 +97,37 @@ class AmqpPublisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _session(self) -> None:
+        raise NotImplementedError
+
+    async def _supervise(self) -> None:
+        delay = 0.1
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except BROKER_ERRORS as e:
+                self._quiet.warning(
+                    "broker", "RabbitMQ at %s: %s", redacted(self.config.url), e or type(e).__name__
+                )
+            except Exception:  # a bug must not end the client for good: log, reconnect
+                log.exception("AMQP %s failed; reconnecting", self.role)
+            if time.monotonic() - started > 10:
+                delay = 0.1  # it was up for a while: retry quickly
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max)
+
+
+class AmqpPublisher(BrokerClient):
+    """Hands commit events to RabbitMQ; implements the agent's ``Sink``."""
+
+    role = "publisher"
+
+    def __init__(self, config: AmqpConfig) -> None:
+        super().__init__(config)
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self.published = 0
 
     @property
     def connected(self) -> bool:
@@ -123,23 +161,6 @@ class AmqpPublisher:
         except BROKER_ERRORS as e:
             raise Unavailable(f"RabbitMQ refused the message: {e}") from None
         self.published += 1
-
-    async def _supervise(self) -> None:
-        delay = 0.1
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session()
-            except BROKER_ERRORS as e:
-                self._quiet.warning(
-                    "broker", "RabbitMQ at %s: %s", redacted(self.config.url), e or type(e).__name__
-                )
-            except Exception:  # a bug must not end the publisher for good: log, reconnect
-                log.exception("AMQP publisher failed; reconnecting")
-            if time.monotonic() - started > 10:
-                delay = 0.1  # it was up for a while: retry quickly
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max)
 
     async def _session(self) -> None:
         """Connect, declare, publish until the connection or channel closes."""

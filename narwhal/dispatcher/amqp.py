@@ -38,7 +38,7 @@ from narwhal.agent.events import (
     decode,
 )
 from narwhal.agent.publisher import (
-    BROKER_ERRORS,
+    BrokerClient,
     client_properties,
     close_quietly,
     declare_topology,
@@ -49,7 +49,6 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.store import JobRecord, SqliteStore
 from narwhal.errors import NarwhalError
-from narwhal.mesh.transport import QuietLog
 
 log = logging.getLogger(__name__)
 
@@ -113,56 +112,17 @@ class DirectSink:
             raise Unavailable(f"the job store refused the event: {e}") from e
 
 
-class AmqpConsumer:
+class AmqpConsumer(BrokerClient):
     """Consumes commit events from RabbitMQ into jobs; reconnects by itself."""
 
+    role = "consumer"
+
     def __init__(self, config: AmqpConfig, intake: Intake) -> None:
-        self.config = config
+        super().__init__(config)
         self._intake = intake
-        self._task: asyncio.Task[None] | None = None
-        self._quiet = QuietLog(log)
-        self._closed = False
         self.connected = asyncio.Event()
         self.handled = 0
         self.dead_lettered = 0
-        self.connects = 0
-
-    async def __aenter__(self) -> AmqpConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name="amqp-consumer")
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _supervise(self) -> None:
-        delay = 0.1
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session()
-            except BROKER_ERRORS as e:
-                self._quiet.warning(
-                    "broker", "RabbitMQ at %s: %s", redacted(self.config.url), e or type(e).__name__
-                )
-            except Exception:  # a bug must not end the consumer for good: log, reconnect
-                log.exception("AMQP consumer failed; reconnecting")
-            finally:
-                self.connected.clear()
-            if time.monotonic() - started > 10:
-                delay = 0.1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max)
 
     async def _session(self) -> None:
         connection = await aio_pika.connect(
@@ -185,6 +145,7 @@ class AmqpConsumer:
             await self._drain(channel, inbox, lost)
             log.warning("lost the connection to RabbitMQ; reconnecting")
         finally:
+            self.connected.clear()
             await close_quietly(connection)
 
     async def _drain(
