@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from bench.common import exit_on_sigterm, machine, standins
-from bench.dispatch_throughput import all_ready
+from bench.dispatch_throughput import all_ready, run_noop_jobs
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.store import JobRecord
 
 
 def _rss() -> int:
@@ -44,28 +43,8 @@ async def measure(endpoints: list[str], jobs: int, idle: float) -> tuple[float, 
             cpu, wall = time.process_time(), time.monotonic()
             await asyncio.sleep(idle)
             heartbeat_cpu = (time.process_time() - cpu) / (time.monotonic() - wall)
-            rate = await _throughput(dispatcher, jobs)
+            rate = await run_noop_jobs(dispatcher, jobs)
     return heartbeat_cpu, per_runner, rate
-
-
-async def _throughput(dispatcher: Dispatcher, jobs: int) -> float:
-    finished = asyncio.Event()
-    done = 0
-
-    def on_change(job: JobRecord) -> None:
-        nonlocal done
-        if job.state == "success":
-            done += 1
-            if done == jobs:
-                finished.set()
-
-    dispatcher.add_listener(on_change)
-    started = time.perf_counter()
-    job = {"repo": "/r", "ref": "refs/heads/main", "sha": None, "event": "push", "labels": {}}
-    for first in range(0, jobs, 500):
-        await dispatcher.submit_many([job] * min(500, jobs - first))
-    await asyncio.wait_for(finished.wait(), 300)
-    return jobs / (time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -243,31 +243,9 @@ class SqliteStore:
 
     # jobs
 
-    def create_job(
-        self,
-        *,
-        repo: str,
-        ref: str,
-        sha: str | None,
-        event: str,
-        labels: Mapping[str, str] | None = None,
-        matrix: Mapping[str, str] | None = None,
-        parent_id: int | None = None,
-        reason: str = "submitted",
-        source_key: str | None = None,
-    ) -> JobRecord:
-        job, _ = self.create_job_once(
-            repo=repo,
-            ref=ref,
-            sha=sha,
-            event=event,
-            labels=labels,
-            matrix=matrix,
-            parent_id=parent_id,
-            reason=reason,
-            source_key=source_key,
-        )
-        return job
+    def create_job(self, **fields: Any) -> JobRecord:
+        """Create a queued job (fields as ``create_job_once``)."""
+        return self.create_job_once(**fields)[0]
 
     def create_job_once(
         self,
