@@ -27,7 +27,7 @@ import zmq.asyncio
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.links import Link, pick
 from narwhal.dispatcher.pool import RunnerPool
-from narwhal.dispatcher.store import JobRecord, SqliteStore
+from narwhal.dispatcher.store import ACTIVE, TERMINAL, JobRecord, Move, SqliteStore
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
 
@@ -54,6 +54,9 @@ class Dispatcher:
         self._runners: RunnerPool | None = None
         #: Queued jobs in submission order (dicts keep insertion order).
         self._queue: dict[int, JobRecord] = {}
+        #: The latest record of every assigned or running job, so the hot path
+        #: moves jobs without reading rows back (see ``SqliteStore.move``).
+        self._records: dict[int, JobRecord] = {}
         #: Jobs found assigned/running at start, waiting for their runner's READY.
         self._orphans: dict[tuple[int, int], JobRecord] = {}
         self._orphan_deadline = 0.0
@@ -158,6 +161,10 @@ class Dispatcher:
         return job
 
     def _changed(self, job: JobRecord) -> None:
+        if job.state in ACTIVE:
+            self._records[job.id] = job
+        else:
+            self._records.pop(job.id, None)
         self._notify(job.id)
         for listener in self._listeners:
             try:
@@ -237,7 +244,7 @@ class Dispatcher:
 
     async def on_frames(self, frames: list[tuple[Link, p.Message]]) -> None:
         """Store what one batch of frames says, in one transaction, then act on it."""
-        calls: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+        batch = _Batch(self._records)
         rejects: list[tuple[Link, p.Reject]] = []
         for link, message in frames:
             if isinstance(message, p.Reject):
@@ -245,54 +252,27 @@ class Dispatcher:
                 continue
             if isinstance(message, p.Done):
                 self._release(link, (message.job_id, message.attempt))
-            call = self._store_call(link, message)
-            if call is None:
-                raise NarwhalError(f"unexpected {message.KIND} frame")
-            calls.append(call)
-        results = await self.db(SqliteStore.apply, calls) if calls else []
-        for (method, kwargs), result in zip(calls, results, strict=True):
-            if method is SqliteStore.transition and result is not None:
+            batch.add(link, message)
+        if batch.calls:
+            await self._recorded(batch, await self.db(SqliteStore.apply, batch.calls))
+        for link, reject in rejects:
+            await self._on_reject(link, reject)
+
+    async def _recorded(self, batch: _Batch, results: list[Any]) -> None:
+        """Act on what a batch's store calls did, in frame order."""
+        for index, ((method, kwargs), result) in enumerate(zip(batch.calls, results, strict=True)):
+            if method is SqliteStore.move:
+                for record, applied in zip(batch.moved[index], result, strict=True):
+                    if applied:
+                        self._changed(record)
+                    else:  # memory and store disagree: read the row next time
+                        self._records.pop(record.id, None)
+            elif method is SqliteStore.transition and result is not None:
                 self._changed(result)
             elif method is SqliteStore.append_log:
                 self._notify(kwargs["job_id"])
             elif method is SqliteStore.set_checkout and result:
                 await self._expand(kwargs["job_id"], kwargs["sha"], kwargs["variants"])
-        for link, reject in rejects:
-            await self._on_reject(link, reject)
-
-    @staticmethod
-    def _store_call(
-        link: Link, message: p.Message
-    ) -> tuple[Callable[..., Any], dict[str, Any]] | None:
-        """The store call that records a runner's frame."""
-        key = {"job_id": message.job_id, "attempt": message.attempt}  # type: ignore[attr-defined]
-        if isinstance(message, p.Accept):
-            return SqliteStore.transition, key | {
-                "to": "running",
-                "reason": f"accepted by {link.runner_id}",
-            }
-        if isinstance(message, p.Done):
-            reason = message.reason or message.status
-            return SqliteStore.transition, key | {"to": message.status, "reason": reason}
-        if isinstance(message, p.Log):
-            return SqliteStore.append_log, key | {"seq": message.seq, "data": message.data}
-        if isinstance(message, p.StepStarted):
-            return SqliteStore.step_started, key | {"index": message.index, "name": message.name}
-        if isinstance(message, p.StepFinished):
-            return SqliteStore.step_finished, key | {
-                "index": message.index,
-                "name": message.name,
-                "status": message.status,
-                "exit_code": message.exit_code,
-                "duration": message.duration,
-            }
-        if isinstance(message, p.CheckedOut):
-            return SqliteStore.set_checkout, key | {
-                "sha": message.sha,
-                "pipeline": message.pipeline,
-                "variants": message.variants,
-            }
-        return None
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
         key = (message.job_id, message.attempt)
@@ -340,27 +320,18 @@ class Dispatcher:
             picked.append((job, link))
         if not picked:
             return
-        for job, _ in picked:
+        now = time.time()
+        moves: list[Move] = []
+        for job, link in picked:
             del self._queue[job.id]
-        calls = [
-            (
-                SqliteStore.transition,
-                {
-                    "job_id": job.id,
-                    "attempt": job.attempt,
-                    "to": "assigned",
-                    "reason": f"assigned to {link.runner_id}",
-                    "runner_id": link.runner_id,
-                },
-            )
-            for job, link in picked
-        ]
-        assigned = await self.db(SqliteStore.apply, calls)
-        for (job, link), record in zip(picked, assigned, strict=True):
-            if record is None:  # cancelled meanwhile
+            reason = f"assigned to {link.runner_id}"
+            moves.append((job.id, job.attempt, "assigned", reason, link.runner_id))
+        applied = await self.db(SqliteStore.move, moves, at=now)
+        for (job, link), move, ok in zip(picked, moves, applied, strict=True):
+            if not ok:  # cancelled meanwhile
                 self._release(link, (job.id, job.attempt))
                 continue
-            self._changed(record)
+            self._changed(job.moved("assigned", move[3], link.runner_id, now))
             self._dispatch(link, job)
 
     def _dispatch(self, link: Link, job: JobRecord) -> None:
@@ -454,6 +425,7 @@ class Dispatcher:
             await self._transition(job_id, job.attempt, "cancelled", "cancelled by user")
         else:
             await self.db(SqliteStore.request_cancel, job_id)
+            self._records.pop(job_id, None)  # its row changed: read it back next time
             cancel = p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
             self.runners.send(link, cancel)
         return await self.db(SqliteStore.get_job, job_id)
@@ -497,3 +469,80 @@ class Dispatcher:
     def _notify(self, job_id: int) -> None:
         for event in self._watchers.get(job_id, ()):
             event.set()
+
+
+#: Moves the hot path makes from records in memory (a requeue changes the
+#: attempt and goes through ``SqliteStore.transition``).
+_FAST_MOVES = frozenset({"assigned", "running"} | TERMINAL)
+
+StoreCall = tuple[Callable[..., Any], dict[str, Any]]
+
+
+class _Batch:
+    """The store calls that record one batch of runner frames, in frame order.
+
+    State moves of jobs whose record the dispatcher holds go into
+    ``SqliteStore.move`` groups, with the records they produce kept in
+    ``moved`` (by call index); other moves (a job adopted after a restart,
+    one whose row changed since) go through ``SqliteStore.transition``,
+    which reads the row back.
+    """
+
+    def __init__(self, records: dict[int, JobRecord]) -> None:
+        self.calls: list[StoreCall] = []
+        self.moved: dict[int, list[JobRecord]] = {}
+        self._records = records
+        #: Each job's record as this batch's moves so far leave it (None:
+        #: read it back from the store).
+        self._planned: dict[int, JobRecord | None] = {}
+        self._now = time.time()
+
+    def add(self, link: Link, message: p.Message) -> None:
+        if isinstance(message, p.Accept):
+            reason = f"accepted by {link.runner_id}"
+            self._move(link, message.job_id, message.attempt, "running", reason)
+        elif isinstance(message, p.Done):
+            reason = message.reason or message.status
+            self._move(link, message.job_id, message.attempt, message.status, reason)
+        else:
+            if isinstance(message, p.CheckedOut):
+                self._planned[message.job_id] = None  # its row changes here
+            self.calls.append(_store_call(message))
+
+    def _move(self, link: Link, job_id: int, attempt: int, to: str, reason: str) -> None:
+        record = self._planned.get(job_id, self._records.get(job_id))
+        if record is None or record.attempt != attempt or to not in _FAST_MOVES:
+            key = {"job_id": job_id, "attempt": attempt}
+            self.calls.append((SqliteStore.transition, key | {"to": to, "reason": reason}))
+            return
+        moved = record.moved(to, reason, link.runner_id, self._now)
+        self._planned[job_id] = moved
+        if not self.calls or self.calls[-1][0] is not SqliteStore.move:
+            self.moved[len(self.calls)] = []
+            self.calls.append((SqliteStore.move, {"moves": [], "at": self._now}))
+        self.calls[-1][1]["moves"].append((job_id, attempt, to, reason, link.runner_id))
+        self.moved[len(self.calls) - 1].append(moved)
+
+
+def _store_call(message: p.Message) -> StoreCall:
+    """The store call that records a runner's frame other than a state move."""
+    key = {"job_id": message.job_id, "attempt": message.attempt}  # type: ignore[attr-defined]
+    if isinstance(message, p.Log):
+        return SqliteStore.append_log, key | {"seq": message.seq, "data": message.data}
+    if isinstance(message, p.StepStarted):
+        return SqliteStore.step_started, key | {"index": message.index, "name": message.name}
+    if isinstance(message, p.StepFinished):
+        return SqliteStore.step_finished, key | {
+            "index": message.index,
+            "name": message.name,
+            "status": message.status,
+            "exit_code": message.exit_code,
+            "duration": message.duration,
+        }
+    if isinstance(message, p.CheckedOut):
+        return SqliteStore.set_checkout, key | {
+            "sha": message.sha,
+            "pipeline": message.pipeline,
+            "variants": message.variants,
+        }
+    raise NarwhalError(f"unexpected {message.KIND} frame")

@@ -25,7 +25,7 @@ from narwhal.config import MeshConfig
 from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
 from narwhal.errors import NarwhalError, ProtocolError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, recv_now, router_socket, send_now
+from narwhal.mesh.transport import QuietLog, Router
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ class RunnerPool:
         self.mesh = mesh
         self.session = uuid.uuid4().hex
         self._handler = handler
-        self._sock = router_socket(ctx, linger_ms=mesh.linger_ms)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._router = Router(ctx, linger_ms=mesh.linger_ms)
+        self._sock = self._router.sock
+        self._monitor = self._router.monitor(zmq.EVENT_DISCONNECTED)
         self._links: dict[bytes, Link] = {}
         self._generation = 0
         self._acks: dict[tuple[bytes, int, int], int] = {}
@@ -68,7 +69,7 @@ class RunnerPool:
     def close(self) -> None:
         self._sock.disable_monitor()
         self._monitor.close(0)
-        self._sock.close(self.mesh.linger_ms)
+        self._router.close(self.mesh.linger_ms)
 
     def links(self) -> list[Link]:
         return list(self._links.values())
@@ -127,7 +128,7 @@ class RunnerPool:
 
     def _send_frame(self, link: Link, frame: bytes) -> bool:
         try:
-            send_now(self._sock, [link.alias, frame])
+            self._router.send([link.alias, frame])
         except zmq.Again:
             self._quiet.warning(link.endpoint, "runner %s: send queue full", link.endpoint)
             return False
@@ -187,10 +188,10 @@ class RunnerPool:
 
     async def receive_loop(self) -> None:
         while True:
-            batch = [await self._sock.recv_multipart()]
-            with contextlib.suppress(zmq.Again):
-                while len(batch) < BATCH:
-                    batch.append(recv_now(self._sock))
+            batch = self._router.recv_batch(BATCH)
+            if not batch:
+                await self._router.wait()
+                continue
             for parts in batch:
                 await self._receive(parts)
             await self._commit()

@@ -47,6 +47,27 @@ _SOURCES: dict[str, str] = {
     to: ", ".join(f"'{src}'" for src, targets in _ALLOWED.items() if to in targets) for to in STATES
 }
 
+#: One state move for ``SqliteStore.move``: job id, attempt, target state,
+#: reason, and the runner that holds the job (recorded in its history).
+Move = tuple[int, int, str, str, str | None]
+
+#: The fenced UPDATE for each target state: it checks the attempt and the
+#: allowed move in the same statement that makes it.
+_MOVE_SQL: dict[str, str] = {
+    to: "UPDATE jobs SET state = ?, reason = ?, attempt = attempt + ?,"
+    " runner_id = CASE WHEN ? THEN NULL ELSE COALESCE(?, runner_id) END,"
+    " updated_at = ?, started_at = COALESCE(?, started_at),"
+    " finished_at = COALESCE(?, finished_at)"
+    f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
+    for to, sources in _SOURCES.items()
+    if sources
+}
+
+_INSERT_TRANSITIONS = (
+    "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -133,6 +154,33 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    def moved(self, to: str, reason: str, runner_id: str | None, at: float) -> JobRecord:
+        """This job as ``SqliteStore.move`` left it after a move to ``to`` at ``at``.
+
+        Not for requeues (``to == "queued"`` changes the attempt): those go
+        through ``SqliteStore.transition``, which reads the row back.
+        """
+        return JobRecord(
+            id=self.id,
+            repo=self.repo,
+            ref=self.ref,
+            sha=self.sha,
+            event=self.event,
+            labels=self.labels,
+            matrix=self.matrix,
+            parent_id=self.parent_id,
+            pipeline=self.pipeline,
+            state=to,
+            reason=reason,
+            attempt=self.attempt,
+            runner_id=runner_id or self.runner_id,
+            cancel_requested=self.cancel_requested,
+            created_at=self.created_at,
+            updated_at=at,
+            started_at=at if to == "running" else self.started_at,
+            finished_at=at if to in TERMINAL else self.finished_at,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -157,6 +205,11 @@ _JOB_COLUMNS = (
     " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
     " finished_at"
 )
+
+
+def _json_text(mapping: Mapping[str, str]) -> str:
+    # The common case, no labels, without the JSON encoder (hot path).
+    return json.dumps(dict(mapping)) if mapping else "{}"
 
 
 def _json_map(text: str | None) -> dict[str, str] | None:
@@ -187,6 +240,25 @@ def _job(row: sqlite3.Row) -> JobRecord:
         updated_at=row[15],
         started_at=row[16],
         finished_at=row[17],
+    )
+
+
+def _move_params(
+    job_id: int, attempt: int, to: str, reason: str, runner_id: str | None, now: float
+) -> tuple[object, ...]:
+    """The parameters of ``_MOVE_SQL[to]``."""
+    requeue = to == "queued"
+    return (
+        to,
+        reason,
+        1 if requeue else 0,
+        requeue,
+        runner_id,
+        now,
+        now if to == "running" else None,
+        now if to in TERMINAL else None,
+        job_id,
+        attempt,
     )
 
 
@@ -278,7 +350,7 @@ class SqliteStore:
                     ref,
                     sha,
                     event,
-                    json.dumps(dict(labels or {})),
+                    _json_text(labels or {}),
                     json.dumps(dict(matrix)) if matrix is not None else None,
                     parent_id,
                     source_key,
@@ -296,39 +368,51 @@ class SqliteStore:
         return self.get_job(job_id), True
 
     def create_jobs(self, jobs: list[Mapping[str, Any]]) -> list[JobRecord]:
-        """Create many queued jobs in one transaction (fields as ``create_job``)."""
+        """Create many queued jobs in one transaction (fields as ``create_job``).
+
+        The records are built here rather than read back: this is the bulk
+        path, and every column of a new job is known before the insert.
+        """
         now = time.time()
-        rows = [
-            (
-                j["repo"],
-                j["ref"],
-                j.get("sha"),
-                j["event"],
-                json.dumps(dict(j.get("labels") or {})),
-                j.get("reason", "submitted"),
-                now,
-                now,
-            )
-            for j in jobs
-        ]
         with self.transaction():
             first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
+            records = [
+                JobRecord(
+                    id=job_id,
+                    repo=j["repo"],
+                    ref=j["ref"],
+                    sha=j.get("sha"),
+                    event=j["event"],
+                    labels=dict(j.get("labels") or {}),
+                    matrix=None,
+                    parent_id=None,
+                    pipeline=None,
+                    state="queued",
+                    reason=j.get("reason", "submitted"),
+                    attempt=1,
+                    runner_id=None,
+                    cancel_requested=False,
+                    created_at=now,
+                    updated_at=now,
+                    started_at=None,
+                    finished_at=None,
+                )
+                for job_id, j in enumerate(jobs, start=first)
+            ]
             self._db.executemany(
-                "INSERT INTO jobs (repo, ref, sha, event, labels, state, reason, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                rows,
+                "INSERT INTO jobs (id, repo, ref, sha, event, labels, state, reason,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                [
+                    (r.id, r.repo, r.ref, r.sha, r.event, _json_text(r.labels), r.reason, now, now)
+                    for r in records
+                ],
             )
-            ids = range(first, first + len(rows))
             self._db.executemany(
                 "INSERT INTO transitions (job_id, attempt, state, reason, at)"
                 " VALUES (?, 1, 'queued', ?, ?)",
-                [(job_id, row[5], now) for job_id, row in zip(ids, rows, strict=True)],
+                [(r.id, r.reason, now) for r in records],
             )
-        found = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id",
-            (first, first + len(rows)),
-        ).fetchall()
-        return [_job(r) for r in found]
+        return records
 
     def get_job(self, job_id: int) -> JobRecord:
         row = self._db.execute(
@@ -381,43 +465,45 @@ class SqliteStore:
         Returns the updated job, or None when the move was fenced off (a late
         frame from an old attempt, or a job already past that state).
         """
-        sources = _SOURCES.get(to)
-        if not sources:
+        sql = _MOVE_SQL.get(to)
+        if sql is None:
             return None
         now = time.time()
-        requeue = to == "queued"
         with self.transaction():
-            # One statement checks the fence (attempt), the allowed move and
-            # updates, and hands back the new row.
             row = self._db.execute(
-                "UPDATE jobs SET state = ?, reason = ?, attempt = attempt + ?,"
-                " runner_id = CASE WHEN ? THEN NULL ELSE COALESCE(?, runner_id) END,"
-                " updated_at = ?, started_at = COALESCE(?, started_at),"
-                " finished_at = COALESCE(?, finished_at)"
-                f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
-                f" RETURNING {_JOB_COLUMNS}",
-                (
-                    to,
-                    reason,
-                    1 if requeue else 0,
-                    requeue,
-                    runner_id,
-                    now,
-                    now if to == "running" else None,
-                    now if to in TERMINAL else None,
-                    job_id,
-                    attempt,
-                ),
+                f"{sql} RETURNING {_JOB_COLUMNS}",
+                _move_params(job_id, attempt, to, reason, runner_id, now),
             ).fetchone()
             if row is None:
                 return None
             job = _job(row)
             self._db.execute(
-                "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, job.attempt, to, reason, job.runner_id, now),
+                _INSERT_TRANSITIONS, (job_id, job.attempt, to, reason, job.runner_id, now)
             )
         return job
+
+    def move(self, moves: Iterable[Move], *, at: float) -> list[bool]:
+        """Apply many moves at time ``at`` in one transaction; say which were allowed.
+
+        The same fence and rules as ``transition``, without reading rows
+        back: the dispatcher already holds the records of the jobs it moves
+        and updates them with ``JobRecord.moved``. This is the hot path (a
+        scheduling round, a batch of runner frames).
+        """
+        applied: list[bool] = []
+        history: list[tuple[int, int, str, str, str | None, float]] = []
+        with self.transaction():
+            for job_id, attempt, to, reason, runner_id in moves:
+                sql = _MOVE_SQL.get(to)
+                params = _move_params(job_id, attempt, to, reason, runner_id, at)
+                ok = sql is not None and self._db.execute(sql, params).rowcount == 1
+                applied.append(ok)
+                if ok and to == "queued":  # a requeue starts the next attempt, unheld
+                    history.append((job_id, attempt + 1, to, reason, None, at))
+                elif ok:
+                    history.append((job_id, attempt, to, reason, runner_id, at))
+            self._db.executemany(_INSERT_TRANSITIONS, history)
+        return applied
 
     def set_checkout(
         self,

@@ -24,7 +24,7 @@ from narwhal.mesh.protocol import MAX_FRAME_BYTES
 SEND_HWM = 10_000
 
 
-def router_socket(ctx: zmq.asyncio.Context, *, linger_ms: int) -> zmq.asyncio.Socket:
+def router_socket(ctx: zmq.Context[zmq.Socket[bytes]], *, linger_ms: int) -> zmq.Socket[bytes]:
     """The dispatcher's socket: one ROUTER that connects out to every runner."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, linger_ms)
@@ -85,10 +85,63 @@ def send_now(sock: zmq.asyncio.Socket, parts: list[bytes]) -> None:
         raise error
 
 
-def recv_now(sock: zmq.asyncio.Socket) -> list[bytes]:
-    """Receive one waiting message without blocking; raise ``zmq.Again`` if none."""
-    future = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(flags=zmq.NOBLOCK))
-    if not future.done():
-        future.cancel()
-        raise zmq.Again()
-    return future.result()
+class Router:
+    """The dispatcher's ROUTER: a plain socket that the event loop drives.
+
+    pyzmq's asyncio socket costs a future and its event bookkeeping on every
+    send and receive; the dispatcher sends and receives in batches, so it
+    drives a plain socket itself: NOBLOCK calls, plus a reader on the
+    socket's ``ZMQ_FD``. That FD only says "the socket's state may have
+    changed", and any call on the socket (a send too) can take that signal
+    while leaving messages waiting. So the FD reader and every send look at
+    ``ZMQ_EVENTS``, and ``wait`` looks once more before it sleeps.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, *, linger_ms: int) -> None:
+        self._ctx = ctx
+        self.sock = router_socket(zmq.Context.shadow(ctx.underlying), linger_ms=linger_ms)
+        self._readable = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, parts: list[bytes]) -> None:
+        """Send now; raise ``zmq.Again`` (peer's queue full) or ``zmq.ZMQError``."""
+        try:
+            self.sock.send_multipart(parts, zmq.NOBLOCK)
+        finally:
+            self._check()
+
+    def recv_batch(self, limit: int) -> list[list[bytes]]:
+        """Up to ``limit`` messages that are waiting, without blocking."""
+        batch: list[list[bytes]] = []
+        try:
+            while len(batch) < limit:
+                batch.append(self.sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        return batch
+
+    async def wait(self) -> None:
+        """Return once a message may be waiting."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.sock.FD, self._check)
+        self._readable.clear()
+        self._check()
+        await self._readable.wait()
+
+    def _check(self) -> None:
+        if cast("int", self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            self._readable.set()
+
+    def monitor(self, events: int) -> zmq.asyncio.Socket:
+        """An asyncio socket that receives this socket's monitor ``events``."""
+        address = f"inproc://narwhal-monitor-{id(self)}"
+        self.sock.monitor(address, events)
+        pair = self._ctx.socket(zmq.PAIR)
+        pair.connect(address)
+        return pair
+
+    def close(self, linger_ms: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.FD)
+        self.sock.close(linger_ms)

@@ -96,3 +96,39 @@ def test_data_survives_reopen(tmp_path: Path) -> None:
     assert second.get_job(job_id).labels == {"os": "l"}
     assert second.endpoints() == ["tcp://127.0.0.1:9"]
     second.close()
+
+
+def test_move_applies_many_and_says_which_were_fenced(store: SqliteStore) -> None:
+    a, b, c = (_job(store) for _ in range(3))
+    at = 1_000.0
+    applied = store.move(
+        [
+            (a, 1, "assigned", "to r1", "r1"),
+            (b, 1, "assigned", "to r2", "r2"),
+            (a, 1, "running", "accepted", "r1"),
+            (c, 1, "success", "not assigned yet", "r1"),  # queued -> success: refused
+            (b, 2, "running", "old attempt", "r2"),  # wrong attempt: fenced
+            (a, 1, "success", "done", "r1"),
+        ],
+        at=at,
+    )
+    assert applied == [True, True, True, False, False, True]
+    assert [store.get_job(j).state for j in (a, b, c)] == ["success", "assigned", "queued"]
+    assert [(t["state"], t["runner_id"], t["at"]) for t in store.transitions(a)][1:] == [
+        ("assigned", "r1", at),
+        ("running", "r1", at),
+        ("success", "r1", at),
+    ]
+    assert [t["state"] for t in store.transitions(c)] == ["queued"]
+
+
+def test_records_in_memory_match_the_rows(store: SqliteStore) -> None:
+    """``create_jobs`` and ``JobRecord.moved`` build what reading the row gives."""
+    (job,) = store.create_jobs(
+        [{"repo": "/r", "ref": "main", "event": "push", "labels": {"a": "b"}}]
+    )
+    assert job == store.get_job(job.id)
+    for to, reason in (("assigned", "to r1"), ("running", "accepted"), ("failed", "exit 1")):
+        job = job.moved(to, reason, "r1", 2_000.0)
+        assert store.move([(job.id, 1, to, reason, "r1")], at=2_000.0) == [True]
+        assert job == store.get_job(job.id)
