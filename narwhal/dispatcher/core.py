@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Seconds between WAL checkpoints (on the reader thread).
+CHECKPOINT_INTERVAL = 1.0
+
 
 class Conflict(NarwhalError):
     """The request does not fit the job's current state (e.g. cancel a finished job)."""
@@ -49,8 +52,11 @@ class Dispatcher:
         self.config = config
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
+        #: Reads (API, recovery) run here on their own connection, and so do
+        #: checkpoints; writes run on the loop (see ``_write``).
         self._threads = ThreadPoolExecutor(1, thread_name_prefix="narwhal-store")
         self._store: SqliteStore | None = None
+        self._reader: SqliteStore | None = None
         self._runners: RunnerPool | None = None
         #: Queued jobs in submission order (dicts keep insertion order).
         self._queue: dict[int, JobRecord] = {}
@@ -79,7 +85,8 @@ class Dispatcher:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.config.data_dir.mkdir, parents=True, exist_ok=True)
-        self._store = await self._run(SqliteStore, self.config.db_path)
+        self._store = SqliteStore(self.config.db_path, autocheckpoint=False)
+        self._reader = await self._run(SqliteStore, self.config.db_path, readonly=True)
         self._runners = RunnerPool(self.config.mesh, self._ctx, self)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
@@ -88,6 +95,7 @@ class Dispatcher:
         self._spawn(self._runners.liveness_loop())
         self._spawn(self._runners.monitor_loop())
         self._spawn(self._schedule_loop())
+        self._spawn(self._checkpoint_loop())
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -101,9 +109,11 @@ class Dispatcher:
             self._runners.close()
         if self._own_ctx:
             self._ctx.term()
-        if self._store is not None:
-            await self._run(self._store.close)
+        if self._reader is not None:
+            await self._run(self._reader.close)
         self._threads.shutdown(wait=True)
+        if self._store is not None:
+            self._store.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -115,9 +125,32 @@ class Dispatcher:
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     async def db(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a ``SqliteStore`` method on the store thread."""
+        """Call a reading ``SqliteStore`` method on the reader thread.
+
+        It sees every write committed before the call (WAL).
+        """
+        assert self._reader is not None  # noqa: S101 - set in start()
+        return await self._run(method, self._reader, *args, **kwargs)
+
+    def _write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a writing ``SqliteStore`` method, here on the loop.
+
+        Writes are short group commits (one per scheduling round or frame
+        batch). Run inline they cost less than a hop to a thread, whose
+        Python half would contend with the loop for the GIL anyway.
+        Checkpoints, the slow part of WAL, run on the reader thread
+        (``_checkpoint_loop``).
+        """
         assert self._store is not None  # noqa: S101 - set in start()
-        return await self._run(method, self._store, *args, **kwargs)
+        return method(self._store, *args, **kwargs)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await self.db(SqliteStore.checkpoint)
+            except NarwhalError as e:
+                log.warning("%s", e)
 
     @property
     def runners(self) -> RunnerPool:
@@ -148,7 +181,7 @@ class Dispatcher:
         self, job_id: int, attempt: int, to: str, reason: str, runner_id: str | None = None
     ) -> JobRecord | None:
         """Commit a state change, then tell log followers and listeners."""
-        job = await self.db(
+        job = self._write(
             SqliteStore.transition,
             job_id,
             attempt=attempt,
@@ -254,7 +287,7 @@ class Dispatcher:
                 self._release(link, (message.job_id, message.attempt))
             batch.add(link, message)
         if batch.calls:
-            await self._recorded(batch, await self.db(SqliteStore.apply, batch.calls))
+            await self._recorded(batch, self._write(SqliteStore.apply, batch.calls))
         for link, reject in rejects:
             await self._on_reject(link, reject)
 
@@ -303,6 +336,7 @@ class Dispatcher:
             await self._wake.wait()
             self._wake.clear()
             await self._schedule()
+            await asyncio.sleep(0)  # a set event does not yield: let frames in
 
     async def _schedule(self) -> None:
         """Assign queued jobs to free slots: one transaction for the lot, then send."""
@@ -326,7 +360,7 @@ class Dispatcher:
             del self._queue[job.id]
             reason = f"assigned to {link.runner_id}"
             moves.append((job.id, job.attempt, "assigned", reason, link.runner_id))
-        applied = await self.db(SqliteStore.move, moves, at=now)
+        applied = self._write(SqliteStore.move, moves, at=now)
         for (job, link), move, ok in zip(picked, moves, applied, strict=True):
             if not ok:  # cancelled meanwhile
                 self._release(link, (job.id, job.attempt))
@@ -367,7 +401,7 @@ class Dispatcher:
     # what the API calls
 
     async def _create(self, **fields: Any) -> JobRecord:
-        job, created = await self.db(SqliteStore.create_job_once, **fields)
+        job, created = self._write(SqliteStore.create_job_once, **fields)
         if created:
             self._queue[job.id] = job
             self._changed(job)
@@ -395,7 +429,7 @@ class Dispatcher:
 
     async def submit_many(self, jobs: list[dict[str, Any]]) -> list[JobRecord]:
         """Queue many jobs in one store transaction (no ``source_key``)."""
-        created = await self.db(SqliteStore.create_jobs, jobs)
+        created = self._write(SqliteStore.create_jobs, jobs)
         for job in created:
             self._queue[job.id] = job
             self._changed(job)
@@ -424,7 +458,7 @@ class Dispatcher:
             self._queue.pop(job_id, None)
             await self._transition(job_id, job.attempt, "cancelled", "cancelled by user")
         else:
-            await self.db(SqliteStore.request_cancel, job_id)
+            self._write(SqliteStore.request_cancel, job_id)
             self._records.pop(job_id, None)  # its row changed: read it back next time
             cancel = p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
             self.runners.send(link, cancel)
@@ -446,7 +480,7 @@ class Dispatcher:
         link = self.runners.connect(url)
         if link is None:
             raise Conflict(f"{url}: refused ({self.runners.refused.get(url, 'duplicate')})")
-        await self.db(SqliteStore.add_endpoint, link.endpoint)
+        self._write(SqliteStore.add_endpoint, link.endpoint)
         return link
 
     def queued(self) -> int:

@@ -128,7 +128,7 @@ class RunnerPool:
 
     def _send_frame(self, link: Link, frame: bytes) -> bool:
         try:
-            self._router.send([link.alias, frame])
+            self._router.send(link.alias, frame)
         except zmq.Again:
             self._quiet.warning(link.endpoint, "runner %s: send queue full", link.endpoint)
             return False
@@ -196,6 +196,9 @@ class RunnerPool:
                 await self._receive(parts)
             await self._commit()
             self._flush_acks()
+            # Storing is synchronous now: yield, or a steady stream of frames
+            # would starve the scheduler, the API and the liveness checks.
+            await asyncio.sleep(0)
 
     async def _receive(self, parts: list[bytes]) -> None:
         link = self._links.get(parts[0])

@@ -5,8 +5,9 @@ SQLite in WAL mode is the embedded default. Every state change goes through
 moves in one statement, so a late frame from an attempt the dispatcher
 already gave up on cannot change anything.
 
-The store is synchronous; the dispatcher calls it from one dedicated thread
-(see ``dispatcher.core``), never from the event loop.
+The store is synchronous. The dispatcher writes through one connection on
+its event loop (short group commits, no checkpoints) and reads through a
+second, read-only one on a thread (see ``dispatcher.core``).
 """
 
 from __future__ import annotations
@@ -263,19 +264,30 @@ def _move_params(
 
 
 class SqliteStore:
-    """Jobs, transitions, steps and logs in one SQLite file (WAL)."""
+    """Jobs, transitions, steps and logs in one SQLite file (WAL).
 
-    def __init__(self, path: Path) -> None:
+    One connection per object. ``readonly`` opens a reader beside the
+    writer (WAL lets it read while the writer commits); a writer opened with
+    ``autocheckpoint=False`` leaves copying the WAL back into the database
+    to whoever calls ``checkpoint``, so its commits never wait for that.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False, autocheckpoint: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across process crashes in WAL mode; only a
-            # power loss can drop the last transactions.
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            if readonly:
+                self._db.execute("PRAGMA query_only=1")
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL is durable across process crashes in WAL mode; only
+                # a power loss can drop the last transactions.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                if not autocheckpoint:
+                    self._db.execute("PRAGMA wal_autocheckpoint=0")
+                self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open job store {path}: {e}") from e
         self._in_tx = False
@@ -283,13 +295,23 @@ class SqliteStore:
     def close(self) -> None:
         self._db.close()
 
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds back into the database, without blocking writers."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            raise StoreError(f"checkpoint failed: {e}") from e
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One commit for everything inside; nested uses join the outer one."""
         if self._in_tx:
             yield
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:  # busy past the timeout, read-only, disk gone
+            raise StoreError(str(e)) from e
         self._in_tx = True
         try:
             yield

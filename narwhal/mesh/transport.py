@@ -20,6 +20,10 @@ import zmq.asyncio
 
 from narwhal.mesh.protocol import MAX_FRAME_BYTES
 
+# Plain ints: combining pyzmq's flag enums costs more than the send.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+
 #: Frames queued per peer before sends raise ``zmq.Again``.
 SEND_HWM = 10_000
 
@@ -102,13 +106,20 @@ class Router:
         self.sock = router_socket(zmq.Context.shadow(ctx.underlying), linger_ms=linger_ms)
         self._readable = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._check_soon = False
 
-    def send(self, parts: list[bytes]) -> None:
+    def send(self, alias: bytes, frame: bytes) -> None:
         """Send now; raise ``zmq.Again`` (peer's queue full) or ``zmq.ZMQError``."""
         try:
-            self.sock.send_multipart(parts, zmq.NOBLOCK)
+            self.sock.send(alias, _MORE)
+            self.sock.send(frame, _NOBLOCK)
         finally:
-            self._check()
+            # Once per loop iteration, not per send: a scheduling round
+            # sends hundreds of frames, and the loop runs ready callbacks
+            # before it next sleeps.
+            if not self._check_soon and self._loop is not None:
+                self._check_soon = True
+                self._loop.call_soon(self._check)
 
     def recv_batch(self, limit: int) -> list[list[bytes]]:
         """Up to ``limit`` messages that are waiting, without blocking."""
@@ -130,6 +141,7 @@ class Router:
         await self._readable.wait()
 
     def _check(self) -> None:
+        self._check_soon = False
         if cast("int", self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
             self._readable.set()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from narwhal.dispatcher.store import SqliteStore
-from narwhal.errors import NotFound
+from narwhal.errors import NotFound, StoreError
 
 
 @pytest.fixture
@@ -132,3 +132,20 @@ def test_records_in_memory_match_the_rows(store: SqliteStore) -> None:
         job = job.moved(to, reason, "r1", 2_000.0)
         assert store.move([(job.id, 1, to, reason, "r1")], at=2_000.0) == [True]
         assert job == store.get_job(job.id)
+
+
+def test_reader_sees_commits_refuses_writes_and_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "n.db"
+    writer = SqliteStore(path, autocheckpoint=False)
+    reader = SqliteStore(path, readonly=True)
+    try:
+        jobs = writer.create_jobs([{"repo": "/r", "ref": "main", "event": "push"}] * 200)
+        assert reader.get_job(jobs[-1].id) == jobs[-1]
+        with pytest.raises(StoreError, match="readonly"):
+            reader.create_job(repo="/r", ref="main", sha=None, event="push")
+        before = path.stat().st_size  # the writer left everything in the WAL
+        reader.checkpoint()
+        assert path.stat().st_size > before
+    finally:
+        reader.close()
+        writer.close()
