@@ -4,9 +4,10 @@ Each runner keeps a mirror cache: one bare repository per clone URL under
 its work folder. A job fetches into the mirror only what the mirror lacks
 (nothing at all when the commit is already there), and its workspace is a
 fresh ``.git`` that borrows the mirror's objects through
-``objects/info/alternates`` before a detached checkout, so a job costs two
-or three short git processes instead of a clone. Steps still get a real git
-repository in their workspace.
+``objects/info/alternates`` before a detached checkout. A commit the cache
+has already checked out costs one git process (the checkout), a new one
+three (look in the mirror, fetch, checkout) instead of a clone. Steps still
+get a real git repository in their workspace.
 
 Fetching a commit by its id needs a server that serves unadvertised
 commits; otherwise the ref is fetched and the commit looked up in it.
@@ -18,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from narwhal.errors import CheckoutError
@@ -33,8 +35,10 @@ _GIT_ENV = {
 }
 
 
-async def _git(*args: str, cwd: Path, timeout: float) -> str:
-    env = {**os.environ, **_GIT_ENV}
+async def _git(
+    *args: str, cwd: Path, env: Mapping[str, str], timeout: float, output: bool = False
+) -> str:
+    """Run git; its stdout when ``output``, else nothing (no pipe for what nobody reads)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
@@ -42,7 +46,7 @@ async def _git(*args: str, cwd: Path, timeout: float) -> str:
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
     except FileNotFoundError as e:
@@ -57,7 +61,7 @@ async def _git(*args: str, cwd: Path, timeout: float) -> str:
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines() or ["(no output)"]
         raise CheckoutError(f"git {args[0]} failed: {lines[-1]}")
-    return out.decode(errors="replace").strip()
+    return out.decode(errors="replace").strip() if out else ""
 
 
 def _skeleton(workspace: Path, mirror: Path) -> None:
@@ -79,7 +83,12 @@ class MirrorCache:
     def __init__(self, root: Path, *, timeout: float = 600.0) -> None:
         self._root = root
         self._timeout = timeout
+        # Built once: copying os.environ for every git process showed up in
+        # the profile of a trivial job.
+        self._env = {**os.environ, **_GIT_ENV}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Mirrors known to exist, so a job does not look for its folder again.
+        self._mirrors: set[Path] = set()
         #: Commits known to be in a mirror, so a rebuild asks git nothing.
         self._known: set[tuple[str, str]] = set()
 
@@ -97,13 +106,21 @@ class MirrorCache:
 
     async def _update(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
         """Make sure the mirror has the commit; fetch only when it does not."""
-        if not await asyncio.to_thread(mirror.is_dir):
-            await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
         if sha is not None and (repo, sha) in self._known:
             return sha
+        if mirror not in self._mirrors:
+            if not await asyncio.to_thread(mirror.is_dir):
+                await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
+            self._mirrors.add(mirror)
         if sha is not None and await self._has(mirror, sha):
             self._known.add((repo, sha))
             return sha
+        commit = await self._fetch(mirror, repo, ref, sha)
+        self._known.add((repo, commit))
+        return commit
+
+    async def _fetch(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
+        """Fetch ``sha`` (or ``ref``) into the mirror; return the commit now there."""
         try:
             await self._git("fetch", "-q", "--no-tags", repo, sha or ref, cwd=mirror)
         except CheckoutError:
@@ -111,11 +128,14 @@ class MirrorCache:
                 raise
             log.info("fetch of %s from %s refused; fetching %s", sha, repo, ref)
             await self._git("fetch", "-q", "--no-tags", repo, ref, cwd=mirror)
-        commit = sha or await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror)
-        if not await self._has(mirror, commit):
-            raise CheckoutError(f"commit {commit} not found in {repo}")
-        self._known.add((repo, commit))
-        return commit
+            # The ref's history may well not hold the commit asked for.
+            if not await self._has(mirror, sha):
+                raise CheckoutError(f"commit {sha} not found in {repo}") from None
+            return sha
+        if sha is not None:
+            # git fetched that very object (and checked it is connected).
+            return sha
+        return await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror, output=True)
 
     async def _has(self, mirror: Path, sha: str) -> bool:
         try:
@@ -124,5 +144,5 @@ class MirrorCache:
             return False
         return True
 
-    async def _git(self, *args: str, cwd: Path) -> str:
-        return await _git(*args, cwd=cwd, timeout=self._timeout)
+    async def _git(self, *args: str, cwd: Path, output: bool = False) -> str:
+        return await _git(*args, cwd=cwd, env=self._env, timeout=self._timeout, output=output)

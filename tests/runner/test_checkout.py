@@ -7,10 +7,12 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from narwhal.errors import CheckoutError
+from narwhal.runner import checkout
 from narwhal.runner.checkout import MirrorCache
 from tests.conftest import Repo
 
@@ -58,6 +60,55 @@ def test_cached_commit_needs_no_fetch(
     assert (tmp_path / "ws2" / "a.txt").read_text() == "cached\n"
 
 
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git subcommands the cache runs, in order."""
+    calls: list[str] = []
+    real = checkout._git
+
+    async def recording(*args: str, **kwargs: Any) -> str:
+        calls.append(args[0])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(checkout, "_git", recording)
+    return calls
+
+
+def test_a_known_commit_costs_one_git_process(
+    make_repo: Callable[..., Repo], cache: MirrorCache, tmp_path: Path, git_calls: list[str]
+) -> None:
+    repo = make_repo({"a.txt": "one\n"})
+    sha = repo.commit({"a.txt": "two\n"})
+    assert _checkout(cache, str(repo.path), tmp_path / "ws1", sha=sha) == sha
+    # A new commit named by its id: looked for, fetched by id, checked out.
+    assert git_calls == ["init", "cat-file", "fetch", "checkout"]
+    git_calls.clear()
+    assert _checkout(cache, str(repo.path), tmp_path / "ws2", sha=sha) == sha
+    assert git_calls == ["checkout"]
+    assert (tmp_path / "ws2" / "a.txt").read_text() == "two\n"
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path / "ws2"), "status", "--porcelain", "--branch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert head.stdout == "## HEAD (no branch)\n"  # detached at the commit, nothing changed
+
+
+def test_a_new_cache_asks_the_mirror_before_fetching(
+    make_repo: Callable[..., Repo], tmp_path: Path, git_calls: list[str]
+) -> None:
+    repo = make_repo({"a.txt": "kept\n"})
+    (tmp_path / "mirrors").mkdir()
+    sha = _checkout(MirrorCache(tmp_path / "mirrors"), str(repo.path), tmp_path / "ws1")
+    git_calls.clear()
+    # A restarted runner: the mirror on disk has the commit, the memory does not.
+    again = MirrorCache(tmp_path / "mirrors")
+    assert _checkout(again, str(repo.path), tmp_path / "ws2", sha=sha) == sha
+    assert git_calls == ["cat-file", "checkout"]
+    assert (tmp_path / "ws2" / "a.txt").read_text() == "kept\n"
+
+
 def test_new_commits_are_fetched_into_the_mirror(
     make_repo: Callable[..., Repo], cache: MirrorCache, tmp_path: Path
 ) -> None:
@@ -66,6 +117,33 @@ def test_new_commits_are_fetched_into_the_mirror(
     newer = repo.commit({"a.txt": "v2\n"})
     assert _checkout(cache, str(repo.path), tmp_path / "ws2", sha=newer) == newer
     assert (tmp_path / "ws2" / "a.txt").read_text() == "v2\n"
+    # Without a commit id the ref is always fetched: its tip may have moved.
+    tip = repo.commit({"a.txt": "v3\n"})
+    assert _checkout(cache, str(repo.path), tmp_path / "ws3") == tip
+    assert (tmp_path / "ws3" / "a.txt").read_text() == "v3\n"
+
+
+def test_a_server_refusing_commit_ids_is_fetched_by_ref(
+    make_repo: Callable[..., Repo],
+    tmp_path: Path,
+    git_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Protocol v0 refuses a want for a commit no ref points at.
+    for key, value in {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "protocol.version",
+        "GIT_CONFIG_VALUE_0": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    repo = make_repo({"a.txt": "old\n"})
+    old = repo.commit({"a.txt": "older\n"})
+    repo.commit({"a.txt": "newer\n"})
+    (tmp_path / "mirrors").mkdir()
+    cache = MirrorCache(tmp_path / "mirrors")
+    assert _checkout(cache, str(repo.path), tmp_path / "ws", sha=old) == old
+    assert git_calls == ["init", "cat-file", "fetch", "fetch", "cat-file", "checkout"]
+    assert (tmp_path / "ws" / "a.txt").read_text() == "older\n"
 
 
 def test_file_url_and_head(
