@@ -227,15 +227,19 @@ def load(text: str | bytes, *, filename: str = "narwhal.yml") -> PipelineFile:
 
 def load_path(path: pathlib.Path) -> PipelineFile:
     """Read and `load` a pipeline file; errors name it by `path.name`."""
+    return load(read_path(path), filename=path.name)
+
+
+def read_path(path: pathlib.Path) -> bytes:
+    """A pipeline file's bytes, at most one past the size cap; errors name it by `path.name`."""
     try:
         with path.open("rb") as stream:
             # One byte past the cap is enough to refuse an oversized file.
-            data = stream.read(MAX_FILE_BYTES + 1)
+            return stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError as error:
         raise PipelineError(f"{path.name}: file not found") from error
     except OSError as error:
         raise PipelineError(f"{path.name}: cannot read: {error.strerror}") from error
-    return load(data, filename=path.name)
 
 
 def _parse(root: Node | None) -> tuple[Pipeline, _Variants, int]:

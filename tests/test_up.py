@@ -262,6 +262,19 @@ def test_resubmit_builds_the_same_commit(narwhal_up: Up, make_repo: MakeRepo) ->
     assert second["state"] == "success" and second["sha"] == first["sha"]
 
 
+def test_each_commit_runs_its_own_pipeline_file(narwhal_up: Up, make_repo: MakeRepo) -> None:
+    # The runner keeps parsed pipeline files: a changed file must still count.
+    _, api = narwhal_up()
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: one\n    command: echo first-file\n"})
+    first = api.wait(api.submit(repo, ref="refs/heads/main"))
+    repo.commit({"narwhal.yml": "steps:\n  - name: two\n    command: echo second-file\n"})
+    second = api.wait(api.submit(repo, ref="refs/heads/main"))
+    again = api.wait(api.submit(repo, ref="refs/heads/main", sha=first["sha"]))
+    assert [job["state"] for job in (first, second, again)] == ["success"] * 3
+    assert [job["steps"][0]["name"] for job in (first, second, again)] == ["one", "two", "one"]
+    assert "first-file" in api.log(again["id"]) and "second-file" in api.log(second["id"])
+
+
 def test_list_jobs_filters_and_paginates(narwhal_up: Up, make_repo: MakeRepo) -> None:
     _, api = narwhal_up()
     good = make_repo({"narwhal.yml": "steps: [{name: a, command: 'true'}]\n"})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import secrets
@@ -40,7 +41,7 @@ from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
-from narwhal.pipeline import Step, load_path
+from narwhal.pipeline import PipelineFile, Step, load, read_path
 from narwhal.runner.checkout import MirrorCache
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
@@ -98,6 +99,10 @@ class Runner:
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
         self._mirrors = MirrorCache(self._work / "mirrors")
+        # Parsed narwhal.yml files by content: a rebuild of a commit, or
+        # another matrix combination of it, reads the file but does not parse
+        # it again (parsing was a tenth of a trivial job's time on the runner).
+        self._parse = functools.lru_cache(maxsize=32)(_parse_pipeline)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -358,7 +363,7 @@ class Runner:
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
-            pipeline_file = await asyncio.to_thread(load_path, workspace / PIPELINE_FILE)
+            pipeline_file = await asyncio.to_thread(self._load_pipeline, workspace)
             pipeline = pipeline_file.pipeline(job.matrix)
         except (CheckoutError, PipelineError) as e:
             await reporter.output(f"{e}\n".encode())
@@ -381,6 +386,13 @@ class Runner:
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
+
+    def _load_pipeline(self, workspace: Path) -> PipelineFile:
+        return self._parse(read_path(workspace / PIPELINE_FILE))
+
+
+def _parse_pipeline(data: bytes) -> PipelineFile:
+    return load(data, filename=PIPELINE_FILE)
 
 
 async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
