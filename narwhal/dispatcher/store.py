@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from narwhal.errors import NotFound, StoreError
 
@@ -128,9 +128,12 @@ CREATE TABLE IF NOT EXISTS endpoints (
 """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobRecord:
-    """One job as stored."""
+class JobRecord(NamedTuple):
+    """One job as stored.
+
+    A named tuple rather than a frozen dataclass: the dispatcher builds one
+    per state change on its hot path, and a tuple is built four times faster.
+    """
 
     id: int
     repo: str
@@ -183,7 +186,7 @@ class JobRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return self._asdict()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,9 +248,16 @@ def _job(row: sqlite3.Row) -> JobRecord:
 
 
 def _move_params(
-    job_id: int, attempt: int, to: str, reason: str, runner_id: str | None, now: float
+    job_id: int,
+    attempt: int,
+    to: str,
+    reason: str,
+    runner_id: str | None,
+    now: float,
+    *,
+    started: bool,
 ) -> tuple[object, ...]:
-    """The parameters of ``_MOVE_SQL[to]``."""
+    """The parameters of a ``_MOVE_SQL`` statement that leaves the job in ``to``."""
     requeue = to == "queued"
     return (
         to,
@@ -256,11 +266,30 @@ def _move_params(
         requeue,
         runner_id,
         now,
-        now if to == "running" else None,
+        now if started else None,
         now if to in TERMINAL else None,
         job_id,
         attempt,
     )
+
+
+def _chains(moves: Sequence[Move]) -> list[list[int]]:
+    """Indices of ``moves`` in runs that one UPDATE can make: one job's moves in
+    order, each allowed after the one before (a job accepted and finished in
+    the same batch: assigned -> running -> success). A requeue stands alone
+    (it starts a new attempt)."""
+    chains: list[list[int]] = []
+    last: dict[int, list[int]] = {}
+    for i, (job_id, attempt, to, _, _) in enumerate(moves):
+        chain = last.get(job_id)
+        if chain is not None:
+            prev = moves[chain[-1]]
+            if prev[1] == attempt and to != "queued" and to in _ALLOWED.get(prev[2], ()):
+                chain.append(i)
+                continue
+        last[job_id] = [i]
+        chains.append(last[job_id])
+    return chains
 
 
 class SqliteStore:
@@ -494,7 +523,7 @@ class SqliteStore:
         with self.transaction():
             row = self._db.execute(
                 f"{sql} RETURNING {_JOB_COLUMNS}",
-                _move_params(job_id, attempt, to, reason, runner_id, now),
+                _move_params(job_id, attempt, to, reason, runner_id, now, started=to == "running"),
             ).fetchone()
             if row is None:
                 return None
@@ -504,28 +533,49 @@ class SqliteStore:
             )
         return job
 
-    def move(self, moves: Iterable[Move], *, at: float) -> list[bool]:
+    def move(self, moves: Sequence[Move], *, at: float) -> list[bool]:
         """Apply many moves at time ``at`` in one transaction; say which were allowed.
 
         The same fence and rules as ``transition``, without reading rows
         back: the dispatcher already holds the records of the jobs it moves
         and updates them with ``JobRecord.moved``. This is the hot path (a
-        scheduling round, a batch of runner frames).
+        scheduling round, a batch of runner frames), so a job's consecutive
+        moves in one batch cost one UPDATE, with a history row each.
         """
-        applied: list[bool] = []
+        applied = [False] * len(moves)
         history: list[tuple[int, int, str, str, str | None, float]] = []
         with self.transaction():
-            for job_id, attempt, to, reason, runner_id in moves:
-                sql = _MOVE_SQL.get(to)
-                params = _move_params(job_id, attempt, to, reason, runner_id, at)
-                ok = sql is not None and self._db.execute(sql, params).rowcount == 1
-                applied.append(ok)
-                if ok and to == "queued":  # a requeue starts the next attempt, unheld
-                    history.append((job_id, attempt + 1, to, reason, None, at))
-                elif ok:
-                    history.append((job_id, attempt, to, reason, runner_id, at))
+            for chain in _chains(moves):
+                made = self._move_chain(moves, chain, at, applied, history)
+                if not made and len(chain) > 1:  # fenced as a whole: try each alone
+                    for i in chain:
+                        self._move_chain(moves, [i], at, applied, history)
             self._db.executemany(_INSERT_TRANSITIONS, history)
         return applied
+
+    def _move_chain(
+        self,
+        moves: Sequence[Move],
+        chain: list[int],
+        at: float,
+        applied: list[bool],
+        history: list[tuple[int, int, str, str, str | None, float]],
+    ) -> bool:
+        job_id, attempt, first, _, _ = moves[chain[0]]
+        _, _, to, reason, runner_id = moves[chain[-1]]
+        sql = _MOVE_SQL.get(first)
+        started = any(moves[i][2] == "running" for i in chain)
+        params = _move_params(job_id, attempt, to, reason, runner_id, at, started=started)
+        if sql is None or self._db.execute(sql, params).rowcount != 1:
+            return False
+        for i in chain:
+            applied[i] = True
+            _, _, state, why, holder = moves[i]
+            if state == "queued":  # a requeue starts the next attempt, unheld
+                history.append((job_id, attempt + 1, state, why, None, at))
+            else:
+                history.append((job_id, attempt, state, why, holder, at))
+        return True
 
     def set_checkout(
         self,

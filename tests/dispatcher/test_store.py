@@ -149,3 +149,23 @@ def test_reader_sees_commits_refuses_writes_and_checkpoints(tmp_path: Path) -> N
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_fenced_chain_of_moves_falls_back_to_each_move_alone(store: SqliteStore) -> None:
+    job_id = _job(store)
+    assert store.move(
+        [(job_id, 1, "assigned", "a", "r1"), (job_id, 1, "running", "b", "r1")], at=1.0
+    )
+    # The caller thinks the job is still assigned: running is refused, success is not.
+    applied = store.move(
+        [(job_id, 1, "running", "b", "r1"), (job_id, 1, "success", "c", "r1")], at=2.0
+    )
+    assert applied == [False, True]
+    job = store.get_job(job_id)
+    assert (job.state, job.started_at, job.finished_at) == ("success", 1.0, 2.0)
+    assert [t["state"] for t in store.transitions(job_id)] == [
+        "queued",
+        "assigned",
+        "running",
+        "success",
+    ]
