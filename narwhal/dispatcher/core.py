@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import zmq.asyncio
 
 from narwhal.config import DispatcherConfig
-from narwhal.dispatcher.links import Link, pick
+from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.store import ACTIVE, TERMINAL, JobRecord, Move, SqliteStore
 from narwhal.errors import NarwhalError
@@ -341,16 +341,14 @@ class Dispatcher:
     async def _schedule(self) -> None:
         """Assign queued jobs to free slots: one transaction for the lot, then send."""
         picked: list[tuple[JobRecord, Link]] = []
-        free = [link for link in self.runners.links() if link.free]
+        slots = Slots(self.runners.links())
         for job in self._queue.values():  # not copied: a long queue is not re-read per round
-            if not free:
+            if not slots:
                 break  # nor scanned while every slot is taken
-            link = pick(free, job.labels)
+            link = slots.take(job.labels)
             if link is None:
                 continue
             link.jobs.add((job.id, job.attempt))  # reserve the slot before the store
-            if not link.free:
-                free.remove(link)
             picked.append((job, link))
         if not picked:
             return

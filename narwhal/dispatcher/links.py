@@ -8,6 +8,7 @@ disconnect, so every reconnect gets a new generation number.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -91,13 +92,53 @@ class Link:
         }
 
 
-def pick(links: Iterable[Link], labels: Mapping[str, str]) -> Link | None:
-    """The matching runner with the most free slots (ties: the first connected)."""
-    best: Link | None = None
-    for link in links:
-        if link.free > 0 and link.serves(labels) and (best is None or link.free > best.free):
-            best = link
-    return best
+class Slots:
+    """The free slots of one scheduling round, and which runner takes each job.
+
+    A job goes to the matching runner with the most free slots (ties: the
+    first connected). Runners are ranked once per round in a heap per label
+    set, so a round costs O(runners) plus O(log runners) per job, not a scan
+    of every runner per job (which made 500 runners three times slower
+    than 50).
+    """
+
+    def __init__(self, links: Iterable[Link]) -> None:
+        #: Ready runners with free slots, in connection order, and the free
+        #: slots each has left this round (by the same index).
+        self._links = [link for link in links if link.free]
+        self._free = [link.free for link in self._links]
+        self._left = sum(self._free)
+        #: Per label set: a heap of (-free slots, index), possibly stale.
+        self._ranked: dict[frozenset[tuple[str, str]], list[tuple[int, int]]] = {}
+
+    def __bool__(self) -> bool:
+        return self._left > 0
+
+    def take(self, labels: Mapping[str, str]) -> Link | None:
+        """Reserve a slot for a job with ``labels``; None if no matching runner has one."""
+        key = frozenset(labels.items())
+        heap = self._ranked.get(key)
+        if heap is None:
+            heap = [(-self._free[i], i) for i, k in enumerate(self._links) if k.serves(labels)]
+            heapq.heapify(heap)
+            self._ranked[key] = heap
+        while heap:
+            ranked, i = heap[0]
+            free = self._free[i]
+            if free != -ranked:  # taken from through another label set's heap
+                if free:
+                    heapq.heapreplace(heap, (-free, i))
+                else:
+                    heapq.heappop(heap)
+                continue
+            self._free[i] = free - 1
+            self._left -= 1
+            if free > 1:
+                heapq.heapreplace(heap, (1 - free, i))
+            else:
+                heapq.heappop(heap)
+            return self._links[i]
+        return None
 
 
 def check_endpoint(url: str) -> str:
