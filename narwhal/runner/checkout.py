@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from narwhal.errors import CheckoutError
+from narwhal.runner import process
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +41,24 @@ async def _git(
 ) -> str:
     """Run git; its stdout when ``output``, else nothing (no pipe for what nobody reads)."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "git",
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        child = process.start(
+            ["git", *args], cwd=cwd, env=env, stdout="pipe" if output else "devnull", stderr="pipe"
         )
     except FileNotFoundError as e:
         raise CheckoutError("git is not installed on this runner") from e
     try:
         async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
+            out, err = await child.communicate()
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        child.kill()
+        await child.wait()
         raise CheckoutError(f"git {args[0]} took longer than {timeout:.0f}s") from None
-    if proc.returncode != 0:
+    finally:
+        child.close()
+    if child.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines() or ["(no output)"]
         raise CheckoutError(f"git {args[0]} failed: {lines[-1]}")
-    return out.decode(errors="replace").strip() if out else ""
+    return out.decode(errors="replace").strip()
 
 
 def _skeleton(workspace: Path, mirror: Path) -> None:

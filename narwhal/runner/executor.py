@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import MAX_LOG_CHUNK
 from narwhal.pipeline import Pipeline, Step
+from narwhal.runner import process
 
 Output = Callable[[bytes], Awaitable[None]]
 
@@ -164,49 +165,45 @@ class LocalSession:
                 reason=f"step {step.name!r}: dependency {missing[0]!r} not found on PATH",
             )
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "sh",
-                "-e",
-                "-c",
-                step_script(step),
+            child = process.start(
+                ["sh", "-e", "-c", step_script(step)],
                 cwd=self._workspace,
                 env=full_env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                stdout="pipe",
+                stderr="stdout",
+                new_session=True,
             )
         except OSError as e:
             raise ExecutorError(f"cannot start step {step.name!r}: {e}") from e
-        assert proc.stdout is not None  # noqa: S101 - guaranteed by stdout=PIPE
-        pump = asyncio.create_task(_pump(proc.stdout, output))
+        pump = asyncio.create_task(_pump(child, output))
         record = self._workspace.with_name(self._workspace.name + ".pgid")
         try:
-            await asyncio.to_thread(record.write_text, str(proc.pid))
-            ended = await _wait(proc, stop, timeout)
+            await asyncio.to_thread(record.write_text, str(child.pid))
+            ended = await _wait(child, stop, timeout)
             if ended != "exited":
-                await self._terminate(proc)
+                await self._terminate(child)
             # Whatever the step left running in the background goes with it.
-            _killpg(proc.pid, signal.SIGKILL)
+            _killpg(child.pid, signal.SIGKILL)
             await pump
         finally:
             if not pump.done():
-                pump.cancel()
-            if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                pump.cancel()  # its pipe closes below; close() keeps that safe
+            if child.returncode is None:
+                _killpg(child.pid, signal.SIGKILL)
+                await child.wait()
+            child.close()
             await asyncio.to_thread(record.unlink, True)
         duration = time.monotonic() - started
-        return _result(ended, proc.returncode, duration, stop, timeout)
+        return _result(ended, child.returncode, duration, stop, timeout)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        _killpg(proc.pid, signal.SIGTERM)
+    async def _terminate(self, child: process.Child) -> None:
+        _killpg(child.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(self._grace):
-                await proc.wait()
+                await child.wait()
         except TimeoutError:
-            _killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            _killpg(child.pid, signal.SIGKILL)
+            await child.wait()
 
 
 def _result(
@@ -221,24 +218,22 @@ def _result(
     return StepResult(status=status, exit_code=code, duration=duration)
 
 
-async def _wait(proc: asyncio.subprocess.Process, stop: Stop, timeout: float | None) -> str:
+async def _wait(child: process.Child, stop: Stop, timeout: float | None) -> str:
     """Wait for the process, a stop request or the timeout: whichever comes first."""
-    exited = asyncio.create_task(proc.wait())
+    exited = child.exit_future()
     stopped = asyncio.create_task(stop.wait())
+    either: set[asyncio.Future[Any]] = {exited, stopped}
     try:
-        done, _ = await asyncio.wait(
-            {exited, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        exited.cancel()
         stopped.cancel()
     if exited in done:
         return "exited"
     return "stopped" if stopped in done else "timed_out"
 
 
-async def _pump(stream: asyncio.StreamReader, output: Output) -> None:
-    while chunk := await stream.read(MAX_LOG_CHUNK):
+async def _pump(child: process.Child, output: Output) -> None:
+    while chunk := await child.read(MAX_LOG_CHUNK):
         await output(chunk)
 
 
