@@ -23,7 +23,7 @@ from starlette.routing import Route
 from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.store import STATES, SqliteStore
-from narwhal.errors import ConfigError, NotFound
+from narwhal.errors import ConfigError, NotFound, StoreError
 
 MAX_BODY = 64 * 1024
 _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
@@ -56,6 +56,10 @@ def _guard(handler: Handler, token: str | None, *, mutating: bool = False) -> Ha
             return _error(str(e), e.status)
         except NotFound as e:
             return _error(str(e), 404)
+        except StoreError as e:  # locked or failing storage: not the client's fault
+            response = _error(f"job store unavailable: {e}", 503)
+            response.headers["Retry-After"] = "1"
+            return response
         except Conflict as e:
             return _error(str(e), 409)
         except ConfigError as e:

@@ -28,7 +28,7 @@ from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.store import ACTIVE, TERMINAL, JobRecord, Move, SqliteStore
-from narwhal.errors import NarwhalError
+from narwhal.errors import NarwhalError, StoreError
 from narwhal.mesh import protocol as p
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: Seconds between WAL checkpoints (on the reader thread).
 CHECKPOINT_INTERVAL = 1.0
+#: Seconds before scheduling again after the store refused a write.
+STORE_RETRY = 1.0
 
 
 class Conflict(NarwhalError):
@@ -353,13 +355,22 @@ class Dispatcher:
         if not picked:
             return
         now = time.time()
-        moves: list[Move] = []
-        for job, link in picked:
-            del self._queue[job.id]
-            reason = f"assigned to {link.runner_id}"
-            moves.append((job.id, job.attempt, "assigned", reason, link.runner_id))
-        applied = self._write(SqliteStore.move, moves, at=now)
+        moves: list[Move] = [
+            (job.id, job.attempt, "assigned", f"assigned to {link.runner_id}", link.runner_id)
+            for job, link in picked
+        ]
+        try:
+            applied = self._write(SqliteStore.move, moves, at=now)
+        except StoreError as e:
+            # Nothing was assigned: the jobs stay queued and the slots free.
+            for job, link in picked:
+                link.jobs.discard((job.id, job.attempt))
+            log.error("cannot assign jobs (retrying in %.0f s): %s", STORE_RETRY, e)
+            await asyncio.sleep(STORE_RETRY)
+            self._wake.set()
+            return
         for (job, link), move, ok in zip(picked, moves, applied, strict=True):
+            del self._queue[job.id]
             if not ok:  # cancelled meanwhile
                 self._release(link, (job.id, job.attempt))
                 continue

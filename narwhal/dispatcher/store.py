@@ -48,6 +48,9 @@ _SOURCES: dict[str, str] = {
     to: ", ".join(f"'{src}'" for src, targets in _ALLOWED.items() if to in targets) for to in STATES
 }
 
+#: How long a write waits for another connection's lock before it fails.
+WRITE_WAIT_MS = 250
+
 #: One state move for ``SqliteStore.move``: job id, attempt, target state,
 #: reason, and the runner that holds the job (recorded in its history).
 Move = tuple[int, int, str, str, str | None]
@@ -306,7 +309,10 @@ class SqliteStore:
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout=5000")
+            # The dispatcher's writer runs on its event loop and is the only
+            # writer by design: it must not sit out a stranger's lock for long
+            # (its callers retry), while a reader may wait.
+            self._db.execute(f"PRAGMA busy_timeout={5000 if readonly else WRITE_WAIT_MS}")
             if readonly:
                 self._db.execute("PRAGMA query_only=1")
             else:

@@ -1,0 +1,71 @@
+"""A store that refuses writes for a while delays the dispatcher; it loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.common import standins
+from narwhal.config import DispatcherConfig, MeshConfig
+from narwhal.dispatcher.api import build_app
+from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.store import JobRecord, SqliteStore
+
+
+def test_assignment_waits_out_a_foreign_write_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> list[str]:
+        config = DispatcherConfig(
+            data_dir=tmp_path, mesh=MeshConfig(heartbeat_interval=0.5, liveness=5)
+        )
+        finished: list[JobRecord] = []
+        async with Dispatcher(config) as dispatcher:
+            dispatcher.add_listener(lambda job: finished.append(job) if job.terminal else None)
+            job = {"repo": "/r", "ref": "refs/heads/main", "event": "push", "labels": {}}
+            jobs = await dispatcher.submit_many([job] * 3)
+            # Another process holds SQLite's write lock (a real one, not a stub).
+            blocker = sqlite3.connect(config.db_path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            with standins(1, 2) as (endpoint,):
+                dispatcher.connect(endpoint)
+                await asyncio.sleep(1.5)  # the runner is ready; assigning keeps failing
+                states = [(await dispatcher.db(SqliteStore.get_job, j.id)).state for j in jobs]
+                assert states == ["queued"] * 3
+                assert all(not link.jobs for link in dispatcher.links())
+                blocker.execute("ROLLBACK")
+                for _ in range(100):
+                    if len(finished) == 3:
+                        break
+                    await asyncio.sleep(0.05)
+            blocker.close()
+            return [j.state for j in finished]
+
+    with caplog.at_level(logging.ERROR, logger="narwhal.dispatcher.core"):
+        assert asyncio.run(scenario()) == ["success"] * 3
+    assert "cannot assign jobs" in caplog.text and "database is locked" in caplog.text
+
+
+def test_api_answers_503_while_the_store_is_locked(tmp_path: Path) -> None:
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        config = DispatcherConfig(data_dir=tmp_path)
+        async with Dispatcher(config) as dispatcher:
+            transport = httpx.ASGITransport(app=build_app(dispatcher))
+            async with httpx.AsyncClient(transport=transport, base_url="http://narwhal") as http:
+                body = {"repo": "/r", "ref": "refs/heads/main"}
+                blocker = sqlite3.connect(config.db_path, isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")
+                refused = await http.post("/api/jobs", json=body)
+                blocker.execute("ROLLBACK")
+                blocker.close()
+                return refused, await http.post("/api/jobs", json=body)
+
+    refused, accepted = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "job store unavailable" in refused.json()["error"]
+    assert accepted.status_code == 201
