@@ -20,7 +20,7 @@ from bench.common import exit_on_sigterm, machine, percentile, standins
 from bench.dispatch_throughput import all_ready
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.store import JobRecord
+from narwhal.dispatcher.records import JobRecord
 
 
 async def measure(endpoints: list[str], rate: float, seconds: float) -> list[float]:

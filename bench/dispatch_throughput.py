@@ -31,7 +31,7 @@ import zmq
 from bench.common import ROOT, exit_on_sigterm, machine, standins
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.store import JobRecord
+from narwhal.dispatcher.records import JobRecord
 from narwhal.mesh import protocol as p
 
 

@@ -46,8 +46,9 @@ from narwhal.agent.publisher import (
 )
 from narwhal.config import AmqpConfig
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.dispatcher.store import JobRecord, SqliteStore
+from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import NarwhalError
 
 log = logging.getLogger(__name__)

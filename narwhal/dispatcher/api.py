@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
-from narwhal.dispatcher.store import STATES, SqliteStore
+from narwhal.dispatcher.records import STATES
+from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import ConfigError, NotFound, StoreError
 
 MAX_BODY = 64 * 1024

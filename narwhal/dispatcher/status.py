@@ -42,7 +42,7 @@ import httpx
 from narwhal import __version__
 from narwhal.agent.events import CommitEvent
 from narwhal.config import ForgeApi, StatusConfig
-from narwhal.dispatcher.store import TERMINAL, JobRecord
+from narwhal.dispatcher.records import TERMINAL, JobRecord
 from narwhal.errors import StoreError
 from narwhal.mesh.transport import QuietLog
 

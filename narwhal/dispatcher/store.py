@@ -17,43 +17,28 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from narwhal.errors import NotFound, StoreError
-
-STATES = (
-    "queued",
-    "assigned",
-    "running",
-    "success",
-    "failed",
-    "error",
-    "cancelled",
-    "timed_out",
+from narwhal.dispatcher.records import (
+    ALLOWED,
+    STATES,
+    TERMINAL,
+    JobRecord,
+    Move,
+    StepRecord,
+    chains,
 )
-TERMINAL = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
-ACTIVE = frozenset({"assigned", "running"})
-
-#: Which states each state may move to.
-_ALLOWED: dict[str, frozenset[str]] = {
-    "queued": frozenset({"assigned", "cancelled", "error"}),
-    "assigned": frozenset({"running", "queued"} | TERMINAL),
-    "running": frozenset({"queued"} | TERMINAL),
-}
+from narwhal.dispatcher.schema import JOB_COLUMNS, SCHEMA, job_record, json_text
+from narwhal.errors import NotFound, StoreError
 
 #: For each target state, the states it may be reached from (as SQL).
 _SOURCES: dict[str, str] = {
-    to: ", ".join(f"'{src}'" for src, targets in _ALLOWED.items() if to in targets) for to in STATES
+    to: ", ".join(f"'{src}'" for src, targets in ALLOWED.items() if to in targets) for to in STATES
 }
 
 #: How long a write waits for another connection's lock before it fails.
 WRITE_WAIT_MS = 250
-
-#: One state move for ``SqliteStore.move``: job id, attempt, target state,
-#: reason, and the runner that holds the job (recorded in its history).
-Move = tuple[int, int, str, str, str | None]
 
 #: The fenced UPDATE for each target state: it checks the attempt and the
 #: allowed move in the same statement that makes it.
@@ -71,183 +56,6 @@ _INSERT_TRANSITIONS = (
     "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    repo TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    sha TEXT,
-    event TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    matrix TEXT,
-    parent_id INTEGER,
-    source_key TEXT UNIQUE,
-    pipeline TEXT,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    attempt INTEGER NOT NULL DEFAULT 1,
-    runner_id TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
-CREATE INDEX IF NOT EXISTS jobs_repo ON jobs (repo, id);
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    runner_id TEXT,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, id);
-CREATE TABLE IF NOT EXISTS steps (
-    job_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    exit_code INTEGER,
-    started_at REAL,
-    duration REAL,
-    PRIMARY KEY (job_id, attempt, idx)
-);
-CREATE TABLE IF NOT EXISTS logs (
-    job_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, attempt, seq)
-);
-CREATE TABLE IF NOT EXISTS endpoints (
-    url TEXT PRIMARY KEY,
-    added_at REAL NOT NULL
-);
-"""
-
-
-class JobRecord(NamedTuple):
-    """One job as stored.
-
-    A named tuple rather than a frozen dataclass: the dispatcher builds one
-    per state change on its hot path, and a tuple is built four times faster.
-    """
-
-    id: int
-    repo: str
-    ref: str
-    sha: str | None
-    event: str
-    labels: dict[str, str]
-    matrix: dict[str, str] | None
-    parent_id: int | None
-    pipeline: str | None
-    state: str
-    reason: str
-    attempt: int
-    runner_id: str | None
-    cancel_requested: bool
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    def moved(self, to: str, reason: str, runner_id: str | None, at: float) -> JobRecord:
-        """This job as ``SqliteStore.move`` left it after a move to ``to`` at ``at``.
-
-        Not for requeues (``to == "queued"`` changes the attempt): those go
-        through ``SqliteStore.transition``, which reads the row back.
-        """
-        return JobRecord(
-            id=self.id,
-            repo=self.repo,
-            ref=self.ref,
-            sha=self.sha,
-            event=self.event,
-            labels=self.labels,
-            matrix=self.matrix,
-            parent_id=self.parent_id,
-            pipeline=self.pipeline,
-            state=to,
-            reason=reason,
-            attempt=self.attempt,
-            runner_id=runner_id or self.runner_id,
-            cancel_requested=self.cancel_requested,
-            created_at=self.created_at,
-            updated_at=at,
-            started_at=at if to == "running" else self.started_at,
-            finished_at=at if to in TERMINAL else self.finished_at,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return self._asdict()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepRecord:
-    """One step of one attempt of a job."""
-
-    index: int
-    name: str
-    status: str
-    exit_code: int | None
-    started_at: float | None
-    duration: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-_JOB_COLUMNS = (
-    "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
-    " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
-    " finished_at"
-)
-
-
-def _json_text(mapping: Mapping[str, str]) -> str:
-    # The common case, no labels, without the JSON encoder (hot path).
-    return json.dumps(dict(mapping)) if mapping else "{}"
-
-
-def _json_map(text: str | None) -> dict[str, str] | None:
-    if text is None:
-        return None
-    # Most jobs have no labels: skip the JSON parser for them (hot path).
-    return {} if text == "{}" else dict(json.loads(text))
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    """A row selected with ``_JOB_COLUMNS``, in that order, as a record."""
-    return JobRecord(
-        id=row[0],
-        repo=row[1],
-        ref=row[2],
-        sha=row[3],
-        event=row[4],
-        labels=_json_map(row[5]) or {},
-        matrix=_json_map(row[6]),
-        parent_id=row[7],
-        pipeline=row[8],
-        state=row[9],
-        reason=row[10],
-        attempt=row[11],
-        runner_id=row[12],
-        cancel_requested=bool(row[13]),
-        created_at=row[14],
-        updated_at=row[15],
-        started_at=row[16],
-        finished_at=row[17],
-    )
 
 
 def _move_params(
@@ -274,25 +82,6 @@ def _move_params(
         job_id,
         attempt,
     )
-
-
-def _chains(moves: Sequence[Move]) -> list[list[int]]:
-    """Indices of ``moves`` in runs that one UPDATE can make: one job's moves in
-    order, each allowed after the one before (a job accepted and finished in
-    the same batch: assigned -> running -> success). A requeue stands alone
-    (it starts a new attempt)."""
-    chains: list[list[int]] = []
-    last: dict[int, list[int]] = {}
-    for i, (job_id, attempt, to, _, _) in enumerate(moves):
-        chain = last.get(job_id)
-        if chain is not None:
-            prev = moves[chain[-1]]
-            if prev[1] == attempt and to != "queued" and to in _ALLOWED.get(prev[2], ()):
-                chain.append(i)
-                continue
-        last[job_id] = [i]
-        chains.append(last[job_id])
-    return chains
 
 
 class SqliteStore:
@@ -322,7 +111,7 @@ class SqliteStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 if not autocheckpoint:
                     self._db.execute("PRAGMA wal_autocheckpoint=0")
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open job store {path}: {e}") from e
         self._in_tx = False
@@ -392,10 +181,10 @@ class SqliteStore:
         """Create a job unless one with ``source_key`` exists; say which happened."""
         if source_key is not None:
             row = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_key = ?", (source_key,)
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE source_key = ?", (source_key,)
             ).fetchone()
             if row is not None:
-                return _job(row), False
+                return job_record(row), False
         now = time.time()
         with self.transaction():
             cur = self._db.execute(
@@ -407,7 +196,7 @@ class SqliteStore:
                     ref,
                     sha,
                     event,
-                    _json_text(labels or {}),
+                    json_text(labels or {}),
                     json.dumps(dict(matrix)) if matrix is not None else None,
                     parent_id,
                     source_key,
@@ -460,7 +249,7 @@ class SqliteStore:
                 "INSERT INTO jobs (id, repo, ref, sha, event, labels, state, reason,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 [
-                    (r.id, r.repo, r.ref, r.sha, r.event, _json_text(r.labels), r.reason, now, now)
+                    (r.id, r.repo, r.ref, r.sha, r.event, json_text(r.labels), r.reason, now, now)
                     for r in records
                 ],
             )
@@ -472,12 +261,10 @@ class SqliteStore:
         return records
 
     def get_job(self, job_id: int) -> JobRecord:
-        row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id}")
-        return _job(row)
+        return job_record(row)
 
     def list_jobs(
         self,
@@ -503,10 +290,10 @@ class SqliteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "ASC" if ascending else "DESC"
         rows = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id {order} LIMIT ?",
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id {order} LIMIT ?",
             (*args, limit),
         ).fetchall()
-        return [_job(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def transition(
         self,
@@ -528,12 +315,12 @@ class SqliteStore:
         now = time.time()
         with self.transaction():
             row = self._db.execute(
-                f"{sql} RETURNING {_JOB_COLUMNS}",
+                f"{sql} RETURNING {JOB_COLUMNS}",
                 _move_params(job_id, attempt, to, reason, runner_id, now, started=to == "running"),
             ).fetchone()
             if row is None:
                 return None
-            job = _job(row)
+            job = job_record(row)
             self._db.execute(
                 _INSERT_TRANSITIONS, (job_id, job.attempt, to, reason, job.runner_id, now)
             )
@@ -551,7 +338,7 @@ class SqliteStore:
         applied = [False] * len(moves)
         history: list[tuple[int, int, str, str, str | None, float]] = []
         with self.transaction():
-            for chain in _chains(moves):
+            for chain in chains(moves):
                 made = self._move_chain(moves, chain, at, applied, history)
                 if not made and len(chain) > 1:  # fenced as a whole: try each alone
                     for i in chain:
@@ -613,11 +400,11 @@ class SqliteStore:
     def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         """A queued, assigned or running job for this commit and event, if any."""
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE repo = ? AND sha = ? AND event = ?"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE repo = ? AND sha = ? AND event = ?"
             " AND state IN ('queued', 'assigned', 'running') ORDER BY id LIMIT 1",
             (repo, sha, event),
         ).fetchone()
-        return _job(row) if row is not None else None
+        return job_record(row) if row is not None else None
 
     def request_cancel(self, job_id: int) -> None:
         self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))

@@ -20,7 +20,8 @@ from narwhal.agent.events import REASON_HEADER, CommitEvent, encode
 from narwhal.config import AmqpConfig, DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.store import JobRecord, SqliteStore
+from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store import SqliteStore
 from tests.agent.helpers import (
     AMQP_URL,
     broker_stopped,

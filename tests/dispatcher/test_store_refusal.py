@@ -14,7 +14,8 @@ from bench.common import standins
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import build_app
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.store import JobRecord, SqliteStore
+from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store import SqliteStore
 
 
 def test_assignment_waits_out_a_foreign_write_lock(

@@ -1,0 +1,110 @@
+"""The SQLite schema of the job store, and how its rows become records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from narwhal.dispatcher.records import JobRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    sha TEXT,
+    event TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    matrix TEXT,
+    parent_id INTEGER,
+    source_key TEXT UNIQUE,
+    pipeline TEXT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL DEFAULT 1,
+    runner_id TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_repo ON jobs (repo, id);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    runner_id TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, id);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_at REAL,
+    duration REAL,
+    PRIMARY KEY (job_id, attempt, idx)
+);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    url TEXT PRIMARY KEY,
+    added_at REAL NOT NULL
+);
+"""
+
+
+JOB_COLUMNS = (
+    "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
+    " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
+    " finished_at"
+)
+
+
+def json_text(mapping: Mapping[str, str]) -> str:
+    # The common case, no labels, without the JSON encoder (hot path).
+    return json.dumps(dict(mapping)) if mapping else "{}"
+
+
+def json_map(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    # Most jobs have no labels: skip the JSON parser for them (hot path).
+    return {} if text == "{}" else dict(json.loads(text))
+
+
+def job_record(row: sqlite3.Row) -> JobRecord:
+    """A row selected with ``JOB_COLUMNS``, in that order, as a record."""
+    return JobRecord(
+        id=row[0],
+        repo=row[1],
+        ref=row[2],
+        sha=row[3],
+        event=row[4],
+        labels=json_map(row[5]) or {},
+        matrix=json_map(row[6]),
+        parent_id=row[7],
+        pipeline=row[8],
+        state=row[9],
+        reason=row[10],
+        attempt=row[11],
+        runner_id=row[12],
+        cancel_requested=bool(row[13]),
+        created_at=row[14],
+        updated_at=row[15],
+        started_at=row[16],
+        finished_at=row[17],
+    )
