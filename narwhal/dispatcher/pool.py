@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Protocol
+from typing import Protocol, cast
 
 import zmq
 import zmq.asyncio
@@ -193,44 +193,55 @@ class RunnerPool:
                 await self._router.wait()
                 continue
             for parts in batch:
-                await self._receive(parts)
+                unhandled = self._receive(parts)
+                if unhandled is not None:
+                    await self._handle(*unhandled)
             await self._commit()
             self._flush_acks()
             # Storing is synchronous now: yield, or a steady stream of frames
             # would starve the scheduler, the API and the liveness checks.
             await asyncio.sleep(0)
 
-    async def _receive(self, parts: list[bytes]) -> None:
+    def _receive(self, parts: list[bytes]) -> tuple[Link, p.Message] | None:
+        """Handle one frame if that takes no waiting (most do); else hand it back."""
         link = self._links.get(parts[0])
         if link is None or len(parts) != 2:
             self.bad_frames += 1
             self._quiet.warning("unknown-peer", "frame from unknown peer %r ignored", parts[0])
-            return
+            return None
         try:
             message = p.decode(parts[1])
         except ProtocolError as e:
             self.bad_frames += 1
             self._quiet.warning(link.endpoint, "runner %s: bad frame: %s", link.endpoint, e)
-            return
+            return None
         link.seen()
+        if isinstance(message, p.STREAM_MESSAGES):
+            framed = cast("p.StreamMessage", message)
+            stream = link.streams.get((framed.job_id, framed.attempt))
+            if stream is not None:
+                self._stream_frame(link, stream, framed)
+                return None
+        elif isinstance(message, p.Heartbeat):
+            if link.state != "ready" or message.session != link.session:
+                self.send(link, p.Hello(session=self.session))
+            return None
+        return link, message
+
+    async def _handle(self, link: Link, message: p.Message) -> None:
+        """A frame that may need the dispatcher's store: READY, or outside any stream."""
         try:
-            await self._dispatch(link, message)
+            if isinstance(message, p.STREAM_MESSAGES):
+                await self._stray(link, cast("p.StreamMessage", message))
+            elif isinstance(message, p.Ready):
+                await self._ready(link, message)
+            else:
+                self._frames.append((link, message))
         except NarwhalError as e:
             self.bad_frames += 1
             self._quiet.warning(
                 link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
             )
-
-    async def _dispatch(self, link: Link, message: p.Message) -> None:
-        if isinstance(message, p.STREAM_MESSAGES):
-            await self._stream_frame(link, message)
-        elif isinstance(message, p.Heartbeat):
-            if link.state != "ready" or message.session != link.session:
-                self.send(link, p.Hello(session=self.session))
-        elif isinstance(message, p.Ready):
-            await self._ready(link, message)
-        else:
-            self._frames.append((link, message))
 
     async def _ready(self, link: Link, ready: p.Ready) -> None:
         if link.state == "ready" and ready.session != link.session:
@@ -273,13 +284,13 @@ class RunnerPool:
                 await self._handler.on_lost(other, f"runner {ready.runner_id} moved")
         return True
 
-    async def _stream_frame(self, link: Link, message: p.Message) -> None:
-        job_id, attempt, seq = message.job_id, message.attempt, message.seq  # type: ignore[attr-defined]
-        stream = link.streams.get((job_id, attempt))
-        if stream is None:
-            if await self._handler.on_stray(link, message):
-                self._ack(link, job_id, attempt, seq)
-            return
+    async def _stray(self, link: Link, message: p.StreamMessage) -> None:
+        """A job frame outside any stream: acknowledged if the job is settled."""
+        if await self._handler.on_stray(link, message):
+            self._ack(link, message.job_id, message.attempt, message.seq)
+
+    def _stream_frame(self, link: Link, stream: Stream, message: p.StreamMessage) -> None:
+        job_id, attempt, seq = message.job_id, message.attempt, message.seq
         if seq != stream.expected:
             # A duplicate (already handled) or a gap (frames lost on the way;
             # the runner resends from its first unacknowledged frame).
