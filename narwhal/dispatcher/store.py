@@ -12,6 +12,7 @@ second, read-only one on a thread (see ``dispatcher.core``).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -40,48 +41,60 @@ _SOURCES: dict[str, str] = {
 #: How long a write waits for another connection's lock before it fails.
 WRITE_WAIT_MS = 250
 
-#: The fenced UPDATE for each target state: it checks the attempt and the
-#: allowed move in the same statement that makes it.
-_MOVE_SQL: dict[str, str] = {
-    to: "UPDATE jobs SET state = ?, reason = ?, attempt = attempt + ?,"
-    " runner_id = CASE WHEN ? THEN NULL ELSE COALESCE(?, runner_id) END,"
-    " updated_at = ?, started_at = COALESCE(?, started_at),"
-    " finished_at = COALESCE(?, finished_at)"
-    f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
-    for to, sources in _SOURCES.items()
-    if sources
-}
-
 _INSERT_TRANSITIONS = (
     "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
-def _move_params(
+@functools.cache
+def _update_sql(first: str, to: str, *, started: bool, holder: bool) -> str | None:
+    """The fenced UPDATE for moves into ``first`` and on to ``to`` (None: no such move).
+
+    It checks the attempt and that a move into ``first`` is allowed in the
+    same statement that makes it, and sets only what the move changes: one
+    statement per shape of move, each prepared once.
+    """
+    sources = _SOURCES.get(first)
+    if not sources:
+        return None
+    columns = ["state = ?", "reason = ?", "updated_at = ?"]
+    if to == "queued":  # a requeue starts the next attempt, held by nobody
+        columns += ["attempt = attempt + 1", "runner_id = NULL"]
+    elif holder:
+        columns.append("runner_id = ?")
+    if started:
+        columns.append("started_at = ?")
+    if to in TERMINAL:
+        columns.append("finished_at = ?")
+    return (
+        f"UPDATE jobs SET {', '.join(columns)}"
+        f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
+    )
+
+
+def _update(
     job_id: int,
     attempt: int,
+    first: str,
     to: str,
     reason: str,
     runner_id: str | None,
-    now: float,
+    at: float,
     *,
     started: bool,
-) -> tuple[object, ...]:
-    """The parameters of a ``_MOVE_SQL`` statement that leaves the job in ``to``."""
-    requeue = to == "queued"
-    return (
-        to,
-        reason,
-        1 if requeue else 0,
-        requeue,
-        runner_id,
-        now,
-        now if started else None,
-        now if to in TERMINAL else None,
-        job_id,
-        attempt,
-    )
+) -> tuple[str | None, tuple[object, ...]]:
+    """The statement and parameters that move a job into ``first`` and on to ``to``."""
+    holder = runner_id is not None and to != "queued"
+    params: list[object] = [to, reason, at]
+    if holder:
+        params.append(runner_id)
+    if started:
+        params.append(at)
+    if to in TERMINAL:
+        params.append(at)
+    params += (job_id, attempt)
+    return _update_sql(first, to, started=started, holder=holder), tuple(params)
 
 
 class SqliteStore:
@@ -309,15 +322,14 @@ class SqliteStore:
         Returns the updated job, or None when the move was fenced off (a late
         frame from an old attempt, or a job already past that state).
         """
-        sql = _MOVE_SQL.get(to)
+        now = time.time()
+        sql, params = _update(
+            job_id, attempt, to, to, reason, runner_id, now, started=to == "running"
+        )
         if sql is None:
             return None
-        now = time.time()
         with self.transaction():
-            row = self._db.execute(
-                f"{sql} RETURNING {JOB_COLUMNS}",
-                _move_params(job_id, attempt, to, reason, runner_id, now, started=to == "running"),
-            ).fetchone()
+            row = self._db.execute(f"{sql} RETURNING {JOB_COLUMNS}", params).fetchone()
             if row is None:
                 return None
             job = job_record(row)
@@ -356,9 +368,8 @@ class SqliteStore:
     ) -> bool:
         job_id, attempt, first, _, _ = moves[chain[0]]
         _, _, to, reason, runner_id = moves[chain[-1]]
-        sql = _MOVE_SQL.get(first)
         started = any(moves[i][2] == "running" for i in chain)
-        params = _move_params(job_id, attempt, to, reason, runner_id, at, started=started)
+        sql, params = _update(job_id, attempt, first, to, reason, runner_id, at, started=started)
         if sql is None or self._db.execute(sql, params).rowcount != 1:
             return False
         for i in chain:
