@@ -10,7 +10,9 @@ three (look in the mirror, fetch, checkout) instead of a clone. Steps still
 get a real git repository in their workspace.
 
 Fetching a commit by its id needs a server that serves unadvertised
-commits; otherwise the ref is fetched and the commit looked up in it.
+commits; otherwise the ref is fetched and the commit looked up in it. What
+was fetched last is kept under a ref of the mirror (``refs/narwhal/last``),
+so the next fetch offers it as common ground and carries only new objects.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def _skeleton(workspace: Path, mirror: Path) -> None:
     (git / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
 
 
+#: The mirror's one ref: the commit (or ref tip) fetched last.
+_LAST = "refs/narwhal/last"
+
+
 class MirrorCache:
     """Bare mirrors of the repositories this runner builds, one per clone URL."""
 
@@ -119,12 +125,12 @@ class MirrorCache:
     async def _fetch(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
         """Fetch ``sha`` (or ``ref``) into the mirror; return the commit now there."""
         try:
-            await self._git("fetch", "-q", "--no-tags", repo, sha or ref, cwd=mirror)
+            await self._fetch_into(mirror, repo, sha or ref)
         except CheckoutError:
             if sha is None:
                 raise
             log.info("fetch of %s from %s refused; fetching %s", sha, repo, ref)
-            await self._git("fetch", "-q", "--no-tags", repo, ref, cwd=mirror)
+            await self._fetch_into(mirror, repo, ref)
             # The ref's history may well not hold the commit asked for.
             if not await self._has(mirror, sha):
                 raise CheckoutError(f"commit {sha} not found in {repo}") from None
@@ -133,6 +139,14 @@ class MirrorCache:
             # git fetched that very object (and checked it is connected).
             return sha
         return await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror, output=True)
+
+    async def _fetch_into(self, mirror: Path, repo: str, what: str) -> None:
+        # The fetched commit goes to a ref of the mirror's own: git offers the
+        # commits its refs reach as ones it has, so the server sends only what
+        # is new. With no ref at all every fetch carried the whole history,
+        # and gc would count all of it unreachable.
+        spec = f"+{what}:{_LAST}"
+        await self._git("fetch", "-q", "--no-tags", repo, spec, cwd=mirror)
 
     async def _has(self, mirror: Path, sha: str) -> bool:
         try:

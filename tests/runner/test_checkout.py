@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -121,6 +122,27 @@ def test_new_commits_are_fetched_into_the_mirror(
     tip = repo.commit({"a.txt": "v3\n"})
     assert _checkout(cache, str(repo.path), tmp_path / "ws3") == tip
     assert (tmp_path / "ws3" / "a.txt").read_text() == "v3\n"
+
+
+def test_a_fetch_carries_only_what_the_mirror_lacks(
+    make_repo: Callable[..., Repo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = tmp_path / "trace.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    repo = make_repo({"a.txt": "1\n"})
+    first = repo.commit({"a.txt": "2\n"})
+    (tmp_path / "mirrors").mkdir()
+    cache = MirrorCache(tmp_path / "mirrors")
+    _checkout(cache, str(repo.path), tmp_path / "ws1", sha=first)
+    trace.unlink()
+    repo.commit({"a.txt": "3\n"})
+    newest = repo.commit({"a.txt": "4\n"})
+    assert _checkout(cache, str(repo.path), tmp_path / "ws2", sha=newest) == newest
+    assert (tmp_path / "ws2" / "a.txt").read_text() == "4\n"
+    # Two new commits of one file: a commit, a tree and a blob each. Without
+    # the mirror's ref the server sent the whole history again (12 objects).
+    sent = re.findall(r"--pack_header=2,(\d+)", trace.read_text())
+    assert set(sent) == {"6"}
 
 
 def test_a_server_refusing_commit_ids_is_fetched_by_ref(
