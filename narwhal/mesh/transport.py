@@ -23,6 +23,7 @@ from narwhal.mesh.protocol import MAX_FRAME_BYTES
 # Plain ints: combining pyzmq's flag enums costs more than the send.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 
 #: Frames queued per peer before sends raise ``zmq.Again``.
 SEND_HWM = 10_000
@@ -124,9 +125,15 @@ class Router:
     def recv_batch(self, limit: int) -> list[list[bytes]]:
         """Up to ``limit`` messages that are waiting, without blocking."""
         batch: list[list[bytes]] = []
+        recv, get = self.sock.recv, self.sock.get
         try:
             while len(batch) < limit:
-                batch.append(self.sock.recv_multipart(zmq.NOBLOCK))
+                # A message's parts arrive together: once the first is here,
+                # the rest are too.
+                parts = [recv(_NOBLOCK)]
+                while get(_RCVMORE):
+                    parts.append(recv(_NOBLOCK))
+                batch.append(parts)
         except zmq.Again:
             pass
         return batch
