@@ -104,7 +104,18 @@ class MirrorCache:
         async with self._locks.setdefault(repo, asyncio.Lock()):
             commit = await self._update(mirror, repo, ref, sha)
         await asyncio.to_thread(_skeleton, workspace, mirror)
-        await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
+        try:
+            await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
+        except CheckoutError:
+            if sha is None:
+                raise
+            # The commit was known to be in the mirror, but git's gc prunes
+            # objects no ref reaches (a commit of another branch, fetched
+            # weeks ago): look again, fetch if need be, and try once more.
+            self._known.discard((repo, sha))
+            async with self._locks[repo]:
+                commit = await self._update(mirror, repo, ref, sha)
+            await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
         return commit
 
     async def _update(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:

@@ -186,3 +186,21 @@ def test_unknown_commit_and_missing_repo_raise(
         _checkout(cache, str(tmp_path / "nope"), tmp_path / "w2", ref="HEAD")
     with pytest.raises(CheckoutError, match="git fetch failed"):
         _checkout(cache, str(repo.path), tmp_path / "w3", ref="refs/heads/nope")
+
+
+def test_a_known_commit_pruned_from_the_mirror_is_fetched_again(
+    make_repo: Callable[..., Repo], cache: MirrorCache, tmp_path: Path
+) -> None:
+    repo = make_repo({"a.txt": "main\n"})
+    subprocess.run(["git", "-C", str(repo.path), "checkout", "-q", "-b", "side"], check=True)
+    side = repo.commit({"a.txt": "side\n"})
+    subprocess.run(["git", "-C", str(repo.path), "checkout", "-q", "main"], check=True)
+    tip = repo.commit({"a.txt": "main 2\n"})
+    assert _checkout(cache, str(repo.path), tmp_path / "ws1", ref="refs/heads/side", sha=side)
+    assert _checkout(cache, str(repo.path), tmp_path / "ws2", sha=tip) == tip
+    # What git's gc does weeks later to a commit no ref of the mirror reaches.
+    (mirror,) = (tmp_path / "mirrors").iterdir()
+    for prune in (["reflog", "expire", "--expire=now", "--all"], ["gc", "-q", "--prune=now"]):
+        subprocess.run(["git", "-C", str(mirror), *prune], check=True)
+    assert _checkout(cache, str(repo.path), tmp_path / "ws3", ref="refs/heads/side", sha=side)
+    assert (tmp_path / "ws3" / "a.txt").read_text() == "side\n"
