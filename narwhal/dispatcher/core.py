@@ -308,8 +308,11 @@ class Dispatcher:
                 self._changed(result)
             elif method is SqliteStore.append_log:
                 self._notify(kwargs["job_id"])
-            elif method is SqliteStore.set_checkout and result:
-                await self._expand(kwargs["job_id"], kwargs["sha"], kwargs["variants"])
+            elif method is SqliteStore.set_checkout:
+                # Its row changed (sha, pipeline, matrix): read it back next time.
+                self._records.pop(kwargs["job_id"], None)
+                if result:
+                    await self._expand(kwargs["job_id"], kwargs["sha"], kwargs["variants"])
 
     async def _on_reject(self, link: Link, message: p.Reject) -> None:
         key = (message.job_id, message.attempt)
