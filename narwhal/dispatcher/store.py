@@ -38,6 +38,9 @@ _SOURCES: dict[str, str] = {
     to: ", ".join(f"'{src}'" for src, targets in ALLOWED.items() if to in targets) for to in STATES
 }
 
+#: Bytes the WAL file is cut back to when it is reused after a checkpoint.
+WAL_SIZE_LIMIT = 32 << 20
+
 #: How long a write waits for another connection's lock before it fails.
 WRITE_WAIT_MS = 250
 
@@ -124,6 +127,9 @@ class SqliteStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 if not autocheckpoint:
                     self._db.execute("PRAGMA wal_autocheckpoint=0")
+                # After a burst (a big log) the WAL file shrinks back to this
+                # size once it is checkpointed, instead of keeping its peak.
+                self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open job store {path}: {e}") from e

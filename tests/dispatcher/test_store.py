@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from narwhal.dispatcher import store as store_module
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import NotFound, StoreError
 
@@ -169,3 +170,24 @@ def test_a_fenced_chain_of_moves_falls_back_to_each_move_alone(store: SqliteStor
         "running",
         "success",
     ]
+
+
+def test_the_wal_shrinks_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", 64 << 10)
+    path = tmp_path / "n.db"
+    writer = SqliteStore(path, autocheckpoint=False)
+    reader = SqliteStore(path, readonly=True)
+    try:
+        (job,) = writer.create_jobs([{"repo": "/r", "ref": "main", "event": "push"}])
+        for seq in range(64):  # a burst of log: 4 MiB
+            writer.append_log(job.id, attempt=1, seq=seq, data=bytes(64 << 10))
+        wal = tmp_path / "n.db-wal"
+        assert wal.stat().st_size > 4 << 20
+        reader.checkpoint()
+        writer.append_log(job.id, attempt=1, seq=64, data=b"next")  # reuses the WAL from its start
+        assert wal.stat().st_size <= 64 << 10
+    finally:
+        reader.close()
+        writer.close()
