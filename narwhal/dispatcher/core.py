@@ -15,16 +15,15 @@ dispatcher.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import zmq.asyncio
 
 from narwhal.config import DispatcherConfig
+from narwhal.dispatcher.access import StoreAccess
 from narwhal.dispatcher.batch import FrameBatch
 from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds between WAL checkpoints (on the reader thread).
-CHECKPOINT_INTERVAL = 1.0
 #: Seconds before scheduling again after the store refused a write.
 STORE_RETRY = 1.0
 
@@ -56,11 +53,7 @@ class Dispatcher:
         self.config = config
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        #: Reads (API, recovery) run here on their own connection, and so do
-        #: checkpoints; writes run on the loop (see ``_write``).
-        self._threads = ThreadPoolExecutor(1, thread_name_prefix="narwhal-store")
-        self._store: SqliteStore | None = None
-        self._reader: SqliteStore | None = None
+        self._store = StoreAccess(config.db_path)
         self._runners: RunnerPool | None = None
         #: Queued jobs in submission order (dicts keep insertion order).
         self._queue: dict[int, JobRecord] = {}
@@ -88,9 +81,7 @@ class Dispatcher:
         await self.aclose()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.config.data_dir.mkdir, parents=True, exist_ok=True)
-        self._store = SqliteStore(self.config.db_path, autocheckpoint=False)
-        self._reader = await self._run(SqliteStore, self.config.db_path, readonly=True)
+        await self._store.open()
         self._runners = RunnerPool(self.config.mesh, self._ctx, self)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
@@ -99,7 +90,7 @@ class Dispatcher:
         self._spawn(self._runners.liveness_loop())
         self._spawn(self._runners.monitor_loop())
         self._spawn(self._schedule_loop())
-        self._spawn(self._checkpoint_loop())
+        self._spawn(self._store.checkpoint_loop())
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -113,48 +104,20 @@ class Dispatcher:
             self._runners.close()
         if self._own_ctx:
             self._ctx.term()
-        if self._reader is not None:
-            await self._run(self._reader.close)
-        self._threads.shutdown(wait=True)
-        if self._store is not None:
-            self._store.close()
+        await self._store.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
-
     async def db(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a reading ``SqliteStore`` method on the reader thread.
-
-        It sees every write committed before the call (WAL).
-        """
-        assert self._reader is not None  # noqa: S101 - set in start()
-        return await self._run(method, self._reader, *args, **kwargs)
+        """Call a reading ``SqliteStore`` method (on the reader thread, see ``access``)."""
+        return await self._store.read(method, *args, **kwargs)
 
     def _write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a writing ``SqliteStore`` method, here on the loop.
-
-        Writes are short group commits (one per scheduling round or frame
-        batch). Run inline they cost less than a hop to a thread, whose
-        Python half would contend with the loop for the GIL anyway.
-        Checkpoints, the slow part of WAL, run on the reader thread
-        (``_checkpoint_loop``).
-        """
-        assert self._store is not None  # noqa: S101 - set in start()
-        return method(self._store, *args, **kwargs)
-
-    async def _checkpoint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            try:
-                await self.db(SqliteStore.checkpoint)
-            except NarwhalError as e:
-                log.warning("%s", e)
+        """Call a writing ``SqliteStore`` method (on the loop, see ``access``)."""
+        return self._store.write(method, *args, **kwargs)
 
     @property
     def runners(self) -> RunnerPool:
