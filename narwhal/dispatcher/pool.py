@@ -53,7 +53,6 @@ class RunnerPool:
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._router = Router(ctx, linger_ms=mesh.linger_ms)
-        self._sock = self._router.sock
         self._monitor = self._router.monitor(zmq.EVENT_DISCONNECTED)
         self._links: dict[bytes, Link] = {}
         self._generation = 0
@@ -67,8 +66,6 @@ class RunnerPool:
         self.resent_gaps = 0
 
     def close(self) -> None:
-        self._sock.disable_monitor()
-        self._monitor.close(0)
         self._router.close(self.mesh.linger_ms)
 
     def links(self) -> list[Link]:
@@ -105,14 +102,14 @@ class RunnerPool:
         self._links.pop(link.alias, None)
         link.state = "lost"
         with contextlib.suppress(zmq.ZMQError):
-            self._sock.disconnect(link.endpoint)
+            self._router.sock.disconnect(link.endpoint)
 
     def _open(self, endpoint: str, backoff: float = 1.0, source: str = "static") -> Link:
         # A fresh alias every time: reusing one aborts libzmq (router.cpp).
         self._generation += 1
         alias = f"{self._generation}:{endpoint}".encode()
-        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
-        self._sock.connect(endpoint)
+        self._router.sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
+        self._router.sock.connect(endpoint)
         link = Link(endpoint=endpoint, alias=alias, backoff=backoff, source=source)
         self._links[alias] = link
         self.send(link, p.Hello(session=self.session))

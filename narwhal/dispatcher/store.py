@@ -7,7 +7,7 @@ already gave up on cannot change anything.
 
 The store is synchronous. The dispatcher writes through one connection on
 its event loop (short group commits, no checkpoints) and reads through a
-second, read-only one on a thread (see ``dispatcher.core``).
+second, read-only one on a thread (see ``dispatcher.access``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ WAL_SIZE_LIMIT = 32 << 20
 
 #: How long a write waits for another connection's lock before it fails.
 WRITE_WAIT_MS = 250
+
+#: One row of ``transitions``: job id, attempt, state, reason, runner id, time.
+_History = tuple[int, int, str, str, str | None, float]
 
 _INSERT_TRANSITIONS = (
     "INSERT INTO transitions (job_id, attempt, state, reason, runner_id, at)"
@@ -225,11 +228,7 @@ class SqliteStore:
                 ),
             )
             job_id = int(cur.lastrowid or 0)
-            self._db.execute(
-                "INSERT INTO transitions (job_id, attempt, state, reason, at)"
-                " VALUES (?, 1, 'queued', ?, ?)",
-                (job_id, reason, now),
-            )
+            self._db.execute(_INSERT_TRANSITIONS, (job_id, 1, "queued", reason, None, now))
         return self.get_job(job_id), True
 
     def create_jobs(self, jobs: list[Mapping[str, Any]]) -> list[JobRecord]:
@@ -273,9 +272,7 @@ class SqliteStore:
                 ],
             )
             self._db.executemany(
-                "INSERT INTO transitions (job_id, attempt, state, reason, at)"
-                " VALUES (?, 1, 'queued', ?, ?)",
-                [(r.id, r.reason, now) for r in records],
+                _INSERT_TRANSITIONS, [(r.id, 1, "queued", r.reason, None, now) for r in records]
             )
         return records
 
@@ -354,7 +351,7 @@ class SqliteStore:
         moves in one batch cost one UPDATE, with a history row each.
         """
         applied = [False] * len(moves)
-        history: list[tuple[int, int, str, str, str | None, float]] = []
+        history: list[_History] = []
         with self.transaction():
             for chain in chains(moves):
                 made = self._move_chain(moves, chain, at, applied, history)
@@ -370,7 +367,7 @@ class SqliteStore:
         chain: list[int],
         at: float,
         applied: list[bool],
-        history: list[tuple[int, int, str, str, str | None, float]],
+        history: list[_History],
     ) -> bool:
         job_id, attempt, first, _, _ = moves[chain[0]]
         _, _, to, reason, runner_id = moves[chain[-1]]

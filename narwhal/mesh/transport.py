@@ -108,6 +108,7 @@ class Router:
         self._readable = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._check_soon = False
+        self._monitor: zmq.asyncio.Socket | None = None
 
     def send(self, alias: bytes, frame: bytes) -> None:
         """Send now; raise ``zmq.Again`` (peer's queue full) or ``zmq.ZMQError``."""
@@ -153,14 +154,20 @@ class Router:
             self._readable.set()
 
     def monitor(self, events: int) -> zmq.asyncio.Socket:
-        """An asyncio socket that receives this socket's monitor ``events``."""
+        """An asyncio socket that receives this socket's monitor ``events``.
+
+        The router owns it: ``close`` stops the monitor and closes it.
+        """
         address = f"inproc://narwhal-monitor-{id(self)}"
         self.sock.monitor(address, events)
-        pair = self._ctx.socket(zmq.PAIR)
-        pair.connect(address)
-        return pair
+        self._monitor = self._ctx.socket(zmq.PAIR)
+        self._monitor.connect(address)
+        return self._monitor
 
     def close(self, linger_ms: int) -> None:
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.sock.FD)
         self.sock.close(linger_ms)
