@@ -101,18 +101,19 @@ class MirrorCache:
     async def checkout(self, repo: str, *, ref: str, sha: str | None, workspace: Path) -> str:
         """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; return the sha."""
         mirror = self._mirror(repo)
+        known = (repo, sha) in self._known
         async with self._locks.setdefault(repo, asyncio.Lock()):
             commit = await self._update(mirror, repo, ref, sha)
         await asyncio.to_thread(_skeleton, workspace, mirror)
         try:
             await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
         except CheckoutError:
-            if sha is None:
+            if not known:  # git looked in the mirror just now: a real failure
                 raise
             # The commit was known to be in the mirror, but git's gc prunes
             # objects no ref reaches (a commit of another branch, fetched
             # weeks ago): look again, fetch if need be, and try once more.
-            self._known.discard((repo, sha))
+            self._known.discard((repo, commit))
             async with self._locks[repo]:
                 commit = await self._update(mirror, repo, ref, sha)
             await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
