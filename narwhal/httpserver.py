@@ -6,11 +6,13 @@ agent never imports the dispatcher).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 
 class HttpServer(uvicorn.Server):
@@ -37,3 +39,28 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+async def run_http(
+    app: ASGIApp, sock: socket.socket, stop: asyncio.Event, *, grace: float | None = None
+) -> None:
+    """Serve ``app`` on ``sock`` until ``stop`` is set; requests in flight finish.
+
+    ``grace``: seconds they get (None: as long as they take).
+    """
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=None if grace is None else max(1, int(grace + 0.999)),
+    )
+    server = HttpServer(config)
+    http = asyncio.create_task(server.serve(sockets=[sock]))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        server.should_exit = True
+        await http

@@ -11,38 +11,15 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-import uvicorn
-from starlette.types import ASGIApp
-
 from narwhal.agent.app import Webhooks, build_app
 from narwhal.agent.publisher import AmqpPublisher, redacted
 from narwhal.config import AgentConfig
-from narwhal.httpserver import HttpServer, listen
+from narwhal.httpserver import listen, run_http
 
 
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-async def run_http(app: ASGIApp, sock: socket.socket, stop: asyncio.Event, *, grace: float) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set; requests in flight finish."""
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        timeout_graceful_shutdown=max(1, int(grace + 0.999)),
-    )
-    server = HttpServer(config)
-    http = asyncio.create_task(server.serve(sockets=[sock]))
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        server.should_exit = True
-        await http
 
 
 async def serve_agent(

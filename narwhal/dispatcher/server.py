@@ -20,7 +20,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import uvicorn
 import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -35,7 +34,7 @@ from narwhal.dispatcher.api import build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.httpserver import HttpServer, listen
+from narwhal.httpserver import listen, run_http
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +68,11 @@ async def serve(
         if runner is not None:
             await runner.start()
             dispatcher.connect(runner.endpoint)
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-        )
-        server = HttpServer(config)
-        http = asyncio.create_task(server.serve(sockets=[sock]))
+        # The socket already listens: a client that reads this line can connect.
         announce(f"narwhal {dconf.data_dir}: API on http://{shown}:{port}{_extras_line(dconf)}")
-        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await run_http(app, sock, stop)
         finally:
-            stopped.cancel()
-            server.should_exit = True
-            await http
             if runner is not None:
                 await runner.aclose()
                 await _drain(dispatcher)
