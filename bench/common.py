@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgpack
 import zmq
+
+from narwhal.config import DispatcherConfig, MeshConfig
+from narwhal.dispatcher.core import Dispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +27,27 @@ def exit_on_sigterm() -> None:
     """Turn SIGTERM (``timeout``, CI) into SystemExit, so ``finally`` blocks stop
     the daemons and stand-ins a benchmark started instead of leaving them running."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@asynccontextmanager
+async def dispatcher(
+    endpoints: Sequence[str] = (), *, heartbeat: float
+) -> AsyncIterator[Dispatcher]:
+    """An in-process dispatcher on a throw-away store, connected to ``endpoints``."""
+    with tempfile.TemporaryDirectory() as data:
+        config = DispatcherConfig(
+            data_dir=Path(data),
+            runners=tuple(endpoints),
+            mesh=MeshConfig(heartbeat_interval=heartbeat, liveness=5),
+        )
+        async with Dispatcher(config) as running:
+            yield running
+
+
+async def all_ready(dispatcher: Dispatcher, count: int) -> None:
+    """Setup, before timing: poll until ``count`` runners sent READY."""
+    while sum(link.state == "ready" for link in dispatcher.links()) < count:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:

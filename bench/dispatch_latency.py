@@ -12,45 +12,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import exit_on_sigterm, machine, percentile, standins
-from bench.dispatch_throughput import all_ready
-from narwhal.config import DispatcherConfig, MeshConfig
-from narwhal.dispatcher.core import Dispatcher
+from bench.common import all_ready, dispatcher, exit_on_sigterm, machine, percentile, standins
 from narwhal.dispatcher.records import JobRecord
 
 
 async def measure(endpoints: list[str], rate: float, seconds: float) -> list[float]:
     latencies: list[float] = []
     total = int(rate * seconds)
-    with tempfile.TemporaryDirectory() as data:
-        config = DispatcherConfig(
-            data_dir=Path(data),
-            runners=tuple(endpoints),
-            mesh=MeshConfig(heartbeat_interval=1.0, liveness=5),
-        )
-        async with Dispatcher(config) as dispatcher:
-            await all_ready(dispatcher, len(endpoints))
-            finished = asyncio.Event()
+    async with dispatcher(endpoints, heartbeat=1.0) as running:
+        await all_ready(running, len(endpoints))
+        finished = asyncio.Event()
 
-            def on_change(job: JobRecord) -> None:
-                if job.state == "success" and job.reason.startswith("recv="):
-                    latencies.append(float(job.reason[5:]) - job.created_at)
-                    if len(latencies) == total:
-                        finished.set()
+        def on_change(job: JobRecord) -> None:
+            if job.state == "success" and job.reason.startswith("recv="):
+                latencies.append(float(job.reason[5:]) - job.created_at)
+                if len(latencies) == total:
+                    finished.set()
 
-            dispatcher.add_listener(on_change)
-            start = time.monotonic()
-            for i in range(total):
-                # A steady rate: wait for this job's slot in the schedule.
-                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-                await dispatcher.submit(
-                    repo="/r", ref="refs/heads/main", sha=None, event="push", labels={}
-                )
-            await asyncio.wait_for(finished.wait(), 60)
+        running.add_listener(on_change)
+        start = time.monotonic()
+        for i in range(total):
+            # A steady rate: wait for this job's slot in the schedule.
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            await running.submit(
+                repo="/r", ref="refs/heads/main", sha=None, event="push", labels={}
+            )
+        await asyncio.wait_for(finished.wait(), 60)
     return latencies
 
 

@@ -21,15 +21,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import zmq
 
-from bench.common import ROOT, exit_on_sigterm, machine, standins
-from narwhal.config import DispatcherConfig, MeshConfig
+from bench.common import ROOT, all_ready, dispatcher, exit_on_sigterm, machine, standins
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.mesh import protocol as p
@@ -84,15 +81,9 @@ def ceiling(endpoints: list[str], jobs: int, window: int) -> float:
 
 async def narwhal(endpoints: list[str], jobs: int) -> float:
     """The whole dispatcher path, store included."""
-    with tempfile.TemporaryDirectory() as data:
-        config = DispatcherConfig(
-            data_dir=Path(data),
-            runners=tuple(endpoints),
-            mesh=MeshConfig(heartbeat_interval=2.0, liveness=5),
-        )
-        async with Dispatcher(config) as dispatcher:
-            await all_ready(dispatcher, len(endpoints))
-            return await run_noop_jobs(dispatcher, jobs)
+    async with dispatcher(endpoints, heartbeat=2.0) as running:
+        await all_ready(running, len(endpoints))
+        return await run_noop_jobs(running, jobs)
 
 
 async def run_noop_jobs(dispatcher: Dispatcher, jobs: int) -> float:
@@ -114,12 +105,6 @@ async def run_noop_jobs(dispatcher: Dispatcher, jobs: int) -> float:
         await dispatcher.submit_many([job] * min(500, jobs - first))
     await asyncio.wait_for(finished.wait(), 300)
     return jobs / (time.perf_counter() - started)
-
-
-async def all_ready(dispatcher: Dispatcher, count: int) -> None:
-    """Setup, before timing: poll until every stand-in sent READY."""
-    while sum(link.state == "ready" for link in dispatcher.links()) < count:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
 
 
 def celery(jobs: int) -> float:

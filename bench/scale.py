@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import exit_on_sigterm, machine, standins
-from bench.dispatch_throughput import all_ready, run_noop_jobs
-from narwhal.config import DispatcherConfig, MeshConfig
-from narwhal.dispatcher.core import Dispatcher
+from bench.common import all_ready, dispatcher, exit_on_sigterm, machine, standins
+from bench.dispatch_throughput import run_noop_jobs
 
 
 def _rss() -> int:
@@ -29,21 +26,16 @@ def _rss() -> int:
 
 
 async def measure(endpoints: list[str], jobs: int, idle: float) -> tuple[float, float, float]:
-    with tempfile.TemporaryDirectory() as data:
-        config = DispatcherConfig(
-            data_dir=Path(data),
-            mesh=MeshConfig(heartbeat_interval=1.0, liveness=5),
-        )
-        async with Dispatcher(config) as dispatcher:
-            before = _rss()
-            for endpoint in endpoints:
-                dispatcher.connect(endpoint)
-            await all_ready(dispatcher, len(endpoints))
-            per_runner = (_rss() - before) / len(endpoints)
-            cpu, wall = time.process_time(), time.monotonic()
-            await asyncio.sleep(idle)
-            heartbeat_cpu = (time.process_time() - cpu) / (time.monotonic() - wall)
-            rate = await run_noop_jobs(dispatcher, jobs)
+    async with dispatcher(heartbeat=1.0) as running:
+        before = _rss()
+        for endpoint in endpoints:
+            running.connect(endpoint)
+        await all_ready(running, len(endpoints))
+        per_runner = (_rss() - before) / len(endpoints)
+        cpu, wall = time.process_time(), time.monotonic()
+        await asyncio.sleep(idle)
+        heartbeat_cpu = (time.process_time() - cpu) / (time.monotonic() - wall)
+        rate = await run_noop_jobs(running, jobs)
     return heartbeat_cpu, per_runner, rate
 
 
