@@ -50,6 +50,7 @@ from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import NarwhalError
+from narwhal.secret_rules import repo_key
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class Intake:
                 event=event.event,
                 labels={},
                 source_key=event.id,
+                # A fork's pull request gets the secrets of the repository it
+                # targets only if that repository allows forks (dispatcher.vault).
+                fork_of=repo_key(event.fork_of) if event.fork_of is not None else None,
             )
         # After find_active found nothing, an existing job for this source
         # key can only be one that has ended: the event was seen before.
