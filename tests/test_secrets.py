@@ -320,3 +320,13 @@ def test_a_local_path_given_as_dot_is_the_repository_submit_builds(
     job = api.wait(api.submit(repo))
     assert _digest(value) in api.log(job["id"])
     assert json.loads(api.http.get(f"/api/jobs/{job['id']}").text)["fork_of"] is None
+
+
+def test_the_jobs_reason_is_masked_too(narwhal_up: Up, make_repo: MakeRepo) -> None:
+    daemon, api = narwhal_up()
+    value = "k" + secrets.token_hex(16)  # a valid YAML key: the parse error quotes it
+    repo = make_repo({"narwhal.yml": f"steps:\n  - name: x\n    command: 'true'\n    {value}: 1\n"})
+    _set(daemon, repo, "API_TOKEN", value)
+    job = api.wait(api.submit(repo))
+    assert job["state"] == "error" and "unknown key '********'" in job["reason"], job
+    assert value not in json.dumps(job) and value not in api.log(job["id"])
