@@ -225,7 +225,13 @@ class Vault:
     # what dispatching calls
 
     def for_job(self, job: JobRecord) -> dict[str, str]:
-        """The secrets ``job`` may have, opened; {} for most jobs, without any lookup."""
+        """The secrets ``job`` may have, opened; {} for most jobs, without any lookup.
+
+        Never raises (it runs while a scheduling round sends its JOB frames):
+        a repository whose key cannot be computed has no secrets, since
+        ``put`` computes the same key, and a secret that does not open is
+        logged and left out.
+        """
         if not self._sealed:
             return {}
         if job.fork_of is not None:
@@ -233,13 +239,17 @@ class Vault:
                 return {}
             key = job.fork_of
         else:
-            key = repo_key(job.repo)
-        held = self._sealed.get(key)
-        if not held:
-            return {}
-        return {
-            name: self._sealer.open(key, name, s.nonce, s.ciphertext) for name, s in held.items()
-        }
+            try:
+                key = repo_key(job.repo)
+            except ConfigError:
+                return {}
+        opened = {}
+        for name, sealed in self._sealed.get(key, {}).items():
+            try:
+                opened[name] = self._sealer.open(key, name, sealed.nonce, sealed.ciphertext)
+            except SecretError as e:
+                log.error("job %d: %s", job.id, e)
+        return opened
 
 
 def _key(repo: str) -> str:

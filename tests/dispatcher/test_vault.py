@@ -179,3 +179,12 @@ def test_an_older_store_gains_the_fork_column(tmp_path: Path) -> None:
     fork = store.create_job(repo="/srv/f", ref="HEAD", sha=None, event="pull_request", fork_of=KEY)
     assert store.get_job(fork.id).fork_of == KEY
     store.close()
+
+
+def test_a_job_whose_repository_has_no_key_gets_nothing_and_nothing_raises(
+    tmp_path: Path,
+) -> None:
+    vault, store = _vault(tmp_path)
+    vault.put(REPO, "API_TOKEN", VALUE)
+    assert vault.for_job(_job("https://host:99999/x")) == {}  # no valid URL, no key
+    store.close()
