@@ -245,6 +245,25 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-token", default=env("API_TOKEN"), help="API token (NARWHAL_API_TOKEN)")
 
 
+def _secrets_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets = sub.add_parser("secrets", help="a repository's secrets (docs/secrets.md)")
+    actions = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    repo = "clone URL or local path of the repository ('.' too)"
+    for name, text in (
+        ("set", "set NAME to the value on stdin"),
+        ("list", "list the names (never the values)"),
+        ("delete", "delete NAME"),
+        ("forks", "whether pull requests from forks get the secrets (default off)"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("repo", help=repo)
+        if name in ("set", "delete"):
+            action.add_argument("name", help="secret name, like API_TOKEN")
+        if name == "forks":
+            action.add_argument("policy", help="on or off")
+        _client_flags(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narwhal", description="A small, fast, self-hosted CI.")
     parser.add_argument("--version", action="version", version=f"narwhal {__version__}")
@@ -307,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runners = sub.add_parser("runners", help="list the runners the dispatcher knows")
     _client_flags(runners)
+    _secrets_parser(sub)
 
     exe = sub.add_parser("exec", help="run a directory's narwhal.yml here, without a dispatcher")
     exe.add_argument("directory", nargs="?", default=".")

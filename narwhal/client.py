@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from narwhal.errors import NarwhalError
+from narwhal.secrets_client import run_secrets
 
 
 class ClientError(NarwhalError):
@@ -174,6 +175,7 @@ COMMANDS = {
     "runners": runners,
     "cancel": cancel,
     "resubmit": resubmit,
+    "secrets": run_secrets,
 }
 
 

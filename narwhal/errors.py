@@ -5,12 +5,13 @@
     ├── PipelineError      narwhal.yml is invalid (one line: FILE:LINE: FIELD: message)
     ├── ProtocolError      a mesh frame is malformed, oversized or of another version
     ├── StoreError         the job store cannot do what was asked
-    │   └── NotFound       no such job or runner
+    │   ├── NotFound       no such job or runner
+    │   └── SecretError    a stored secret does not decrypt with the key in the data dir
     ├── CheckoutError      git could not fetch or check out the commit
     ├── ExecutorError      a step could not be started (not: the step failed)
     └── DiscoveryError     mDNS could not start on the chosen interfaces
 
-Third-party exceptions (zmq, sqlite3, docker, aio-pika, zeroconf) are translated into
+Third-party exceptions (zmq, sqlite3, docker, aio-pika, zeroconf, cryptography) are translated into
 these only in the module that talks to that library.
 """
 
@@ -37,6 +38,10 @@ class StoreError(NarwhalError):
 
 class NotFound(StoreError):
     """The job or runner asked for does not exist."""
+
+
+class SecretError(StoreError):
+    """A stored secret does not decrypt with ``secrets.key`` (another key, or tampered)."""
 
 
 class CheckoutError(NarwhalError):

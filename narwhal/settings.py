@@ -34,6 +34,7 @@ from narwhal.config import (
     WebhookConfig,
 )
 from narwhal.errors import ConfigError
+from narwhal.secret_rules import check_name, check_value
 
 log = logging.getLogger("narwhal")
 
@@ -318,11 +319,6 @@ def _memory_size(text: str) -> int:
     return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
 
 
-_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: Masking a secret of a character or two would garble every log.
-MIN_SECRET = 4
-
-
 def _secrets(names: Sequence[str], secrets_file: str | None) -> dict[str, str]:
     """``--secret NAME`` (the value from the environment) and ``--secrets-file`` lines."""
     found: dict[str, str] = {}
@@ -333,10 +329,7 @@ def _secrets(names: Sequence[str], secrets_file: str | None) -> dict[str, str]:
             raise ConfigError(f"--secret {name}: no environment variable {name}")
         found[name] = os.environ[name]
     for name, value in found.items():
-        if not _SECRET_NAME.fullmatch(name):
-            raise ConfigError(f"secret {name!r}: expected a variable name like API_TOKEN")
-        if len(value) < MIN_SECRET:
-            raise ConfigError(f"secret {name}: shorter than {MIN_SECRET} characters")
+        check_value(check_name(name), value)
     return found
 
 

@@ -3,17 +3,23 @@
 This module is the contract between the two; the dispatcher imports it, it
 imports neither side. One event is one JSON object (UTF-8) per AMQP message::
 
-    {"v": 1, "id": "github:72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    {"v": 2, "id": "github:72d3162e-cc78-11e3-81ab-4c9367dc0958",
      "forge": "github", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
      "repo": "https://github.com/octo/hello.git", "full_name": "octo/hello",
      "ref": "refs/heads/main", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
-     "event": "push"}
+     "event": "push", "fork_of": null}
 
 ``id`` is the event's idempotency key (forge and delivery id): the AMQP
 ``message_id`` and the job's ``source_key``, so a redelivered message never
 makes a second job. ``repo`` is what the runner clones; ``full_name`` is the
 forge repository that commit statuses go to (the base repository of a pull
-request from a fork).
+request from a fork). ``fork_of`` is the base repository's clone URL when the
+commit is a pull request from another repository (a fork), else null: such a
+job gets the base repository's secrets only if that repository allows forks.
+
+Versions: 2 added ``fork_of``. A version 1 event says nothing about forks,
+so its pull requests are taken as coming from a fork of their own
+repository (no secrets unless it allows forks); its pushes are not forks.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from typing import Any, Protocol
 
 from narwhal.errors import NarwhalError
 
-VERSION = 1
+VERSION = 2
+#: Versions ``decode`` reads (see the module docstring for what 1 lacks).
+READABLE_VERSIONS = (1, 2)
 FORGES = ("github", "gitea", "gitlab")
 #: ``tag`` is a push of a tag; ``when: {event: [...]}`` filters see these names.
 EVENTS = ("push", "tag", "pull_request")
@@ -63,6 +71,8 @@ class CommitEvent:
     ref: str
     sha: str
     event: str
+    #: The base repository's clone URL for a pull request from a fork, else None.
+    fork_of: str | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -94,10 +104,17 @@ def decode(data: bytes) -> CommitEvent:
         raise EventError(f"not JSON: {e}") from e
     if not isinstance(body, dict):
         raise EventError("expected a JSON object")
-    if body.get("v") != VERSION:
-        raise EventError(f"unsupported event version {body.get('v')!r} (expected {VERSION})")
+    version = body.get("v")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise EventError(f"unsupported event version {version!r} (expected {VERSION})")
     fields = {name: _string(body, name) for name in _FIELDS}
-    return CommitEvent(**fields)
+    if version == 1:
+        fork_of = fields["repo"] if fields["event"] == "pull_request" else None
+    else:
+        fork_of = body.get("fork_of")
+        if fork_of is not None and not isinstance(fork_of, str):
+            raise EventError(f"fork_of: expected a string or null, got {type(fork_of).__name__}")
+    return CommitEvent(**fields, fork_of=fork_of)
 
 
 _FIELDS = ("id", "forge", "delivery", "repo", "full_name", "ref", "sha", "event")
@@ -125,6 +142,10 @@ def _check(event: CommitEvent) -> None:
     if len(event.full_name) > 255 or not _FULL_NAME.fullmatch(event.full_name):
         raise EventError(f"full_name: expected OWNER/NAME, got {event.full_name[:80]!r}")
     check_repo(event.repo)
+    if event.fork_of is not None:
+        check_repo(event.fork_of)
+        if event.event != "pull_request":
+            raise EventError("fork_of: only a pull request comes from a fork")
 
 
 def check_repo(repo: str) -> str:

@@ -9,10 +9,16 @@ What is built (everything else is answered "ignored" with the reason):
 
 - GitHub: ``push`` of a branch or tag (not a deletion), ``pull_request``
   opened/synchronize/reopened (the head commit, cloned from the head
-  repository), ``ping``.
+  repository; ``fork_of`` set when that is not the base repository), ``ping``.
 - Gitea/Forgejo: the same events and payload shape (``synchronized``).
 - GitLab: Push Hook, Tag Push Hook, Merge Request Hook open/reopen and
-  update with new commits.
+  update with new commits (``fork_of`` set when the source project is not the
+  target project).
+
+A pull request counts as coming from a fork unless the payload shows that
+head and base are one repository (same id, name and clone URL): what cannot
+be told apart is a fork, so it never gets the base repository's secrets by
+accident.
 """
 
 from __future__ import annotations
@@ -189,7 +195,7 @@ def _ref_kind(ref: str) -> str | None:
     return None
 
 
-def _event(forge: str, delivery: str, **fields: str) -> CommitEvent:
+def _event(forge: str, delivery: str, **fields: Any) -> CommitEvent:
     return CommitEvent(id=f"{forge}:{delivery}", forge=forge, delivery=delivery, **fields)
 
 
@@ -224,6 +230,8 @@ def _pull_request(
     head = _get(payload, "pull_request.head", dict)
     if head.get("repo") is None:
         return Ignored("pull_request: the head repository no longer exists")
+    base = _get(payload, "repository", dict)
+    same = _same_repo(head["repo"], base, ("id", "full_name", "clone_url"))
     return _event(
         forge,
         delivery,
@@ -233,7 +241,15 @@ def _pull_request(
         ref="refs/heads/" + _get(payload, "pull_request.head.ref"),
         sha=_get(payload, "pull_request.head.sha"),
         event="pull_request",
+        fork_of=None if same else _get(payload, "repository.clone_url"),
     )
+
+
+def _same_repo(head: Any, base: Any, fields: tuple[str, ...]) -> bool:
+    """Both sides present and equal in every field (a missing one: not the same)."""
+    if not isinstance(head, dict) or not isinstance(base, dict):
+        return False
+    return all(head.get(f) is not None and head.get(f) == base.get(f) for f in fields)
 
 
 def parse_github(name: str, delivery: str, payload: dict[str, Any]) -> Outcome:
@@ -283,16 +299,35 @@ def _gitlab_merge_request(delivery: str, payload: dict[str, Any]) -> Outcome:
         return Ignored(f"merge request {action}: no new commit to build")
     if action == "update" and not attrs.get("oldrev"):
         return Ignored("merge request update without new commits")
+    source_url = _get(payload, "object_attributes.source.git_http_url")
+    target = attrs.get("target")
+    target_url = target.get("git_http_url") if isinstance(target, dict) else None
+    same = _same_repo(
+        {"id": attrs.get("source_project_id"), "url": source_url},
+        {"id": attrs.get("target_project_id"), "url": target_url},
+        ("id", "url"),
+    )
     return _event(
         "gitlab",
         delivery,
-        repo=_get(payload, "object_attributes.source.git_http_url"),
+        repo=source_url,
         # GitLab shows a merge request's pipelines from its source project.
         full_name=_get(payload, "object_attributes.source.path_with_namespace"),
         ref="refs/heads/" + _get(payload, "object_attributes.source_branch"),
         sha=_get(payload, "object_attributes.last_commit.id"),
         event="pull_request",
+        fork_of=None if same else _gitlab_target(payload, target_url, source_url),
     )
+
+
+def _gitlab_target(payload: dict[str, Any], target_url: Any, source_url: str) -> str:
+    """The target project's clone URL (the hook's project), else the source's own."""
+    project = payload.get("project")
+    hooked = project.get("git_http_url") if isinstance(project, dict) else None
+    for url in (target_url, hooked):
+        if isinstance(url, str) and url:
+            return url
+    return source_url
 
 
 def parse_gitlab(name: str, delivery: str, payload: dict[str, Any]) -> Outcome:

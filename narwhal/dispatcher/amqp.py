@@ -49,7 +49,8 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.store import SqliteStore
-from narwhal.errors import NarwhalError
+from narwhal.errors import ConfigError, NarwhalError
+from narwhal.secret_rules import repo_key
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class Intake:
                 event=event.event,
                 labels={},
                 source_key=event.id,
+                # A fork's pull request gets the secrets of the repository it
+                # targets only if that repository allows forks (dispatcher.vault).
+                fork_of=_fork_of(event),
             )
         # After find_active found nothing, an existing job for this source
         # key can only be one that has ended: the event was seen before.
@@ -98,6 +102,20 @@ class Intake:
             self.created += 1
         log.info("job %d for %s (%s %s at %s)", job.id, event.id, event.event, event.ref, event.sha)
         return job, fresh
+
+
+def _fork_of(event: CommitEvent) -> str | None:
+    """The key of the repository a fork's pull request targets (None: not a fork).
+
+    A URL that has no key (a port out of range) stays as it is: still a
+    fork, of a repository no policy can name, so it gets no secrets.
+    """
+    if event.fork_of is None:
+        return None
+    try:
+        return repo_key(event.fork_of)
+    except ConfigError:
+        return event.fork_of
 
 
 class DirectSink:

@@ -160,6 +160,9 @@ class Api:
 
 def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
     """The ASGI app of one dispatcher's API."""
+    # Imported here: secrets_api builds on this module's helpers.
+    from narwhal.dispatcher.secrets_api import secret_routes
+
     api = Api(dispatcher)
     routes = [
         Route("/health", _guard(api.health, token)),
@@ -173,6 +176,7 @@ def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
         ),
         Route("/api/runners", _guard(api.runners, token), methods=["GET"]),
         Route("/api/runners", _guard(api.add_runner, token, mutating=True), methods=["POST"]),
+        *secret_routes(dispatcher, token),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 

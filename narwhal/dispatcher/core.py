@@ -29,6 +29,7 @@ from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.vault import Vault, load_key
 from narwhal.errors import NarwhalError, StoreError
 from narwhal.mesh import protocol as p
 
@@ -55,6 +56,7 @@ class Dispatcher:
         self._own_ctx = context is None
         self._store = StoreAccess(config.db_path)
         self._runners: RunnerPool | None = None
+        self._vault: Vault | None = None
         #: Queued jobs in submission order (dicts keep insertion order).
         self._queue: dict[int, JobRecord] = {}
         #: The latest record of every assigned or running job, so the hot path
@@ -81,7 +83,10 @@ class Dispatcher:
         await self.aclose()
 
     async def start(self) -> None:
+        key = await asyncio.to_thread(load_key, self.config.data_dir)
         await self._store.open()
+        self._vault = Vault(key, self._write)
+        await self.db(self._vault.load)
         self._runners = RunnerPool(self.config.mesh, self._ctx, self)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
@@ -118,6 +123,12 @@ class Dispatcher:
     def _write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a writing ``SqliteStore`` method (on the loop, see ``access``)."""
         return self._store.write(method, *args, **kwargs)
+
+    @property
+    def secrets(self) -> Vault:
+        """Per-repository secrets (``dispatcher.vault``)."""
+        assert self._vault is not None  # noqa: S101 - set in start()
+        return self._vault
 
     @property
     def runners(self) -> RunnerPool:
@@ -297,6 +308,7 @@ class Dispatcher:
                 matrix=variant,
                 parent_id=parent.id,
                 reason=f"matrix of job {parent.id}",
+                fork_of=parent.fork_of,
             )
 
     # scheduling
@@ -357,6 +369,7 @@ class Dispatcher:
             sha=job.sha,
             event=job.event,
             matrix=job.matrix,
+            secrets=self.secrets.for_job(job),
         )
         if not self.runners.open_stream(link, key, expected=0, live=True, request=frame):
             # Recorded as assigned: the pool sends it again until the runner
@@ -394,14 +407,21 @@ class Dispatcher:
         event: str,
         labels: dict[str, str],
         source_key: str | None = None,
+        fork_of: str | None = None,
     ) -> JobRecord:
         """Queue a job; a ``source_key`` seen before returns that job instead.
 
         The key is what makes redelivered commit events (AMQP redelivery, a
-        forge retrying a webhook) idempotent.
+        forge retrying a webhook) idempotent. ``fork_of``: see ``JobRecord``.
         """
         return await self._create(
-            repo=repo, ref=ref, sha=sha, event=event, labels=labels, source_key=source_key
+            repo=repo,
+            ref=ref,
+            sha=sha,
+            event=event,
+            labels=labels,
+            source_key=source_key,
+            fork_of=fork_of,
         )
 
     async def submit_many(self, jobs: list[dict[str, Any]]) -> list[JobRecord]:
@@ -423,6 +443,7 @@ class Dispatcher:
             labels=old.labels,
             matrix=old.matrix,
             reason=f"resubmitted from job {old.id}",
+            fork_of=old.fork_of,
         )
 
     async def cancel(self, job_id: int) -> JobRecord:

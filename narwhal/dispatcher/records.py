@@ -61,6 +61,10 @@ class JobRecord(NamedTuple):
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    #: A pull request from a fork: the key (``secret_rules.repo_key``) of the
+    #: repository it targets, whose fork policy decides its secrets. None
+    #: for every other job.
+    fork_of: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +95,7 @@ class JobRecord(NamedTuple):
             updated_at=at,
             started_at=at if to == "running" else self.started_at,
             finished_at=at if to in TERMINAL else self.finished_at,
+            fork_of=self.fork_of,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    fork_of TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_repo ON jobs (repo, id);
@@ -64,13 +65,40 @@ CREATE TABLE IF NOT EXISTS endpoints (
     url TEXT PRIMARY KEY,
     added_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secrets (
+    repo TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key_version INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (repo, name)
+);
+CREATE TABLE IF NOT EXISTS secret_policies (
+    repo TEXT PRIMARY KEY,
+    forks INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
 """
+
+#: Columns added after a table first shipped: (table, column, declaration).
+#: ``CREATE TABLE IF NOT EXISTS`` leaves an older file's tables as they were.
+ADDED_COLUMNS = (("jobs", "fork_of", "TEXT"),)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the columns an older job store lacks (idempotent)."""
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 JOB_COLUMNS = (
     "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
     " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
-    " finished_at"
+    " finished_at, fork_of"
 )
 
 
@@ -107,4 +135,5 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         updated_at=row[15],
         started_at=row[16],
         finished_at=row[17],
+        fork_of=row[18],
     )

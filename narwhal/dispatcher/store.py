@@ -30,7 +30,7 @@ from narwhal.dispatcher.records import (
     StepRecord,
     chains,
 )
-from narwhal.dispatcher.schema import JOB_COLUMNS, SCHEMA, job_record, json_text
+from narwhal.dispatcher.schema import JOB_COLUMNS, SCHEMA, job_record, json_text, migrate
 from narwhal.errors import NotFound, StoreError
 
 #: For each target state, the states it may be reached from (as SQL).
@@ -134,6 +134,7 @@ class SqliteStore:
                 # size once it is checkpointed, instead of keeping its peak.
                 self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 self._db.executescript(SCHEMA)
+                migrate(self._db)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open job store {path}: {e}") from e
         self._in_tx = False
@@ -199,6 +200,7 @@ class SqliteStore:
         parent_id: int | None = None,
         reason: str = "submitted",
         source_key: str | None = None,
+        fork_of: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Create a job unless one with ``source_key`` exists; say which happened."""
         if source_key is not None:
@@ -211,8 +213,8 @@ class SqliteStore:
         with self.transaction():
             cur = self._db.execute(
                 "INSERT INTO jobs (repo, ref, sha, event, labels, matrix, parent_id,"
-                " source_key, state, reason, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                " source_key, state, reason, created_at, updated_at, fork_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                 (
                     repo,
                     ref,
@@ -225,6 +227,7 @@ class SqliteStore:
                     reason,
                     now,
                     now,
+                    fork_of,
                 ),
             )
             job_id = int(cur.lastrowid or 0)
@@ -497,3 +500,17 @@ class SqliteStore:
 
     def endpoints(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT url FROM endpoints ORDER BY added_at")]
+
+    # tables of other modules (``dispatcher.vault``): one statement each
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """The rows one SELECT returns."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from e
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one writing statement in a transaction of its own; the rows it changed."""
+        with self.transaction():
+            return int(self._db.execute(sql, params).rowcount)

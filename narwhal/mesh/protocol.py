@@ -1,4 +1,4 @@
-"""Wire protocol v1 between the dispatcher (ROUTER) and runners (DEALER).
+"""Wire protocol v2 between the dispatcher (ROUTER) and runners (DEALER).
 
 Every frame is one msgpack array ``[version, kind, {field: value, ...}]``.
 The version is checked first so that a peer speaking another protocol gets a
@@ -11,7 +11,7 @@ Conversation, in order::
     dispatcher                           runner
     HELLO(session)              ->                  (first frame on a connection)
                                 <-  READY(runner_id, session, capacity, active)
-    JOB(job_id, attempt, runner_session, ...) ->
+    JOB(job_id, attempt, runner_session, ..., secrets) ->
                                 <-  ACCEPT | REJECT
                                 <-  CHECKED_OUT(sha, pipeline, variants)
                                 <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
@@ -35,14 +35,16 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import msgpack
 
 from narwhal.errors import ProtocolError
+from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
-PROTOCOL_VERSION = 1
+#: 2: JOB carries ``secrets`` (a v1 runner's strict decoding refuses the field).
+PROTOCOL_VERSION = 2
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
 MAX_FRAME_BYTES = 1 << 20
@@ -124,6 +126,10 @@ class Job(Message):
     event: str
     matrix: dict[str, str] | None = None
     timeout: float | None = None
+    #: The repository's secrets (name -> value) this job may have, become env
+    #: vars of every step; only inside the authenticated, encrypted mesh, and
+    #: out of the repr so that logging a frame never shows them.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -459,6 +465,17 @@ def _check_values(message: Message) -> None:
         raise ProtocolError(f"step_finished.status: unknown status {message.status!r}")
     if isinstance(message, Log) and len(message.data) > MAX_LOG_CHUNK:
         raise ProtocolError(f"log.data: chunk of {len(message.data)} bytes is too large")
+    if isinstance(message, Job):
+        _check_secrets(message.secrets)
+
+
+def _check_secrets(secrets: Mapping[str, str]) -> None:
+    """Names a step's environment can hold; the message never shows a value."""
+    for name, value in secrets.items():
+        if not _SECRET_NAME.fullmatch(name):
+            raise ProtocolError(f"job.secrets: {name[:40]!r} is not a variable name")
+        if "\x00" in value:
+            raise ProtocolError(f"job.secrets.{name}: contains a NUL byte")
 
 
 __all__ = [

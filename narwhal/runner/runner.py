@@ -46,7 +46,7 @@ from narwhal.runner.checkout import MirrorCache
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
-from narwhal.runner.masking import Masker, mask_text
+from narwhal.runner.masking import Masker, SecretsExecutor, mask_text
 from narwhal.runner.stream import JobStream
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,8 @@ class Runner:
 
     async def _run(self, job: p.Job, stop: Stop, stream: JobStream) -> None:
         started = time.monotonic()
-        secret_values = self.config.secrets.values()
+        # The job's own secrets are masked like the runner's (its log, its reason).
+        secret_values = [*self.config.secrets.values(), *job.secrets.values()]
         reporter = FrameReporter(stream, secret_values)
         name = f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
         workspace = self._work / name
@@ -380,12 +381,22 @@ class Runner:
         return await run_pipeline(
             pipeline,
             workspace=workspace,
-            executor=self._executor,
+            executor=self._job_executor(job),
             reporter=reporter,
             stop=stop,
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
+
+    def _job_executor(self, job: p.Job) -> Executor:
+        """The runner's executor, handing every step the job's secrets too.
+
+        Wrapped outside the runner's own ``SecretsExecutor``: a runner secret
+        of the same name wins, and the pipeline's ``env`` shadows neither.
+        """
+        if not job.secrets:
+            return self._executor
+        return SecretsExecutor(self._executor, job.secrets)
 
     def _load_pipeline(self, workspace: Path) -> PipelineFile:
         return self._parse(read_path(workspace / PIPELINE_FILE))

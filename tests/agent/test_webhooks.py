@@ -70,6 +70,36 @@ def test_pull_request_opened_builds_head_from_head_repo() -> None:
     assert event.repo == "https://github.com/fork/hello.git"
     assert event.full_name == "Codertocat/Hello-World"  # statuses go to the base
     assert event.ref == "refs/heads/changes"
+    assert event.fork_of == "https://github.com/Codertocat/Hello-World.git"
+
+
+def test_pull_request_from_the_same_repository_is_no_fork() -> None:
+    event = _github("pull_request", "pull_request_opened.payload.json")
+    assert isinstance(event, CommitEvent) and event.fork_of is None
+    assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("full_name", "attacker/Hello-World"), ("id", 1), ("clone_url", "/srv/other"), ("id", None)],
+)
+def test_pull_request_whose_head_differs_in_anything_is_a_fork(field: str, value: Any) -> None:
+    payload = recorded("pull_request_opened.payload.json")
+    payload["pull_request"]["head"]["repo"][field] = value
+    event = _github("pull_request", payload)
+    assert isinstance(event, CommitEvent)
+    assert event.fork_of == "https://github.com/Codertocat/Hello-World.git"
+    assert decode(encode(event)).fork_of == event.fork_of
+
+
+def test_version_1_events_decode_and_their_pull_requests_count_as_forks() -> None:
+    push = _github("push", "push_with-new-branch.payload.json")
+    pull = _github("pull_request", "pull_request_opened.payload.json")
+    assert isinstance(push, CommitEvent) and isinstance(pull, CommitEvent)
+    for event, fork_of in ((push, None), (pull, pull.repo)):
+        old = {k: v for k, v in json.loads(encode(event)).items() if k != "fork_of"}
+        decoded = decode(json.dumps({**old, "v": 1}).encode())
+        assert decoded.fork_of == fork_of and decoded.sha == event.sha
 
 
 @pytest.mark.parametrize("action", ["synchronize", "reopened"])
@@ -238,6 +268,19 @@ def test_gitlab_merge_request() -> None:
         "refs/heads/feature",
         "fork/project",
     )
+    # No target project in the payload: a fork (of itself, as nothing else is known).
+    assert event.fork_of == "https://gitlab.example/fork/project.git"
+    attrs.update(
+        source_project_id=7,
+        target_project_id=9,
+        target={"git_http_url": "https://gitlab.example/group/project.git"},
+    )
+    fork = _gitlab(payload, event="Merge Request Hook")
+    assert isinstance(fork, CommitEvent)
+    assert fork.fork_of == "https://gitlab.example/group/project.git"
+    attrs.update(target_project_id=7, target={"git_http_url": attrs["source"]["git_http_url"]})
+    same = _gitlab(payload, event="Merge Request Hook")
+    assert isinstance(same, CommitEvent) and same.fork_of is None
 
 
 def test_event_wire_format_round_trip_and_errors() -> None:
@@ -247,7 +290,10 @@ def test_event_wire_format_round_trip_and_errors() -> None:
     bad_cases = [
         b"\xff",
         b"[]",
-        json.dumps({**good, "v": 2}).encode(),
+        json.dumps({**good, "v": 3}).encode(),
+        json.dumps({**good, "v": True}).encode(),
+        json.dumps({**good, "fork_of": 5}).encode(),
+        json.dumps({**good, "fork_of": "https://github.com/o/r.git"}).encode(),  # a push
         json.dumps({**good, "sha": 5}).encode(),
         json.dumps({**good, "event": "deploy"}).encode(),
         json.dumps({**good, "ref": "refs/heads/../x"}).encode(),

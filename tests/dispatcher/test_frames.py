@@ -65,16 +65,17 @@ def _frame(version: Any, kind: Any, body: Any) -> bytes:
     return bytes(msgpack.packb([version, kind, body], use_bin_type=True))
 
 
+V = p.PROTOCOL_VERSION
 BAD_FRAMES = [
     b"",
     b"\xc1garbage",
     p.encode(p.Heartbeat(session="x"))[:-2],
-    _frame(2, "heartbeat", {"session": "s"}),
-    _frame(1, "launch_missiles", {}),
-    _frame(1, "ready", {"runner_id": 5}),
-    _frame(1, "done", {"job_id": "x", "attempt": 1, "seq": 0}),
-    _frame(1, "log", {"job_id": 1, "attempt": 1, "seq": -5, "data": b""}),
-    _frame(1, "job", {}),
+    _frame(V + 1, "heartbeat", {"session": "s"}),
+    _frame(V, "launch_missiles", {}),
+    _frame(V, "ready", {"runner_id": 5}),
+    _frame(V, "done", {"job_id": "x", "attempt": 1, "seq": 0}),
+    _frame(V, "log", {"job_id": 1, "attempt": 1, "seq": -5, "data": b""}),
+    _frame(V, "job", {}),
 ]
 
 
@@ -169,7 +170,7 @@ _fields = st.dictionaries(
 )
 _frames = st.one_of(
     st.binary(max_size=64),
-    st.builds(lambda k, b: _frame(1, k, b), st.sampled_from([m.KIND for m in p.MESSAGES]), _fields),
+    st.builds(lambda k, b: _frame(V, k, b), st.sampled_from([m.KIND for m in p.MESSAGES]), _fields),
     st.builds(lambda v, k, b: _frame(v, k, b), _any, _any, _any),
 )
 

@@ -1,4 +1,4 @@
-"""Wire protocol v1: every message round-trips, everything malformed is refused."""
+"""Wire protocol v2: every message round-trips, everything malformed is refused."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ SAMPLES: list[p.Message] = [
         event="push",
         matrix={"PY": "3.12"},
         timeout=60.0,
+        secrets={"API_TOKEN": "s3cr3t-value", "MULTI": "line one\nline two"},
     ),
     p.Job(
         job_id=7,
@@ -91,6 +92,32 @@ def test_every_message_kind_is_sampled() -> None:
     assert {type(m) for m in SAMPLES} == set(p.MESSAGES)
 
 
+def test_job_secrets_stay_out_of_the_repr() -> None:
+    job = SAMPLES[3]
+    assert isinstance(job, p.Job) and job.secrets
+    assert "s3cr3t-value" not in repr(job) and "secrets" not in repr(job)
+
+
+_JOB = {"job_id": 1, "attempt": 1, "runner_session": "s", "repo": "/r", "ref": "HEAD"}
+
+
+@pytest.mark.parametrize(
+    ("secrets", "error"),
+    [
+        ({"1BAD": "value"}, "job.secrets: '1BAD' is not a variable name"),
+        ({"A-B": "value"}, "is not a variable name"),
+        ({"OK": "va\x00lue"}, "job.secrets.OK: contains a NUL byte"),
+        ({"OK": 5}, "job.secrets.OK: expected str, got int"),
+        (["OK"], "job.secrets: expected map"),
+    ],
+)
+def test_bad_job_secrets_are_refused_without_the_value(secrets: Any, error: str) -> None:
+    frame = _frame("job", {**_JOB, "sha": None, "event": "push", "secrets": secrets})
+    with pytest.raises(ProtocolError, match=error.replace("[", r"\[")) as caught:
+        p.decode(frame)
+    assert "va\x00lue" not in str(caught.value)
+
+
 def test_messages_are_frozen() -> None:
     with pytest.raises(AttributeError):
         p.Accept(job_id=1, attempt=1, seq=0).job_id = 2  # type: ignore[misc]
@@ -108,7 +135,7 @@ def _frame(kind: Any, body: Any, version: Any = p.PROTOCOL_VERSION) -> bytes:
         (b"\xc1", "not a msgpack frame"),
         (msgpack.packb({"kind": "heartbeat"}), "not [version, kind, body]"),
         (msgpack.packb([1, "heartbeat"]), "not [version, kind, body]"),
-        (_frame("heartbeat", {"session": "s"}, version=2), "protocol version 2 not supported"),
+        (_frame("heartbeat", {"session": "s"}, version=1), "protocol version 1 not supported"),
         (_frame("heartbeat", {"session": "s"}, version="1"), "protocol version '1'"),
         (_frame("launch", {}), "unknown message kind 'launch'"),
         (_frame(5, {}), "unknown message kind 5"),

@@ -1,0 +1,261 @@
+"""Per-repository secrets: sealed at rest in the job store, opened only to dispatch.
+
+Values are sealed with AES-256-GCM (the ``cryptography`` package) under a key
+kept beside the store, ``<data-dir>/secrets.key`` (mode 0600, the directory
+0700), made at the first start. Every value has a random 96-bit nonce, and its
+repository key and name are the associated data: a ciphertext copied into
+another repository's row, or under another name, does not open.
+``key_version`` records which key sealed a row, for a future rotation.
+
+The store holds only ciphertext. The dispatcher keeps the sealed rows in
+memory (loaded at start, updated on every set and delete), so dispatching
+reads nothing from the store: a job of a repository without secrets costs a
+set lookup, one with secrets the opening of its own values. Plaintext exists
+only in the JOB frame being sent (``mesh.protocol.Job.secrets``, kept out of
+its repr).
+
+Which secrets a job gets (``for_job``): those of its repository
+(``secret_rules.repo_key(job.repo)``); a pull request from a fork
+(``job.fork_of`` set) gets those of the repository it targets only if that
+repository allows forks, and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store import SqliteStore
+from narwhal.errors import ConfigError, NotFound, SecretError
+from narwhal.secret_rules import (
+    MAX_SECRET_BYTES,
+    MAX_SECRETS_PER_REPO,
+    check_name,
+    check_value,
+    repo_key,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "secrets.key"
+KEY_VERSION = 1
+_NONCE_BYTES = 12
+
+
+def load_key(data_dir: Path) -> bytes:
+    """The data dir's secrets key, made (0600, directory 0700) if there is none yet.
+
+    Blocking (file I/O): call it off the event loop.
+    """
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        _create_key(data_dir, path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the secrets key: {e}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: readable by others (mode {mode & 0o777:o}); chmod 600 it")
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{path}: not a secrets key (32 bytes, base64)")
+    return key
+
+
+def _create_key(data_dir: Path, path: Path) -> None:
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The store's directory holds the key: no one else may list or read it.
+    os.chmod(data_dir, 0o700)
+    text = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use that one
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    log.info("made the secrets key %s", path)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """One secret as stored: ciphertext, never the value."""
+
+    nonce: bytes
+    ciphertext: bytes
+    created_at: float
+    updated_at: float
+
+
+class Sealer:
+    """AES-256-GCM with the repository key and the name as associated data."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, repo: str, name: str, value: str) -> tuple[bytes, bytes]:
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, value.encode(), _aad(repo, name))
+
+    def open(self, repo: str, name: str, nonce: bytes, ciphertext: bytes) -> str:
+        try:
+            return self._aead.decrypt(nonce, ciphertext, _aad(repo, name)).decode()
+        except (InvalidTag, UnicodeDecodeError):
+            raise SecretError(
+                f"secret {name} of {repo} does not decrypt with {KEY_FILE}"
+                " (another key, or a changed row): set it again"
+            ) from None
+
+
+def _aad(repo: str, name: str) -> bytes:
+    return f"narwhal-secret-v{KEY_VERSION}\x00{repo}\x00{name}".encode()
+
+
+#: Runs a writing ``SqliteStore`` method on the dispatcher's writer (on its loop).
+Write = Callable[..., Any]
+
+
+class Vault:
+    """The dispatcher's per-repository secrets and fork policies (see the module docstring)."""
+
+    def __init__(self, key: bytes, write: Write) -> None:
+        self._sealer = Sealer(key)
+        self._write = write
+        #: repository key -> name -> sealed value, as the store holds them.
+        self._sealed: dict[str, dict[str, Sealed]] = {}
+        #: Repository keys whose secrets pull requests from forks get.
+        self._forks: set[str] = set()
+
+    def load(self, store: SqliteStore) -> None:
+        """Read every sealed secret and policy (at start); log the ones that do not open."""
+        rows = store.rows(
+            "SELECT repo, name, key_version, nonce, ciphertext, created_at, updated_at FROM secrets"
+        )
+        for repo, name, _version, nonce, ciphertext, created, updated in rows:
+            try:
+                self._sealer.open(repo, name, nonce, ciphertext)
+            except SecretError as e:
+                log.error("%s", e)
+                continue
+            sealed = Sealed(bytes(nonce), bytes(ciphertext), created, updated)
+            self._sealed.setdefault(repo, {})[name] = sealed
+        self._forks = {r[0] for r in store.rows("SELECT repo FROM secret_policies WHERE forks")}
+        if self._sealed:
+            log.info("secrets of %d repository(ies) loaded", len(self._sealed))
+
+    # what the API calls
+
+    def put(self, repo: str, name: str, value: str) -> tuple[str, bool]:
+        """Store a secret; its repository key and whether it is new."""
+        key = _key(repo)
+        check_value(check_name(name), value, limit=MAX_SECRET_BYTES)
+        held = self._sealed.get(key, {})
+        if name not in held and len(held) >= MAX_SECRETS_PER_REPO:
+            raise ConfigError(f"{key}: already has {MAX_SECRETS_PER_REPO} secrets")
+        nonce, ciphertext = self._sealer.seal(key, name, value)
+        now = time.time()
+        self._write(
+            SqliteStore.execute,
+            "INSERT INTO secrets (repo, name, key_version, nonce, ciphertext, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, name) DO UPDATE"
+            " SET key_version = excluded.key_version, nonce = excluded.nonce,"
+            " ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+            (key, name, KEY_VERSION, nonce, ciphertext, now, now),
+        )
+        created = held[name].created_at if name in held else now
+        self._sealed.setdefault(key, {})[name] = Sealed(nonce, ciphertext, created, now)
+        return key, name not in held
+
+    def delete(self, repo: str, name: str) -> str:
+        key = _key(repo)
+        check_name(name)
+        if name not in self._sealed.get(key, {}):
+            raise NotFound(f"{key} has no secret {name}")
+        self._write(
+            SqliteStore.execute, "DELETE FROM secrets WHERE repo = ? AND name = ?", (key, name)
+        )
+        del self._sealed[key][name]
+        if not self._sealed[key]:
+            del self._sealed[key]
+        return key
+
+    def set_forks(self, repo: str, allowed: bool) -> str:
+        key = _key(repo)
+        self._write(
+            SqliteStore.execute,
+            "INSERT INTO secret_policies (repo, forks, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (repo) DO UPDATE SET forks = excluded.forks,"
+            " updated_at = excluded.updated_at",
+            (key, int(allowed), time.time()),
+        )
+        if allowed:
+            self._forks.add(key)
+        else:
+            self._forks.discard(key)
+        return key
+
+    def listing(self, repo: str) -> dict[str, Any]:
+        """Names and times of a repository's secrets, and its fork policy; never values."""
+        key = _key(repo)
+        held = self._sealed.get(key, {})
+        return {
+            "repo": key,
+            "forks": key in self._forks,
+            "secrets": [
+                {"name": name, "created_at": s.created_at, "updated_at": s.updated_at}
+                for name, s in sorted(held.items())
+            ],
+        }
+
+    # what dispatching calls
+
+    def for_job(self, job: JobRecord) -> dict[str, str]:
+        """The secrets ``job`` may have, opened; {} for most jobs, without any lookup.
+
+        Never raises (it runs while a scheduling round sends its JOB frames):
+        a repository whose key cannot be computed has no secrets, since
+        ``put`` computes the same key, and a secret that does not open is
+        logged and left out.
+        """
+        if not self._sealed:
+            return {}
+        if job.fork_of is not None:
+            if job.fork_of not in self._forks:
+                return {}
+            key = job.fork_of
+        else:
+            try:
+                key = repo_key(job.repo)
+            except ConfigError:
+                return {}
+        opened = {}
+        for name, sealed in self._sealed.get(key, {}).items():
+            try:
+                opened[name] = self._sealer.open(key, name, sealed.nonce, sealed.ciphertext)
+            except SecretError as e:
+                log.error("job %d: %s", job.id, e)
+        return opened
+
+
+def _key(repo: str) -> str:
+    bad = any(ord(c) < 0x20 or c == "\x7f" for c in repo)
+    if bad or not 0 < len(repo) <= 2048 or repo != repo.strip() or repo.startswith("-"):
+        raise ConfigError("repo: expected a clone URL or an absolute path")
+    if "://" not in repo and "@" not in repo and not repo.startswith("/"):
+        raise ConfigError("repo: expected a clone URL or an absolute path")
+    return repo_key(repo)
