@@ -86,15 +86,13 @@ def _mesh(args: argparse.Namespace) -> MeshConfig:
 
 def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
     host, port = host_port(args.http, DEFAULT_HTTP_PORT)
-    token = args.api_token or None
-    if token is None and not _loopback(host):
-        raise ConfigError(f"--http {args.http} is reachable beyond this machine: set --api-token")
     return DispatcherConfig(
         data_dir=Path(args.data_dir).expanduser(),
         http_host=host,
         http_port=port,
         runners=tuple(getattr(args, "runner", None) or ()),
-        api_token=token,
+        api_token=secret(args, "api-token"),
+        public_read=bool(args.public_read),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
         mesh=_mesh(args),
         amqp=amqp_config(args),
@@ -170,13 +168,23 @@ FORGES = ("github", "gitea", "gitlab")
 FORGE_APIS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
 
 
-def _secret(args: argparse.Namespace, flag: str) -> str | None:
-    """``--X``, ``--X-file``, ``NARWHAL_X`` or ``NARWHAL_X_FILE``, the first set."""
+#: Environment variables that hold a secret's value; a daemon removes them
+#: from its environment once read, so its children (steps) do not inherit them.
+SECRET_VARIABLES = (
+    "NARWHAL_API_TOKEN",
+    *(f"NARWHAL_{forge.upper()}_{kind}" for forge in FORGES for kind in ("SECRET", "TOKEN")),
+)
+
+
+def secret(args: argparse.Namespace, flag: str) -> str | None:
+    """``--X-file``, ``NARWHAL_X`` or ``NARWHAL_X_FILE``, the first set.
+
+    Never a value on the command line: every local user can read a
+    process's argv (``ps``, ``/proc/PID/cmdline``).
+    """
     dest = flag.replace("-", "_")
-    value, path = getattr(args, dest, None), getattr(args, f"{dest}_file", None)
-    if value and path:
-        raise ConfigError(f"--{flag} and --{flag}-file: give only one")
-    value = value or (None if path else env(dest.upper()))
+    path = getattr(args, f"{dest}_file", None)
+    value = None if path else env(dest.upper())
     path = path or (None if value else env(f"{dest.upper()}_FILE"))
     if path:
         try:
@@ -211,7 +219,7 @@ def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
 
 
 def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
-    github, gitea, gitlab = (_secret(args, f"{forge}-secret") for forge in FORGES)
+    github, gitea, gitlab = (secret(args, f"{forge}-secret") for forge in FORGES)
     if not (github or gitea or gitlab):
         return None
     return WebhookConfig(github_secret=github, gitea_secret=gitea, gitlab_secret=gitlab)
@@ -220,10 +228,10 @@ def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
 def status_config(args: argparse.Namespace) -> StatusConfig:
     forges = []
     for forge in FORGES:
-        token = _secret(args, f"{forge}-token")
+        token = secret(args, f"{forge}-token")
         url = getattr(args, f"{forge}_api") or FORGE_APIS.get(forge)
         if token and not url:
-            raise ConfigError(f"--{forge}-token needs --{forge}-api (e.g. https://HOST/api/v1)")
+            raise ConfigError(f"a {forge} token needs --{forge}-api (e.g. https://HOST/api/v1)")
         if token and url:
             forges.append(ForgeApi(forge=forge, url=_http_url(f"--{forge}-api", url), token=token))
     public = _http_url("--public-url", args.public_url) if args.public_url else None
@@ -237,7 +245,9 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("narwhal agent needs --amqp URL (or NARWHAL_AMQP)")
     webhooks = webhook_config(args)
     if webhooks is None:
-        raise ConfigError("set at least one webhook secret: --github-secret, --gitea-secret ...")
+        raise ConfigError(
+            "set at least one webhook secret: --github-secret-file, NARWHAL_GITHUB_SECRET ..."
+        )
     return AgentConfig(http_host=host, http_port=port, amqp=amqp, webhooks=webhooks)
 
 

@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS endpoints (
     url TEXT PRIMARY KEY,
     added_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL
+);
 """
 
 

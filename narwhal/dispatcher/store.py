@@ -141,6 +141,13 @@ class SqliteStore:
     def close(self) -> None:
         self._db.close()
 
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """One statement on a table whose SQL lives with its feature (``dispatcher.tokens``)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(str(e)) from e
+
     def checkpoint(self) -> None:
         """Copy what the WAL holds back into the database, without blocking writers."""
         try:

@@ -31,7 +31,7 @@ from tests.agent.helpers import (
     stop_broker,
     take_all,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, auth_headers
 
 
 @pytest.fixture
@@ -244,14 +244,14 @@ def test_dispatcher_killed_between_receive_and_ack(tmp_path: Path, queue: str) -
     ]
     first = Daemon(args)
     try:
-        with httpx.Client(base_url=first.url, timeout=10) as api:
+        with httpx.Client(base_url=first.url, timeout=10, headers=auth_headers()) as api:
             _wait_jobs(api, lambda n: n >= 50)
         os.kill(first.proc.pid, signal.SIGKILL)
     finally:
         first.stop()
     second = Daemon(args)
     try:
-        with httpx.Client(base_url=second.url, timeout=10) as api:
+        with httpx.Client(base_url=second.url, timeout=10, headers=auth_headers()) as api:
             jobs = _wait_jobs(api, lambda n: n >= count)
             time.sleep(0.3)  # anything doubled would show up by now
             jobs = _jobs(api)
