@@ -215,7 +215,12 @@ def _docker_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _amqp_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--amqp", default=env("AMQP"), metavar="URL", help="RabbitMQ (NARWHAL_AMQP)")
+    p.add_argument(
+        "--amqp",
+        metavar="URL",
+        help="RabbitMQ, without a password (it goes in --amqp-file or NARWHAL_AMQP)",
+    )
+    p.add_argument("--amqp-file", metavar="PATH", help="RabbitMQ URL (NARWHAL_AMQP[_FILE])")
     p.add_argument(
         "--amqp-queue",
         default=env("AMQP_QUEUE", DEFAULT_AMQP_QUEUE),

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from narwhal.config import (
     DEFAULT_AGENT_PORT,
@@ -34,6 +35,7 @@ from narwhal.config import (
     WebhookConfig,
 )
 from narwhal.errors import ConfigError
+from narwhal.redact import redacted
 
 log = logging.getLogger("narwhal")
 
@@ -172,6 +174,7 @@ FORGE_APIS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/
 #: from its environment once read, so its children (steps) do not inherit them.
 SECRET_VARIABLES = (
     "NARWHAL_API_TOKEN",
+    "NARWHAL_AMQP",
     *(f"NARWHAL_{forge.upper()}_{kind}" for forge in FORGES for kind in ("SECRET", "TOKEN")),
 )
 
@@ -202,15 +205,29 @@ def _http_url(flag: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # not a URL at all: amqp_config says so
+        return False
+
+
 def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
-    if not args.amqp:
-        return None
-    if not args.amqp.startswith(("amqp://", "amqps://")):
+    url = args.amqp
+    if url and _has_password(url):
         raise ConfigError(
-            f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {args.amqp!r}"
+            "--amqp URL holds a password, which other users can read on a command line:"
+            " use --amqp-file PATH or NARWHAL_AMQP"
+        )
+    url = url or secret(args, "amqp")
+    if not url:
+        return None
+    if not url.startswith(("amqp://", "amqps://")):
+        raise ConfigError(
+            f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {redacted(url)!r}"
         )
     return AmqpConfig(
-        url=args.amqp,
+        url=url,
         queue=args.amqp_queue,
         prefetch=int(positive(int, "--amqp-prefetch", args.amqp_prefetch)),
         confirm_timeout=positive(float, "--amqp-confirm-timeout", args.amqp_confirm_timeout),

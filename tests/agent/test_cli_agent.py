@@ -20,13 +20,14 @@ def test_agent_config_from_flags_env_and_files(
     (tmp_path / "github.secret").write_text("from-another-file")
     monkeypatch.setenv("NARWHAL_GITLAB_SECRET", "from-the-env")
     monkeypatch.setenv("NARWHAL_GITHUB_SECRET", "the-file-flag-wins")
+    (tmp_path / "amqp").write_text("amqp://u:p@127.0.0.1/\n")
     args = build_parser().parse_args(
         [
             "agent",
             "--http",
             "0.0.0.0:9000",
-            "--amqp",
-            "amqp://u:p@127.0.0.1/",
+            "--amqp-file",
+            str(tmp_path / "amqp"),
             "--amqp-queue",
             "ci.commits",
             "--github-secret-file",
@@ -45,6 +46,7 @@ def test_agent_config_from_flags_env_and_files(
 
 def test_dispatcher_status_and_amqp_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NARWHAL_GITEA_TOKEN", "gt")
+    monkeypatch.setenv("NARWHAL_AMQP", "amqp://guest:guest@127.0.0.1/")
     monkeypatch.setenv("NARWHAL_GITHUB_SECRET", "s")
     token_file = tmp_path / "token"
     token_file.write_text("ghp_secret\n")
@@ -53,8 +55,6 @@ def test_dispatcher_status_and_amqp_flags(tmp_path: Path, monkeypatch: pytest.Mo
             "up",
             "--data-dir",
             str(tmp_path),
-            "--amqp",
-            "amqp://guest:guest@127.0.0.1/",
             "--amqp-prefetch",
             "7",
             "--github-token-file",
@@ -67,6 +67,7 @@ def test_dispatcher_status_and_amqp_flags(tmp_path: Path, monkeypatch: pytest.Mo
     )
     conf = dispatcher_config(args)
     assert conf.amqp is not None and conf.amqp.prefetch == 7
+    assert conf.amqp.url == "amqp://guest:guest@127.0.0.1/"
     assert conf.webhooks is not None and conf.webhooks.github_secret == "s"
     assert [(a.forge, a.url, a.token) for a in conf.status.forges] == [
         ("github", "https://api.github.com", "ghp_secret"),
@@ -80,6 +81,8 @@ def test_dispatcher_status_and_amqp_flags(tmp_path: Path, monkeypatch: pytest.Mo
     [
         (["agent", "--github-secret-file", HERE], "needs --amqp"),
         (["agent", "--amqp", "amqp://127.0.0.1/"], "at least one webhook secret"),
+        (["agent", "--amqp", "amqp://u:pw@127.0.0.1/"], "--amqp-file PATH or NARWHAL_AMQP"),
+        (["agent", "--amqp-file", "/nonexistent/amqp"], "--amqp-file /nonexistent/amqp"),
         (
             ["agent", "--amqp", "http://127.0.0.1/", "--github-secret-file", HERE],
             "--amqp: expected",

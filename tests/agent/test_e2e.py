@@ -58,8 +58,6 @@ def agent_args(queue: str) -> list[str]:
         "agent",
         "--http",
         "127.0.0.1:0",
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-reconnect",
@@ -67,8 +65,9 @@ def agent_args(queue: str) -> list[str]:
     ]
 
 
-#: Secrets reach daemons through the environment (never argv).
-AGENT_ENV = {"NARWHAL_GITHUB_SECRET": SECRET}
+#: Secrets (the broker's password too) reach daemons through the environment, never argv.
+AMQP_ENV = {"NARWHAL_AMQP": AMQP_URL}
+AGENT_ENV = {**AMQP_ENV, "NARWHAL_GITHUB_SECRET": SECRET}
 
 
 def up_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -113,10 +112,10 @@ def test_push_and_pull_request_end_to_end_with_statuses(
     pushed = repo.commit({"data.txt": "pushed-commit\n"})
     agent = start(*agent_args(queue), env=AGENT_ENV)
     up = start(
-        *up_args(tmp_path, "--amqp", AMQP_URL, "--amqp-queue", queue),
+        *up_args(tmp_path, "--amqp-queue", queue),
         *("--github-api", forge.url),
         *("--public-url", "http://ci.example:8470"),
-        env={"NARWHAL_GITHUB_TOKEN": "gh-token"},
+        env={**AMQP_ENV, "NARWHAL_GITHUB_TOKEN": "gh-token"},
     )
     api = Client(up.url)
     try:
@@ -170,11 +169,14 @@ def test_up_takes_webhooks_itself(
     """Without --amqp, webhooks go straight to the dispatcher; with it, through RabbitMQ."""
     repo = make_repo({"narwhal.yml": PIPELINE, "data.txt": "in-process\n"})
     sha = repo.commit({"data.txt": "in-process-2\n"})
-    amqp = ["--amqp", AMQP_URL, "--amqp-queue", queue] if broker == "amqp" else []
+    amqp = ["--amqp-queue", queue] if broker == "amqp" else []
     up = start(
         *up_args(tmp_path, *amqp),
         *("--github-api", forge.url),
-        env={**AGENT_ENV, "NARWHAL_GITHUB_TOKEN": "t"},
+        env={
+            **(AGENT_ENV if broker == "amqp" else {"NARWHAL_GITHUB_SECRET": SECRET}),
+            "NARWHAL_GITHUB_TOKEN": "t",
+        },
     )
     api = Client(up.url)
     try:
@@ -199,8 +201,6 @@ def dispatcher_args(tmp_path: Path, queue: str) -> list[str]:
         "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "data"),
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-reconnect",
@@ -259,7 +259,7 @@ def test_burst_of_1000_webhooks_makes_exactly_the_expected_jobs(
     """600 commits, 200 redeliveries of a delivery id, 200 new deliveries of a
     commit already queued: 1,000 webhooks, 600 jobs (no runner: they stay queued)."""
     agent = start(*agent_args(queue), env=AGENT_ENV)
-    dispatcher = start(*dispatcher_args(tmp_path, queue))
+    dispatcher = start(*dispatcher_args(tmp_path, queue), env=AMQP_ENV)
     shas = [f"{n + 1:040x}" for n in range(600)]
     requests = [github_request("push", push_payload("/srv/burst.git", s), delivery=s) for s in shas]
     requests += requests[:200]  # the same deliveries again
@@ -282,7 +282,7 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     tmp_path: Path, queue: str, start: Start
 ) -> None:
     agent = start(*agent_args(queue), env=AGENT_ENV)
-    dispatcher = start(*dispatcher_args(tmp_path, queue))
+    dispatcher = start(*dispatcher_args(tmp_path, queue), env=AMQP_ENV)
     shas = [f"{n + 1:040x}" for n in range(300)]
     requests = [github_request("push", push_payload("/srv/restart.git", s)) for s in shas]
     restarted = threading.Event()

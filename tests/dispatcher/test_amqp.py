@@ -235,21 +235,19 @@ def test_dispatcher_killed_between_receive_and_ack(tmp_path: Path, queue: str) -
         "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "data"),
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-prefetch",
         "64",
     ]
-    first = Daemon(args)
+    first = Daemon(args, env={"NARWHAL_AMQP": AMQP_URL})
     try:
         with httpx.Client(base_url=first.url, timeout=10, headers=auth_headers()) as api:
             _wait_jobs(api, lambda n: n >= 50)
         os.kill(first.proc.pid, signal.SIGKILL)
     finally:
         first.stop()
-    second = Daemon(args)
+    second = Daemon(args, env={"NARWHAL_AMQP": AMQP_URL})
     try:
         with httpx.Client(base_url=second.url, timeout=10, headers=auth_headers()) as api:
             jobs = _wait_jobs(api, lambda n: n >= count)
