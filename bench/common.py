@@ -50,6 +50,11 @@ async def all_ready(dispatcher: Dispatcher, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
+def admin_headers(data_dir: Path) -> dict[str, str]:
+    """The API headers of a started ``narwhal up``/``dispatcher``: its admin token."""
+    return {"Authorization": f"Bearer {(data_dir / 'admin.token').read_text().strip()}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

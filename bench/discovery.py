@@ -136,7 +136,7 @@ def kill_to_requeued(cluster: LanCluster, api: Client, root: Path, runs: int) ->
             t for t in job["transitions"] if t["state"] == "queued" and t["at"] > killed
         )
         samples.append(requeued["at"] - killed)
-        api.http.post(f"/api/jobs/{job_id}/cancel")
+        api.http.post(f"/api/jobs/{job_id}/cancel", json={})
     return samples
 
 

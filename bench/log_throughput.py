@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, exit_on_sigterm, free_port, machine, peak_rss
+from bench.common import ROOT, admin_headers, exit_on_sigterm, free_port, machine, peak_rss
 
 GIT = {
     "GIT_AUTHOR_NAME": "bench",
@@ -88,7 +88,10 @@ def run(size: int) -> tuple[float, int, int]:
             ]
         )
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as api:
+            headers = admin_headers(root / "data")
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{http}", timeout=30, headers=headers
+            ) as api:
                 _wait(lambda: api.get("/health").json()["runners"] == 1)
                 job = api.post("/api/jobs", json={"repo": str(root / "repo")}).json()["id"]
                 _wait(lambda: api.get(f"/api/jobs/{job}").json()["finished_at"], 600)

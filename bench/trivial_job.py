@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, exit_on_sigterm, machine, percentile
+from bench.common import ROOT, admin_headers, exit_on_sigterm, machine, percentile
 from bench.log_throughput import GIT
 
 TERMINAL = {"success", "failed", "error", "cancelled", "timed_out"}
@@ -73,7 +73,8 @@ def measure(sequential: int, burst: int, capacity: int) -> tuple[list[float], fl
         try:
             assert up.stdout is not None
             url = up.stdout.readline().split("API on ")[1].split()[0]
-            with httpx.Client(base_url=url, timeout=30) as api:
+            headers = admin_headers(root / "data")
+            with httpx.Client(base_url=url, timeout=30, headers=headers) as api:
                 while api.get("/health").json()["runners"] < 1:
                     time.sleep(0.01)
                 sha = subprocess.run(

@@ -35,9 +35,11 @@ from narwhal.config import (
     default_work_dir,
 )
 from narwhal.errors import ConfigError, NarwhalError
+from narwhal.redact import RedactingFilter, redacted
 from narwhal.settings import (
     FORGE_APIS,
     FORGES,
+    SECRET_VARIABLES,
     agent_config,
     dispatcher_config,
     docker_options,
@@ -54,6 +56,28 @@ log = logging.getLogger("narwhal")
 
 
 # argument parser
+
+
+class _Refused(argparse.Action):
+    """A secret's value flag that is gone: every local user can read argv."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, instead: str) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+        self.instead = instead
+
+    def __call__(self, parser: object, *_: object) -> None:
+        flag = self.option_strings[0]
+        raise ConfigError(
+            f"{flag} VALUE is refused (other users can read a command line): use {self.instead}"
+        )
+
+
+def _secret_file_flag(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """``--X-file PATH`` (or ``NARWHAL_X``, ``NARWHAL_X_FILE``); ``--X VALUE`` refused."""
+    name = flag.upper().replace("-", "_")
+    p.add_argument(f"--{flag}-file", metavar="PATH", help=f"{text} (NARWHAL_{name}[_FILE])")
+    instead = f"--{flag}-file PATH or NARWHAL_{name}"
+    p.add_argument(f"--{flag}", action=_Refused, instead=instead)
 
 
 def _mesh_flags(p: argparse.ArgumentParser) -> None:
@@ -80,10 +104,12 @@ def _dispatcher_flags(p: argparse.ArgumentParser) -> None:
         default=env("DATA_DIR", str(default_data_dir())),
         help="where the job store lives (NARWHAL_DATA_DIR)",
     )
+    _secret_file_flag(p, "api-token", "one more admin API token, read from a file")
     p.add_argument(
-        "--api-token",
-        default=env("API_TOKEN"),
-        help="token required by mutating API calls (NARWHAL_API_TOKEN)",
+        "--public-read",
+        action="store_true",
+        default=env("PUBLIC_READ", "") in ("1", "true", "yes"),
+        help="jobs, logs and runners readable without a token (NARWHAL_PUBLIC_READ=1)",
     )
     p.add_argument(
         "--max-attempts",
@@ -189,7 +215,12 @@ def _docker_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _amqp_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--amqp", default=env("AMQP"), metavar="URL", help="RabbitMQ (NARWHAL_AMQP)")
+    p.add_argument(
+        "--amqp",
+        metavar="URL",
+        help="RabbitMQ, without a password (it goes in --amqp-file or NARWHAL_AMQP)",
+    )
+    p.add_argument("--amqp-file", metavar="PATH", help="RabbitMQ URL (NARWHAL_AMQP[_FILE])")
     p.add_argument(
         "--amqp-queue",
         default=env("AMQP_QUEUE", DEFAULT_AMQP_QUEUE),
@@ -214,10 +245,7 @@ def _amqp_flags(p: argparse.ArgumentParser) -> None:
 
 def _secret_flags(p: argparse.ArgumentParser, kind: str, text: str) -> None:
     for forge in FORGES:
-        name = f"{forge.upper()}_{kind.upper()}"
-        shown = text.replace("FORGE", forge)
-        p.add_argument(f"--{forge}-{kind}", help=f"{forge} {shown} (NARWHAL_{name})")
-        p.add_argument(f"--{forge}-{kind}-file", help=f"read it from a file (NARWHAL_{name}_FILE)")
+        _secret_file_flag(p, f"{forge}-{kind}", f"{forge} {text.replace('FORGE', forge)}")
 
 
 def _status_flags(p: argparse.ArgumentParser) -> None:
@@ -242,7 +270,14 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         default=env("SERVER", f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"),
         help="dispatcher API URL (NARWHAL_SERVER)",
     )
-    p.add_argument("--api-token", default=env("API_TOKEN"), help="API token (NARWHAL_API_TOKEN)")
+    _secret_file_flag(
+        p, "api-token", "API token (default: DATA-DIR/admin.token for a local server)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", str(default_data_dir())),
+        help="the local dispatcher's data dir, whose admin.token is used (NARWHAL_DATA_DIR)",
+    )
 
 
 def _secrets_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -327,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     runners = sub.add_parser("runners", help="list the runners the dispatcher knows")
     _client_flags(runners)
     _secrets_parser(sub)
+    _tokens_parser(sub.add_parser("tokens", help="create, list and revoke API tokens (admin)"))
 
     exe = sub.add_parser("exec", help="run a directory's narwhal.yml here, without a dispatcher")
     exe.add_argument("directory", nargs="?", default=".")
@@ -343,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("--cancel-grace", default="10")
     _docker_flags(exe)
     return parser
+
+
+def _tokens_parser(tokens: argparse.ArgumentParser) -> None:
+    actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a token; it is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, choices=["read", "write", "admin"])
+    revoke = actions.add_parser("revoke", help="revoke a token: it stops working at once")
+    revoke.add_argument("name")
+    listing = actions.add_parser("list", help="names, scopes, when created and last used")
+    for cmd in (create, revoke, listing):
+        _client_flags(cmd)
 
 
 # daemons
@@ -418,9 +466,17 @@ async def _run_agent(conf: AgentConfig) -> None:
     await serve_agent(conf, stop=stop, announce=_announce)
 
 
+def _scrub_secrets() -> None:
+    """Secrets read from the environment are not handed down to child processes."""
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
 def _daemon(args: argparse.Namespace) -> int:
     if args.command == "agent":
-        asyncio.run(_run_agent(agent_config(args)))
+        conf = agent_config(args)
+        _scrub_secrets()
+        asyncio.run(_run_agent(conf))
         return 0
     if args.command == "runner":
         asyncio.run(_run_runner(runner_config(args)))
@@ -429,6 +485,7 @@ def _daemon(args: argparse.Namespace) -> int:
     rconf = None
     if args.command == "up":
         rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
+    _scrub_secrets()
     asyncio.run(_serve(dconf, rconf))
     return 0
 
@@ -471,12 +528,18 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ConfigError as e:  # a refused secret flag
+        print(f"narwhal: {e}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return 2
     daemon = args.command in ("up", "dispatcher", "runner", "agent")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     if not args.verbose:
         # Narwhal logs every broker failure itself, rate-limited; aiormq would
         # add a line (or a traceback) for each reconnect attempt.
@@ -490,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_client(args)
     except (NarwhalError, OSError) as e:
-        print(f"narwhal: {e}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        print(f"narwhal: {redacted(str(e))}", file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 2
     except KeyboardInterrupt:
         return 130

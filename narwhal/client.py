@@ -2,6 +2,11 @@
 
 Output for people goes to stdout (logs, tables) and progress to stderr, so
 ``narwhal logs 3 > build.log`` keeps only the log.
+
+The token: ``--api-token-file``, ``NARWHAL_API_TOKEN`` or
+``NARWHAL_API_TOKEN_FILE``; else, for a dispatcher on loopback, the admin
+token it wrote to ``DATA-DIR/admin.token``, so local use needs no flag. A
+remote dispatcher never gets that file's token unasked.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Any
 
 import httpx
 
-from narwhal.errors import NarwhalError
+from narwhal.errors import ConfigError, NarwhalError
 from narwhal.secrets_client import run_secrets
+from narwhal.settings import secret
 
 
 class ClientError(NarwhalError):
@@ -38,6 +44,10 @@ class Api:
         if response.status_code >= 400:
             raise ClientError(f"{method} {path}: {_reason(response)}")
         return response.json()
+
+    def post(self, path: str) -> Any:
+        """A POST without a body still says JSON (the API refuses anything else)."""
+        return self.call("POST", path, json={})
 
     def raw(self, path: str) -> bytes:
         try:
@@ -64,9 +74,26 @@ class Api:
 
 def _reason(response: httpx.Response) -> str:
     try:
-        return f"{response.status_code} {response.json()['error']}"
+        reason = f"{response.status_code} {response.json()['error']}"
     except (ValueError, KeyError, TypeError):
-        return f"{response.status_code} {response.reason_phrase}"
+        reason = f"{response.status_code} {response.reason_phrase}"
+    if response.status_code == 401:
+        reason += " (give one with --api-token-file PATH or NARWHAL_API_TOKEN)"
+    return reason
+
+
+def token_for(args: argparse.Namespace) -> str | None:
+    """The token to send (module docstring); None: none found."""
+    token = secret(args, "api-token")
+    if token is not None:
+        return token
+    host = httpx.URL(args.server).host
+    if host not in ("localhost", "::1") and not host.startswith("127."):
+        return None
+    try:
+        return (Path(args.data_dir).expanduser() / "admin.token").read_text().strip() or None
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        return None
 
 
 def _progress(text: str) -> None:
@@ -157,15 +184,35 @@ def runners(api: Api, args: argparse.Namespace) -> int:
 
 
 def cancel(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("POST", f"/api/jobs/{args.job}/cancel")
+    job = api.post(f"/api/jobs/{args.job}/cancel")
     _progress(f"job {job['id']}: {job['state']}")
     return 0
 
 
 def resubmit(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("POST", f"/api/jobs/{args.job}/resubmit")
+    job = api.post(f"/api/jobs/{args.job}/resubmit")
     _out(str(job["id"]))
     return 0
+
+
+def tokens(api: Api, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        made = api.call("POST", "/api/tokens", json={"name": args.name, "scope": args.scope})
+        _progress(f"token {made['name']} ({made['scope']}); it is shown only this once:")
+        _out(made["token"])
+    elif args.action == "revoke":
+        api.call("DELETE", f"/api/tokens/{args.name}")
+        _progress(f"token {args.name} revoked")
+    else:
+        _out(f"{'NAME':<24} {'SCOPE':<6} {'CREATED':<20} LAST USED")
+        for info in api.call("GET", "/api/tokens")["tokens"]:
+            used = _when(info["last_used"]) if info["last_used"] else "never"
+            _out(f"{info['name']:<24} {info['scope']:<6} {_when(info['created_at']):<20} {used}")
+    return 0
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 COMMANDS = {
@@ -176,8 +223,11 @@ COMMANDS = {
     "cancel": cancel,
     "resubmit": resubmit,
     "secrets": run_secrets,
+    "tokens": tokens,
 }
 
 
 def run_client(args: argparse.Namespace) -> int:
-    return COMMANDS[args.command](Api(args.server, args.api_token), args)
+    if not args.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server: expected an http(s):// URL, got {args.server!r}")
+    return COMMANDS[args.command](Api(args.server, token_for(args)), args)

@@ -133,7 +133,10 @@ class DispatcherConfig:
     http_host: str = "127.0.0.1"
     http_port: int = DEFAULT_HTTP_PORT
     runners: tuple[str, ...] = ()
+    #: An admin API token besides the stored ones (``NARWHAL_API_TOKEN``).
     api_token: str | None = None
+    #: Reads (jobs, logs, runners) without a token.
+    public_read: bool = False
     #: Attempts a job gets before a lost runner ends it in ``error``.
     max_attempts: int = 3
     mesh: MeshConfig = field(default_factory=MeshConfig)

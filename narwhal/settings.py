@@ -19,6 +19,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from narwhal.config import (
     DEFAULT_AGENT_PORT,
@@ -34,6 +35,7 @@ from narwhal.config import (
     WebhookConfig,
 )
 from narwhal.errors import ConfigError
+from narwhal.redact import redacted
 from narwhal.secret_rules import check_name, check_value
 
 log = logging.getLogger("narwhal")
@@ -87,15 +89,13 @@ def _mesh(args: argparse.Namespace) -> MeshConfig:
 
 def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
     host, port = host_port(args.http, DEFAULT_HTTP_PORT)
-    token = args.api_token or None
-    if token is None and not _loopback(host):
-        raise ConfigError(f"--http {args.http} is reachable beyond this machine: set --api-token")
     return DispatcherConfig(
         data_dir=Path(args.data_dir).expanduser(),
         http_host=host,
         http_port=port,
         runners=tuple(getattr(args, "runner", None) or ()),
-        api_token=token,
+        api_token=secret(args, "api-token"),
+        public_read=bool(args.public_read),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
         mesh=_mesh(args),
         amqp=amqp_config(args),
@@ -171,13 +171,24 @@ FORGES = ("github", "gitea", "gitlab")
 FORGE_APIS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
 
 
-def _secret(args: argparse.Namespace, flag: str) -> str | None:
-    """``--X``, ``--X-file``, ``NARWHAL_X`` or ``NARWHAL_X_FILE``, the first set."""
+#: Environment variables that hold a secret's value; a daemon removes them
+#: from its environment once read, so its children (steps) do not inherit them.
+SECRET_VARIABLES = (
+    "NARWHAL_API_TOKEN",
+    "NARWHAL_AMQP",
+    *(f"NARWHAL_{forge.upper()}_{kind}" for forge in FORGES for kind in ("SECRET", "TOKEN")),
+)
+
+
+def secret(args: argparse.Namespace, flag: str) -> str | None:
+    """``--X-file``, ``NARWHAL_X`` or ``NARWHAL_X_FILE``, the first set.
+
+    Never a value on the command line: every local user can read a
+    process's argv (``ps``, ``/proc/PID/cmdline``).
+    """
     dest = flag.replace("-", "_")
-    value, path = getattr(args, dest, None), getattr(args, f"{dest}_file", None)
-    if value and path:
-        raise ConfigError(f"--{flag} and --{flag}-file: give only one")
-    value = value or (None if path else env(dest.upper()))
+    path = getattr(args, f"{dest}_file", None)
+    value = None if path else env(dest.upper())
     path = path or (None if value else env(f"{dest.upper()}_FILE"))
     if path:
         try:
@@ -195,15 +206,29 @@ def _http_url(flag: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # not a URL at all: amqp_config says so
+        return False
+
+
 def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
-    if not args.amqp:
-        return None
-    if not args.amqp.startswith(("amqp://", "amqps://")):
+    url = args.amqp
+    if url and _has_password(url):
         raise ConfigError(
-            f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {args.amqp!r}"
+            "--amqp URL holds a password, which other users can read on a command line:"
+            " use --amqp-file PATH or NARWHAL_AMQP"
+        )
+    url = url or secret(args, "amqp")
+    if not url:
+        return None
+    if not url.startswith(("amqp://", "amqps://")):
+        raise ConfigError(
+            f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {redacted(url)!r}"
         )
     return AmqpConfig(
-        url=args.amqp,
+        url=url,
         queue=args.amqp_queue,
         prefetch=int(positive(int, "--amqp-prefetch", args.amqp_prefetch)),
         confirm_timeout=positive(float, "--amqp-confirm-timeout", args.amqp_confirm_timeout),
@@ -212,7 +237,7 @@ def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
 
 
 def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
-    github, gitea, gitlab = (_secret(args, f"{forge}-secret") for forge in FORGES)
+    github, gitea, gitlab = (secret(args, f"{forge}-secret") for forge in FORGES)
     if not (github or gitea or gitlab):
         return None
     return WebhookConfig(github_secret=github, gitea_secret=gitea, gitlab_secret=gitlab)
@@ -221,10 +246,10 @@ def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
 def status_config(args: argparse.Namespace) -> StatusConfig:
     forges = []
     for forge in FORGES:
-        token = _secret(args, f"{forge}-token")
+        token = secret(args, f"{forge}-token")
         url = getattr(args, f"{forge}_api") or FORGE_APIS.get(forge)
         if token and not url:
-            raise ConfigError(f"--{forge}-token needs --{forge}-api (e.g. https://HOST/api/v1)")
+            raise ConfigError(f"a {forge} token needs --{forge}-api (e.g. https://HOST/api/v1)")
         if token and url:
             forges.append(ForgeApi(forge=forge, url=_http_url(f"--{forge}-api", url), token=token))
     public = _http_url("--public-url", args.public_url) if args.public_url else None
@@ -238,7 +263,9 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("narwhal agent needs --amqp URL (or NARWHAL_AMQP)")
     webhooks = webhook_config(args)
     if webhooks is None:
-        raise ConfigError("set at least one webhook secret: --github-secret, --gitea-secret ...")
+        raise ConfigError(
+            "set at least one webhook secret: --github-secret-file, NARWHAL_GITHUB_SECRET ..."
+        )
     return AgentConfig(http_host=host, http_port=port, amqp=amqp, webhooks=webhooks)
 
 

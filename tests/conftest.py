@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -14,6 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+
+#: An admin token for every daemon and client a test starts (``NARWHAL_API_TOKEN``,
+#: set by the autouse ``api_token`` fixture). Tests of authentication itself
+#: remove it (``monkeypatch.delenv``) and pass ``Client(url, token=None)``.
+API_TOKEN = "nw_test_" + secrets.token_urlsafe(16)
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Narwhal Test",
@@ -140,11 +146,16 @@ class Daemon:
         return self.proc.returncode
 
 
+def auth_headers(token: str | None = API_TOKEN) -> dict[str, str]:
+    """Headers that carry ``token`` (by default the tests' admin token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class Client:
     """The REST API of a running dispatcher, with waits on job states."""
 
-    def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=30)
+    def __init__(self, url: str, *, token: str | None = API_TOKEN) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30, headers=auth_headers(token))
 
     def submit(self, repo: Repo | str, **body: Any) -> int:
         path = repo.path if isinstance(repo, Repo) else repo
@@ -218,6 +229,13 @@ def wait_for_runners(client: Client, count: int, timeout: float = 15) -> list[di
             return list(runners)
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} runners ready: {runners}")
+
+
+@pytest.fixture(autouse=True)
+def api_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Daemons accept, and clients (also the ``narwhal`` CLI) send, ``API_TOKEN``."""
+    monkeypatch.setenv("NARWHAL_API_TOKEN", API_TOKEN)
+    return API_TOKEN
 
 
 @pytest.fixture(autouse=True)

@@ -145,9 +145,9 @@ class SimulatedLan:
         self.api_host, self.api_peer = veth, far
         return far
 
-    def start(self, host: Host, args: list[str]) -> Daemon:
+    def start(self, host: Host, args: list[str], env: dict[str, str] | None = None) -> Daemon:
         """``narwhal ARGS`` inside ``host``'s namespace (``ip netns exec`` keeps the pid)."""
-        daemon = Daemon(args, netns=host.netns)
+        daemon = Daemon(args, netns=host.netns, env=env)
         self.daemons.append(daemon)
         return daemon
 
@@ -258,16 +258,14 @@ class LanCluster:
                 self.dispatcher_host.address,
                 "--http",
                 f"{far}:0",
-                "--api-token",
-                API_TOKEN,
                 "--data-dir",
                 str(self.root / "data"),
                 *self.mesh,
                 *extra,
             ],
+            env={"NARWHAL_API_TOKEN": API_TOKEN},
         )
-        self.api = Client(self.dispatcher.url)
-        self.api.http.headers["Authorization"] = f"Bearer {API_TOKEN}"
+        self.api = Client(self.dispatcher.url, token=API_TOKEN)
         return self.api
 
     def host(self, name: str) -> Host:

@@ -58,7 +58,8 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         ["jobs", "--server", "http://127.0.0.1:9"],
         ["exec", str(tmp_path / "missing")],
         ["runner", "--labels", "novalue", "--listen", "tcp://127.0.0.1:0"],
-        ["dispatcher", "--http", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+        ["dispatcher", "--api-token", "s3cret", "--data-dir", str(tmp_path)],
+        ["jobs", "--api-token-file", str(tmp_path / "missing")],
         ["up", "--http", "127.0.0.1:notaport", "--data-dir", str(tmp_path)],
     ):
         done = narwhal(*args)

@@ -59,10 +59,8 @@ def test_a_runner_announces_on_the_interface_it_listens_on() -> None:
 def test_a_dispatcher_browses_loopback_unless_its_api_is_on_the_network(tmp_path: Path) -> None:
     assert dispatcher(tmp_path) == LOOPBACK
     assert dispatcher(tmp_path, "--http", "localhost:0") == LOOPBACK
-    assert dispatcher(tmp_path, "--http", "0.0.0.0:0", "--api-token", "t") == EVERYWHERE
-    given = dispatcher(
-        tmp_path, "--http", "0.0.0.0:0", "--api-token", "t", "--mdns-interface", "10.9.8.7"
-    )
+    assert dispatcher(tmp_path, "--http", "0.0.0.0:0") == EVERYWHERE
+    given = dispatcher(tmp_path, "--http", "0.0.0.0:0", "--mdns-interface", "10.9.8.7")
     assert given.interfaces == ("10.9.8.7",)
     assert dispatcher(tmp_path, "--discovery", "none") == DiscoveryConfig()
 

@@ -8,6 +8,7 @@ Needs root, ``ip`` and ``dig``: missing any of them fails these tests.
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ def narwhal(*args: str) -> str:
         text=True,
         timeout=30,
         check=False,
+        env={**os.environ, "NARWHAL_API_TOKEN": API_TOKEN},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -117,7 +119,7 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
 
     # ``narwhal runners`` lists what the dispatcher knows; r3 is still
     # announced (no goodbye) and its link keeps trying, but it is not ready.
-    listing = narwhal("runners", "--server", str(api.http.base_url), "--api-token", API_TOKEN)
+    listing = narwhal("runners", "--server", str(api.http.base_url))
     lines = {line.split()[0]: line for line in listing.splitlines()[1:]}
     for name in ("r1", "r2", "r4"):
         assert "ready" in lines[name] and "mdns" in lines[name], listing

@@ -261,19 +261,23 @@ def test_bad_api_input_is_a_400_that_never_echoes_the_value(
     assert api.http.get("/api/secrets", params={"repo": "/srv/r"}).json()["secrets"] == []
 
 
-def test_with_an_api_token_every_secrets_route_needs_it(narwhal_up: Up) -> None:
-    daemon, api = narwhal_up("--api-token", "admin-token-123")
+def test_every_secrets_route_needs_an_admin_token(narwhal_up: Up) -> None:
+    daemon, api = narwhal_up()
     body = {"repo": "/srv/r", "name": "API_TOKEN", "value": _value()}
-    refused = [
-        api.http.get("/api/secrets", params={"repo": "/srv/r"}),
-        api.http.post("/api/secrets", json=body),
-        api.http.delete("/api/secrets", params={"repo": "/srv/r", "name": "API_TOKEN"}),
-        api.http.post("/api/secrets/forks", json={"repo": "/srv/r", "allow": True}),
-    ]
-    assert [r.status_code for r in refused] == [401] * 4
-    auth = {"Authorization": "Bearer admin-token-123"}
-    assert api.http.post("/api/secrets", json=body, headers=auth).status_code == 201
-    done = narwhal(daemon, "secrets", "list", "/srv/r", "--api-token", "admin-token-123")
+    created = api.http.post("/api/tokens", json={"name": "ci", "scope": "write"})
+    assert created.status_code == 201, created.text
+    for token, status in ((None, 401), (created.json()["token"], 403)):
+        other = Client(daemon.url, token=token)
+        refused = [
+            other.http.get("/api/secrets", params={"repo": "/srv/r"}),
+            other.http.post("/api/secrets", json=body),
+            other.http.delete("/api/secrets", params={"repo": "/srv/r", "name": "API_TOKEN"}),
+            other.http.post("/api/secrets/forks", json={"repo": "/srv/r", "allow": True}),
+        ]
+        other.close()
+        assert [r.status_code for r in refused] == [status] * 4
+    assert api.http.post("/api/secrets", json=body).status_code == 201
+    done = narwhal(daemon, "secrets", "list", "/srv/r")
     assert done.returncode == 0 and "API_TOKEN" in done.stdout
 
 

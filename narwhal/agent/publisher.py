@@ -33,6 +33,7 @@ from narwhal.agent.events import (
 )
 from narwhal.config import AmqpConfig
 from narwhal.mesh.transport import QuietLog
+from narwhal.redact import redacted
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ async def declare_topology(
     """Declare the commit queue and its dead-letter queue (idempotent, both sides)."""
     await channel.declare_queue(dead_letter_queue(queue), durable=True)
     return await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
-
-
-def redacted(url: str) -> str:
-    """The AMQP URL without its password, for logs and announce lines."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
 class BrokerClient:

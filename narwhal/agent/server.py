@@ -12,9 +12,10 @@ import socket
 from collections.abc import Callable
 
 from narwhal.agent.app import Webhooks, build_app
-from narwhal.agent.publisher import AmqpPublisher, redacted
+from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import AgentConfig
 from narwhal.httpserver import listen, run_http
+from narwhal.redact import redacted
 
 
 def url_of(sock: socket.socket) -> str:

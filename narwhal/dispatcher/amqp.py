@@ -42,7 +42,6 @@ from narwhal.agent.publisher import (
     client_properties,
     close_quietly,
     declare_topology,
-    redacted,
 )
 from narwhal.config import AmqpConfig
 from narwhal.dispatcher.core import Dispatcher
@@ -50,6 +49,7 @@ from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import ConfigError, NarwhalError
+from narwhal.redact import redacted
 from narwhal.secret_rules import repo_key
 
 log = logging.getLogger(__name__)

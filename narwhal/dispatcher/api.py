@@ -1,15 +1,16 @@
 """The dispatcher's REST API (JSON), served by uvicorn in the dispatcher's loop.
 
 Bad requests get a 4xx with ``{"error": "..."}``; no user mistake produces a
-500. When an API token is configured, every mutating endpoint needs
-``Authorization: Bearer <token>``.
+500. Every route but ``/health`` needs ``Authorization: Bearer <token>`` of
+a scope (``dispatcher.tokens``): read for reads (unless ``--public-read``),
+write to submit, cancel and resubmit, admin to add runners and manage
+tokens. ``dispatcher.guard`` checks Host, Origin and Content-Type before
+any of this runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,15 +23,20 @@ from starlette.routing import Route
 
 from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
+from narwhal.dispatcher.guard import JsonError, is_json, parse_json
 from narwhal.dispatcher.records import STATES
 from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, StoreError
+from narwhal.redact import redacted
 
 MAX_BODY = 64 * 1024
 _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 _NAME = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: One route: path, handler, HTTP method, the token scope it needs (None: open).
+RouteSpec = tuple[str, Handler, str, str | None]
 
 
 class BadRequest(Exception):
@@ -45,12 +51,33 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _guard(handler: Handler, token: str | None, *, mutating: bool = False) -> Handler:
-    """Wrap a handler: token check for mutations, errors to 4xx JSON."""
+class Access:
+    """Who may call what: the tokens, and whether reads are open to all."""
+
+    def __init__(self, tokens: Tokens, *, public_read: bool = False) -> None:
+        self.tokens = tokens
+        self.public_read = public_read
+
+    def refusal(self, request: Request, scope: str | None) -> Response | None:
+        if scope is None:
+            return None
+        public = scope == "read" and self.public_read
+        refused = self.tokens.authorize(request.headers.get("authorization"), scope, public=public)
+        if refused is None:
+            return None
+        response = _error(refused.message, refused.status)
+        if refused.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+
+def _guard(handler: Handler, access: Access, scope: str | None) -> Handler:
+    """Wrap a handler: the token check for ``scope`` (None: open), errors to 4xx JSON."""
 
     async def wrapped(request: Request) -> Response:
-        if mutating and token is not None and not _authorized(request, token):
-            return _error("missing or wrong API token", 401)
+        refused = access.refusal(request, scope)
+        if refused is not None:
+            return refused
         try:
             return await handler(request)
         except BadRequest as e:
@@ -72,10 +99,14 @@ def _guard(handler: Handler, token: str | None, *, mutating: bool = False) -> Ha
 class Api:
     """Request handlers for one dispatcher."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, access: Access) -> None:
         self.dispatcher = dispatcher
+        self.access = access
 
     async def health(self, request: Request) -> Response:
+        """Open to all, so it says only "ok"; counts and version need a read token."""
+        if self.access.refusal(request, "read") is not None:
+            return JSONResponse({"status": "ok"})
         ready = [link for link in self.dispatcher.links() if link.state == "ready"]
         return JSONResponse(
             {
@@ -123,6 +154,8 @@ class Api:
         job = await self.dispatcher.db(SqliteStore.get_job, job_id)
         steps = await self.dispatcher.db(SqliteStore.steps, job_id, attempt=job.attempt)
         history = await self.dispatcher.db(SqliteStore.transitions, job_id)
+        for row in history:
+            row["reason"] = redacted(row["reason"])
         return JSONResponse(
             {**job.to_json(), "steps": [s.to_json() for s in steps], "transitions": history}
         )
@@ -157,28 +190,51 @@ class Api:
         link = await self.dispatcher.add_runner(url)
         return JSONResponse(link.to_json(), status_code=201)
 
+    async def list_tokens(self, request: Request) -> Response:
+        listing = self.access.tokens.listing()
+        return JSONResponse({"tokens": [info.to_json() for info in listing]})
 
-def build_app(dispatcher: Dispatcher, *, token: str | None = None) -> Starlette:
-    """The ASGI app of one dispatcher's API."""
+    async def create_token(self, request: Request) -> Response:
+        body = await _json(request)
+        name = _field(body, "name", str, required=True)
+        scope = _field(body, "scope", str, required=True)
+        token = self.access.tokens.create(name, scope)
+        return JSONResponse({"name": name, "scope": scope, "token": token}, status_code=201)
+
+    async def revoke_token(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.access.tokens.revoke(name)
+        return JSONResponse({"name": name, "revoked": True})
+
+
+def build_app(dispatcher: Dispatcher, access: Access) -> Starlette:
+    """The ASGI app of one dispatcher's API (put ``guard.Guard`` in front of it)."""
     # Imported here: secrets_api builds on this module's helpers.
     from narwhal.dispatcher.secrets_api import secret_routes
 
-    api = Api(dispatcher)
-    routes = [
-        Route("/health", _guard(api.health, token)),
-        Route("/api/jobs", _guard(api.list_jobs, token), methods=["GET"]),
-        Route("/api/jobs", _guard(api.submit, token, mutating=True), methods=["POST"]),
-        Route("/api/jobs/{id}", _guard(api.get_job, token)),
-        Route("/api/jobs/{id}/logs", _guard(api.logs, token)),
-        Route("/api/jobs/{id}/cancel", _guard(api.cancel, token, mutating=True), methods=["POST"]),
-        Route(
-            "/api/jobs/{id}/resubmit", _guard(api.resubmit, token, mutating=True), methods=["POST"]
-        ),
-        Route("/api/runners", _guard(api.runners, token), methods=["GET"]),
-        Route("/api/runners", _guard(api.add_runner, token, mutating=True), methods=["POST"]),
-        *secret_routes(dispatcher, token),
+    api = Api(dispatcher, access)
+    routes: list[RouteSpec] = [
+        ("/health", api.health, "GET", None),
+        ("/api/jobs", api.list_jobs, "GET", "read"),
+        ("/api/jobs", api.submit, "POST", "write"),
+        ("/api/jobs/{id}", api.get_job, "GET", "read"),
+        ("/api/jobs/{id}/logs", api.logs, "GET", "read"),
+        ("/api/jobs/{id}/cancel", api.cancel, "POST", "write"),
+        ("/api/jobs/{id}/resubmit", api.resubmit, "POST", "write"),
+        ("/api/runners", api.runners, "GET", "read"),
+        ("/api/runners", api.add_runner, "POST", "admin"),
+        ("/api/tokens", api.list_tokens, "GET", "admin"),
+        ("/api/tokens", api.create_token, "POST", "admin"),
+        ("/api/tokens/{name}", api.revoke_token, "DELETE", "admin"),
+        *secret_routes(dispatcher),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return Starlette(
+        routes=[
+            Route(path, _guard(handler, access, scope), methods=[method])
+            for path, handler, method, scope in routes
+        ],
+        exception_handlers={HTTPException: _http_error},
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -187,13 +243,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(str(detail), status)
 
 
-def _authorized(request: Request, token: str) -> bool:
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
 async def _json(request: Request) -> dict[str, Any]:
-    if "application/json" not in request.headers.get("content-type", "application/json"):
+    if not is_json(request.headers.get("content-type")):  # the guard said so already
         raise BadRequest("expected a JSON body (Content-Type: application/json)", 415)
     body = b""
     async for chunk in request.stream():
@@ -201,9 +252,9 @@ async def _json(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY:
             raise BadRequest(f"body larger than {MAX_BODY} bytes", 413)
     try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from None
+        data = parse_json(body)
+    except JsonError as e:
+        raise BadRequest(str(e)) from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     return data

@@ -124,6 +124,10 @@ class Dispatcher:
         """Call a writing ``SqliteStore`` method (on the loop, see ``access``)."""
         return self._store.write(method, *args, **kwargs)
 
+    def write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``_write`` for the parts kept beside the jobs in the same store (API tokens)."""
+        return self._store.write(method, *args, **kwargs)
+
     @property
     def secrets(self) -> Vault:
         """Per-repository secrets (``dispatcher.vault``)."""

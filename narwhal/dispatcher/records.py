@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from narwhal.redact import redacted
+
 STATES = (
     "queued",
     "assigned",
@@ -99,7 +101,12 @@ class JobRecord(NamedTuple):
         )
 
     def to_json(self) -> dict[str, Any]:
-        return self._asdict()
+        """The job for API answers: a repository URL's credentials never leave
+        the dispatcher, in the URL or quoted in the reason (the runner gets the
+        full URL in JOB)."""
+        shown = self._asdict()
+        shown["repo"], shown["reason"] = redacted(self.repo), redacted(self.reason)
+        return shown
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS secret_policies (
     forks INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL
+);
 """
 
 #: Columns added after a table first shipped: (table, column, declaration).

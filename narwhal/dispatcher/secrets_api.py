@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from narwhal.dispatcher.api import BadRequest, _field, _guard, _json
+from narwhal.dispatcher.api import BadRequest, RouteSpec, _field, _json
 from narwhal.dispatcher.core import Dispatcher
 
 
@@ -63,16 +62,12 @@ def _query(request: Request, name: str) -> str:
     return value
 
 
-def secret_routes(dispatcher: Dispatcher, token: str | None) -> list[Route]:
-    """The routes above, each for admins only."""
+def secret_routes(dispatcher: Dispatcher) -> list[RouteSpec]:
+    """The routes above as ``(path, handler, method, scope)``; every one is admin only."""
     api = SecretsApi(dispatcher)
     return [
-        # scope: admin
-        Route("/api/secrets", _guard(api.listing, token, mutating=True), methods=["GET"]),
-        # scope: admin
-        Route("/api/secrets", _guard(api.put, token, mutating=True), methods=["POST"]),
-        # scope: admin
-        Route("/api/secrets", _guard(api.delete, token, mutating=True), methods=["DELETE"]),
-        # scope: admin
-        Route("/api/secrets/forks", _guard(api.forks, token, mutating=True), methods=["POST"]),
+        ("/api/secrets", api.listing, "GET", "admin"),
+        ("/api/secrets", api.put, "POST", "admin"),
+        ("/api/secrets", api.delete, "DELETE", "admin"),
+        ("/api/secrets/forks", api.forks, "POST", "admin"),
     ]

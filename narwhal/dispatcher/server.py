@@ -27,14 +27,17 @@ from starlette.types import ASGIApp
 
 from narwhal.agent.app import Webhooks, webhook_routes
 from narwhal.agent.events import Sink
-from narwhal.agent.publisher import AmqpPublisher, redacted
+from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import DispatcherConfig, RunnerConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, DirectSink, Intake
-from narwhal.dispatcher.api import build_app
+from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.discovered import DiscoveredRunners
+from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.status import StatusReporter
+from narwhal.dispatcher.tokens import Tokens, prepare_data_dir
 from narwhal.httpserver import listen, run_http
+from narwhal.redact import redacted
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,13 @@ async def serve(
     sock = listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    prepare_data_dir(dconf.data_dir)
     async with (
         Dispatcher(dconf, context=context) as dispatcher,
         contextlib.AsyncExitStack() as extras,
     ):
         app = await _app(dispatcher, dconf, f"http://{shown}:{port}", extras)
+        app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
             # Closed by ``extras``, so browsing stops before the dispatcher does.
             await extras.enter_async_context(DiscoveredRunners(dconf.discovery, dispatcher.runners))
@@ -90,7 +95,8 @@ async def _app(
     intake = Intake(dispatcher, reporter)
     if dconf.amqp is not None:
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
-    api = build_app(dispatcher, token=dconf.api_token)
+    tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
+    api = build_app(dispatcher, Access(tokens, public_read=dconf.public_read))
     if dconf.webhooks is None:
         return api
     sink: Sink = DirectSink(intake)

@@ -501,7 +501,7 @@ class SqliteStore:
     def endpoints(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT url FROM endpoints ORDER BY added_at")]
 
-    # tables of other modules (``dispatcher.vault``): one statement each
+    # tables of other modules (``dispatcher.vault``, ``dispatcher.tokens``): one statement each
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         """The rows one SELECT returns."""

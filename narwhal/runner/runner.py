@@ -42,6 +42,7 @@ from narwhal.errors import CheckoutError, PipelineError, ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
 from narwhal.pipeline import PipelineFile, Step, load, read_path
+from narwhal.redact import redacted
 from narwhal.runner.checkout import MirrorCache
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
@@ -367,8 +368,10 @@ class Runner:
             pipeline_file = await asyncio.to_thread(self._load_pipeline, workspace)
             pipeline = pipeline_file.pipeline(job.matrix)
         except (CheckoutError, PipelineError) as e:
-            await reporter.output(f"{e}\n".encode())
-            return Outcome(status="error", reason=str(e), steps=())
+            # git quotes the URL it failed on: its credentials stay here.
+            shown = redacted(str(e))
+            await reporter.output(f"{shown}\n".encode())
+            return Outcome(status="error", reason=shown, steps=())
         variants = pipeline_file.variants if job.matrix is None else ()
         await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
         context = Context(

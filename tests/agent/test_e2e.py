@@ -24,7 +24,7 @@ from tests.agent.helpers import (
     start_broker,
     stop_broker,
 )
-from tests.conftest import Client, Daemon, Repo, wait_for_runners
+from tests.conftest import Client, Daemon, Repo, auth_headers, wait_for_runners
 
 PIPELINE = """\
 name: build
@@ -42,8 +42,8 @@ def start(tmp_path: Path) -> Iterator[Start]:
     """Start ``narwhal`` daemons; every one is stopped at the end of the test."""
     daemons: list[Daemon] = []
 
-    def run(*args: str) -> Daemon:
-        daemon = Daemon(list(args))
+    def run(*args: str, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(list(args), env=env)
         daemons.append(daemon)
         return daemon
 
@@ -58,15 +58,16 @@ def agent_args(queue: str) -> list[str]:
         "agent",
         "--http",
         "127.0.0.1:0",
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-reconnect",
         "0.5",
-        "--github-secret",
-        SECRET,
     ]
+
+
+#: Secrets (the broker's password too) reach daemons through the environment, never argv.
+AMQP_ENV = {"NARWHAL_AMQP": AMQP_URL}
+AGENT_ENV = {**AMQP_ENV, "NARWHAL_GITHUB_SECRET": SECRET}
 
 
 def up_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -109,11 +110,12 @@ def test_push_and_pull_request_end_to_end_with_statuses(
 ) -> None:
     repo = make_repo({"narwhal.yml": PIPELINE, "data.txt": "first\n"})
     pushed = repo.commit({"data.txt": "pushed-commit\n"})
-    agent = start(*agent_args(queue))
+    agent = start(*agent_args(queue), env=AGENT_ENV)
     up = start(
-        *up_args(tmp_path, "--amqp", AMQP_URL, "--amqp-queue", queue),
-        *("--github-token", "gh-token", "--github-api", forge.url),
+        *up_args(tmp_path, "--amqp-queue", queue),
+        *("--github-api", forge.url),
         *("--public-url", "http://ci.example:8470"),
+        env={**AMQP_ENV, "NARWHAL_GITHUB_TOKEN": "gh-token"},
     )
     api = Client(up.url)
     try:
@@ -167,10 +169,14 @@ def test_up_takes_webhooks_itself(
     """Without --amqp, webhooks go straight to the dispatcher; with it, through RabbitMQ."""
     repo = make_repo({"narwhal.yml": PIPELINE, "data.txt": "in-process\n"})
     sha = repo.commit({"data.txt": "in-process-2\n"})
-    amqp = ["--amqp", AMQP_URL, "--amqp-queue", queue] if broker == "amqp" else []
+    amqp = ["--amqp-queue", queue] if broker == "amqp" else []
     up = start(
-        *up_args(tmp_path, "--github-secret", SECRET, *amqp),
-        *("--github-token", "t", "--github-api", forge.url),
+        *up_args(tmp_path, *amqp),
+        *("--github-api", forge.url),
+        env={
+            **(AGENT_ENV if broker == "amqp" else {"NARWHAL_GITHUB_SECRET": SECRET}),
+            "NARWHAL_GITHUB_TOKEN": "t",
+        },
     )
     api = Client(up.url)
     try:
@@ -195,8 +201,6 @@ def dispatcher_args(tmp_path: Path, queue: str) -> list[str]:
         "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "data"),
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-reconnect",
@@ -239,7 +243,7 @@ def _all_jobs(api: httpx.Client) -> list[dict[str, Any]]:
 
 
 def _wait_for_jobs(url: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
-    with httpx.Client(base_url=url, timeout=30) as api:
+    with httpx.Client(base_url=url, timeout=30, headers=auth_headers()) as api:
         deadline = time.monotonic() + timeout
         while (jobs := _all_jobs(api)) and len(jobs) < count:
             if time.monotonic() > deadline:
@@ -254,8 +258,8 @@ def test_burst_of_1000_webhooks_makes_exactly_the_expected_jobs(
 ) -> None:
     """600 commits, 200 redeliveries of a delivery id, 200 new deliveries of a
     commit already queued: 1,000 webhooks, 600 jobs (no runner: they stay queued)."""
-    agent = start(*agent_args(queue))
-    dispatcher = start(*dispatcher_args(tmp_path, queue))
+    agent = start(*agent_args(queue), env=AGENT_ENV)
+    dispatcher = start(*dispatcher_args(tmp_path, queue), env=AMQP_ENV)
     shas = [f"{n + 1:040x}" for n in range(600)]
     requests = [github_request("push", push_payload("/srv/burst.git", s), delivery=s) for s in shas]
     requests += requests[:200]  # the same deliveries again
@@ -277,14 +281,14 @@ def test_burst_of_1000_webhooks_makes_exactly_the_expected_jobs(
 def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     tmp_path: Path, queue: str, start: Start
 ) -> None:
-    agent = start(*agent_args(queue))
-    dispatcher = start(*dispatcher_args(tmp_path, queue))
+    agent = start(*agent_args(queue), env=AGENT_ENV)
+    dispatcher = start(*dispatcher_args(tmp_path, queue), env=AMQP_ENV)
     shas = [f"{n + 1:040x}" for n in range(300)]
     requests = [github_request("push", push_payload("/srv/restart.git", s)) for s in shas]
     restarted = threading.Event()
 
     def restart_when_flowing() -> None:
-        with httpx.Client(base_url=dispatcher.url, timeout=10) as api:
+        with httpx.Client(base_url=dispatcher.url, timeout=10, headers=auth_headers()) as api:
             while len(_all_jobs(api)) < 60:
                 time.sleep(0.02)
         stop_broker()

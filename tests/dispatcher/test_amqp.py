@@ -31,7 +31,7 @@ from tests.agent.helpers import (
     stop_broker,
     take_all,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, auth_headers
 
 
 @pytest.fixture
@@ -235,23 +235,21 @@ def test_dispatcher_killed_between_receive_and_ack(tmp_path: Path, queue: str) -
         "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "data"),
-        "--amqp",
-        AMQP_URL,
         "--amqp-queue",
         queue,
         "--amqp-prefetch",
         "64",
     ]
-    first = Daemon(args)
+    first = Daemon(args, env={"NARWHAL_AMQP": AMQP_URL})
     try:
-        with httpx.Client(base_url=first.url, timeout=10) as api:
+        with httpx.Client(base_url=first.url, timeout=10, headers=auth_headers()) as api:
             _wait_jobs(api, lambda n: n >= 50)
         os.kill(first.proc.pid, signal.SIGKILL)
     finally:
         first.stop()
-    second = Daemon(args)
+    second = Daemon(args, env={"NARWHAL_AMQP": AMQP_URL})
     try:
-        with httpx.Client(base_url=second.url, timeout=10) as api:
+        with httpx.Client(base_url=second.url, timeout=10, headers=auth_headers()) as api:
             jobs = _wait_jobs(api, lambda n: n >= count)
             time.sleep(0.3)  # anything doubled would show up by now
             jobs = _jobs(api)

@@ -12,10 +12,11 @@ import pytest
 
 from bench.common import standins
 from narwhal.config import DispatcherConfig, MeshConfig
-from narwhal.dispatcher.api import build_app
+from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.tokens import Tokens
 
 
 def test_assignment_waits_out_a_foreign_write_lock(
@@ -56,8 +57,12 @@ def test_api_answers_503_while_the_store_is_locked(tmp_path: Path) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         config = DispatcherConfig(data_dir=tmp_path)
         async with Dispatcher(config) as dispatcher:
-            transport = httpx.ASGITransport(app=build_app(dispatcher))
-            async with httpx.AsyncClient(transport=transport, base_url="http://narwhal") as http:
+            tokens = await Tokens.open(dispatcher, env_token="t0ken")
+            transport = httpx.ASGITransport(app=build_app(dispatcher, Access(tokens)))
+            headers = {"Authorization": "Bearer t0ken"}
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://narwhal", headers=headers
+            ) as http:
                 body = {"repo": "/r", "ref": "refs/heads/main"}
                 blocker = sqlite3.connect(config.db_path, isolation_level=None)
                 blocker.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,243 @@
+"""API tokens: scopes, the admin token file, and who may call what.
+
+Scopes are ordered, ``read < write < admin``: a token may do what its scope
+and every lower one allow. Tokens live in the store's ``tokens`` table as
+SHA-256 digests; the registry keeps them in memory too, so a check costs a
+hash, and a revoke takes effect at the next request (no restart, no cache to
+expire). ``narwhal up`` and ``narwhal dispatcher`` write an admin token to
+``<data-dir>/admin.token`` (0600, in a 0700 directory) at first start; the
+CLI on the same machine reads it. ``NARWHAL_API_TOKEN`` is one more admin
+token, held only in memory, for operators and tests.
+
+Why SHA-256 and not a slow KDF (bcrypt, scrypt): a token is 256 random bits,
+not a password a person chose. Guessing one from its digest means searching
+2**256 values, which no work factor makes harder than it already is; a KDF
+would only make every request slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from narwhal.dispatcher.core import Conflict, Dispatcher
+from narwhal.dispatcher.store import SqliteStore
+from narwhal.errors import ConfigError, NotFound
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("read", "write", "admin")
+#: The token of ``<data-dir>/admin.token``; ``tokens create`` cannot take its name.
+ADMIN = "admin"
+TOKEN_FILE = "admin.token"
+#: Name shown for the ``NARWHAL_API_TOKEN`` admin token (it has no row).
+ENV_NAME = "NARWHAL_API_TOKEN"
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: ``last_used`` is written back at most this often per token (seconds).
+LAST_USED_EVERY = 60.0
+
+
+def new_token() -> str:
+    """256 random bits; the prefix lets secret scanners recognise a leaked one."""
+    return "nw_" + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenInfo:
+    """One token as stored: never the token itself."""
+
+    name: str
+    digest: str
+    scope: str
+    created_at: float
+    last_used: float | None = None
+
+    def allows(self, needed: str) -> bool:
+        return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at,
+            "last_used": self.last_used,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request may not go on: 401 (no or bad token) or 403 (too little scope)."""
+
+    status: int
+    message: str
+
+
+# the tokens table (SQL kept here, run through the dispatcher's connections)
+
+
+def _rows(store: SqliteStore) -> list[TokenInfo]:
+    rows = store.rows("SELECT name, digest, scope, created_at, last_used FROM tokens")
+    return [
+        TokenInfo(name=r[0], digest=r[1], scope=r[2], created_at=r[3], last_used=r[4]) for r in rows
+    ]
+
+
+def _put(store: SqliteStore, info: TokenInfo) -> None:
+    store.execute(
+        "INSERT OR REPLACE INTO tokens (name, digest, scope, created_at, last_used)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (info.name, info.digest, info.scope, info.created_at, info.last_used),
+    )
+
+
+def _delete(store: SqliteStore, name: str) -> None:
+    store.execute("DELETE FROM tokens WHERE name = ?", (name,))
+
+
+def _touch(store: SqliteStore, name: str, at: float) -> None:
+    store.execute("UPDATE tokens SET last_used = ? WHERE name = ?", (at, name))
+
+
+class Tokens:
+    """The dispatcher's tokens, checked in memory and written through to the store."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, rows: Sequence[TokenInfo], *, env_token: str | None = None
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._by_name = {info.name: info for info in rows}
+        self._env = None
+        if env_token:
+            self._env = TokenInfo(
+                name=ENV_NAME, digest=digest(env_token), scope=ADMIN, created_at=time.time()
+            )
+        self._written: dict[str, float] = {}
+
+    @classmethod
+    async def open(cls, dispatcher: Dispatcher, *, env_token: str | None = None) -> Tokens:
+        """Load the stored tokens and make sure ``<data-dir>/admin.token`` holds a valid one."""
+        tokens = cls(dispatcher, await dispatcher.db(_rows), env_token=env_token)
+        tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE)
+        return tokens
+
+    # checking
+
+    def find(self, token: str) -> TokenInfo | None:
+        """The token's entry, or None. Every entry is compared, in constant time,
+        so how long a check takes says nothing about which digest came close."""
+        given = digest(token)
+        found = None
+        for info in [*self._by_name.values(), *([self._env] if self._env else [])]:
+            if hmac.compare_digest(info.digest, given):
+                found = info
+        return found
+
+    def authorize(self, header: str | None, needed: str, *, public: bool = False) -> Refusal | None:
+        """None if ``Authorization: header`` may do what scope ``needed`` allows."""
+        if not header:
+            if public:
+                return None
+            return Refusal(401, f"this needs a token with scope {needed} (Authorization: Bearer)")
+        scheme, _, token = header.partition(" ")
+        info = self.find(token.strip()) if scheme.lower() == "bearer" else None
+        if info is None:
+            return Refusal(401, "unknown or revoked API token")
+        self._used(info)
+        if not info.allows(needed):
+            return Refusal(403, f"token {info.name!r} has scope {info.scope}; this needs {needed}")
+        return None
+
+    def _used(self, info: TokenInfo) -> None:
+        now = time.time()
+        if info.name not in self._by_name:  # the environment's token has no row
+            return
+        self._by_name[info.name] = replace(info, last_used=now)
+        if now - self._written.get(info.name, 0.0) >= LAST_USED_EVERY:
+            self._written[info.name] = now
+            self._dispatcher.write(_touch, info.name, now)
+
+    # managing
+
+    def listing(self) -> list[TokenInfo]:
+        return sorted(self._by_name.values(), key=lambda info: info.created_at)
+
+    def create(self, name: str, scope: str) -> str:
+        """A new token (returned once; only its digest is kept)."""
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
+        if scope not in SCOPES:
+            raise ConfigError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+        if name == ADMIN or name in self._by_name:
+            raise Conflict(f"a token named {name!r} exists; revoke it first")
+        token = new_token()
+        self._store(TokenInfo(name=name, digest=digest(token), scope=scope, created_at=time.time()))
+        return token
+
+    def revoke(self, name: str) -> None:
+        if name not in self._by_name:
+            raise NotFound(f"no token named {name!r}")
+        self._dispatcher.write(_delete, name)
+        del self._by_name[name]
+
+    def _store(self, info: TokenInfo) -> None:
+        self._dispatcher.write(_put, info)  # first the store: a failed write changes nothing
+        self._by_name[info.name] = info
+
+    def _ensure_admin_file(self, path: Path) -> None:
+        """Keep the file's token if the store knows it, else write a new one.
+
+        The store does not know it after ``tokens revoke admin`` (or with a
+        new database): the next start rotates it.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            known = self.find(path.read_text().strip())
+            if known is not None and known.name == ADMIN:
+                return
+        token = new_token()
+        write_secret_file(path, token)
+        now = time.time()
+        self._store(TokenInfo(name=ADMIN, digest=digest(token), scope=ADMIN, created_at=now))
+        log.info("wrote a new admin API token to %s (mode 0600)", path)
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, never readable by anyone else, even for a moment."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    os.replace(temporary, path)
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data directory 0700, or take group and other access off one of ours.
+
+    It holds the job store (repository URLs, logs), the admin token and
+    later the secrets key. A directory another user owns, or a shared one
+    with the sticky bit (/tmp), is left alone with a warning.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if not info.st_mode & 0o077:
+        return
+    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX:
+        path.chmod(0o700)
+        log.info("data directory %s: access for other users removed (now 0700)", path)
+    else:
+        log.warning("data directory %s is open to other users: make it 0700", path)
