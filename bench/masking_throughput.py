@@ -5,6 +5,9 @@ reads from a step (and, with ``--chunk``, any other size). The output is
 generated (compiler, test runner, package manager and git lines, progress
 bars with ``\\r``, shas and digests in hex, some base64), none of it a secret,
 so every byte must come out as it went in: the script checks that too.
+``--near-misses`` feeds a hostile step's output instead: the secrets' forms cut
+short just before their end, wrapped at 1, 8 or 76 columns, and their first
+100 characters repeated, which keeps the masker holding back and checking.
 
 Run: ``python -m bench.masking_throughput`` (about 10 s per 100 MB).
 """
@@ -17,7 +20,7 @@ import random
 import time
 
 from bench.common import machine
-from narwhal.runner.masking import Masker
+from narwhal.runner.masking import BLANKS, Masker, variants
 
 PEM = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -68,7 +71,26 @@ def corpus(size: int, seed: int = 11) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def run(data: bytes, chunk: int) -> float:
+def near_misses(size: int, seed: int = 11) -> bytes:
+    """``size`` bytes of almost-secrets: every form of every secret, cut short."""
+    rng = random.Random(seed)
+    forms = sorted({v.translate(None, BLANKS) for s in SECRETS for v in variants(s.encode())})
+    pieces: list[bytes] = []
+    total = 0
+    while total < min(size, 2_000_000):
+        form = rng.choice(forms)
+        miss = form[: rng.randrange(len(form) // 2, len(form))]
+        width = rng.choice((1, 8, 76))
+        lines = [miss[i : i + width] for i in range(0, len(miss), width)]
+        pieces.append(
+            b"\n".join(lines) + b"!\n" + (form[: min(100, len(form) - 1)] + b"#") * 20 + b"\n"
+        )
+        total += len(pieces[-1])
+    block = b"".join(pieces)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def run(data: bytes, chunk: int, *, check: bool = True) -> float:
     """MB/s of ``Masker.feed`` over ``data`` in ``chunk``-byte pieces."""
     masker = Masker(SECRETS)
     view = memoryview(data)
@@ -78,7 +100,7 @@ def run(data: bytes, chunk: int) -> float:
         out.append(masker.feed(bytes(view[offset : offset + chunk])))
     out.append(masker.flush())
     seconds = time.perf_counter() - start
-    if b"".join(out) != data:
+    if check and b"".join(out) != data:
         raise RuntimeError("the masker changed ordinary output")
     return len(data) / seconds / 1e6
 
@@ -87,12 +109,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--chunk", type=int, action="append", help="bytes per feed (repeatable)")
+    parser.add_argument("--near-misses", action="store_true", help="a hostile step's output")
     args = parser.parse_args(argv)
-    data = corpus(args.megabytes * 1_000_000)
+    size = args.megabytes * 1_000_000
+    data = near_misses(size) if args.near_misses else corpus(size)
+    kind, name = ("near misses", "_near_misses") if args.near_misses else ("CI output", "")
     print(f"# {machine()}")
-    print(f"# {args.megabytes} MB of CI output, {len(SECRETS)} secrets")
+    print(f"# {args.megabytes} MB of {kind}, {len(SECRETS)} secrets")
     for chunk in args.chunk or [65536]:
-        print(f"masking_throughput_{chunk}: {run(data, chunk):.1f} MB/s")
+        rate = run(data, chunk, check=not args.near_misses)
+        print(f"masking_throughput{name}_{chunk}: {rate:.1f} MB/s")
 
 
 if __name__ == "__main__":

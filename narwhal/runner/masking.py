@@ -163,7 +163,7 @@ class _Positions:
         """Where the folded text's byte ``index`` is in data; ``index`` never decreases."""
         data, raw, folded = self._data, self._raw, self._folded
         while True:
-            raw = _BLANK_RUN.match(data, raw).end()  # type: ignore[union-attr]
+            raw = _after_blanks(data, raw)
             if folded == index:
                 break
             # At most ``step`` of the next ``step`` bytes are non-blank: never overshoots.
@@ -172,6 +172,11 @@ class _Positions:
             raw += step
         self._raw, self._folded = raw, folded
         return raw
+
+
+def _after_blanks(data: bytes, pos: int) -> int:
+    run = _BLANK_RUN.match(data, pos)
+    return pos if run is None else run.end()
 
 
 class Masker:
