@@ -82,7 +82,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         await self._store.open()
-        self._runners = RunnerPool(self.config.mesh, self._ctx, self)
+        self._runners = RunnerPool(self.config.mesh, self._ctx, self, curve=self.config.curve)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
             self._runners.connect(endpoint)
