@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 #: What a failed handshake means, by monitor event (and protocol error code).
 _HANDSHAKE_FAILURES: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "its CURVE key is not trusted here",
-    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the CURVE handshake failed",
-    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "the CURVE handshake failed",
 }
 _PROTOCOL_ERRORS: dict[int, str] = {
     int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): "it does not speak CURVE (--insecure?)",
@@ -68,10 +66,15 @@ class Verdict:
 
 
 def handshake_failure(event: int, value: int) -> str:
-    """Why a handshake failed, from a monitor event, for ``refused``."""
-    reason = _HANDSHAKE_FAILURES.get(event, "the CURVE handshake failed")
+    """Why a handshake failed for good, from a monitor event, for ``refused``.
+
+    "" for a failure that can be passing: a peer that closes in the middle
+    of a handshake (a runner being killed or restarted) fails it with an
+    unspecified protocol error, and must be tried again, not refused.
+    """
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        reason = _PROTOCOL_ERRORS.get(value, f"the CURVE handshake failed (error {value:#x})")
+        return _PROTOCOL_ERRORS.get(value, "")
+    reason = _HANDSHAKE_FAILURES.get(event, "")
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         reason += ": run narwhal keys trust FILE --id ID on the dispatcher"
     return reason

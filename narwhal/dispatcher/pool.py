@@ -253,6 +253,9 @@ class RunnerPool:
     async def _handshake_failed(self, endpoint: str, event: int, value: int) -> None:
         """Stop libzmq retrying a peer that CURVE refused (it would, every 100 ms, forever)."""
         reason = handshake_failure(event, value)
+        if not reason:
+            self._quiet.warning(endpoint, "runner %s: handshake failed (%#x)", endpoint, value)
+            return
         for link in list(self._links.values()):
             if link.endpoint == endpoint:
                 self._refuse_link(link, reason)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Client, Daemon, wait_for_runners
+from tests.keys import MeshKeys
 
 #: Fast liveness for tests: a silent peer is dead after 0.6 s.
 MESH = ["--heartbeat-interval", "0.2", "--liveness", "3"]
@@ -37,6 +38,8 @@ class Cluster:
         self.retired: list[Daemon] = []
         self.api: Client | None = None
         self.http_port = free_port()
+        #: The mesh is authenticated: every runner's key is trusted under its name.
+        self.keys = MeshKeys(root)
 
     def start_runner(self, name: str, capacity: int = 1, *extra: str) -> Daemon:
         port = self.ports.setdefault(name, free_port())
@@ -56,6 +59,7 @@ class Cluster:
                 "--cancel-grace",
                 "1",
                 *MESH,
+                *self.keys.runner(name),
                 *extra,
             ]
         )
@@ -75,6 +79,7 @@ class Cluster:
             "--data-dir",
             str(self.data),
             *MESH,
+            *self.keys.dispatcher(),
         ]
         for endpoint in endpoints:
             args += ["--runner", endpoint]
