@@ -41,7 +41,10 @@ class Cluster:
         #: The mesh is authenticated: every runner's key is trusted under its name.
         self.keys = MeshKeys(root)
 
-    def start_runner(self, name: str, capacity: int = 1, *extra: str) -> Daemon:
+    def start_runner(
+        self, name: str, capacity: int = 1, *extra: str, keys: list[str] | None = None
+    ) -> Daemon:
+        """``narwhal runner`` NAME; its key is trusted as NAME unless ``keys`` gives other flags."""
         port = self.ports.setdefault(name, free_port())
         runner = Daemon(
             [
@@ -59,7 +62,7 @@ class Cluster:
                 "--cancel-grace",
                 "1",
                 *MESH,
-                *self.keys.runner(name),
+                *(keys if keys is not None else self.keys.runner(name)),
                 *extra,
             ]
         )
