@@ -17,8 +17,9 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from narwhal.config import DispatcherConfig, MeshConfig
+from narwhal.config import DispatcherConfig, MeshConfig, ServerCurve
 from narwhal.dispatcher.core import Dispatcher
+from tests.keys import MeshKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,7 @@ def exit_on_sigterm() -> None:
 
 @asynccontextmanager
 async def dispatcher(
-    endpoints: Sequence[str] = (), *, heartbeat: float
+    endpoints: Sequence[str] = (), *, heartbeat: float, curve: ServerCurve | None = None
 ) -> AsyncIterator[Dispatcher]:
     """An in-process dispatcher on a throw-away store, connected to ``endpoints``."""
     with tempfile.TemporaryDirectory() as data:
@@ -39,6 +40,7 @@ async def dispatcher(
             data_dir=Path(data),
             runners=tuple(endpoints),
             mesh=MeshConfig(heartbeat_interval=heartbeat, liveness=5),
+            curve=curve,
         )
         async with Dispatcher(config) as running:
             yield running
@@ -62,16 +64,44 @@ def free_port() -> int:
 
 
 @contextmanager
-def standins(count: int, capacity: int, *, processes: int | None = None) -> Iterator[list[str]]:
-    """Start ``count`` stand-in runners spread over a few processes; yield their endpoints."""
+def curve_standins(count: int, capacity: int) -> Iterator[tuple[list[str], ServerCurve]]:
+    """Stand-ins that are CurveZMQ clients, and the dispatcher side that trusts each one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = MeshKeys(Path(tmp))
+        curve = ServerCurve(
+            public_key=keys.server.public,
+            secret_key=keys.server.secret,
+            runners_dir=keys.dir / "runners",
+        )
+        found: dict[str, bytes] = {}
+        with standins(count, capacity, server_key=keys.server.public, keys=found) as endpoints:
+            for endpoint, key in found.items():
+                keys.trust(key, f"standin-{endpoint.rpartition(':')[2]}")
+            yield endpoints, curve
+
+
+@contextmanager
+def standins(
+    count: int,
+    capacity: int,
+    *,
+    processes: int | None = None,
+    server_key: bytes | None = None,
+    keys: dict[str, bytes] | None = None,
+) -> Iterator[list[str]]:
+    """Start ``count`` stand-in runners spread over a few processes; yield their endpoints.
+
+    With ``server_key`` they are CurveZMQ clients; ``keys`` gets each one's public key.
+    """
     processes = min(count, processes or count)
     sizes = [count // processes + (i < count % processes) for i in range(processes)]
     procs = []
     endpoints: list[str] = []
     try:
         for size in sizes:
+            key = [server_key.decode()] if server_key is not None else []
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.standin", str(capacity), str(size)],
+                [sys.executable, "-m", "bench.standin", str(capacity), str(size), *key],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -81,7 +111,11 @@ def standins(count: int, capacity: int, *, processes: int | None = None) -> Iter
             word, *ports = proc.stdout.readline().split()
             if word != "ready":
                 raise RuntimeError("a stand-in did not start")
-            endpoints += [f"tcp://127.0.0.1:{port}" for port in ports]
+            for item in ports:
+                port, _, public = item.partition("=")
+                endpoints.append(f"tcp://127.0.0.1:{port}")
+                if keys is not None and public:
+                    keys[endpoints[-1]] = public.encode()
         yield endpoints
     finally:
         for proc in procs:

@@ -2,7 +2,10 @@
 
 Each job is created in the store, scheduled, sent as a JOB frame to one of K
 runner stand-in processes (bench/standin.py), accepted, finished, and its
-final state committed. In the same run:
+final state committed, once over a plain mesh and once with CurveZMQ (the
+stand-ins are CURVE clients trusted in the allow-list, every frame's key is
+checked), alternating for ``--rounds`` rounds; the best of each is reported
+with their ratio. In the same run:
 
 - the ceiling: a bare pyzmq ROUTER loop sending the same JOB frames to the
   same stand-ins (same window) and decoding their ACCEPT/DONE frames, with
@@ -26,7 +29,16 @@ import uuid
 
 import zmq
 
-from bench.common import ROOT, all_ready, dispatcher, exit_on_sigterm, machine, standins
+from bench.common import (
+    ROOT,
+    all_ready,
+    curve_standins,
+    dispatcher,
+    exit_on_sigterm,
+    machine,
+    standins,
+)
+from narwhal.config import ServerCurve
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.mesh import protocol as p
@@ -79,9 +91,9 @@ def ceiling(endpoints: list[str], jobs: int, window: int) -> float:
     return jobs / elapsed
 
 
-async def narwhal(endpoints: list[str], jobs: int) -> float:
+async def narwhal(endpoints: list[str], jobs: int, curve: ServerCurve | None = None) -> float:
     """The whole dispatcher path, store included."""
-    async with dispatcher(endpoints, heartbeat=2.0) as running:
+    async with dispatcher(endpoints, heartbeat=2.0, curve=curve) as running:
         await all_ready(running, len(endpoints))
         return await run_noop_jobs(running, jobs)
 
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=int, default=64, help="slots per stand-in")
     parser.add_argument("--celery-jobs", type=int, default=2_000)
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="plain and CURVE runs, alternating")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     print(f"# {machine()}")
@@ -166,13 +179,22 @@ def main(argv: list[str] | None = None) -> None:
     with standins(args.runners, args.capacity) as endpoints:
         bare = ceiling(endpoints, args.jobs, args.capacity)
         print(f"ceiling (bare pyzmq ROUTER/DEALER, same frames): {bare:.0f} jobs/s")
-    with standins(args.runners, args.capacity) as endpoints:
-        rate = asyncio.run(narwhal(endpoints, args.jobs))
+    plain, curved = [], []
+    for _ in range(args.rounds):
+        with standins(args.runners, args.capacity) as endpoints:
+            plain.append(asyncio.run(narwhal(endpoints, args.jobs)))
+        with curve_standins(args.runners, args.capacity) as (endpoints, curve):
+            curved.append(asyncio.run(narwhal(endpoints, args.jobs, curve)))
+    rate, secure = max(plain), max(curved)
+    print(f"narwhal without CURVE (--insecure): {rate:.0f} jobs/s")
+    print(f"narwhal with CURVE: {secure:.0f} jobs/s")
+    print(f"curve/plain ratio: {secure / rate:.2f} (target >= 0.90)")
     print(f"narwhal/ceiling ratio: {rate / bare:.2f} (target >= 0.5)")
     if not args.no_celery:
         peer = celery(args.celery_jobs)
         print(f"celery (prefork x2, RabbitMQ, rpc results): {peer:.0f} jobs/s")
         print(f"narwhal/celery ratio: {rate / peer:.1f}x (target >= 20x)")
+    print(f"dispatch_throughput_curve: {secure:.0f} jobs/s")
     print(f"dispatch_throughput: {rate:.0f} jobs/s")
 
 

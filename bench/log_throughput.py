@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, admin_headers, exit_on_sigterm, free_port, machine, peak_rss
+from tests.keys import MeshKeys
 
 GIT = {
     "GIT_AUTHOR_NAME": "bench",
@@ -59,6 +60,7 @@ def run(size: int) -> tuple[float, int, int]:
         root = Path(tmp)
         _repo(root / "repo", size)
         port, http = free_port(), free_port()
+        keys = MeshKeys(root)
         runner = _daemon(
             [
                 "runner",
@@ -72,6 +74,9 @@ def run(size: int) -> tuple[float, int, int]:
                 "none",
                 "--executor",
                 "local",
+                "--id",
+                "flood",
+                *keys.runner("flood"),
             ]
         )
         dispatcher = _daemon(
@@ -85,6 +90,7 @@ def run(size: int) -> tuple[float, int, int]:
                 f"tcp://127.0.0.1:{port}",
                 "--discovery",
                 "none",
+                *keys.dispatcher(),
             ]
         )
         try:

@@ -6,9 +6,11 @@ DONE (status success), like a runner whose jobs take no time. The DONE's
 ``reason`` carries the wall-clock time the JOB arrived (``recv=<time>``), so
 latency benchmarks can measure queued -> runner has it.
 
-Run: ``python -m bench.standin CAPACITY COUNT``: one process serves COUNT
-stand-ins (so 500 stand-ins need not be 500 processes), each on a free
-loopback port; it prints ``ready PORT ...`` once all are bound.
+Run: ``python -m bench.standin CAPACITY COUNT [SERVER_KEY]``: one process
+serves COUNT stand-ins (so 500 stand-ins need not be 500 processes), each on
+a free loopback port; it prints ``ready PORT ...`` once all are bound. With
+a dispatcher's z85 public key, each stand-in is a CurveZMQ client pinning it
+with a key pair of its own, and prints ``PORT=PUBLIC_KEY`` instead.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from narwhal.mesh import protocol as p
 class StandIn:
     """One stand-in runner on one bound DEALER socket."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], capacity: int) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], capacity: int, server_key: bytes | None = None
+    ) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.key = b""
+        if server_key is not None:
+            self.key, secret = zmq.curve_keypair()
+            self.sock.curve_serverkey = server_key
+            self.sock.curve_publickey, self.sock.curve_secretkey = self.key, secret
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.port = port = self.sock.bind_to_random_port("tcp://127.0.0.1")
@@ -70,15 +79,15 @@ class StandIn:
         self.sock.send(p.encode(done))
 
 
-def serve(capacity: int, count: int) -> None:
+def serve(capacity: int, count: int, server_key: bytes | None = None) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    standins = [StandIn(ctx, capacity) for _ in range(count)]
+    standins = [StandIn(ctx, capacity, server_key) for _ in range(count)]
     poller = zmq.Poller()
     by_socket = {}
     for standin in standins:
         poller.register(standin.sock, zmq.POLLIN)
         by_socket[standin.sock] = standin
-    ports = " ".join(str(s.port) for s in standins)
+    ports = " ".join(f"{s.port}={s.key.decode()}" if s.key else str(s.port) for s in standins)
     print(f"ready {ports}", flush=True)  # noqa: T201 - the parent reads the ports
     last_beat = time.monotonic()
     while True:
@@ -94,4 +103,4 @@ def serve(capacity: int, count: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode() if len(sys.argv) > 3 else None)

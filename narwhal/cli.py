@@ -43,6 +43,7 @@ from narwhal.settings import (
     agent_config,
     dispatcher_config,
     docker_options,
+    embedded_runner,
     env,
     pick_executor,
     positive,
@@ -117,8 +118,41 @@ def _dispatcher_flags(p: argparse.ArgumentParser) -> None:
         help="attempts before a job whose runner was lost ends in error",
     )
     _mesh_flags(p)
+    p.add_argument(
+        "--keys-dir",
+        default=None,
+        help="CURVE keys: server.key(_secret) and runners/ (default DATA_DIR/keys; "
+        "NARWHAL_KEYS_DIR)",
+    )
+    _insecure_flag(p)
     _amqp_flags(p)
     _status_flags(p)
+
+
+def _insecure_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", "") == "1",
+        help="no CurveZMQ on the mesh: anyone who reaches it can pose as a peer "
+        "(NARWHAL_INSECURE=1)",
+    )
+
+
+def _runner_key_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this runner's secret key file (default: made at first start in WORK_DIR/keys; "
+        "NARWHAL_KEY)",
+    )
+    p.add_argument(
+        "--dispatcher-key",
+        metavar="FILE",
+        help="the dispatcher's public key, its server.key (required unless --insecure; "
+        "NARWHAL_DISPATCHER_KEY)",
+    )
+    _insecure_flag(p)
 
 
 def _discovery_flags(p: argparse.ArgumentParser, *, default: str, what: str) -> None:
@@ -333,7 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     runner = sub.add_parser("runner", help="run a runner that the dispatcher connects to")
     _runner_flags(runner)
     _mesh_flags(runner)
+    _runner_key_flags(runner)
     _discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
+
+    from narwhal.keycommands import add_keys_parser
+
+    add_keys_parser(sub)
 
     submit = sub.add_parser("submit", help="submit a job for a repository")
     submit.add_argument("repo", help="clone URL or local path")
@@ -450,6 +489,7 @@ async def _announce_runner(conf: RunnerConfig, endpoint: str) -> Announcer | Non
         port=int(port),
         capacity=conf.capacity,
         labels=dict(conf.labels),
+        key=conf.curve.public_key.decode() if conf.curve is not None else None,
     )
     announcer = Announcer(announcement, interfaces=interfaces)
     await announcer.start()
@@ -485,6 +525,7 @@ def _daemon(args: argparse.Namespace) -> int:
     rconf = None
     if args.command == "up":
         rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
+        rconf = embedded_runner(dconf, rconf)
     _scrub_secrets()
     asyncio.run(_serve(dconf, rconf))
     return 0
@@ -549,6 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _daemon(args)
         if args.command == "exec":
             return _exec(args)
+        if args.command == "keys":
+            from narwhal.keycommands import run_keys
+
+            return run_keys(args)
         from narwhal.client import run_client
 
         return run_client(args)

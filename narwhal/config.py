@@ -34,6 +34,30 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerCurve:
+    """The dispatcher's CurveZMQ side: its server key pair and the trusted runner keys.
+
+    Every dispatcher of one installation uses the same key pair (runners pin
+    its public key); ``runners_dir`` is the allow-list (``narwhal.mesh.trust``).
+    """
+
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+    runners_dir: Path
+    #: Seconds between looks at ``runners_dir`` for trusted or revoked keys.
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerCurve:
+    """A runner's CurveZMQ side: its own key pair and the dispatcher key it pins."""
+
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DiscoveryConfig:
     """mDNS discovery: runners announce themselves, the dispatcher browses.
 
@@ -147,6 +171,9 @@ class DispatcherConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
     #: Connect to the runners mDNS finds (off unless enabled).
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    #: CurveZMQ on the mesh. None: unauthenticated (``--insecure``; the CLI
+    #: sets it otherwise, in-process tests may leave it out).
+    curve: ServerCurve | None = None
 
     @property
     def db_path(self) -> Path:
@@ -194,6 +221,9 @@ class RunnerConfig:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     #: Announce this runner over mDNS (off unless enabled; never in ``up``).
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    #: CurveZMQ on the mesh. None: unauthenticated (``--insecure``; the CLI
+    #: sets it otherwise, in-process tests may leave it out).
+    curve: RunnerCurve | None = None
 
 
 def default_data_dir() -> Path:

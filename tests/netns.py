@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Client, Daemon
+from tests.keys import MeshKeys
 
 #: The simulated LAN's subnet; it exists only inside the test's namespaces.
 LAN = "10.77.0"
@@ -245,6 +246,8 @@ class LanCluster:
         self.dispatcher: Daemon | None = None
         self.api: Client | None = None
         self.runners: dict[str, Daemon] = {}
+        #: The mesh is authenticated: each runner id's key is trusted.
+        self.keys = MeshKeys(root)
 
     def start_dispatcher(self, *extra: str) -> Client:
         far = self.lan.api_peer or self.lan.link_to_test_process(self.dispatcher_host)
@@ -261,6 +264,7 @@ class LanCluster:
                 "--data-dir",
                 str(self.root / "data"),
                 *self.mesh,
+                *self.keys.dispatcher(),
                 *extra,
             ],
             env={"NARWHAL_API_TOKEN": API_TOKEN},
@@ -275,9 +279,19 @@ class LanCluster:
         return self.lan.hosts[name]
 
     def start_runner(
-        self, name: str, *, capacity: int, runner_id: str | None = None, listen: str | None = None
+        self,
+        name: str,
+        *,
+        capacity: int,
+        runner_id: str | None = None,
+        listen: str | None = None,
+        keys: list[str] | None = None,
     ) -> Daemon:
-        """``narwhal runner`` on host ``name`` (created on first use), listening on 0.0.0.0:8471."""
+        """``narwhal runner`` on host ``name`` (created on first use), listening on 0.0.0.0:8471.
+
+        Its key is trusted as its runner id, unless ``keys`` gives other key flags.
+        """
+        key_flags = keys if keys is not None else self.keys.runner(runner_id or name)
         daemon = self.lan.start(
             self.host(name),
             [
@@ -297,6 +311,7 @@ class LanCluster:
                 "--cancel-grace",
                 "1",
                 *self.mesh,
+                *key_flags,
             ],
         )
         self.runners[name] = daemon

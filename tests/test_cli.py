@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Client, Daemon, Repo, wait_for_runners
+from tests.keys import MeshKeys
 
 
 def narwhal(
@@ -92,6 +93,7 @@ def test_client_commands_against_narwhal_up(
 def test_dispatcher_spreads_jobs_over_separate_runner_processes(
     tmp_path: Path, make_repo: Callable[..., Repo]
 ) -> None:
+    keys = MeshKeys(tmp_path)
     runners = [
         Daemon(
             [
@@ -108,6 +110,7 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
                 str(tmp_path / f"w{i}"),
                 "--heartbeat-interval",
                 "0.2",
+                *keys.runner(f"r{i}"),
             ]
         )
         for i in (1, 2)
@@ -125,6 +128,7 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
             "0.2",
             "--runner",
             runners[0].endpoint,
+            *keys.dispatcher(),
         ]
     )
     api = Client(dispatcher.url)

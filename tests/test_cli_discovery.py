@@ -18,13 +18,14 @@ from narwhal.config import DiscoveryConfig
 from narwhal.errors import ConfigError
 from narwhal.settings import dispatcher_config, runner_config
 from tests.conftest import Client, Daemon, Repo
+from tests.keys import MeshKeys
 
 LOOPBACK = DiscoveryConfig(enabled=True, interfaces=("127.0.0.1",))
 EVERYWHERE = DiscoveryConfig(enabled=True, interfaces=())
 
 
 def runner(*argv: str) -> DiscoveryConfig:
-    args = build_parser().parse_args(["runner", "--executor", "local", *argv])
+    args = build_parser().parse_args(["runner", "--executor", "local", "--insecure", *argv])
     return runner_config(args).discovery
 
 
@@ -108,11 +109,15 @@ def test_default_interfaces_find_each_other_on_loopback(
     # one's runner is told apart by its id, and its job by a label.
     token = f"lo-{secrets.token_hex(4)}"
     mesh = ["--discovery", "mdns", "--heartbeat-interval", "0.2"]
+    keys = MeshKeys(tmp_path)
     runner = Daemon(
         ["runner", *mesh, "--listen", "tcp://127.0.0.1:0", "--id", token, "--labels", f"lo={token}"]
-        + ["--executor", "local", "--work-dir", str(tmp_path / "work")]
+        + ["--executor", "local", "--work-dir", str(tmp_path / "work"), *keys.runner(token)]
     )
-    dispatcher = Daemon(["dispatcher", *mesh, "--http", "127.0.0.1:0", "--data-dir", str(tmp_path)])
+    dispatcher = Daemon(
+        ["dispatcher", *mesh, "--http", "127.0.0.1:0", "--data-dir", str(tmp_path)]
+        + keys.dispatcher()
+    )
     api = Client(dispatcher.url)
     try:
         assert "mDNS discovery on 127.0.0.1" in dispatcher.announce

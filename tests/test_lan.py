@@ -205,3 +205,32 @@ def test_nothing_is_left_behind(tmp_path: Path) -> None:
     links = subprocess.run(["ip", "link", "show"], capture_output=True, text=True).stdout
     assert veth and veth not in links
     assert all(d.proc.poll() is not None for d in cluster.lan.daemons)
+
+
+def test_runners_announced_with_untrusted_or_no_keys_get_no_job(
+    cluster: LanCluster, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    api = cluster.start_dispatcher()
+    cluster.start_runner("good", capacity=1)
+    # A LAN attacker's runners: one with a key of its own, one without CURVE.
+    cluster.start_runner("rogue", capacity=8, keys=cluster.keys.runner("rogue", trusted=False))
+    cluster.start_runner("plain", capacity=8, keys=["--insecure"])
+    rogue = f"tcp://{cluster.host('rogue').address}:8471"
+    plain = f"tcp://{cluster.host('plain').address}:8471"
+    wait_for(
+        cluster,
+        lambda: {rogue, plain} <= {r["endpoint"] for r in cluster.listing()["refused"]},
+        "both rogues refused",
+    )
+    reasons = {r["endpoint"]: r["reason"] for r in cluster.listing()["refused"]}
+    assert reasons[rogue].startswith("key not trusted: run narwhal keys trust FILE --id rogue")
+    assert "announces no CURVE key" in reasons[plain]
+    marker = tmp_path / "marks"
+    marker.mkdir()
+    repo = make_repo(
+        {"narwhal.yml": f"steps:\n  - name: s\n    command: touch {marker}/$(hostname)-$$\n"}
+    )
+    jobs = [api.wait(api.submit(repo), timeout=30) for _ in range(4)]
+    assert {(j["state"], j["runner_id"]) for j in jobs} == {("success", "good")}
+    assert set(ready(cluster)) == {"good"}
+    assert len(list(marker.iterdir())) == 4

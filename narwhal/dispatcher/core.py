@@ -87,7 +87,7 @@ class Dispatcher:
         await self._store.open()
         self._vault = Vault(key, self._write)
         await self.db(self._vault.load)
-        self._runners = RunnerPool(self.config.mesh, self._ctx, self)
+        self._runners = RunnerPool(self.config.mesh, self._ctx, self, curve=self.config.curve)
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
             self._runners.connect(endpoint)

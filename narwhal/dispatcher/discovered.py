@@ -19,6 +19,12 @@ not two; the wait lets a second runner claiming the id answer and be
 refused instead); and an endpoint refused because its runner id was held by
 another link gets another chance once no ready link holds that id (the
 holder died or left).
+
+With CurveZMQ, an announcement is worth a connection only if its ``curve=``
+key is in the allow-list under the announced id; the others are listed
+refused with the reason (the ``narwhal keys trust`` command to run) and
+looked at again when the allow-list changes, never retried on their own.
+The announced key is a filter, not a proof: the handshake decides.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class DiscoveredRunners:
         self._silent: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._quiet = QuietLog(log)
+        auth = pool.auth
+        self._generation = auth.trust.generation if auth is not None else 0
 
     async def __aenter__(self) -> DiscoveredRunners:
         await self._browser.start()
@@ -82,13 +90,17 @@ class DiscoveredRunners:
             return
         known = self._announced.get(runner.endpoint)
         self._announced[runner.endpoint] = runner
-        if known is not None and known.runner_id == runner.runner_id:
+        if known is not None and (known.runner_id, known.key) == (runner.runner_id, runner.key):
             if known.capacity != runner.capacity:
                 log.info("runner %s announces %d slot(s)", runner.runner_id, runner.capacity)
             return
         self._connect(runner)
 
     def _connect(self, runner: Announcement) -> None:
+        refusal = self._pool.auth.announced(runner.runner_id, runner.key) if self._pool.auth else ""
+        if refusal:
+            self._pool.refuse(runner.endpoint, refusal, "mdns")
+            return
         try:
             link = self._pool.connect(runner.endpoint, source="mdns")
         except NarwhalError as e:  # an endpoint the pool refuses outright
@@ -113,14 +125,28 @@ class DiscoveredRunners:
             await asyncio.sleep(self._pool.mesh.heartbeat_interval)
             await self.reconcile(time.monotonic())
 
+    def _trust_changed(self) -> None:
+        """After the allow-list changed (the pool forgot its key refusals): look again."""
+        auth = self._pool.auth
+        if auth is None or auth.trust.generation == self._generation:
+            return
+        self._generation = auth.trust.generation
+        connected = {link.endpoint for link in self._pool.links()}
+        for endpoint, runner in self._announced.items():
+            if endpoint not in connected and endpoint not in self._pool.refused:
+                self._connect(runner)
+
     async def reconcile(self, now: float) -> None:
         """Drop stale endpoints of runners ready elsewhere; retry refused ones that are free."""
+        self._trust_changed()
         links: dict[str, Link] = {link.endpoint: link for link in self._pool.links()}
         ready = {link.runner_id: link for link in links.values() if link.state == "ready"}
         silent, self._silent = self._silent, {}
         for endpoint, runner in list(self._announced.items()):
             holder = ready.get(runner.runner_id)
             link = links.get(endpoint)
+            if endpoint in self._pool.key_refused:
+                continue  # until the allow-list changes
             if holder is None:
                 if self._pool.refused.pop(endpoint, None) is not None:
                     log.info(

@@ -48,6 +48,9 @@ class Link:
     source: str = "static"
     state: str = "connecting"  # connecting -> ready -> (lost: replaced by a new Link)
     runner_id: str | None = None
+    #: The z85 CURVE key its READY was accepted with; every later frame must
+    #: carry it (None: no READY yet, or the mesh is not authenticated).
+    key: str | None = None
     session: str | None = None
     version: str | None = None
     capacity: int = 0

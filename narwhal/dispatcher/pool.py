@@ -6,6 +6,12 @@ back-off), puts job-stream frames in order (duplicates acknowledged again,
 gaps waited out until the runner resends) and acknowledges them in batches
 after they were handled. What frames *mean* for jobs is the ``Handler``'s
 business: the pool knows links and frames, not jobs.
+
+With CurveZMQ (``curve`` given), ``MeshAuth`` admits only trusted keys and
+ties every frame to the key of its connection; an endpoint refused for its
+key (or a failed handshake) is disconnected, listed in ``refused`` and tried
+again only when the allow-list changes (libzmq alone would retry it every
+100 ms forever), when an operator adds it again, or after an mDNS goodbye.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from narwhal.config import MeshConfig
+from narwhal.config import MeshConfig, ServerCurve
+from narwhal.dispatcher.auth import HANDSHAKE_EVENTS, MeshAuth, handshake_failure
 from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
 from narwhal.errors import NarwhalError, ProtocolError
 from narwhal.mesh import protocol as p
@@ -48,25 +55,45 @@ class Handler(Protocol):
 class RunnerPool:
     """Links to runners over one ROUTER socket."""
 
-    def __init__(self, mesh: MeshConfig, ctx: zmq.asyncio.Context, handler: Handler) -> None:
+    def __init__(
+        self,
+        mesh: MeshConfig,
+        ctx: zmq.asyncio.Context,
+        handler: Handler,
+        *,
+        curve: ServerCurve | None = None,
+    ) -> None:
         self.mesh = mesh
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._router = Router(ctx, linger_ms=mesh.linger_ms)
-        self._monitor = self._router.monitor(zmq.EVENT_DISCONNECTED)
+        #: None: the mesh is not authenticated (``--insecure``).
+        self.auth = MeshAuth(curve, ctx, self._router.sock) if curve is not None else None
+        if self.auth is None:
+            log.warning("mesh authentication is OFF: any process can pose as a runner")
+        events = zmq.EVENT_DISCONNECTED | (HANDSHAKE_EVENTS if self.auth is not None else 0)
+        self._monitor = self._router.monitor(events)
         self._links: dict[bytes, Link] = {}
         self._generation = 0
         self._acks: dict[tuple[bytes, int, int], int] = {}
         #: In-order frames of the current batch, recorded together by the handler.
         self._frames: list[tuple[Link, p.Message]] = []
-        #: Endpoints refused for claiming a runner id another link holds.
+        #: Endpoints refused, and why: a runner id another link holds, or
+        #: (with ``auth``) its key.
         self.refused: dict[str, str] = {}
+        #: The endpoints of ``refused`` refused for their key, and their source:
+        #: tried again when the allow-list changes.
+        self.key_refused: dict[str, str] = {}
+        #: Links refused while frames were read, for ``on_lost`` after the batch.
+        self._refusals: list[tuple[Link, str]] = []
         self._quiet = QuietLog(log)
         self.bad_frames = 0
         self.resent_gaps = 0
 
     def close(self) -> None:
         self._router.close(self.mesh.linger_ms)
+        if self.auth is not None:
+            self.auth.close()
 
     def links(self) -> list[Link]:
         return list(self._links.values())
@@ -88,7 +115,27 @@ class RunnerPool:
                 return link
         if source == "mdns" and endpoint in self.refused:
             return None
+        if self.key_refused.pop(endpoint, None) is not None:  # an operator asks again
+            self.refused.pop(endpoint, None)
         return self._open(endpoint, source=source)
+
+    def refuse(self, endpoint: str, reason: str, source: str) -> None:
+        """List ``endpoint`` as refused for its key, until the allow-list changes."""
+        if self.refused.get(endpoint) != reason:
+            log.warning("refusing runner at %s: %s", endpoint, reason)
+        self.refused[endpoint] = reason
+        self.key_refused[endpoint] = source
+
+    def _refuse_link(self, link: Link, reason: str) -> None:
+        """Disconnect ``link`` for its key; its jobs are requeued after the batch."""
+        self.refuse(link.endpoint, reason, link.source)
+        self._drop(link)
+        self._refusals.append((link, reason))
+
+    async def _settle_refusals(self) -> None:
+        refusals, self._refusals = self._refusals, []
+        for link, reason in refusals:
+            await self._handler.on_lost(link, f"runner {link.runner_id or '?'} refused: {reason}")
 
     async def forget(self, endpoint: str, reason: str) -> None:
         """Drop a discovered runner that said goodbye; its jobs (if any) are requeued."""
@@ -97,6 +144,7 @@ class RunnerPool:
                 self._drop(link)
                 await self._handler.on_lost(link, reason)
         self.refused.pop(endpoint, None)
+        self.key_refused.pop(endpoint, None)
 
     def _drop(self, link: Link) -> None:
         self._links.pop(link.alias, None)
@@ -142,6 +190,24 @@ class RunnerPool:
         while True:
             await asyncio.sleep(self.mesh.heartbeat_interval / 2)
             await self.check_liveness(time.monotonic())
+            await self.check_trust(time.monotonic())
+
+    async def check_trust(self, now: float) -> None:
+        """Apply a changed allow-list: drop revoked keys' links, retry refused endpoints."""
+        if self.auth is None or not await self.auth.reload(now):
+            return
+        # No await until the refusals are settled: DiscoveredRunners sees
+        # the new generation and must find them cleared.
+        retry, self.key_refused = self.key_refused, {}
+        for endpoint in retry:
+            self.refused.pop(endpoint, None)
+        for link in list(self._links.values()):
+            if self.auth.revoked(link):
+                self._refuse_link(link, f"the key of runner {link.runner_id} was revoked")
+        for endpoint, source in retry.items():
+            if source == "static":  # mDNS ones: DiscoveredRunners looks at them again
+                self.connect(endpoint, source=source)
+        await self._settle_refusals()
 
     async def check_liveness(self, now: float) -> None:
         beat = p.Heartbeat(session=self.session)
@@ -173,34 +239,56 @@ class RunnerPool:
         return ""
 
     async def monitor_loop(self) -> None:
-        """Note connections that drop; ``_silence`` then waits less for the runner."""
+        """Note connections that drop (``_silence`` then waits less) and failed handshakes."""
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())
             endpoint = event["endpoint"].decode(errors="replace")
+            if event["event"] & HANDSHAKE_EVENTS:
+                await self._handshake_failed(endpoint, event["event"], event["value"])
+                continue
             for link in self._links.values():
                 if link.endpoint == endpoint and link.state == "ready":
                     link.disconnected_at = time.monotonic()
 
+    async def _handshake_failed(self, endpoint: str, event: int, value: int) -> None:
+        """Stop libzmq retrying a peer that CURVE refused (it would, every 100 ms, forever)."""
+        reason = handshake_failure(event, value)
+        if not reason:
+            self._quiet.warning(endpoint, "runner %s: handshake failed (%#x)", endpoint, value)
+            return
+        for link in list(self._links.values()):
+            if link.endpoint == endpoint:
+                self._refuse_link(link, reason)
+        await self._settle_refusals()
+
     # frames in
 
     async def receive_loop(self) -> None:
+        keyed = self.auth is not None
         while True:
-            batch = self._router.recv_batch(BATCH)
+            if keyed:
+                batch = self._router.recv_batch_keyed(BATCH)
+            else:
+                batch = [("", parts) for parts in self._router.recv_batch(BATCH)]
             if not batch:
                 await self._router.wait()
                 continue
-            for parts in batch:
-                unhandled = self._receive(parts)
+            for user, parts in batch:
+                unhandled = self._receive(parts, user)
                 if unhandled is not None:
                     await self._handle(*unhandled)
             await self._commit()
             self._flush_acks()
+            await self._settle_refusals()
             # Storing is synchronous now: yield, or a steady stream of frames
             # would starve the scheduler, the API and the liveness checks.
             await asyncio.sleep(0)
 
-    def _receive(self, parts: list[bytes]) -> tuple[Link, p.Message] | None:
-        """Handle one frame if that takes no waiting (most do); else hand it back."""
+    def _receive(self, parts: list[bytes], user: str = "") -> tuple[Link, p.Message] | None:
+        """Handle one frame if that takes no waiting (most do); else hand it back.
+
+        ``user`` is the key that authenticated the sender ("" without CURVE).
+        """
         link = self._links.get(parts[0])
         if link is None or len(parts) != 2:
             self.bad_frames += 1
@@ -212,6 +300,11 @@ class RunnerPool:
             self.bad_frames += 1
             self._quiet.warning(link.endpoint, "runner %s: bad frame: %s", link.endpoint, e)
             return None
+        if user and (user != link.key or type(message) is p.Ready):
+            checked = self._check_key(link, user, message)
+            if checked is None:
+                return None
+            message = checked
         link.seen()
         if isinstance(message, p.STREAM_MESSAGES):
             framed = cast("p.StreamMessage", message)
@@ -224,6 +317,19 @@ class RunnerPool:
                 self.send(link, p.Hello(session=self.session))
             return None
         return link, message
+
+    def _check_key(self, link: Link, user: str, message: p.Message) -> p.Message | None:
+        """The frame as it may go on (pinned labels applied), or None if it was refused."""
+        assert self.auth is not None  # noqa: S101 - only keyed frames come here
+        verdict = self.auth.check(link, user, message)
+        if verdict.action == "refuse":
+            self.bad_frames += verdict.forged
+            self._refuse_link(link, verdict.reason)
+        elif verdict.action == "reopen":
+            log.warning("runner %s: %s; connecting again", link.runner_id, verdict.reason)
+            self.reopen(link)
+            self._refusals.append((link, verdict.reason))
+        return verdict.message
 
     async def _handle(self, link: Link, message: p.Message) -> None:
         """A frame that may need the dispatcher's store: READY, or outside any stream."""

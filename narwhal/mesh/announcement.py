@@ -3,7 +3,7 @@
 A runner's announcement is an SRV record (its port), A records (its IPv4
 addresses) and TXT properties::
 
-    id=RUNNER_ID capacity=N labels=k=v,k=v protocol=2 version=0.1.0 [curve=FINGERPRINT]
+    id=RUNNER_ID capacity=N labels=k=v,k=v protocol=2 version=0.1.0 [curve=Z85_PUBLIC_KEY]
 
 Announcements come from anyone on the LAN, so ``parse_announcement`` checks
 every value with explicit limits and raises ``ProtocolError`` for anything
@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from narwhal import __version__
-from narwhal.errors import DiscoveryError, ProtocolError
+from narwhal.errors import ConfigError, DiscoveryError, ProtocolError
+from narwhal.mesh.keys import check_key
 from narwhal.mesh.protocol import PROTOCOL_VERSION
 
 #: Longest ``key=value`` string a TXT record holds (RFC 6763 section 6.1).
@@ -44,7 +45,7 @@ class Announcement:
     labels: dict[str, str] = field(default_factory=dict)
     protocol: int = PROTOCOL_VERSION
     version: str = __version__
-    #: Fingerprint of the runner's CurveZMQ public key, once the mesh has keys.
+    #: The runner's CurveZMQ public key (z85, 40 characters); None: --insecure.
     key: str | None = None
     #: The mDNS instance name it was found under ("" when not from the network).
     name: str = ""
@@ -88,6 +89,11 @@ def parse_announcement(
     if port is None or not 0 < port < 65536:
         raise ProtocolError(f"bad port {port!r}")
     key = _text(properties, "curve", MAX_TXT_ITEM, required=False)
+    if key is not None:
+        try:
+            check_key(key, "TXT curve")
+        except ConfigError as e:
+            raise ProtocolError(str(e)) from None
     return Announcement(
         name=name,
         runner_id=_text(properties, "id", MAX_ID) or "",

@@ -5,9 +5,12 @@ record with the port it listens on, A records with its addresses, and the
 TXT properties of ``narwhal.mesh.announcement``.
 
 Discovery says *where* a runner is, never whether it is alive (heartbeats on
-the mesh decide that) nor whether it is trusted (CurveZMQ keys will): anyone
+the mesh decide that) nor whether it is trusted (CurveZMQ keys do): anyone
 on the LAN can announce anything, so every announcement is checked and a bad
-one is logged (rate-limited) and ignored.
+one is logged (rate-limited) and ignored. That includes its addresses: only
+those on the network of an interface the browser listens on are kept (so a
+LAN announcement cannot point the dispatcher at 127.0.0.1 or at another
+network); loopback counts only when the browser listens on loopback alone.
 
 Registration skips probing (``cooperating_responders``): the instance name
 holds the runner's address and port, which no other process can hold at the
@@ -298,9 +301,17 @@ class Browser:
         except (ProtocolError, zeroconf.Error, ValueError) as e:
             self._quiet.warning(name, "ignoring mDNS announcement %r: %s", name, e)
             return
-        announcement = dataclasses.replace(
-            announcement, addresses=self._preferred(announcement.addresses)
-        )
+        reachable = self._reachable(announcement.addresses)
+        if not reachable:
+            self._quiet.warning(
+                f"net:{name}",
+                "ignoring mDNS announcement %r: %s is on none of the networks browsed (%s)",
+                name,
+                ", ".join(announcement.addresses),
+                ", ".join(str(n) for n in self._networks),
+            )
+            return
+        announcement = dataclasses.replace(announcement, addresses=reachable)
         before = self._known.get(name)
         if before == announcement:
             return
@@ -314,13 +325,19 @@ class Browser:
         if announcement is not None:
             await self._on_gone(announcement.endpoint)
 
-    def _preferred(self, addresses: tuple[str, ...]) -> tuple[str, ...]:
-        """Addresses on one of our own networks first, loopback last."""
+    def _reachable(self, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        """The addresses on a network the browser listens on; loopback only from loopback.
 
-        def rank(address: str) -> int:
+        zeroconf does not say which interface an answer came in on, so the
+        test is "one of the browsed networks"; a browser on loopback and a
+        LAN together takes no loopback address (a LAN peer could name it).
+        """
+        only_loopback = all(n.network_address.is_loopback for n in self._networks)
+        kept = []
+        for address in addresses:
             ip = ipaddress.IPv4Address(address)
+            if ip.is_loopback and not only_loopback:
+                continue
             if any(ip in network for network in self._networks):
-                return 0
-            return 2 if ip.is_loopback else 1
-
-        return tuple(sorted(addresses, key=rank))
+                kept.append(address)
+        return tuple(kept)

@@ -6,6 +6,9 @@ Settings that matter (see MESH-NOTES in the design docs):
 - ``MAXMSGSIZE``: an oversized frame disconnects the sender instead of being
   buffered.
 - ``LINGER``: set on every socket so closing never hangs the process.
+- CurveZMQ (``serve_curve``, ``pin_curve``): the dispatcher's ROUTER is the
+  CURVE server although it connects out; runners are clients that pin its
+  public key. Options are set before the socket binds or connects.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import cast
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -48,6 +51,22 @@ def dealer_socket(ctx: zmq.asyncio.Context, *, linger_ms: int) -> zmq.asyncio.So
     sock.setsockopt(zmq.SNDHWM, SEND_HWM)
     sock.setsockopt(zmq.RCVHWM, SEND_HWM)
     return sock
+
+
+def serve_curve(sock: zmq.Socket[bytes], public: bytes, secret: bytes, domain: str) -> None:
+    """Make ``sock`` a CURVE server; ZAP (``narwhal.mesh.zap``) decides who gets in."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    # Without a domain libzmq would not ask ZAP for every handshake.
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+
+
+def pin_curve(sock: zmq.Socket[Any], public: bytes, secret: bytes, server: bytes) -> None:
+    """Make ``sock`` a CURVE client that talks only to the holder of ``server``'s secret."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
 
 class QuietLog:
@@ -135,6 +154,30 @@ class Router:
                 while get(_RCVMORE):
                     parts.append(recv(_NOBLOCK))
                 batch.append(parts)
+        except zmq.Again:
+            pass
+        return batch
+
+    def recv_batch_keyed(self, limit: int) -> list[tuple[str, list[bytes]]]:
+        """Like ``recv_batch``, each message with the key that authenticated its sender.
+
+        The routing-id part carries the connection's metadata too; reading
+        it as a frame (``copy=False``) and asking for ``User-Id`` (what the
+        ZAP handler answered: the client's z85 key) costs about 0.65 us a
+        message on this machine class, against 0.26 us for the plain
+        receive: about 1.3 us a job (ACCEPT and DONE), 3 % of a no-op job's
+        dispatch cost. That is cheap enough to check every frame, which is
+        sound even when libzmq reconnects an alias to another process.
+        """
+        batch: list[tuple[str, list[bytes]]] = []
+        recv, get = self.sock.recv, self.sock.get
+        try:
+            while len(batch) < limit:
+                first = recv(_NOBLOCK, copy=False)
+                parts = [first.bytes]
+                while get(_RCVMORE):
+                    parts.append(recv(_NOBLOCK))
+                batch.append((cast("str", first.get("User-Id")), parts))
         except zmq.Again:
             pass
         return batch

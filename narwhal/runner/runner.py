@@ -40,7 +40,7 @@ from narwhal import __version__
 from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
+from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
 from narwhal.pipeline import PipelineFile, Step, load, read_path
 from narwhal.redact import redacted
 from narwhal.runner.checkout import MirrorCache
@@ -122,6 +122,18 @@ class Runner:
                 reaped,
             )
         self._sock = dealer_socket(self._ctx, linger_ms=self.config.mesh.linger_ms)
+        curve = self.config.curve
+        if curve is not None:
+            # Only the holder of the dispatcher's secret key completes a
+            # handshake: any other peer gets no READY and cannot send a JOB.
+            pin_curve(self._sock, curve.public_key, curve.secret_key, curve.server_key)
+        else:
+            log.warning(
+                "runner %s: mesh authentication is OFF: any process that reaches %s "
+                "can send this runner jobs",
+                self.config.runner_id,
+                self.config.listen,
+            )
         try:
             self._sock.bind(self.config.listen)
         except zmq.ZMQError as e:

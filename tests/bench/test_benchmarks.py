@@ -36,9 +36,20 @@ def figure(output: str, name: str) -> float:
 
 
 def test_dispatch_throughput_tiny() -> None:
-    out = bench("dispatch_throughput", "--jobs", "300", "--runners", "2", "--celery-jobs", "50")
+    out = bench(
+        "dispatch_throughput",
+        "--jobs",
+        "300",
+        "--runners",
+        "2",
+        "--celery-jobs",
+        "50",
+        "--rounds",
+        "1",
+    )
     assert out.strip().splitlines()[-1].startswith("dispatch_throughput: ")
     assert figure(out, "dispatch_throughput") > 0
+    assert figure(out, "dispatch_throughput_curve") > 0
     assert "narwhal/ceiling ratio:" in out and "narwhal/celery ratio:" in out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Client, Daemon, wait_for_runners
+from tests.keys import MeshKeys
 
 #: Fast liveness for tests: a silent peer is dead after 0.6 s.
 MESH = ["--heartbeat-interval", "0.2", "--liveness", "3"]
@@ -37,8 +38,13 @@ class Cluster:
         self.retired: list[Daemon] = []
         self.api: Client | None = None
         self.http_port = free_port()
+        #: The mesh is authenticated: every runner's key is trusted under its name.
+        self.keys = MeshKeys(root)
 
-    def start_runner(self, name: str, capacity: int = 1, *extra: str) -> Daemon:
+    def start_runner(
+        self, name: str, capacity: int = 1, *extra: str, keys: list[str] | None = None
+    ) -> Daemon:
+        """``narwhal runner`` NAME; its key is trusted as NAME unless ``keys`` gives other flags."""
         port = self.ports.setdefault(name, free_port())
         runner = Daemon(
             [
@@ -56,6 +62,7 @@ class Cluster:
                 "--cancel-grace",
                 "1",
                 *MESH,
+                *(keys if keys is not None else self.keys.runner(name)),
                 *extra,
             ]
         )
@@ -75,6 +82,7 @@ class Cluster:
             "--data-dir",
             str(self.data),
             *MESH,
+            *self.keys.dispatcher(),
         ]
         for endpoint in endpoints:
             args += ["--runner", endpoint]

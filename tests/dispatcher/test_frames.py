@@ -20,15 +20,27 @@ from hypothesis import strategies as st
 from narwhal.mesh import protocol as p
 from tests.conftest import Repo
 from tests.dispatcher.cluster import Cluster, wait_for
+from tests.keys import MeshKeys
+
+#: The runner id the fake runner's key is trusted as: a trusted runner gone bad.
+FAKE_ID = "fake"
 
 
 class FakeRunner:
-    """A DEALER the dispatcher connects to; the test decides what it says."""
+    """A DEALER the dispatcher connects to; the test decides what it says.
 
-    def __init__(self) -> None:
+    It is a CurveZMQ client with a key trusted as ``FAKE_ID``: the attacks
+    here are those of a runner the dispatcher lets in.
+    """
+
+    def __init__(self, keys: MeshKeys) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        pair = keys.pair(FAKE_ID)
+        keys.trust(pair.public, FAKE_ID)
+        self.sock.curve_serverkey = keys.server.public
+        self.sock.curve_publickey, self.sock.curve_secretkey = pair.public, pair.secret
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
 
@@ -52,7 +64,7 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, FakeRunner]]:
     cluster.start_runner("real")
     api = cluster.start_dispatcher()
     cluster.wait_ready(1)
-    fake = FakeRunner()
+    fake = FakeRunner(cluster.keys)
     assert api.http.post("/api/runners", json={"url": fake.endpoint}).status_code == 201
     hello = fake.recv()
     assert isinstance(hello, p.Hello)
@@ -103,7 +115,7 @@ def test_lies_about_other_runners_jobs_change_nothing(
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()
-    fake.send(p.Ready(runner_id="liar", session="s1", capacity=0, labels={}, version="0"))
+    fake.send(p.Ready(runner_id=FAKE_ID, session="s1", capacity=0, labels={}, version="0"))
     repo = make_repo({"narwhal.yml": "steps:\n  - name: slow\n    command: sleep 1\n"})
     job_id = api.submit(repo)
     api.wait(job_id, {"running"})
@@ -121,8 +133,8 @@ def test_unsolicited_ready_is_answered_and_capacity_zero_gets_no_jobs(
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()
-    fake.send(p.Ready(runner_id="idle", session="s", capacity=0, labels={}, version="0"))
-    wait_for(lambda: any(r["id"] == "idle" for r in cluster.wait_ready(2)), what="fake ready")
+    fake.send(p.Ready(runner_id=FAKE_ID, session="s", capacity=0, labels={}, version="0"))
+    wait_for(lambda: any(r["id"] == FAKE_ID for r in cluster.wait_ready(2)), what="fake ready")
     repo = make_repo({"narwhal.yml": "steps:\n  - name: ok\n    command: 'true'\n"})
     for job_id in [api.submit(repo) for _ in range(3)]:
         assert api.wait(job_id)["runner_id"] == "real"

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import zmq
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -216,7 +217,10 @@ def test_parse_announcement_checks_every_field() -> None:
     assert ok.endpoint == "tcp://10.0.0.5:8471"
     assert ok.labels == {"a": "1", "b": ""}
     assert ok.key is None
-    assert parse_announcement("n", ["10.0.0.5"], 1, {**txt, b"curve": b"ab12"}).key == "ab12"
+    key = zmq.curve_keypair()[0]
+    assert parse_announcement("n", ["10.0.0.5"], 1, {**txt, b"curve": key}).key == key.decode()
+    with pytest.raises(ProtocolError, match="TXT curve"):
+        parse_announcement("n", ["10.0.0.5"], 1, {**txt, b"curve": b"ab12"})
     bad: list[tuple[list[str], int | None, dict[bytes, bytes | None]]] = [
         ([], 8471, txt),
         (["0.0.0.0", "224.0.0.251", "255.255.255.255"], 8471, txt),
@@ -265,3 +269,30 @@ def test_announcer_on_an_address_this_host_lacks_fails_clearly() -> None:
             await Announcer(runner("x"), interfaces=("198.51.100.254",)).start()
 
     run(main)
+
+
+def test_an_address_on_no_browsed_network_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """A LAN peer cannot point the dispatcher at another network (browsing loopback here)."""
+    token = f"n{secrets.token_hex(4)}"
+    caplog.set_level(logging.WARNING, logger="narwhal.mesh.discovery")
+
+    async def main() -> None:
+        async with browsing(token) as seen:
+            zc = AsyncZeroconf(interfaces=list(LOOPBACK), ip_version=IPVersion.V4Only)
+            try:
+                txt = {
+                    k.encode(): v.encode()
+                    for k, v in runner(token, "-far", addresses=("10.1.2.3",)).txt().items()
+                }
+                info = _raw_info(f"{token}-far", 41500, txt, address="10.1.2.3")
+                await zc.async_register_service(info, cooperating_responders=True)
+                async with Announcer(runner(token, "-near"), interfaces=LOOPBACK):
+                    assert (await seen.next_found()).runner_id == f"{token}-near"
+                await asyncio.sleep(0.3)
+                assert seen.found.empty()
+            finally:
+                await zc.async_close()
+
+    run(main)
+    ignored = [r.getMessage() for r in caplog.records if f"{token}-far" in r.getMessage()]
+    assert ignored and "10.1.2.3 is on none of the networks browsed (127.0.0.0/8)" in ignored[0]

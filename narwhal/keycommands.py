@@ -1,0 +1,118 @@
+"""``narwhal keys``: make key pairs, trust and revoke runner keys, list what is trusted.
+
+A dispatcher's keys live in its keys directory (``--keys-dir``, default
+``DATA_DIR/keys``): ``server.key`` / ``server.key_secret`` and the trusted
+runners in ``runners/``. Running dispatchers notice a change within about a
+second; nothing needs a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+from typing import Any
+
+from narwhal.config import default_data_dir
+from narwhal.errors import ConfigError
+from narwhal.mesh.keys import PUBLIC_SUFFIX, generate, read_public, write_pair
+from narwhal.mesh.trust import parse_labels, revoke, scan, trust
+from narwhal.settings import SERVER_KEY, env
+
+
+def add_keys_parser(sub: Any) -> None:
+    """Register ``narwhal keys ...`` on the CLI's subcommands."""
+    keys = sub.add_parser("keys", help="CurveZMQ keys of the mesh: generate, trust, revoke, list")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = actions.add_parser("generate", help="write a key pair NAME.key and NAME.key_secret")
+    gen.add_argument("--dir", default=".", help="where to write it (default: here)")
+    gen.add_argument("--name", default=None, help="file name without suffix (default: hostname)")
+    add = actions.add_parser("trust", help="let the runner holding FILE's key in, as --id")
+    add.add_argument("file", metavar="FILE", help="the runner's public key file (NAME.key)")
+    add.add_argument("--id", required=True, help="the one runner id this key may use")
+    add.add_argument("--labels", help="k=v,k=v pinned for it: replace what the runner claims")
+    _where(add)
+    rm = actions.add_parser("revoke", help="drop runner ID's key; its link closes within seconds")
+    rm.add_argument("runner_id", metavar="ID")
+    _where(rm)
+    _where(actions.add_parser("list", help="the dispatcher's key and the trusted runners"))
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keys-dir", help="the dispatcher's keys directory (NARWHAL_KEYS_DIR)")
+    group.add_argument("--data-dir", help="the dispatcher's data directory (keys in DIR/keys)")
+
+
+def keys_dir(args: argparse.Namespace) -> Path:
+    if args.keys_dir:
+        return Path(args.keys_dir).expanduser()
+    if args.data_dir:
+        return Path(args.data_dir).expanduser() / "keys"
+    given = env("KEYS_DIR")
+    if given:
+        return Path(given).expanduser()
+    return Path(env("DATA_DIR") or str(default_data_dir())).expanduser() / "keys"
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    command = args.keys_command
+    try:
+        if command == "generate":
+            return _generate(args)
+        if command == "trust":
+            return _trust(args)
+        if command == "revoke":
+            return _revoke(args)
+        return _list(args)
+    except OSError as e:
+        raise ConfigError(f"keys {command}: {e}") from None
+
+
+def _out(line: str) -> None:
+    print(line)  # noqa: T201 - the CLI's own output
+
+
+def _generate(args: argparse.Namespace) -> int:
+    name = args.name or socket.gethostname().split(".")[0] or "narwhal"
+    pair = generate()
+    public, secret = write_pair(Path(args.dir).expanduser(), name, pair)
+    _out(f"public key {pair.public.decode()}")
+    _out(f"wrote {public} (give it out) and {secret} (mode 0600, keep it)")
+    return 0
+
+
+def _trust(args: argparse.Namespace) -> int:
+    key = read_public(Path(args.file).expanduser()).key
+    labels = parse_labels(args.labels) if args.labels is not None else None
+    path = trust(keys_dir(args) / "runners", key, args.id, labels)
+    pinned = f" with labels pinned to {args.labels!r}" if labels is not None else ""
+    _out(f"trusted runner {args.id} (key {key.decode()}){pinned}: {path}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    for path in revoke(keys_dir(args) / "runners", args.runner_id):
+        _out(f"revoked runner {args.runner_id}: removed {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    directory = keys_dir(args)
+    server = directory / f"{SERVER_KEY}{PUBLIC_SUFFIX}"
+    if server.exists():
+        _out(f"dispatcher key {read_public(server).key.decode()} ({server})")
+    else:
+        _out(f"no dispatcher key in {directory} yet (made at the dispatcher's first start)")
+    listing = scan(directory / "runners")
+    assert listing is not None  # noqa: S101 - no signature given: always a listing
+    for entry in sorted(listing.entries, key=lambda e: e.runner_id):
+        labels = (
+            ""
+            if entry.labels is None
+            else " labels=" + ",".join(f"{k}={v}" for k, v in entry.labels.items())
+        )
+        _out(f"runner {entry.runner_id} {entry.key.decode()}{labels} ({entry.path.name})")
+    for problem in listing.problems:
+        _out(f"refused {problem}")
+    return 0
