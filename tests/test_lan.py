@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from narwhal.mesh.protocol import PROTOCOL_VERSION
 from tests.conftest import Repo
 from tests.netns import API_TOKEN, LanCluster
 
@@ -115,7 +116,7 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
             ["dig", "+norec", "-p", "5353", f"@{address}", "_narwhal._tcp.local.", "PTR"],
         )
         assert "status: NOERROR" in answer and f"{name}\\@{address.replace('.', '-')}:" in answer
-        assert f'"id={name}"' in answer and '"protocol=1"' in answer, answer
+        assert f'"id={name}"' in answer and f'"protocol={PROTOCOL_VERSION}"' in answer, answer
 
     # ``narwhal runners`` lists what the dispatcher knows; r3 is still
     # announced (no goodbye) and its link keeps trying, but it is not ready.
