@@ -96,6 +96,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         runners=tuple(getattr(args, "runner", None) or ()),
         api_token=token,
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
+        max_runner_capacity=int(positive(int, "--max-runner-capacity", args.max_runner_capacity)),
         mesh=_mesh(args),
         amqp=amqp_config(args),
         webhooks=webhook_config(args) if args.command == "up" else None,

@@ -29,7 +29,7 @@ from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
-from narwhal.errors import NarwhalError, StoreError
+from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class Dispatcher:
 
     async def start(self) -> None:
         await self._store.open()
-        self._runners = RunnerPool(self.config.mesh, self._ctx, self)
+        self._runners = RunnerPool(
+            self.config.mesh, self._ctx, self, max_capacity=self.config.max_runner_capacity
+        )
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
             self._runners.connect(endpoint)
@@ -181,7 +183,11 @@ class Dispatcher:
         self._listeners.append(listener)
 
     async def _requeue(self, job_id: int, attempt: int, reason: str) -> None:
-        job = await self.db(SqliteStore.get_job, job_id)
+        try:
+            job = await self.db(SqliteStore.get_job, job_id)
+        except NotFound:  # never a held job's fate; a bad claim must not end a loop
+            log.error("job %d to requeue does not exist", job_id)
+            return
         if job.attempt != attempt or job.terminal:
             return
         if job.cancel_requested:
@@ -199,37 +205,72 @@ class Dispatcher:
     # what runners report (called by the pool)
 
     async def on_ready(self, link: Link, ready: p.Ready) -> None:
-        for job_id, attempt, next_seq in ready.active:
-            await self._adopt(link, job_id, attempt, next_seq)
+        """Take over the jobs a READY lists that the store says this runner holds.
+
+        At most ``capacity`` entries are looked at, all in one store read
+        (a READY listing thousands must not stall the frames of others).
+        Entries that name no job, another runner's job, or an attempt this
+        runner never held are ignored and counted as bad frames.
+        """
+        keys, tracked = self._listed(link, ready.active)
+        verdicts: dict[tuple[int, int], str] = {}
+        if keys:
+            assert link.runner_id is not None  # noqa: S101 - set before on_ready
+            verdicts = await self.db(SqliteStore.holders, link.runner_id, list(keys))
+        for key, next_seq in keys.items():
+            self._adopt(link, key, next_seq, verdicts.get(key))
+        ignored = len(ready.active) - tracked - len(verdicts)
+        if ignored:
+            self.runners.bad(link, f"READY lists {ignored} job(s) it does not hold", ignored)
         self._wake.set()
 
-    async def _adopt(self, link: Link, job_id: int, attempt: int, next_seq: int) -> None:
-        """A runner reports a job it holds (after a reconnect or a dispatcher restart)."""
-        key = (job_id, attempt)
-        if key in link.streams:
+    @staticmethod
+    def _listed(
+        link: Link, active: tuple[tuple[int, ...], ...]
+    ) -> tuple[dict[tuple[int, int], int], int]:
+        """READY's new well-formed ``[job_id, attempt, next_seq]`` entries, up to
+        ``capacity``; and how many name a stream the link already has."""
+        keys: dict[tuple[int, int], int] = {}
+        tracked = 0
+        for entry in active[: link.capacity]:
+            if len(entry) != 3:
+                continue
+            if (entry[0], entry[1]) in link.streams:
+                tracked += 1
+            else:
+                keys[(entry[0], entry[1])] = entry[2]
+        return keys, tracked
+
+    def _adopt(self, link: Link, key: tuple[int, int], next_seq: int, verdict: str | None) -> None:
+        """A runner reports a job it holds (after a reconnect or a dispatcher restart).
+
+        Only a job found running at start (a recovery orphan) that the store
+        says this runner holds is taken over live. Any other attempt of this
+        runner is over (superseded, ended, or being requeued after the runner
+        was lost): it is tracked until its DONE, its frames change nothing,
+        and the runner is told to stop it. A second claimant of a runner id
+        thus never inherits the jobs of the link it replaces.
+        """
+        if verdict is None:
             return
-        self._orphans.pop(key, None)
-        try:
-            job: JobRecord | None = await self.db(SqliteStore.get_job, job_id)
-        except NarwhalError:
-            job = None
-        live = job is not None and job.attempt == attempt and not job.terminal
+        live = verdict == "held" and self._orphans.pop(key, None) is not None
         link.jobs.add(key)  # it occupies a slot until its DONE, live or not
         self.runners.open_stream(link, key, expected=next_seq, live=live)
         if not live:
-            self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
+            self.runners.send(link, p.Cancel(job_id=key[0], attempt=key[1], reason="superseded"))
 
     async def on_stray(self, link: Link, message: p.Message) -> bool:
         """A job frame outside any known stream: acknowledge it if the job is settled.
 
         A runner that runs an attempt we gave up on (its JOB arrived late) is
-        told to stop.
+        told to stop. False for a job that does not exist or is still live
+        (it is held on another link): the pool counts that as a bad frame.
         """
         job_id, attempt = message.job_id, message.attempt  # type: ignore[attr-defined]
         try:
             job = await self.db(SqliteStore.get_job, job_id)
         except NarwhalError:
-            return True
+            return False
         settled = job.terminal or job.attempt != attempt
         if settled and not isinstance(message, p.Done):
             self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))

@@ -48,8 +48,19 @@ class Handler(Protocol):
 class RunnerPool:
     """Links to runners over one ROUTER socket."""
 
-    def __init__(self, mesh: MeshConfig, ctx: zmq.asyncio.Context, handler: Handler) -> None:
+    def __init__(
+        self,
+        mesh: MeshConfig,
+        ctx: zmq.asyncio.Context,
+        handler: Handler,
+        *,
+        max_capacity: int = 256,
+    ) -> None:
         self.mesh = mesh
+        #: The most slots a READY may claim; more are clamped (see ``_ready``).
+        self.max_capacity = max_capacity
+        #: Runner ids already warned about a clamped capacity (logged once each).
+        self._clamped: set[str] = set()
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._router = Router(ctx, linger_ms=mesh.linger_ms)
@@ -226,19 +237,34 @@ class RunnerPool:
         return link, message
 
     async def _handle(self, link: Link, message: p.Message) -> None:
-        """A frame that may need the dispatcher's store: READY, or outside any stream."""
+        """A frame that may need the dispatcher's store: READY, or outside any stream.
+
+        A job attempt's frames count only on the link it was assigned to (or
+        adopted by): its stream lives on that link. A REJECT for an attempt
+        this link does not hold, a job frame outside its streams for a job
+        still live, or a frame of a kind only the dispatcher sends, is a bad
+        frame: counted, logged, and nothing else.
+        """
         try:
             if isinstance(message, p.STREAM_MESSAGES):
                 await self._stray(link, cast("p.StreamMessage", message))
             elif isinstance(message, p.Ready):
                 await self._ready(link, message)
+            elif isinstance(message, p.Reject):
+                if (message.job_id, message.attempt) in link.streams:
+                    self._frames.append((link, message))
+                else:
+                    self.bad(link, f"REJECT for job {message.job_id} it does not hold")
             else:
-                self._frames.append((link, message))
+                self.bad(link, f"unexpected {message.KIND} frame")
         except NarwhalError as e:
-            self.bad_frames += 1
-            self._quiet.warning(
-                link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
-            )
+            self.bad(link, f"{message.KIND} frame refused: {e}")
+
+    def bad(self, link: Link, what: str, count: int = 1) -> None:
+        """Count ``count`` bad frames (or READY entries) from ``link``; log now and then."""
+        self.bad_frames += count
+        who = link.runner_id or "?"
+        self._quiet.warning(link.endpoint, "runner %s at %s: %s", who, link.endpoint, what)
 
     async def _ready(self, link: Link, ready: p.Ready) -> None:
         if link.state == "ready" and ready.session != link.session:
@@ -254,7 +280,7 @@ class RunnerPool:
         link.state = "ready"
         link.runner_id = ready.runner_id
         link.session = ready.session
-        link.capacity = ready.capacity
+        link.capacity = self._capacity(ready)
         link.labels = dict(ready.labels)
         link.version = ready.version
         link.backoff = 1.0
@@ -262,6 +288,27 @@ class RunnerPool:
             "runner %s ready at %s with %d slot(s)", link.runner_id, link.endpoint, link.capacity
         )
         await self._handler.on_ready(link, ready)
+
+    def _capacity(self, ready: p.Ready) -> int:
+        """The slots a READY claims, clamped to ``0..max_capacity`` (logged once per runner id).
+
+        Clamped rather than refused: a runner configured with more slots than
+        the operator allows still serves with the allowed number, and what it
+        may claim (slots, jobs listed in READY) is bounded either way.
+        """
+        if ready.capacity <= self.max_capacity:
+            return max(0, ready.capacity)
+        if ready.runner_id not in self._clamped:
+            if len(self._clamped) > 1024:  # ids are claims: bound what they cost
+                self._clamped.clear()
+            self._clamped.add(ready.runner_id)
+            log.warning(
+                "runner %s claims capacity %d: clamped to %d (--max-runner-capacity)",
+                ready.runner_id,
+                ready.capacity,
+                self.max_capacity,
+            )
+        return self.max_capacity
 
     async def _unique(self, link: Link, ready: p.Ready) -> bool:
         """One runner id, one link: a second live claimant is refused."""
@@ -282,9 +329,14 @@ class RunnerPool:
         return True
 
     async def _stray(self, link: Link, message: p.StreamMessage) -> None:
-        """A job frame outside any stream: acknowledged if the job is settled."""
+        """A job frame outside any stream: acknowledged if the job is settled.
+
+        Otherwise the job is unknown or live on another link: a bad frame.
+        """
         if await self._handler.on_stray(link, message):
             self._ack(link, message.job_id, message.attempt, message.seq)
+        else:
+            self.bad(link, f"{message.KIND} frame for job {message.job_id} it does not hold")
 
     def _stream_frame(self, link: Link, stream: Stream, message: p.StreamMessage) -> None:
         job_id, attempt, seq = message.job_id, message.attempt, message.seq
