@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq.asyncio
@@ -31,6 +31,7 @@ from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
+from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,13 @@ class Dispatcher:
         #: The latest record of every assigned or running job, so the hot path
         #: moves jobs without reading rows back (see ``SqliteStore.move``).
         self._records: dict[int, JobRecord] = {}
-        #: Jobs found assigned/running at start, waiting for their runner's READY.
-        self._orphans: dict[tuple[int, int], JobRecord] = {}
+        #: Jobs found assigned/running at start, waiting for their runner's
+        #: READY until the deadline, then requeued with the reason given.
+        self._orphans: dict[tuple[int, int], str] = {}
         self._orphan_deadline = 0.0
+        #: Jobs of lost runners whose requeue the store refused: retried.
+        self._unrequeued: dict[tuple[int, int], str] = {}
+        self._requeuer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
@@ -88,11 +93,11 @@ class Dispatcher:
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
             self._runners.connect(endpoint)
-        self._spawn(self._runners.receive_loop())
-        self._spawn(self._runners.liveness_loop())
-        self._spawn(self._runners.monitor_loop())
-        self._spawn(self._schedule_loop())
-        self._spawn(self._store.checkpoint_loop())
+        spawn(self._tasks, "dispatcher receive loop", self._runners.receive_loop)
+        spawn(self._tasks, "dispatcher liveness loop", self._runners.liveness_loop)
+        spawn(self._tasks, "dispatcher monitor loop", self._runners.monitor_loop)
+        spawn(self._tasks, "dispatcher schedule loop", self._schedule_loop)
+        spawn(self._tasks, "dispatcher checkpoint loop", self._store.checkpoint_loop)
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -107,11 +112,6 @@ class Dispatcher:
         if self._own_ctx:
             self._ctx.term()
         await self._store.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def db(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a reading ``SqliteStore`` method (on the reader thread, see ``access``)."""
@@ -130,19 +130,38 @@ class Dispatcher:
         queued = await self.db(SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True)
         self._queue = {job.id: job for job in queued}
         active = await self.db(SqliteStore.list_jobs, states=["assigned", "running"], limit=-1)
-        self._orphans = {(j.id, j.attempt): j for j in active}
+        reason = "no runner reported the job after a restart"
+        self._orphans = {(j.id, j.attempt): reason for j in active}
         # Runners that still hold these jobs list them in READY; give them
         # time to reconnect before the jobs go back to the queue.
         self._orphan_deadline = time.monotonic() + max(2 * self.config.mesh.dead_after, 5.0)
         if self._orphans:
-            self._spawn(self._expire_orphans())
+            self._requeue_later()
             log.info("recovering %d running job(s) from the store", len(self._orphans))
 
-    async def _expire_orphans(self) -> None:
+    def _requeue_later(self) -> None:
+        """Make sure the requeue loop runs (it ends once nothing is left to requeue)."""
+        if self._requeuer is None or self._requeuer.done():
+            self._requeuer = spawn(self._tasks, "dispatcher requeue loop", self._requeue_loop)
+
+    async def _requeue_loop(self) -> None:
+        """Requeue the orphans no runner claimed by the deadline, and retry refused requeues."""
         await asyncio.sleep(max(0.0, self._orphan_deadline - time.monotonic()))
-        orphans, self._orphans = self._orphans, {}
-        for job_id, attempt in orphans:
-            await self._requeue(job_id, attempt, "no runner reported the job after a restart")
+        while self._orphans or self._unrequeued:
+            key, reason = (self._orphans or self._unrequeued).popitem()
+            if not await self._requeue_or_retry(key, reason):
+                await asyncio.sleep(STORE_RETRY)
+
+    async def _requeue_or_retry(self, key: tuple[int, int], reason: str) -> bool:
+        """Requeue a job no runner holds any more; if the store refuses, retry it later."""
+        try:
+            await self._requeue(*key, reason)
+        except StoreError as e:
+            log.error("job %d: cannot requeue it (retrying): %s", key[0], e)
+            self._unrequeued[key] = reason
+            self._requeue_later()
+            return False
+        return True
 
     # job state
 
@@ -280,8 +299,8 @@ class Dispatcher:
         """The runner behind ``link`` is gone: its jobs go back to the queue."""
         held = sorted(link.jobs)
         self._release(link, *held)
-        for job_id, attempt in held:
-            await self._requeue(job_id, attempt, reason)
+        for key in held:
+            await self._requeue_or_retry(key, reason)
 
     async def on_frames(self, frames: list[tuple[Link, p.Message]]) -> None:
         """Store what one batch of frames says, in one transaction, then act on it."""
@@ -323,7 +342,7 @@ class Dispatcher:
         link.streams.pop(key, None)
         self._release(link, key)
         reason = f"runner {link.runner_id} rejected it: {message.reason}"
-        await self._requeue(message.job_id, message.attempt, reason)
+        await self._requeue_or_retry(key, reason)
 
     async def _expand(self, job_id: int, sha: str, variants: tuple[dict[str, str], ...]) -> None:
         """One job for each matrix combination after the first (which ``job_id`` runs)."""

@@ -8,6 +8,7 @@ stall the dispatcher or stop its liveness checks.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,31 @@ def test_ready_with_unknown_job_then_disconnect_leaves_liveness_working(
     job = api.wait(job_id, timeout=20)
     assert job["state"] == "success" and job["attempt"] == 2 and job["runner_id"] != first
     assert "attempt-2" in api.log(job_id)
+
+
+def test_a_lost_runners_job_is_requeued_once_the_store_takes_writes_again(
+    cluster: Cluster, make_repo: MakeRepo
+) -> None:
+    for name in ("a", "b"):
+        cluster.start_runner(name)
+    api = cluster.start_dispatcher()
+    cluster.wait_ready(2)
+    job_id = api.submit(make_repo(_pipeline("echo attempt-$NARWHAL_JOB_ATTEMPT\nsleep 1")))
+    api.wait(job_id, {"running"})
+    first = cluster.job_holder(job_id)
+    # Another process holds SQLite's write lock while the runner is found lost.
+    blocker = sqlite3.connect(cluster.data / "narwhal.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        cluster.kill(cluster.runners[first])
+        time.sleep(2)  # lost after 0.6 s; its requeue refused meanwhile
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    job = api.wait(job_id, timeout=20)
+    assert job["state"] == "success" and job["attempt"] == 2 and job["runner_id"] != first
+    assert cluster.dispatcher is not None
+    assert any("cannot requeue" in line for line in cluster.dispatcher.stderr_lines)
 
 
 def test_ready_with_20000_active_entries_does_not_lose_a_healthy_runner(
