@@ -145,10 +145,16 @@ class Dispatcher:
             self._requeuer = spawn(self._tasks, "dispatcher requeue loop", self._requeue_loop)
 
     async def _requeue_loop(self) -> None:
-        """Requeue the orphans no runner claimed by the deadline, and retry refused requeues."""
-        await asyncio.sleep(max(0.0, self._orphan_deadline - time.monotonic()))
+        """Retry refused requeues, and requeue the orphans no runner claimed by the deadline."""
         while self._orphans or self._unrequeued:
-            key, reason = (self._orphans or self._unrequeued).popitem()
+            if self._unrequeued:
+                key, reason = self._unrequeued.popitem()
+            elif time.monotonic() < self._orphan_deadline:
+                wait = self._orphan_deadline - time.monotonic()
+                await asyncio.sleep(min(wait, STORE_RETRY))  # a refused requeue may come
+                continue
+            else:
+                key, reason = self._orphans.popitem()
             if not await self._requeue_or_retry(key, reason):
                 await asyncio.sleep(STORE_RETRY)
 
@@ -311,7 +317,11 @@ class Dispatcher:
                 rejects.append((link, message))
                 continue
             if isinstance(message, p.Done):
-                self._release(link, (message.job_id, message.attempt))
+                key = (message.job_id, message.attempt)
+                self._release(link, key)
+                stream = link.streams.get(key)
+                if stream is not None and not stream.live:
+                    continue  # an attempt that is over: its DONE frees the slot, nothing more
             batch.add(link, message)
         if batch.calls:
             await self._recorded(batch, self._write(SqliteStore.apply, batch.calls))

@@ -104,6 +104,40 @@ def test_a_lost_runners_job_is_requeued_once_the_store_takes_writes_again(
     assert any("cannot requeue" in line for line in cluster.dispatcher.stderr_lines)
 
 
+def test_a_claimant_of_a_lost_runners_id_inherits_nothing(
+    cluster: Cluster, raw: RawRunner, make_repo: MakeRepo
+) -> None:
+    for name in ("a", "b"):
+        cluster.start_runner(name)
+    # The raw peer sends no heartbeats: it must stay ready while it lies (a
+    # killed runner is still found lost at once: its connection closes).
+    api = cluster.start_dispatcher("--liveness", "50")
+    cluster.wait_ready(2)
+    job_id = api.submit(make_repo(_pipeline("echo attempt-$NARWHAL_JOB_ATTEMPT\nsleep 1")))
+    api.wait(job_id, {"running"})
+    first = cluster.job_holder(job_id)
+    cluster.attach(raw)
+    blocker = sqlite3.connect(cluster.data / "narwhal.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the requeue waits: the store still says `first`
+    try:
+        cluster.kill(cluster.runners[first])
+        wait_for(lambda: not _ready(cluster, first), what="runner lost")
+        raw.ready(first, active=((job_id, 1, 0),))
+        cancel = raw.recv_until(p.Cancel)
+        assert isinstance(cancel, p.Cancel) and (cancel.job_id, cancel.attempt) == (job_id, 1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    key = {"job_id": job_id, "attempt": 1}
+    raw.send(p.Log(**key, seq=0, data=b"forged-log\n"))
+    raw.send(p.Done(**key, seq=1, status="success", reason="forged", duration=0))
+    job = api.wait(job_id, timeout=20)
+    assert job["state"] == "success" and job["attempt"] == 2 and job["runner_id"] != first
+    assert "forged" not in job["reason"] and "forged" not in api.log(job_id)
+    ends = [t for t in job["transitions"] if t["state"] == "success"]
+    assert [t["attempt"] for t in ends] == [2]
+
+
 def test_ready_with_20000_active_entries_does_not_lose_a_healthy_runner(
     cluster: Cluster, raw: RawRunner, make_repo: MakeRepo
 ) -> None:
