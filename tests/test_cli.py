@@ -60,6 +60,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         ["runner", "--labels", "novalue", "--listen", "tcp://127.0.0.1:0"],
         ["dispatcher", "--http", "0.0.0.0:0", "--data-dir", str(tmp_path)],
         ["up", "--http", "127.0.0.1:notaport", "--data-dir", str(tmp_path)],
+        ["dispatcher", "--max-runner-capacity", "0", "--data-dir", str(tmp_path)],
     ):
         done = narwhal(*args)
         assert done.returncode == 2, (args, done.stderr)

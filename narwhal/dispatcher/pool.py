@@ -22,7 +22,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from narwhal.config import MeshConfig
-from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
+from narwhal.dispatcher.links import BACKOFF_MAX, Ceiling, Link, Stream, check_endpoint
 from narwhal.errors import NarwhalError, ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, Router
@@ -57,10 +57,7 @@ class RunnerPool:
         max_capacity: int = 256,
     ) -> None:
         self.mesh = mesh
-        #: The most slots a READY may claim; more are clamped (see ``_ready``).
-        self.max_capacity = max_capacity
-        #: Runner ids already warned about a clamped capacity (logged once each).
-        self._clamped: set[str] = set()
+        self.ceiling = Ceiling(max_capacity)
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._router = Router(ctx, linger_ms=mesh.linger_ms)
@@ -280,7 +277,7 @@ class RunnerPool:
         link.state = "ready"
         link.runner_id = ready.runner_id
         link.session = ready.session
-        link.capacity = self._capacity(ready)
+        link.capacity = self.ceiling.clamp(ready.runner_id, ready.capacity)
         link.labels = dict(ready.labels)
         link.version = ready.version
         link.backoff = 1.0
@@ -289,44 +286,24 @@ class RunnerPool:
         )
         await self._handler.on_ready(link, ready)
 
-    def _capacity(self, ready: p.Ready) -> int:
-        """The slots a READY claims, clamped to ``0..max_capacity`` (logged once per runner id).
-
-        Clamped rather than refused: a runner configured with more slots than
-        the operator allows still serves with the allowed number, and what it
-        may claim (slots, jobs listed in READY) is bounded either way.
-        """
-        if ready.capacity <= self.max_capacity:
-            return max(0, ready.capacity)
-        if ready.runner_id not in self._clamped:
-            if len(self._clamped) > 1024:  # ids are claims: bound what they cost
-                self._clamped.clear()
-            self._clamped.add(ready.runner_id)
-            log.warning(
-                "runner %s claims capacity %d: clamped to %d (--max-runner-capacity)",
-                ready.runner_id,
-                ready.capacity,
-                self.max_capacity,
-            )
-        return self.max_capacity
-
     async def _unique(self, link: Link, ready: p.Ready) -> bool:
-        """One runner id, one link: a second live claimant is refused."""
-        for other in list(self._links.values()):
-            if other is link or other.runner_id != ready.runner_id:
-                continue
-            if other.state == "ready":
-                reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
-                log.warning("refusing runner at %s: %s", link.endpoint, reason)
-                self.refused[link.endpoint] = reason
-                self._drop(link)
-                await self._handler.on_lost(link, reason)
-                return False
-            if other.source == "mdns":
-                # The same runner, back at another address: keep the new one.
-                self._drop(other)
-                await self._handler.on_lost(other, f"runner {ready.runner_id} moved")
-        return True
+        """One runner id, one link: a second claimant is refused while the first is ready.
+
+        Only ready links carry a runner id (a lost one is dropped and replaced
+        by a fresh link). A claimant after the first was lost gets nothing of
+        it: the old link's jobs were released to be requeued, its streams
+        went with it, and READY adopts only recovery orphans (``on_ready``).
+        """
+        holders = [o for o in self._links.values() if o.runner_id == ready.runner_id]
+        other = next((o for o in holders if o is not link), None)
+        if other is None:
+            return True
+        reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
+        log.warning("refusing runner at %s: %s", link.endpoint, reason)
+        self.refused[link.endpoint] = reason
+        self._drop(link)
+        await self._handler.on_lost(link, reason)
+        return False
 
     async def _stray(self, link: Link, message: p.StreamMessage) -> None:
         """A job frame outside any stream: acknowledged if the job is settled.
