@@ -372,6 +372,7 @@ class Dispatcher:
     # scheduling
 
     async def _schedule_loop(self) -> None:
+        self._wake.set()  # (re)started: a wake-up may have been taken by a crashed round
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -77,6 +77,8 @@ def test_ready_with_unknown_job_then_disconnect_leaves_liveness_working(
     job = api.wait(job_id, timeout=20)
     assert job["state"] == "success" and job["attempt"] == 2 and job["runner_id"] != first
     assert "attempt-2" in api.log(job_id)
+    assert cluster.dispatcher is not None
+    assert not [line for line in cluster.dispatcher.stderr_lines if "crashed" in line]
 
 
 def test_a_lost_runners_job_is_requeued_once_the_store_takes_writes_again(
