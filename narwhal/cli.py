@@ -117,6 +117,11 @@ def _dispatcher_flags(p: argparse.ArgumentParser) -> None:
         default=env("MAX_ATTEMPTS", "3"),
         help="attempts before a job whose runner was lost ends in error",
     )
+    p.add_argument(
+        "--max-runner-capacity",
+        default=env("MAX_RUNNER_CAPACITY", "256"),
+        help="most slots a runner may claim; more are clamped (NARWHAL_MAX_RUNNER_CAPACITY)",
+    )
     _mesh_flags(p)
     p.add_argument(
         "--keys-dir",

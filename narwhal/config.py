@@ -163,6 +163,8 @@ class DispatcherConfig:
     public_read: bool = False
     #: Attempts a job gets before a lost runner ends it in ``error``.
     max_attempts: int = 3
+    #: The most slots a runner's READY may claim; more are clamped to this.
+    max_runner_capacity: int = 256
     mesh: MeshConfig = field(default_factory=MeshConfig)
     #: Consume commit events from RabbitMQ (and, in ``up``, publish webhooks to it).
     amqp: AmqpConfig | None = None

@@ -99,6 +99,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         api_token=secret(args, "api-token"),
         public_read=bool(args.public_read),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
+        max_runner_capacity=int(positive(int, "--max-runner-capacity", args.max_runner_capacity)),
         mesh=_mesh(args),
         amqp=amqp_config(args),
         webhooks=webhook_config(args) if args.command == "up" else None,

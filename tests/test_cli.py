@@ -62,6 +62,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         ["dispatcher", "--api-token", "s3cret", "--data-dir", str(tmp_path)],
         ["jobs", "--api-token-file", str(tmp_path / "missing")],
         ["up", "--http", "127.0.0.1:notaport", "--data-dir", str(tmp_path)],
+        ["dispatcher", "--max-runner-capacity", "0", "--data-dir", str(tmp_path)],
     ):
         done = narwhal(*args)
         assert done.returncode == 2, (args, done.stderr)

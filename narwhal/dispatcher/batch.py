@@ -58,7 +58,7 @@ class FrameBatch:
     def _move(self, link: Link, job_id: int, attempt: int, to: str, reason: str) -> None:
         record = self._planned.get(job_id, self._records.get(job_id))
         if record is None or record.attempt != attempt or to not in _FAST_MOVES:
-            key = {"job_id": job_id, "attempt": attempt}
+            key = {"job_id": job_id, "attempt": attempt, "runner_id": link.runner_id}
             self.calls.append((SqliteStore.transition, key | {"to": to, "reason": reason}))
             return
         moved = record.moved(to, reason, link.runner_id, self._now)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq.asyncio
@@ -30,8 +30,9 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.vault import Vault, load_key
-from narwhal.errors import NarwhalError, StoreError
+from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
+from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ class Dispatcher:
         #: The latest record of every assigned or running job, so the hot path
         #: moves jobs without reading rows back (see ``SqliteStore.move``).
         self._records: dict[int, JobRecord] = {}
-        #: Jobs found assigned/running at start, waiting for their runner's READY.
-        self._orphans: dict[tuple[int, int], JobRecord] = {}
+        #: Jobs found assigned/running at start, waiting for their runner's
+        #: READY until the deadline, then requeued with the reason given.
+        self._orphans: dict[tuple[int, int], str] = {}
         self._orphan_deadline = 0.0
+        #: Jobs of lost runners whose requeue the store refused: retried.
+        self._unrequeued: dict[tuple[int, int], str] = {}
+        self._requeuer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
@@ -87,15 +92,21 @@ class Dispatcher:
         await self._store.open()
         self._vault = Vault(key, self._write)
         await self.db(self._vault.load)
-        self._runners = RunnerPool(self.config.mesh, self._ctx, self, curve=self.config.curve)
+        self._runners = RunnerPool(
+            self.config.mesh,
+            self._ctx,
+            self,
+            curve=self.config.curve,
+            max_capacity=self.config.max_runner_capacity,
+        )
         await self._recover()
         for endpoint in (*self.config.runners, *await self.db(SqliteStore.endpoints)):
             self._runners.connect(endpoint)
-        self._spawn(self._runners.receive_loop())
-        self._spawn(self._runners.liveness_loop())
-        self._spawn(self._runners.monitor_loop())
-        self._spawn(self._schedule_loop())
-        self._spawn(self._store.checkpoint_loop())
+        spawn(self._tasks, "dispatcher receive loop", self._runners.receive_loop)
+        spawn(self._tasks, "dispatcher liveness loop", self._runners.liveness_loop)
+        spawn(self._tasks, "dispatcher monitor loop", self._runners.monitor_loop)
+        spawn(self._tasks, "dispatcher schedule loop", self._schedule_loop)
+        spawn(self._tasks, "dispatcher checkpoint loop", self._store.checkpoint_loop)
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -110,11 +121,6 @@ class Dispatcher:
         if self._own_ctx:
             self._ctx.term()
         await self._store.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def db(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a reading ``SqliteStore`` method (on the reader thread, see ``access``)."""
@@ -143,19 +149,44 @@ class Dispatcher:
         queued = await self.db(SqliteStore.list_jobs, states=["queued"], limit=-1, ascending=True)
         self._queue = {job.id: job for job in queued}
         active = await self.db(SqliteStore.list_jobs, states=["assigned", "running"], limit=-1)
-        self._orphans = {(j.id, j.attempt): j for j in active}
+        reason = "no runner reported the job after a restart"
+        self._orphans = {(j.id, j.attempt): reason for j in active}
         # Runners that still hold these jobs list them in READY; give them
         # time to reconnect before the jobs go back to the queue.
         self._orphan_deadline = time.monotonic() + max(2 * self.config.mesh.dead_after, 5.0)
         if self._orphans:
-            self._spawn(self._expire_orphans())
+            self._requeue_later()
             log.info("recovering %d running job(s) from the store", len(self._orphans))
 
-    async def _expire_orphans(self) -> None:
-        await asyncio.sleep(max(0.0, self._orphan_deadline - time.monotonic()))
-        orphans, self._orphans = self._orphans, {}
-        for job_id, attempt in orphans:
-            await self._requeue(job_id, attempt, "no runner reported the job after a restart")
+    def _requeue_later(self) -> None:
+        """Make sure the requeue loop runs (it ends once nothing is left to requeue)."""
+        if self._requeuer is None or self._requeuer.done():
+            self._requeuer = spawn(self._tasks, "dispatcher requeue loop", self._requeue_loop)
+
+    async def _requeue_loop(self) -> None:
+        """Retry refused requeues, and requeue the orphans no runner claimed by the deadline."""
+        while self._orphans or self._unrequeued:
+            if self._unrequeued:
+                key, reason = self._unrequeued.popitem()
+            elif time.monotonic() < self._orphan_deadline:
+                wait = self._orphan_deadline - time.monotonic()
+                await asyncio.sleep(min(wait, STORE_RETRY))  # a refused requeue may come
+                continue
+            else:
+                key, reason = self._orphans.popitem()
+            if not await self._requeue_or_retry(key, reason):
+                await asyncio.sleep(STORE_RETRY)
+
+    async def _requeue_or_retry(self, key: tuple[int, int], reason: str) -> bool:
+        """Requeue a job no runner holds any more; if the store refuses, retry it later."""
+        try:
+            await self._requeue(*key, reason)
+        except StoreError as e:
+            log.error("job %d: cannot requeue it (retrying): %s", key[0], e)
+            self._unrequeued[key] = reason
+            self._requeue_later()
+            return False
+        return True
 
     # job state
 
@@ -196,7 +227,11 @@ class Dispatcher:
         self._listeners.append(listener)
 
     async def _requeue(self, job_id: int, attempt: int, reason: str) -> None:
-        job = await self.db(SqliteStore.get_job, job_id)
+        try:
+            job = await self.db(SqliteStore.get_job, job_id)
+        except NotFound:  # never a held job's fate; a bad claim must not end a loop
+            log.error("job %d to requeue does not exist", job_id)
+            return
         if job.attempt != attempt or job.terminal:
             return
         if job.cancel_requested:
@@ -214,37 +249,72 @@ class Dispatcher:
     # what runners report (called by the pool)
 
     async def on_ready(self, link: Link, ready: p.Ready) -> None:
-        for job_id, attempt, next_seq in ready.active:
-            await self._adopt(link, job_id, attempt, next_seq)
+        """Take over the jobs a READY lists that the store says this runner holds.
+
+        At most ``capacity`` entries are looked at, all in one store read
+        (a READY listing thousands must not stall the frames of others).
+        Entries that name no job, another runner's job, or an attempt this
+        runner never held are ignored and counted as bad frames.
+        """
+        keys, tracked = self._listed(link, ready.active)
+        verdicts: dict[tuple[int, int], str] = {}
+        if keys:
+            assert link.runner_id is not None  # noqa: S101 - set before on_ready
+            verdicts = await self.db(SqliteStore.holders, link.runner_id, list(keys))
+        for key, next_seq in keys.items():
+            self._adopt(link, key, next_seq, verdicts.get(key))
+        ignored = len(ready.active) - tracked - len(verdicts)
+        if ignored:
+            self.runners.bad(link, f"READY lists {ignored} job(s) it does not hold", ignored)
         self._wake.set()
 
-    async def _adopt(self, link: Link, job_id: int, attempt: int, next_seq: int) -> None:
-        """A runner reports a job it holds (after a reconnect or a dispatcher restart)."""
-        key = (job_id, attempt)
-        if key in link.streams:
+    @staticmethod
+    def _listed(
+        link: Link, active: tuple[tuple[int, ...], ...]
+    ) -> tuple[dict[tuple[int, int], int], int]:
+        """READY's new well-formed ``[job_id, attempt, next_seq]`` entries, up to
+        ``capacity``; and how many name a stream the link already has."""
+        keys: dict[tuple[int, int], int] = {}
+        tracked = 0
+        for entry in active[: link.capacity]:
+            if len(entry) != 3:
+                continue
+            if (entry[0], entry[1]) in link.streams:
+                tracked += 1
+            else:
+                keys[(entry[0], entry[1])] = entry[2]
+        return keys, tracked
+
+    def _adopt(self, link: Link, key: tuple[int, int], next_seq: int, verdict: str | None) -> None:
+        """A runner reports a job it holds (after a reconnect or a dispatcher restart).
+
+        Only a job found running at start (a recovery orphan) that the store
+        says this runner holds is taken over live. Any other attempt of this
+        runner is over (superseded, ended, or being requeued after the runner
+        was lost): it is tracked until its DONE, its frames change nothing,
+        and the runner is told to stop it. A second claimant of a runner id
+        thus never inherits the jobs of the link it replaces.
+        """
+        if verdict is None:
             return
-        self._orphans.pop(key, None)
-        try:
-            job: JobRecord | None = await self.db(SqliteStore.get_job, job_id)
-        except NarwhalError:
-            job = None
-        live = job is not None and job.attempt == attempt and not job.terminal
+        live = verdict == "held" and self._orphans.pop(key, None) is not None
         link.jobs.add(key)  # it occupies a slot until its DONE, live or not
         self.runners.open_stream(link, key, expected=next_seq, live=live)
         if not live:
-            self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
+            self.runners.send(link, p.Cancel(job_id=key[0], attempt=key[1], reason="superseded"))
 
     async def on_stray(self, link: Link, message: p.Message) -> bool:
         """A job frame outside any known stream: acknowledge it if the job is settled.
 
         A runner that runs an attempt we gave up on (its JOB arrived late) is
-        told to stop.
+        told to stop. False for a job that does not exist or is still live
+        (it is held on another link): the pool counts that as a bad frame.
         """
         job_id, attempt = message.job_id, message.attempt  # type: ignore[attr-defined]
         try:
             job = await self.db(SqliteStore.get_job, job_id)
         except NarwhalError:
-            return True
+            return False
         settled = job.terminal or job.attempt != attempt
         if settled and not isinstance(message, p.Done):
             self.runners.send(link, p.Cancel(job_id=job_id, attempt=attempt, reason="superseded"))
@@ -254,8 +324,8 @@ class Dispatcher:
         """The runner behind ``link`` is gone: its jobs go back to the queue."""
         held = sorted(link.jobs)
         self._release(link, *held)
-        for job_id, attempt in held:
-            await self._requeue(job_id, attempt, reason)
+        for key in held:
+            await self._requeue_or_retry(key, reason)
 
     async def on_frames(self, frames: list[tuple[Link, p.Message]]) -> None:
         """Store what one batch of frames says, in one transaction, then act on it."""
@@ -266,7 +336,11 @@ class Dispatcher:
                 rejects.append((link, message))
                 continue
             if isinstance(message, p.Done):
-                self._release(link, (message.job_id, message.attempt))
+                key = (message.job_id, message.attempt)
+                self._release(link, key)
+                stream = link.streams.get(key)
+                if stream is not None and not stream.live:
+                    continue  # an attempt that is over: its DONE frees the slot, nothing more
             batch.add(link, message)
         if batch.calls:
             await self._recorded(batch, self._write(SqliteStore.apply, batch.calls))
@@ -297,7 +371,7 @@ class Dispatcher:
         link.streams.pop(key, None)
         self._release(link, key)
         reason = f"runner {link.runner_id} rejected it: {message.reason}"
-        await self._requeue(message.job_id, message.attempt, reason)
+        await self._requeue_or_retry(key, reason)
 
     async def _expand(self, job_id: int, sha: str, variants: tuple[dict[str, str], ...]) -> None:
         """One job for each matrix combination after the first (which ``job_id`` runs)."""
@@ -318,6 +392,7 @@ class Dispatcher:
     # scheduling
 
     async def _schedule_loop(self) -> None:
+        self._wake.set()  # (re)started: a wake-up may have been taken by a crashed round
         while True:
             await self._wake.wait()
             self._wake.clear()

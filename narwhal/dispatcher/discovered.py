@@ -41,6 +41,7 @@ from narwhal.mesh.announcement import Announcement
 from narwhal.mesh.discovery import Browser
 from narwhal.mesh.protocol import PROTOCOL_VERSION
 from narwhal.mesh.transport import QuietLog
+from narwhal.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class DiscoveredRunners:
 
     async def __aenter__(self) -> DiscoveredRunners:
         await self._browser.start()
-        self._task = asyncio.create_task(self._reconcile_loop())
+        self._task = asyncio.create_task(
+            supervise("discovery reconcile loop", self._reconcile_loop)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

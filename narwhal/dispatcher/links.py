@@ -9,12 +9,15 @@ disconnect, so every reconnect gets a new generation number.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from narwhal.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Reconnect back-off for a runner that does not answer (Paranoid Pirate).
 BACKOFF_MAX = 32.0
@@ -142,6 +145,35 @@ class Slots:
                 heapq.heappop(heap)
             return self._links[i]
         return None
+
+
+class Ceiling:
+    """The most slots a runner may claim (``--max-runner-capacity``).
+
+    A larger claim is clamped, not refused: a runner configured with more
+    slots than the operator allows still serves with the allowed number,
+    and what a READY can claim (slots, jobs listed in ``active``) is bounded
+    either way. Logged once per runner id.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._warned: set[str] = set()
+
+    def clamp(self, runner_id: str, claimed: int) -> int:
+        if claimed <= self.limit:
+            return max(0, claimed)
+        if runner_id not in self._warned:
+            if len(self._warned) >= 1024:  # ids are claims: bound what they cost
+                self._warned.clear()
+            self._warned.add(runner_id)
+            log.warning(
+                "runner %s claims capacity %d: clamped to %d (--max-runner-capacity)",
+                runner_id,
+                claimed,
+                self.limit,
+            )
+        return self.limit
 
 
 def check_endpoint(url: str) -> str:

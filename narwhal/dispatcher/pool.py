@@ -29,7 +29,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from narwhal.config import MeshConfig, ServerCurve
 from narwhal.dispatcher.auth import HANDSHAKE_EVENTS, MeshAuth, handshake_failure
-from narwhal.dispatcher.links import BACKOFF_MAX, Link, Stream, check_endpoint
+from narwhal.dispatcher.links import BACKOFF_MAX, Ceiling, Link, Stream, check_endpoint
 from narwhal.errors import NarwhalError, ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, Router
@@ -62,8 +62,10 @@ class RunnerPool:
         handler: Handler,
         *,
         curve: ServerCurve | None = None,
+        max_capacity: int = 256,
     ) -> None:
         self.mesh = mesh
+        self.ceiling = Ceiling(max_capacity)
         self.session = uuid.uuid4().hex
         self._handler = handler
         self._router = Router(ctx, linger_ms=mesh.linger_ms)
@@ -332,19 +334,34 @@ class RunnerPool:
         return verdict.message
 
     async def _handle(self, link: Link, message: p.Message) -> None:
-        """A frame that may need the dispatcher's store: READY, or outside any stream."""
+        """A frame that may need the dispatcher's store: READY, or outside any stream.
+
+        A job attempt's frames count only on the link it was assigned to (or
+        adopted by): its stream lives on that link. A REJECT for an attempt
+        this link does not hold, a job frame outside its streams for a job
+        still live, or a frame of a kind only the dispatcher sends, is a bad
+        frame: counted, logged, and nothing else.
+        """
         try:
             if isinstance(message, p.STREAM_MESSAGES):
                 await self._stray(link, cast("p.StreamMessage", message))
             elif isinstance(message, p.Ready):
                 await self._ready(link, message)
+            elif isinstance(message, p.Reject):
+                if (message.job_id, message.attempt) in link.streams:
+                    self._frames.append((link, message))
+                else:
+                    self.bad(link, f"REJECT for job {message.job_id} it does not hold")
             else:
-                self._frames.append((link, message))
+                self.bad(link, f"unexpected {message.KIND} frame")
         except NarwhalError as e:
-            self.bad_frames += 1
-            self._quiet.warning(
-                link.endpoint, "runner %s: %s frame refused: %s", link.endpoint, message.KIND, e
-            )
+            self.bad(link, f"{message.KIND} frame refused: {e}")
+
+    def bad(self, link: Link, what: str, count: int = 1) -> None:
+        """Count ``count`` bad frames (or READY entries) from ``link``; log now and then."""
+        self.bad_frames += count
+        who = link.runner_id or "?"
+        self._quiet.warning(link.endpoint, "runner %s at %s: %s", who, link.endpoint, what)
 
     async def _ready(self, link: Link, ready: p.Ready) -> None:
         if link.state == "ready" and ready.session != link.session:
@@ -360,7 +377,7 @@ class RunnerPool:
         link.state = "ready"
         link.runner_id = ready.runner_id
         link.session = ready.session
-        link.capacity = ready.capacity
+        link.capacity = self.ceiling.clamp(ready.runner_id, ready.capacity)
         link.labels = dict(ready.labels)
         link.version = ready.version
         link.backoff = 1.0
@@ -370,27 +387,33 @@ class RunnerPool:
         await self._handler.on_ready(link, ready)
 
     async def _unique(self, link: Link, ready: p.Ready) -> bool:
-        """One runner id, one link: a second live claimant is refused."""
-        for other in list(self._links.values()):
-            if other is link or other.runner_id != ready.runner_id:
-                continue
-            if other.state == "ready":
-                reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
-                log.warning("refusing runner at %s: %s", link.endpoint, reason)
-                self.refused[link.endpoint] = reason
-                self._drop(link)
-                await self._handler.on_lost(link, reason)
-                return False
-            if other.source == "mdns":
-                # The same runner, back at another address: keep the new one.
-                self._drop(other)
-                await self._handler.on_lost(other, f"runner {ready.runner_id} moved")
-        return True
+        """One runner id, one link: a second claimant is refused while the first is ready.
+
+        Only ready links carry a runner id (a lost one is dropped and replaced
+        by a fresh link). A claimant after the first was lost gets nothing of
+        it: the old link's jobs were released to be requeued, its streams
+        went with it, and READY adopts only recovery orphans (``on_ready``).
+        """
+        holders = [o for o in self._links.values() if o.runner_id == ready.runner_id]
+        other = next((o for o in holders if o is not link), None)
+        if other is None:
+            return True
+        reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
+        log.warning("refusing runner at %s: %s", link.endpoint, reason)
+        self.refused[link.endpoint] = reason
+        self._drop(link)
+        await self._handler.on_lost(link, reason)
+        return False
 
     async def _stray(self, link: Link, message: p.StreamMessage) -> None:
-        """A job frame outside any stream: acknowledged if the job is settled."""
+        """A job frame outside any stream: acknowledged if the job is settled.
+
+        Otherwise the job is unknown or live on another link: a bad frame.
+        """
         if await self._handler.on_stray(link, message):
             self._ack(link, message.job_id, message.attempt, message.seq)
+        else:
+            self.bad(link, f"{message.KIND} frame for job {message.job_id} it does not hold")
 
     def _stream_frame(self, link: Link, stream: Stream, message: p.StreamMessage) -> None:
         job_id, attempt, seq = message.job_id, message.attempt, message.seq

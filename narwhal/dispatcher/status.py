@@ -27,6 +27,7 @@ to go out, stop the senders, close the HTTP client, close ``statuses.db``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -45,6 +46,7 @@ from narwhal.config import ForgeApi, StatusConfig
 from narwhal.dispatcher.records import TERMINAL, JobRecord
 from narwhal.errors import StoreError
 from narwhal.mesh.transport import QuietLog
+from narwhal.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +267,10 @@ class StatusReporter:
         self._client = httpx.AsyncClient(timeout=self.config.timeout)
         for n, lane in enumerate(self._lanes):
             lane.idle.set()
-            self._tasks.append(asyncio.create_task(self._work(lane), name=f"status-{n}"))
+            work = functools.partial(self._work, lane)
+            self._tasks.append(
+                asyncio.create_task(supervise(f"status lane {n}", work), name=f"status-{n}")
+            )
 
     async def aclose(self) -> None:
         if self._closed:

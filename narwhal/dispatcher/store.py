@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from narwhal.dispatcher.records import (
+    ACTIVE,
     ALLOWED,
     STATES,
     TERMINAL,
@@ -57,9 +58,12 @@ _INSERT_TRANSITIONS = (
 def _update_sql(first: str, to: str, *, started: bool, holder: bool) -> str | None:
     """The fenced UPDATE for moves into ``first`` and on to ``to`` (None: no such move).
 
-    It checks the attempt and that a move into ``first`` is allowed in the
-    same statement that makes it, and sets only what the move changes: one
-    statement per shape of move, each prepared once.
+    It checks the attempt, that a move into ``first`` is allowed and, for a
+    move made on a runner's word (``holder`` given, the job already held:
+    anything but a move into ``assigned``, which only the scheduler makes),
+    that this runner holds the job, in the same statement that makes it.
+    It sets only what the move changes: one statement per shape of move,
+    each prepared once.
     """
     sources = _SOURCES.get(first)
     if not sources:
@@ -73,9 +77,10 @@ def _update_sql(first: str, to: str, *, started: bool, holder: bool) -> str | No
         columns.append("started_at = ?")
     if to in TERMINAL:
         columns.append("finished_at = ?")
+    fence = " AND runner_id = ?" if holder and first != "assigned" else ""
     return (
         f"UPDATE jobs SET {', '.join(columns)}"
-        f" WHERE id = ? AND attempt = ? AND state IN ({sources})"
+        f" WHERE id = ? AND attempt = ? AND state IN ({sources}){fence}"
     )
 
 
@@ -100,6 +105,8 @@ def _update(
     if to in TERMINAL:
         params.append(at)
     params += (job_id, attempt)
+    if holder and first != "assigned":
+        params.append(runner_id)
     return _update_sql(first, to, started=started, holder=holder), tuple(params)
 
 
@@ -325,8 +332,11 @@ class SqliteStore:
     ) -> JobRecord | None:
         """Move a job to ``to`` if ``attempt`` is current and the move is allowed.
 
+        With ``runner_id`` (a move a runner's frame asks for), only if that
+        runner holds the job; a move into ``assigned`` records it as holder.
         Returns the updated job, or None when the move was fenced off (a late
-        frame from an old attempt, or a job already past that state).
+        frame from an old attempt or another runner, or a job already past
+        that state).
         """
         now = time.time()
         sql, params = _update(
@@ -413,6 +423,44 @@ class SqliteStore:
             (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id),
         )
         return row[0] is None and len(variants) > 1
+
+    def holders(
+        self, runner_id: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], str]:
+        """What the store says of the ``(job id, attempt)`` pairs a runner's READY lists.
+
+        "held": the job's current attempt, assigned or running, held by
+        ``runner_id``; "stale": an attempt ``runner_id`` held that is over
+        (superseded or ended); absent: anything else (no such job, another
+        runner's, never this runner's). Two queries for the whole list.
+        """
+        ids = json.dumps(sorted({job_id for job_id, _ in keys}))
+        jobs = {
+            row[0]: (row[1], row[2], row[3])
+            for row in self._db.execute(
+                "SELECT id, attempt, state, runner_id FROM jobs"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        }
+        held_once = {
+            (row[0], row[1])
+            for row in self._db.execute(
+                "SELECT DISTINCT job_id, attempt FROM transitions"
+                " WHERE runner_id = ? AND job_id IN (SELECT value FROM json_each(?))",
+                (runner_id, ids),
+            )
+        }
+        verdicts: dict[tuple[int, int], str] = {}
+        for key in keys:
+            if key[0] not in jobs:
+                continue
+            attempt, state, holder = jobs[key[0]]
+            if attempt == key[1] and state in ACTIVE and holder == runner_id:
+                verdicts[key] = "held"
+            elif key in held_once and (attempt != key[1] or state in TERMINAL):
+                verdicts[key] = "stale"
+        return verdicts
 
     def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         """A queued, assigned or running job for this commit and event, if any."""

@@ -49,6 +49,7 @@ from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
 from narwhal.runner.masking import Masker, SecretsExecutor, mask_text
 from narwhal.runner.stream import JobStream
+from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,8 @@ class Runner:
             self._sock.close(0)
             raise OSError(f"cannot listen on {self.config.listen}: {e}") from e
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._spawn(self._receive_loop())
-        self._spawn(self._heartbeat_loop())
+        spawn(self._tasks, "runner receive loop", self._receive_loop)
+        spawn(self._tasks, "runner heartbeat loop", self._heartbeat_loop)
         log.info(
             "runner %s listening on %s with %d slot(s)",
             self.config.runner_id,

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from narwhal.mesh import protocol as p
 from tests.conftest import Client, Daemon, wait_for_runners
 from tests.keys import MeshKeys
+from tests.mesh.peers import RawRunner
 
 #: Fast liveness for tests: a silent peer is dead after 0.6 s.
 MESH = ["--heartbeat-interval", "0.2", "--liveness", "3"]
@@ -99,6 +101,20 @@ class Cluster:
 
     def wait_ready(self, count: int) -> list[dict[str, Any]]:
         return wait_for_runners(self.client(), count, timeout=20)
+
+    def raw_runner(self, runner_id: str) -> RawRunner:
+        """A raw peer whose key this cluster's dispatcher trusts as ``runner_id``."""
+        return RawRunner(self.keys, runner_id)
+
+    def attach(self, peer: RawRunner) -> RawRunner:
+        """Add a raw peer as a runner through the API; return it once HELLO came."""
+        response = self.client().http.post("/api/runners", json={"url": peer.endpoint})
+        assert response.status_code == 201, response.text
+        assert isinstance(peer.recv(), p.Hello)
+        return peer
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.client().http.get("/health").json())
 
     def kill(self, daemon: Daemon, sig: int = signal.SIGKILL) -> None:
         daemon.proc.send_signal(sig)

@@ -1,7 +1,8 @@
 """A misbehaving peer on the mesh: garbage, lies and floods never hurt anyone else.
 
-A hand-driven DEALER (a real ZeroMQ socket in the test) plays a broken
-runner next to a real runner; the dispatcher must keep serving the real one.
+A hand-driven DEALER (``tests.mesh.peers.RawRunner``, a real ZeroMQ socket)
+plays a broken runner next to a real runner; the dispatcher must keep
+serving the real one.
 """
 
 from __future__ import annotations
@@ -13,61 +14,25 @@ from typing import Any
 
 import msgpack
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from narwhal.mesh import protocol as p
 from tests.conftest import Repo
 from tests.dispatcher.cluster import Cluster, wait_for
-from tests.keys import MeshKeys
+from tests.mesh.peers import RawRunner
 
 #: The runner id the fake runner's key is trusted as: a trusted runner gone bad.
 FAKE_ID = "fake"
 
 
-class FakeRunner:
-    """A DEALER the dispatcher connects to; the test decides what it says.
-
-    It is a CurveZMQ client with a key trusted as ``FAKE_ID``: the attacks
-    here are those of a runner the dispatcher lets in.
-    """
-
-    def __init__(self, keys: MeshKeys) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        pair = keys.pair(FAKE_ID)
-        keys.trust(pair.public, FAKE_ID)
-        self.sock.curve_serverkey = keys.server.public
-        self.sock.curve_publickey, self.sock.curve_secretkey = pair.public, pair.secret
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-
-    def recv(self, timeout: float = 10) -> p.Message:
-        if not self.sock.poll(int(timeout * 1000)):
-            raise AssertionError("nothing from the dispatcher")
-        return p.decode(self.sock.recv())
-
-    def send(self, frame: bytes | p.Message, *more: bytes) -> None:
-        data = p.encode(frame) if isinstance(frame, p.Message) else frame
-        self.sock.send_multipart([data, *more])
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, FakeRunner]]:
+def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, RawRunner]]:
     cluster = Cluster(tmp_path)
     cluster.start_runner("real")
-    api = cluster.start_dispatcher()
+    cluster.start_dispatcher()
     cluster.wait_ready(1)
-    fake = FakeRunner(cluster.keys)
-    assert api.http.post("/api/runners", json={"url": fake.endpoint}).status_code == 201
-    hello = fake.recv()
-    assert isinstance(hello, p.Hello)
+    fake = cluster.attach(cluster.raw_runner(FAKE_ID))
     yield cluster, fake
     fake.close()
     cluster.close()
@@ -92,7 +57,7 @@ BAD_FRAMES = [
 
 
 def test_bad_frames_are_counted_and_harm_nobody(
-    mesh: tuple[Cluster, FakeRunner], make_repo: Callable[..., Repo]
+    mesh: tuple[Cluster, RawRunner], make_repo: Callable[..., Repo]
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()
@@ -111,7 +76,7 @@ def test_bad_frames_are_counted_and_harm_nobody(
 
 
 def test_lies_about_other_runners_jobs_change_nothing(
-    mesh: tuple[Cluster, FakeRunner], make_repo: Callable[..., Repo]
+    mesh: tuple[Cluster, RawRunner], make_repo: Callable[..., Repo]
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()
@@ -129,7 +94,7 @@ def test_lies_about_other_runners_jobs_change_nothing(
 
 
 def test_unsolicited_ready_is_answered_and_capacity_zero_gets_no_jobs(
-    mesh: tuple[Cluster, FakeRunner], make_repo: Callable[..., Repo]
+    mesh: tuple[Cluster, RawRunner], make_repo: Callable[..., Repo]
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()
@@ -190,7 +155,7 @@ _frames = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(frames=st.lists(_frames, min_size=1, max_size=20))
 def test_fuzzed_frames_never_stall_the_dispatcher(
-    mesh: tuple[Cluster, FakeRunner], frames: list[bytes]
+    mesh: tuple[Cluster, RawRunner], frames: list[bytes]
 ) -> None:
     cluster, fake = mesh
     api = cluster.client()

@@ -191,3 +191,39 @@ def test_the_wal_shrinks_back_after_a_burst(
     finally:
         reader.close()
         writer.close()
+
+
+def test_the_fence_includes_the_runner_that_holds_the_job(store: SqliteStore) -> None:
+    job_id = _job(store)
+    assert store.move([(job_id, 1, "assigned", "to a", "a")], at=1.0) == [True]
+    # Another runner's word moves nothing, in a batch or through transition.
+    assert store.move([(job_id, 1, "running", "by b", "b")], at=2.0) == [False]
+    assert store.move(
+        [(job_id, 1, "running", "x", "b"), (job_id, 1, "success", "y", "b")], at=2.0
+    ) == [False, False]
+    assert store.transition(job_id, attempt=1, to="failed", reason="by b", runner_id="b") is None
+    assert store.get_job(job_id).state == "assigned"
+    # The holder's does; the dispatcher's own moves (no runner) are not fenced by it.
+    assert store.move([(job_id, 1, "running", "by a", "a")], at=3.0) == [True]
+    done = store.transition(job_id, attempt=1, to="success", reason="by a", runner_id="a")
+    assert done is not None and done.state == "success" and done.runner_id == "a"
+    other = _job(store)
+    store.move([(other, 1, "assigned", "to a", "a")], at=1.0)
+    assert store.transition(other, attempt=1, to="queued", reason="a lost") is not None
+    assert [r for r in store.transitions(job_id) if r["runner_id"] == "b"] == []
+
+
+def test_holders_says_which_listed_attempts_a_runner_holds(store: SqliteStore) -> None:
+    mine, theirs, over, queued = (_job(store) for _ in range(4))
+    store.move(
+        [
+            (mine, 1, "assigned", "", "a"),
+            (theirs, 1, "assigned", "", "b"),
+            (over, 1, "assigned", "", "a"),
+        ],
+        at=1.0,
+    )
+    store.transition(over, attempt=1, to="queued", reason="a lost")
+    listed = [(mine, 1), (mine, 2), (theirs, 1), (over, 1), (over, 2), (queued, 1), (999, 1)]
+    assert store.holders("a", listed) == {(mine, 1): "held", (over, 1): "stale"}
+    assert store.holders("b", listed) == {(theirs, 1): "held"}
