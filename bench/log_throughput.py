@@ -72,6 +72,7 @@ def run(size: int) -> tuple[float, int, int]:
                 "none",
                 "--executor",
                 "local",
+                "--allow-local-repos",
             ]
         )
         dispatcher = _daemon(
@@ -85,6 +86,7 @@ def run(size: int) -> tuple[float, int, int]:
                 f"tcp://127.0.0.1:{port}",
                 "--discovery",
                 "none",
+                "--allow-local-repos",
             ]
         )
         try:

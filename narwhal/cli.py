@@ -110,6 +110,16 @@ def _discovery_flags(p: argparse.ArgumentParser, *, default: str, what: str) -> 
     )
 
 
+def _local_repos_flag(p: argparse.ArgumentParser, *, default: str) -> None:
+    p.add_argument(
+        "--allow-local-repos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"build file:// URLs and absolute paths (default {default}; "
+        "NARWHAL_ALLOW_LOCAL_REPOS=1/0)",
+    )
+
+
 def _runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
     if listen:
         p.add_argument(
@@ -256,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _discovery_flags(up, default="none", what="also use runners announced on the LAN")
     _runner_flags(up, listen=False)
     _secret_flags(up, "secret", "webhook secret; serves /webhooks/FORGE")
+    _local_repos_flag(up, default="on")
 
     dispatcher = sub.add_parser("dispatcher", help="run the dispatcher and its REST API")
     _dispatcher_flags(dispatcher)
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="runner endpoint tcp://HOST:PORT (repeatable)",
     )
+    _local_repos_flag(dispatcher, default="off")
 
     agent = sub.add_parser("agent", help="receive forge webhooks, queue commits on RabbitMQ")
     agent.add_argument(
@@ -280,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runner_flags(runner)
     _mesh_flags(runner)
     _discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
+    _local_repos_flag(runner, default="off")
 
     submit = sub.add_parser("submit", help="submit a job for a repository")
     submit.add_argument("repo", help="clone URL or local path")

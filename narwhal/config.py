@@ -76,6 +76,12 @@ class WebhookConfig:
     max_body: int = DEFAULT_MAX_WEBHOOK_BODY
     #: Delivery ids remembered to answer a forge's redelivery without a new message.
     remember_deliveries: int = 10_000
+    #: Seconds a body digest is remembered: the same signed body again within
+    #: it is a duplicate whatever its delivery id (a replay).
+    remember_bodies_for: float = 3600.0
+    #: Refuse local paths at the door; None leaves it to the dispatcher that
+    #: consumes the events (the standalone agent does not know its policy).
+    allow_local_repos: bool | None = None
 
     def secret(self, forge: str) -> str | None:
         return {
@@ -144,6 +150,8 @@ class DispatcherConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
     #: Connect to the runners mDNS finds (off unless enabled).
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    #: Accept jobs for ``file://`` URLs and absolute paths (``--allow-local-repos``).
+    allow_local_repos: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -191,6 +199,8 @@ class RunnerConfig:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     #: Announce this runner over mDNS (off unless enabled; never in ``up``).
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    #: Clone ``file://`` URLs and absolute paths (``--allow-local-repos``).
+    allow_local_repos: bool = False
 
 
 def default_data_dir() -> Path:

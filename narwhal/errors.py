@@ -7,6 +7,7 @@
     ├── StoreError         the job store cannot do what was asked
     │   └── NotFound       no such job or runner
     ├── CheckoutError      git could not fetch or check out the commit
+    ├── RepoError          a repository URL, ref or commit id is refused (narwhal.repos)
     ├── ExecutorError      a step could not be started (not: the step failed)
     └── DiscoveryError     mDNS could not start on the chosen interfaces
 
@@ -41,6 +42,10 @@ class NotFound(StoreError):
 
 class CheckoutError(NarwhalError):
     """The repository could not be fetched or the commit checked out."""
+
+
+class RepoError(NarwhalError):
+    """A repository URL, ref or commit id is not one Narwhal hands to git."""
 
 
 class ExecutorError(NarwhalError):

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import secrets
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +38,18 @@ import zmq.asyncio
 
 from narwhal import __version__
 from narwhal.config import RunnerConfig
-from narwhal.errors import CheckoutError, PipelineError, ProtocolError
+from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
-from narwhal.pipeline import PipelineFile, Step, load, read_path
+from narwhal.pipeline import PipelineFile, Step, load
+from narwhal.repos import check_ref, check_repo, check_sha
 from narwhal.runner.checkout import MirrorCache
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
 from narwhal.runner.masking import Masker, mask_text
 from narwhal.runner.stream import JobStream
+from narwhal.yamlnodes import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,11 @@ class Runner:
         #: Workspaces live under a folder of this runner's own, so that
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
-        self._mirrors = MirrorCache(self._work / "mirrors")
-        # Parsed narwhal.yml files by content: a rebuild of a commit, or
-        # another matrix combination of it, reads the file but does not parse
-        # it again (parsing was a tenth of a trivial job's time on the runner).
-        self._parse = functools.lru_cache(maxsize=32)(_parse_pipeline)
+        self._mirrors = MirrorCache(self._work / "mirrors", allow_local=config.allow_local_repos)
+        # Parsed narwhal.yml files by blob id: a rebuild of a commit, or
+        # another matrix combination of it, does not read or parse the file
+        # again (parsing was a tenth of a trivial job's time on the runner).
+        self._parsed: OrderedDict[str, PipelineFile] = OrderedDict()
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -112,7 +114,14 @@ class Runner:
         await self.aclose()
 
     async def start(self) -> None:
-        await asyncio.to_thread((self._work / "mirrors").mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_private_dir, self._work / "mirrors")
+        if self.config.executor == "local":
+            log.warning(
+                "runner %s: the local executor does not isolate steps from this runner's "
+                "user: a step can read and change whatever that user can (other jobs' "
+                "workspaces, the runner's files); use --executor docker for code you do not trust",
+                self.config.runner_id,
+            )
         reaped = await asyncio.to_thread(self._executor.reap, self._work)
         if reaped:
             log.warning(
@@ -357,15 +366,20 @@ class Runner:
         self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
     ) -> Outcome:
         try:
+            # Again here: a JOB frame is the last door before git runs.
+            check_repo(job.repo, allow_local=self.config.allow_local_repos)
+            check_ref(job.ref)
+            if job.sha is not None:
+                check_sha(job.sha)
             sha = await _until_stopped(
                 self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace),
                 stop,
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
-            pipeline_file = await asyncio.to_thread(self._load_pipeline, workspace)
+            pipeline_file = await self._load_pipeline(job.repo, sha)
             pipeline = pipeline_file.pipeline(job.matrix)
-        except (CheckoutError, PipelineError) as e:
+        except (RepoError, CheckoutError, PipelineError) as e:
             await reporter.output(f"{e}\n".encode())
             return Outcome(status="error", reason=str(e), steps=())
         variants = pipeline_file.variants if job.matrix is None else ()
@@ -387,12 +401,33 @@ class Runner:
             default_timeout=job.timeout or self.config.default_timeout,
         )
 
-    def _load_pipeline(self, workspace: Path) -> PipelineFile:
-        return self._parse(read_path(workspace / PIPELINE_FILE))
+    async def _load_pipeline(self, repo: str, sha: str) -> PipelineFile:
+        """narwhal.yml as the commit holds it (a regular file), parsed once per blob."""
+        blob = await self._mirrors.blob_id(repo, sha, PIPELINE_FILE, limit=MAX_FILE_BYTES)
+        parsed = self._parsed.get(blob)
+        if parsed is None:
+            data = await self._mirrors.read_blob(repo, blob)
+            parsed = load(data, filename=PIPELINE_FILE)
+            self._parsed[blob] = parsed
+            if len(self._parsed) > _PARSED:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(blob)
+        return parsed
 
 
-def _parse_pipeline(data: bytes) -> PipelineFile:
-    return load(data, filename=PIPELINE_FILE)
+#: Parsed pipeline files kept.
+_PARSED = 32
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) readable by this user only.
+
+    The runner's own folder is made private even when it exists: the
+    workspaces, mirrors and per-job homes under it are nobody else's.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
 
 
 async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:

@@ -54,7 +54,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
 
 def test_api_answers_503_while_the_store_is_locked(tmp_path: Path) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
-        config = DispatcherConfig(data_dir=tmp_path)
+        config = DispatcherConfig(data_dir=tmp_path, allow_local_repos=True)
         async with Dispatcher(config) as dispatcher:
             transport = httpx.ASGITransport(app=build_app(dispatcher))
             async with httpx.AsyncClient(transport=transport, base_url="http://narwhal") as http:
