@@ -463,6 +463,28 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
     return status
 
 
+#: Arguments that name files: the operating system takes any bytes there.
+_PATH_ARGS = frozenset({"directory", "data_dir", "work_dir"})
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Refuse arguments (and NARWHAL_* values) with bytes that are not UTF-8.
+
+    Python hands them over as lone surrogates, which JSON, ZeroMQ and the
+    network cannot carry; better one line now than a traceback later.
+    """
+    for dest, value in vars(args).items():
+        if dest in _PATH_ARGS or dest.endswith("_file"):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    name = dest.replace("_", "-")
+                    raise ConfigError(f"{name}: not valid UTF-8: {item!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     daemon = args.command in ("up", "dispatcher", "runner", "agent")
@@ -475,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # add a line (or a traceback) for each reconnect attempt.
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
+        _check_text(args)
         if daemon:
             return _daemon(args)
         if args.command == "exec":
