@@ -1,8 +1,8 @@
 """The agent's HTTP side: webhook endpoints that hand commit events to a sink.
 
 Answers (JSON): 200 ``queued`` once the sink has the event safely (for
-RabbitMQ: the broker confirmed it), 200 ``duplicate`` for a delivery or
-commit already handed on, 200 ``pong`` for a ping, 202 ``ignored`` with the
+RabbitMQ: the broker confirmed it), 200 ``duplicate`` for a delivery, body
+or commit already handed on, 200 ``pong`` for a ping, 202 ``ignored`` with the
 reason, 4xx ``{"error": ...}`` for a bad request (401 signature, 413 too
 large, 415 content type, 400 anything else), 503 when the sink is down so
 that the forge can deliver again later. No request produces a 500.
