@@ -91,10 +91,10 @@ def check_ref(ref: object) -> str:
         raise RepoError("ref: expected a git ref like refs/heads/main")
     if len(ref) > MAX_REF:
         raise RepoError(f"ref: longer than {MAX_REF} characters")
-    if not _printable(ref):
-        raise RepoError("ref: contains whitespace or control characters")
     if ref.startswith(("-", "+")):
         raise RepoError(f"ref: must not start with '-' or '+': {_shown(ref)}")
+    if not _printable(ref):
+        raise RepoError("ref: contains whitespace or control characters")
     if ref == "@" or _REF_FORBIDDEN.search(ref):
         raise RepoError(f"ref: not a valid git ref name: {_shown(ref)}")
     return ref

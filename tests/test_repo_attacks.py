@@ -360,9 +360,11 @@ def test_workspaces_are_private_and_steps_get_a_home_of_their_own(
 ) -> None:
     script = "stat -c %a . ..; echo HOME=$HOME; echo TMPDIR=$TMPDIR; env | cut -d= -f1 | sort"
     repo = make_repo({"narwhal.yml": json.dumps({"steps": [{"name": "s", "command": script}]})})
-    _, client = narwhal_up()
+    daemon, client = narwhal_up()
     job = client.wait(client.submit(repo))
     assert job["state"] == "success", job
+    warning = [line for line in daemon.stderr_lines if "does not isolate steps" in line]
+    assert warning and " WARNING " in warning[0]
     log = client.log(job["id"]).splitlines()
     assert log[2:4] == ["700", "700"], log  # the workspace, and the runner's folder
     home = next(line for line in log if line.startswith("HOME="))[5:]
