@@ -47,9 +47,13 @@ _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _REF_FORBIDDEN = re.compile(r"\.\.|@\{|//|[~^:?*\[\\]|/\.|\.lock(?:/|$)|^\.|[/.]$|^/")
 
 
+#: The user and password of a URL: a refusal never repeats a credential.
+_USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
 def _shown(value: str) -> str:
-    text = value if len(value) <= 60 else value[:57] + "..."
-    return repr(text)
+    text = _USERINFO.sub("***@", value, count=1)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _printable(value: str) -> bool:

@@ -123,3 +123,9 @@ def test_shas_are_full_lowercase_hex() -> None:
 def test_git_protocols_follow_the_local_policy() -> None:
     assert protocols(allow_local=False) == ("https", "http", "ssh", "git")
     assert "file" in protocols(allow_local=True)
+
+
+def test_a_refusal_never_repeats_a_credential() -> None:
+    with pytest.raises(RepoError) as caught:
+        check_repo("https://bot:ghp_s3cr3t@-evil/x.git", allow_local=False)
+    assert "s3cr3t" not in str(caught.value) and "***@" in str(caught.value)

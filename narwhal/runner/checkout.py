@@ -13,6 +13,14 @@ Fetching a commit by its id needs a server that serves unadvertised
 commits; otherwise the ref is fetched and the commit looked up in it. What
 was fetched last is kept under a ref of the mirror (``refs/narwhal/last``),
 so the next fetch offers it as common ground and carries only new objects.
+
+git runs hardened against hostile repository input (which ``narwhal.repos``
+has already checked): ``--end-of-options`` before the values a job supplies,
+only the transports of the accepted URL forms, no hooks, credential helpers
+or submodules, and an environment of its own that never holds the runner's
+secrets and never lets git read ``~/.gitconfig`` or ``/etc/gitconfig``.
+``narwhal.yml`` is read from the commit's tree (``PipelineFiles``), not from
+the workspace, so a file committed as a symbolic link reads nothing of the host.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from narwhal.errors import CheckoutError, PipelineError
+from narwhal.pipeline import PipelineFile, load
 from narwhal.repos import protocols
 from narwhal.runner import process
+from narwhal.yamlnodes import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +189,8 @@ class MirrorCache:
         async with self._locks.setdefault(repo, asyncio.Lock()):
             commit = await self._update(mirror, repo, ref, sha)
         await asyncio.to_thread(_skeleton, workspace, mirror)
+        # No --end-of-options here: git 2.39's checkout takes it for a path.
+        # ``commit`` is a hex id the runner checked or git itself printed.
         try:
             await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
         except CheckoutError:
@@ -287,3 +300,32 @@ class MirrorCache:
             options=self._options,
             output=output,
         )
+
+
+class PipelineFiles:
+    """The pipeline file of commits, read from the mirror as blobs (``blob_id``).
+
+    Parsed files are kept by blob id: a rebuild of a commit, or another
+    matrix combination of it, neither reads nor parses the file again
+    (parsing was a tenth of a trivial job's time on the runner).
+    """
+
+    def __init__(self, mirrors: MirrorCache, *, name: str, keep: int = 32) -> None:
+        self._mirrors = mirrors
+        self._name = name
+        self._keep = keep
+        self._parsed: OrderedDict[str, PipelineFile] = OrderedDict()
+
+    async def load(self, repo: str, sha: str) -> PipelineFile:
+        """The parsed file of commit ``sha``; ``PipelineError`` if it is not a valid one."""
+        blob = await self._mirrors.blob_id(repo, sha, self._name, limit=MAX_FILE_BYTES)
+        parsed = self._parsed.get(blob)
+        if parsed is None:
+            data = await self._mirrors.read_blob(repo, blob)
+            parsed = load(data, filename=self._name)
+            self._parsed[blob] = parsed
+            if len(self._parsed) > self._keep:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(blob)
+        return parsed

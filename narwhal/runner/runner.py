@@ -27,7 +27,6 @@ import secrets
 import shutil
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +40,14 @@ from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, send_now
-from narwhal.pipeline import PipelineFile, Step, load
+from narwhal.pipeline import Step
 from narwhal.repos import check_ref, check_repo, check_sha
-from narwhal.runner.checkout import MirrorCache
+from narwhal.runner.checkout import MirrorCache, PipelineFiles
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
 from narwhal.runner.masking import Masker, mask_text
 from narwhal.runner.stream import JobStream
-from narwhal.yamlnodes import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +99,7 @@ class Runner:
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
         self._mirrors = MirrorCache(self._work / "mirrors", allow_local=config.allow_local_repos)
-        # Parsed narwhal.yml files by blob id: a rebuild of a commit, or
-        # another matrix combination of it, does not read or parse the file
-        # again (parsing was a tenth of a trivial job's time on the runner).
-        self._parsed: OrderedDict[str, PipelineFile] = OrderedDict()
+        self._pipelines = PipelineFiles(self._mirrors, name=PIPELINE_FILE)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -377,7 +372,7 @@ class Runner:
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
-            pipeline_file = await self._load_pipeline(job.repo, sha)
+            pipeline_file = await self._pipelines.load(job.repo, sha)
             pipeline = pipeline_file.pipeline(job.matrix)
         except (RepoError, CheckoutError, PipelineError) as e:
             await reporter.output(f"{e}\n".encode())
@@ -400,24 +395,6 @@ class Runner:
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
-
-    async def _load_pipeline(self, repo: str, sha: str) -> PipelineFile:
-        """narwhal.yml as the commit holds it (a regular file), parsed once per blob."""
-        blob = await self._mirrors.blob_id(repo, sha, PIPELINE_FILE, limit=MAX_FILE_BYTES)
-        parsed = self._parsed.get(blob)
-        if parsed is None:
-            data = await self._mirrors.read_blob(repo, blob)
-            parsed = load(data, filename=PIPELINE_FILE)
-            self._parsed[blob] = parsed
-            if len(self._parsed) > _PARSED:
-                self._parsed.popitem(last=False)
-        else:
-            self._parsed.move_to_end(blob)
-        return parsed
-
-
-#: Parsed pipeline files kept.
-_PARSED = 32
 
 
 def _private_dir(path: Path) -> None:
