@@ -77,6 +77,7 @@ def run(size: int) -> tuple[float, int, int]:
                 "--id",
                 "flood",
                 *keys.runner("flood"),
+                "--allow-local-repos",
             ]
         )
         dispatcher = _daemon(
@@ -91,6 +92,7 @@ def run(size: int) -> tuple[float, int, int]:
                 "--discovery",
                 "none",
                 *keys.dispatcher(),
+                "--allow-local-repos",
             ]
         )
         try:

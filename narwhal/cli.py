@@ -175,6 +175,16 @@ def _discovery_flags(p: argparse.ArgumentParser, *, default: str, what: str) -> 
     )
 
 
+def _local_repos_flag(p: argparse.ArgumentParser, *, default: str) -> None:
+    p.add_argument(
+        "--allow-local-repos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"build file:// URLs and absolute paths (default {default}; "
+        "NARWHAL_ALLOW_LOCAL_REPOS=1/0)",
+    )
+
+
 def _runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
     if listen:
         p.add_argument(
@@ -349,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     _discovery_flags(up, default="none", what="also use runners announced on the LAN")
     _runner_flags(up, listen=False)
     _secret_flags(up, "secret", "webhook secret; serves /webhooks/FORGE")
+    _local_repos_flag(up, default="on")
 
     dispatcher = sub.add_parser("dispatcher", help="run the dispatcher and its REST API")
     _dispatcher_flags(dispatcher)
@@ -359,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="runner endpoint tcp://HOST:PORT (repeatable)",
     )
+    _local_repos_flag(dispatcher, default="off")
 
     agent = sub.add_parser("agent", help="receive forge webhooks, queue commits on RabbitMQ")
     agent.add_argument(
@@ -374,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mesh_flags(runner)
     _runner_key_flags(runner)
     _discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
+    _local_repos_flag(runner, default="off")
 
     from narwhal.keycommands import add_keys_parser
 
@@ -573,6 +586,28 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
     return status
 
 
+#: Arguments that name files: the operating system takes any bytes there.
+_PATH_ARGS = frozenset({"directory", "data_dir", "work_dir"})
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Refuse arguments (and NARWHAL_* values) with bytes that are not UTF-8.
+
+    Python hands them over as lone surrogates, which JSON, ZeroMQ and the
+    network cannot carry; better one line now than a traceback later.
+    """
+    for dest, value in vars(args).items():
+        if dest in _PATH_ARGS or dest.endswith("_file"):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    name = dest.replace("_", "-")
+                    raise ConfigError(f"{name}: not valid UTF-8: {item!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -591,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # add a line (or a traceback) for each reconnect attempt.
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
+        _check_text(args)
         if daemon:
             return _daemon(args)
         if args.command == "exec":

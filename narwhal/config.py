@@ -100,6 +100,12 @@ class WebhookConfig:
     max_body: int = DEFAULT_MAX_WEBHOOK_BODY
     #: Delivery ids remembered to answer a forge's redelivery without a new message.
     remember_deliveries: int = 10_000
+    #: Seconds a body digest is remembered: the same signed body again within
+    #: it is a duplicate whatever its delivery id (a replay).
+    remember_bodies_for: float = 3600.0
+    #: Refuse local paths at the door; None leaves it to the dispatcher that
+    #: consumes the events (the standalone agent does not know its policy).
+    allow_local_repos: bool | None = None
 
     def secret(self, forge: str) -> str | None:
         return {
@@ -176,6 +182,8 @@ class DispatcherConfig:
     #: CurveZMQ on the mesh. None: unauthenticated (``--insecure``; the CLI
     #: sets it otherwise, in-process tests may leave it out).
     curve: ServerCurve | None = None
+    #: Accept jobs for ``file://`` URLs and absolute paths (``--allow-local-repos``).
+    allow_local_repos: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -226,6 +234,8 @@ class RunnerConfig:
     #: CurveZMQ on the mesh. None: unauthenticated (``--insecure``; the CLI
     #: sets it otherwise, in-process tests may leave it out).
     curve: RunnerCurve | None = None
+    #: Clone ``file://`` URLs and absolute paths (``--allow-local-repos``).
+    allow_local_repos: bool = False
 
 
 def default_data_dir() -> Path:

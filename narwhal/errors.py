@@ -8,6 +8,7 @@
     │   ├── NotFound       no such job or runner
     │   └── SecretError    a stored secret does not decrypt with the key in the data dir
     ├── CheckoutError      git could not fetch or check out the commit
+    ├── RepoError          a repository URL, ref or commit id is refused (narwhal.repos)
     ├── ExecutorError      a step could not be started (not: the step failed)
     └── DiscoveryError     mDNS could not start on the chosen interfaces
 
@@ -46,6 +47,10 @@ class SecretError(StoreError):
 
 class CheckoutError(NarwhalError):
     """The repository could not be fetched or the commit checked out."""
+
+
+class RepoError(NarwhalError):
+    """A repository URL, ref or commit id is not one Narwhal hands to git."""
 
 
 class ExecutorError(NarwhalError):

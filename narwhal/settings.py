@@ -106,6 +106,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         status=status_config(args),
         discovery=dispatcher_discovery(args, host),
         curve=None if args.insecure else server_curve(_keys_dir(args)),
+        allow_local_repos=allow_local_repos(args),
     )
 
 
@@ -325,7 +326,22 @@ def webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
     github, gitea, gitlab = (secret(args, f"{forge}-secret") for forge in FORGES)
     if not (github or gitea or gitlab):
         return None
-    return WebhookConfig(github_secret=github, gitea_secret=gitea, gitlab_secret=gitlab)
+    local = allow_local_repos(args) if args.command == "up" else None
+    return WebhookConfig(
+        github_secret=github, gitea_secret=gitea, gitlab_secret=gitlab, allow_local_repos=local
+    )
+
+
+def allow_local_repos(args: argparse.Namespace) -> bool:
+    """``--allow-local-repos``, else NARWHAL_ALLOW_LOCAL_REPOS, else on for ``up`` only."""
+    if args.allow_local_repos is not None:
+        return bool(args.allow_local_repos)
+    text = (env("ALLOW_LOCAL_REPOS") or "").strip().lower()
+    if not text:
+        return bool(args.command == "up")
+    if text not in ("1", "true", "yes", "0", "false", "no"):
+        raise ConfigError(f"NARWHAL_ALLOW_LOCAL_REPOS: expected 1 or 0, got {text!r}")
+    return text in ("1", "true", "yes")
 
 
 def status_config(args: argparse.Namespace) -> StatusConfig:
@@ -368,6 +384,7 @@ def runner_config(
         cancel_grace=positive(float, "--cancel-grace", args.cancel_grace),
         drain_timeout=_non_negative("--drain-timeout", args.drain_timeout),
         mesh=_mesh(args),
+        allow_local_repos=allow_local_repos(args),
         **docker_options(args),
     )
     # ``up`` embeds its runner in-process: it never announces itself, and

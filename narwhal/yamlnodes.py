@@ -104,13 +104,37 @@ def compose(text: str) -> Node | None:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as error:
+        # Only pyyaml's context and problem, never str(error): that quotes the
+        # offending line with a caret under it, and the file may be anything.
         line = line_of(error.problem_mark or error.context_mark)
         found = ": ".join(part for part in (error.context, error.problem) if part)
-        raise Problem(line, "", f"invalid YAML: {found}") from error
+        raise Problem(line, "", f"invalid YAML: {_cut_quoted(found)}") from error
     except yaml.reader.ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
         found = f"unacceptable character #x{error.character:04x}"
         raise Problem(line, "", f"invalid YAML: {found}") from error
+
+
+#: What pyyaml quotes from the file in its messages (an anchor or tag name).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _cut_quoted(message: str) -> str:
+    """pyyaml's message with every quoted name from the file cut like ``short``."""
+    return _QUOTED.sub(lambda m: m[0] if len(m[0]) <= 42 else m[0][:38] + "...'", message)
+
+
+#: Characters no command, argument or environment variable can hold: NUL,
+#: and lone surrogates (from "\ud800" escapes) that have no bytes at all.
+_UNUSABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def usable(node: Node, path: str) -> str:
+    """A scalar's text, refused when the system could not pass it to a process."""
+    text = str(node.value)
+    if _UNUSABLE.search(text):
+        fail(node, path, "contains a NUL character or a lone surrogate, which no process can take")
+    return text
 
 
 def mapping(node: Node, path: str, allowed: Sequence[str] | None = None) -> Fields:
@@ -152,7 +176,7 @@ def sequence(
 def string(node: Node, path: str, what: str, valid: Callable[[str], object] = str.strip) -> str:
     """A str scalar that `valid` accepts (by default: any non-blank one)."""
     if tagged(node, STR) and valid(node.value):
-        return str(node.value)
+        return usable(node, path)
     hint = " (quote it to use it as text)" if tagged(node, BOOL, *NUMBERS) else ""
     fail(node, path, f"expected {what}, got {describe(node)}{hint}")
 
@@ -163,7 +187,7 @@ def text_value(node: Node, path: str) -> str:
     if not tagged(node, STR, *NUMBERS):
         fail(node, path, f"expected a string, number or bool, got {describe(node)}")
     # The text as written: `3.10` stays "3.10" instead of becoming 3.1.
-    return str(node.value)
+    return usable(node, path)
 
 
 def boolean(node: Node, path: str) -> bool:

@@ -80,8 +80,10 @@ class Daemon:
     for it with ``--discovery mdns``: daemons of other tests (or of another
     checkout's test run on this machine) must never find each other on
     loopback. Steps run locally (``NARWHAL_EXECUTOR=local``) unless the test
-    passes ``--executor docker``. ``netns`` runs the daemon inside that
-    network namespace.
+    passes ``--executor docker``. Local repositories are allowed
+    (``NARWHAL_ALLOW_LOCAL_REPOS=1``: the tests' repositories are folders)
+    unless the test passes ``--no-allow-local-repos``. ``netns`` runs the
+    daemon inside that network namespace.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Daemon:
                 # Steps run as local processes unless a test asks for Docker:
                 # the pipelines here name no image the engine has.
                 "NARWHAL_EXECUTOR": "local",
+                "NARWHAL_ALLOW_LOCAL_REPOS": "1",
                 **os.environ,
                 **(env or {}),
             },

@@ -1,8 +1,8 @@
 """The agent's HTTP side: webhook endpoints that hand commit events to a sink.
 
 Answers (JSON): 200 ``queued`` once the sink has the event safely (for
-RabbitMQ: the broker confirmed it), 200 ``duplicate`` for a delivery or
-commit already handed on, 200 ``pong`` for a ping, 202 ``ignored`` with the
+RabbitMQ: the broker confirmed it), 200 ``duplicate`` for a delivery, body
+or commit already handed on, 200 ``pong`` for a ping, 202 ``ignored`` with the
 reason, 4xx ``{"error": ...}`` for a bad request (401 signature, 413 too
 large, 415 content type, 400 anything else), 503 when the sink is down so
 that the forge can deliver again later. No request produces a 500.
@@ -11,7 +11,9 @@ that the forge can deliver again later. No request produces a 500.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -21,9 +23,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from narwhal.agent.events import CommitEvent, Sink, Unavailable
+from narwhal.agent.events import CommitEvent, EventError, Sink, Unavailable
 from narwhal.agent.webhooks import FORGES, Forge, Ignored, Pong, WebhookError, read_webhook
 from narwhal.config import WebhookConfig
+from narwhal.errors import RepoError
+from narwhal.repos import check_repo
 
 log = logging.getLogger(__name__)
 
@@ -32,43 +36,62 @@ RETRY_AFTER = 5
 
 
 class Deduper:
-    """One hand-over per delivery id, and per commit while a hand-over is under way.
+    """One hand-over per delivery id and per body, and per commit while a hand-over is under way.
 
     A delivery id is remembered only once the sink took the event, so a
     delivery answered 503 is handed over again when the forge retries.
-    Concurrent deliveries of the same commit wait for the first one's
-    result instead of sending a second message. That the commit is already
-    queued or running is the dispatcher's to know; it dedupes those.
+    So is the digest of the body, for ``window`` seconds: a signed body
+    replayed under a new delivery id (the signature covers the body, not
+    the id header) is a duplicate too. Concurrent deliveries of the same
+    commit wait for the first one's result instead of sending a second
+    message. That the commit is already queued or running is the
+    dispatcher's to know; it dedupes those.
     """
 
-    def __init__(self, sink: Sink, *, remember: int) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        remember: int,
+        window: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sink = sink
         self._remember = remember
+        self._window = window
+        self._clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: Body digest -> when it was handed on, oldest first.
+        self._bodies: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[object, asyncio.Future[bool]] = {}
 
-    async def send(self, event: CommitEvent) -> bool:
-        """Hand ``event`` on; False if it was a duplicate. Raises ``Unavailable``."""
+    async def send(self, event: CommitEvent, *, body: str | None = None) -> bool:
+        """Hand ``event`` on; False if it was a duplicate. Raises ``Unavailable``.
+
+        ``body`` is the digest of the request body the event came in.
+        """
         if event.id in self._seen:
             self._seen.move_to_end(event.id)
+            return False
+        if body is not None and self._replayed(body):
             return False
         for key in (event.id, event.commit_key):
             pending = self._inflight.get(key)
             if pending is not None:
                 if not await asyncio.shield(pending):
                     raise Unavailable("an identical delivery failed just now; try again")
-                self._mark(event.id)
+                self._mark(event.id, body)
                 return False
-        return await self._send(event)
+        return await self._send(event, body)
 
-    async def _send(self, event: CommitEvent) -> bool:
+    async def _send(self, event: CommitEvent, body: str | None) -> bool:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         keys = (event.id, event.commit_key)
         for key in keys:
             self._inflight[key] = done
         try:
             await self._sink.send(event)
-            self._mark(event.id)
+            self._mark(event.id, body)
             done.set_result(True)
             return True
         finally:
@@ -77,10 +100,21 @@ class Deduper:
             for key in keys:
                 self._inflight.pop(key, None)
 
-    def _mark(self, key: str) -> None:
+    def _replayed(self, body: str) -> bool:
+        horizon = self._clock() - self._window
+        while self._bodies and next(iter(self._bodies.values())) < horizon:
+            self._bodies.popitem(last=False)
+        return body in self._bodies
+
+    def _mark(self, key: str, body: str | None) -> None:
         self._seen[key] = None
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
+        if body is not None:
+            self._bodies[body] = self._clock()
+            self._bodies.move_to_end(body)
+            while len(self._bodies) > self._remember:
+                self._bodies.popitem(last=False)
 
 
 def _answer(code: int, **body: object) -> JSONResponse:
@@ -92,7 +126,9 @@ class Webhooks:
 
     def __init__(self, config: WebhookConfig, sink: Sink) -> None:
         self.config = config
-        self.dedupe = Deduper(sink, remember=config.remember_deliveries)
+        self.dedupe = Deduper(
+            sink, remember=config.remember_deliveries, window=config.remember_bodies_for
+        )
         self.counts: dict[str, int] = {}
 
     def handler(self, forge: Forge) -> Callable[[Request], Awaitable[Response]]:
@@ -120,11 +156,17 @@ class Webhooks:
             return _answer(200, status="pong")
         if isinstance(outcome, Ignored):
             return _answer(202, status="ignored", reason=outcome.reason)
-        return await self._send(outcome)
+        return await self._send(outcome, hashlib.sha256(body).hexdigest())
 
-    async def _send(self, event: CommitEvent) -> Response:
+    async def _send(self, event: CommitEvent, body: str) -> Response:
+        allow_local = self.config.allow_local_repos
         try:
-            fresh = await self.dedupe.send(event)
+            if allow_local is not None:
+                check_repo(event.repo, allow_local=allow_local)
+            fresh = await self.dedupe.send(event, body=body)
+        except (RepoError, EventError) as e:
+            log.warning("%s webhook refused (400): %s", event.forge, e)
+            return _answer(400, error=str(e))
         except Unavailable as e:
             log.warning("%s: cannot queue %s: %s", event.forge, event.id, e)
             response = _answer(503, error=f"cannot queue the event: {e}")

@@ -29,7 +29,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from narwhal.errors import NarwhalError
+from narwhal.errors import NarwhalError, RepoError
+from narwhal.repos import check_ref, check_repo, check_sha
 
 VERSION = 2
 #: Versions ``decode`` reads (see the module docstring for what 1 lacks).
@@ -44,11 +45,8 @@ MESSAGE_TYPE = "narwhal.commit-event"
 #: Header of a dead-lettered message saying why it was refused.
 REASON_HEADER = "x-narwhal-reason"
 
-_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 _KEY = re.compile(r"[\x21-\x7e]{1,300}")
 _FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
-_REF = re.compile(r"refs/[^\x00-\x20\x7f~^:?*\[\\]{1,250}")
-_REPO_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
 
 
 class EventError(NarwhalError):
@@ -135,27 +133,27 @@ def _check(event: CommitEvent) -> None:
     for name in ("id", "delivery"):
         if not _KEY.fullmatch(getattr(event, name)):
             raise EventError(f"{name}: expected 1-300 printable characters")
-    if not _SHA.fullmatch(event.sha):
-        raise EventError(f"sha: expected a full hex commit id, got {event.sha[:80]!r}")
-    if not _REF.fullmatch(event.ref) or ".." in event.ref:
-        raise EventError(f"ref: not a valid git ref: {event.ref[:80]!r}")
+    _check_commit(event)
+    if not event.ref.startswith("refs/"):
+        raise EventError(f"ref: expected a full ref like refs/heads/main, got {event.ref[:80]!r}")
     if len(event.full_name) > 255 or not _FULL_NAME.fullmatch(event.full_name):
         raise EventError(f"full_name: expected OWNER/NAME, got {event.full_name[:80]!r}")
-    check_repo(event.repo)
-    if event.fork_of is not None:
-        check_repo(event.fork_of)
-        if event.event != "pull_request":
-            raise EventError("fork_of: only a pull request comes from a fork")
 
 
-def check_repo(repo: str) -> str:
-    """A clone URL (https, ssh, git, scp-like) or an absolute path; never an option."""
-    if not 0 < len(repo) <= 2048 or any(c in repo for c in "\x00\n\r\t "):
-        raise EventError("repo: expected a clone URL of at most 2048 characters")
-    scp_like = "@" in repo and ":" in repo and not repo.startswith("-")
-    if not (repo.startswith(_REPO_SCHEMES) or repo.startswith("/") or scp_like):
-        raise EventError(f"repo: expected a clone URL or an absolute path, got {repo[:80]!r}")
-    return repo
+def _check_commit(event: CommitEvent) -> None:
+    """The repository, ref and commit, by the rules every door applies (``narwhal.repos``)."""
+    try:
+        check_sha(event.sha)
+        check_ref(event.ref)
+        # Whether a local path may be built is the consumer's policy
+        # (--allow-local-repos), not part of the event's shape.
+        check_repo(event.repo, allow_local=True)
+        if event.fork_of is not None:
+            check_repo(event.fork_of, allow_local=True)
+    except RepoError as e:
+        raise EventError(str(e)) from None
+    if event.fork_of is not None and event.event != "pull_request":
+        raise EventError("fork_of: only a pull request comes from a fork")
 
 
 def dead_letter_queue(queue: str) -> str:

@@ -48,8 +48,9 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.store import SqliteStore
-from narwhal.errors import ConfigError, NarwhalError
+from narwhal.errors import ConfigError, NarwhalError, RepoError
 from narwhal.redact import redacted
+from narwhal.repos import check_repo
 from narwhal.secret_rules import repo_key
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,11 @@ class Intake:
         self.deduplicated = 0
 
     async def accept(self, event: CommitEvent) -> tuple[JobRecord, bool]:
-        """The job for ``event`` and whether it is new."""
+        """The job for ``event`` and whether it is new; ``EventError`` if refused."""
+        try:
+            check_repo(event.repo, allow_local=self._dispatcher.config.allow_local_repos)
+        except RepoError as e:
+            raise EventError(str(e)) from None
         async with self._lock:
             if self._reporter is not None:
                 await self._reporter.remember(event)
@@ -127,6 +132,8 @@ class DirectSink:
     async def send(self, event: CommitEvent) -> None:
         try:
             await self._intake.accept(event)
+        except EventError:
+            raise  # refused for good: the webhook answers 400, not 503
         except NarwhalError as e:
             raise Unavailable(f"the job store refused the event: {e}") from e
 
@@ -196,6 +203,9 @@ class AmqpConsumer(BrokerClient):
             return
         try:
             await self._intake.accept(event)
+        except EventError as e:
+            await self._dead_letter(channel, message, str(e))
+            return
         except NarwhalError as e:
             self._quiet.warning("store", "cannot store the job for %s: %s", event.id, e)
             await asyncio.sleep(STORE_RETRY_SECONDS)

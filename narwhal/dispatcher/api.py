@@ -27,11 +27,11 @@ from narwhal.dispatcher.guard import JsonError, is_json, parse_json
 from narwhal.dispatcher.records import STATES
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
-from narwhal.errors import ConfigError, NotFound, StoreError
+from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
 from narwhal.redact import redacted
+from narwhal.repos import check_ref, check_repo, check_sha
 
 MAX_BODY = 64 * 1024
-_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 _NAME = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -121,15 +121,18 @@ class Api:
     async def submit(self, request: Request) -> Response:
         body = await _json(request)
         repo = _field(body, "repo", str, required=True)
-        if not (("://" in repo or repo.startswith("/") or "@" in repo) and len(repo) < 2048):
-            raise BadRequest("repo must be a clone URL or an absolute path")
         ref = _field(body, "ref", str) or "HEAD"
         sha = _field(body, "sha", str)
-        if sha is not None and not _SHA.fullmatch(sha):
-            raise BadRequest("sha must be a full 40-character hex commit id")
+        try:
+            check_repo(repo, allow_local=self.dispatcher.config.allow_local_repos)
+            check_ref(ref)
+            if sha is not None:
+                check_sha(sha)
+        except RepoError as e:
+            raise BadRequest(str(e)) from None
         event = _field(body, "event", str) or "push"
         labels = _field(body, "labels", dict) or {}
-        for name, value in [("ref", ref), ("event", event), *labels.items()]:
+        for name, value in [("event", event), *labels.items()]:
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise BadRequest(f"{name}: not a valid name: {value!r}")
         job = await self.dispatcher.submit(repo=repo, ref=ref, sha=sha, event=event, labels=labels)

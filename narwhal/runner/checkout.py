@@ -13,6 +13,14 @@ Fetching a commit by its id needs a server that serves unadvertised
 commits; otherwise the ref is fetched and the commit looked up in it. What
 was fetched last is kept under a ref of the mirror (``refs/narwhal/last``),
 so the next fetch offers it as common ground and carries only new objects.
+
+git runs hardened against hostile repository input (which ``narwhal.repos``
+has already checked): ``--end-of-options`` before the values a job supplies,
+only the transports of the accepted URL forms, no hooks, credential helpers
+or submodules, and an environment of its own that never holds the runner's
+secrets and never lets git read ``~/.gitconfig`` or ``/etc/gitconfig``.
+``narwhal.yml`` is read from the commit's tree (``PipelineFiles``), not from
+the workspace, so a file committed as a symbolic link reads nothing of the host.
 """
 
 from __future__ import annotations
@@ -21,30 +29,81 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from narwhal.errors import CheckoutError
+from narwhal.errors import CheckoutError, PipelineError
+from narwhal.pipeline import PipelineFile, load
+from narwhal.repos import protocols
 from narwhal.runner import process
+from narwhal.yamlnodes import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
-#: Environment for git: never prompt for credentials, never read the
-#: runner's own git config beyond the system's.
-_GIT_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_ASKPASS": "true",
-}
+
+def git_environment(home: Path) -> dict[str, str]:
+    """The whole environment of the runner's git: never the runner's own.
+
+    The runner's environment holds its ``--secret`` values and ``NARWHAL_*``
+    settings, and a hook or helper git runs would see all of it. No global
+    or system config (``~/.gitconfig`` can name credential helpers, aliases
+    and hooks that run programs), no terminal prompts, ``HOME`` an empty
+    folder of the runner's (curl reads ``~/.netrc`` from it). ssh still
+    finds the user's keys and known hosts: it looks in the passwd home, not
+    ``$HOME``; ``SSH_AUTH_SOCK`` is kept so that an ssh agent works.
+    """
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(home),
+        "LANG": "C",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        # BatchMode: fail instead of asking for a passphrase or a host key.
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    }
+    if "SSH_AUTH_SOCK" in os.environ:
+        env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]
+    return env
+
+
+def git_options(*, allow_local: bool, extra: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``-c`` settings for every git process: they win over any config file.
+
+    Only the transports of the repository forms ``narwhal.repos`` accepts
+    (``ext::`` and ``fd::`` run programs; ``file`` reads the runner's disk),
+    no credential helpers, no hooks, no submodules.
+    """
+    settings = {
+        "protocol.allow": "never",
+        **{f"protocol.{name}.allow": "always" for name in protocols(allow_local=allow_local)},
+        "credential.helper": "",
+        "core.hooksPath": os.devnull,
+        "core.fsmonitor": "false",
+        "submodule.recurse": "false",
+        "fetch.recurseSubmodules": "false",
+        **(extra or {}),
+    }
+    return tuple(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}"))
 
 
 async def _git(
-    *args: str, cwd: Path, env: Mapping[str, str], timeout: float, output: bool = False
-) -> str:
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    options: Sequence[str] = (),
+    output: bool = False,
+) -> bytes:
     """Run git; its stdout when ``output``, else nothing (no pipe for what nobody reads)."""
     try:
         child = process.start(
-            ["git", *args], cwd=cwd, env=env, stdout="pipe" if output else "devnull", stderr="pipe"
+            ["git", *options, *args],
+            cwd=cwd,
+            env=env,
+            stdout="pipe" if output else "devnull",
+            stderr="pipe",
         )
     except FileNotFoundError as e:
         raise CheckoutError("git is not installed on this runner") from e
@@ -60,7 +119,7 @@ async def _git(
     if child.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines() or ["(no output)"]
         raise CheckoutError(f"git {args[0]} failed: {lines[-1]}")
-    return out.decode(errors="replace").strip()
+    return out
 
 
 def _skeleton(workspace: Path, mirror: Path) -> None:
@@ -68,11 +127,16 @@ def _skeleton(workspace: Path, mirror: Path) -> None:
 
     Written directly rather than by ``git init``: one process less per job.
     """
+    # Private to the runner's user: other users of the machine never read a job's files.
+    workspace.mkdir(mode=0o700, exist_ok=True)
     git = workspace / ".git"
     (git / "objects" / "info").mkdir(parents=True)
     (git / "refs" / "heads").mkdir(parents=True)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
-    (git / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
+    # No hooks, also for the git that steps run in the workspace.
+    (git / "config").write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tbare = false\n\thooksPath = /dev/null\n"
+    )
     (git / "objects" / "info" / "alternates").write_text(f"{mirror / 'objects'}\n")
 
 
@@ -80,20 +144,40 @@ def _skeleton(workspace: Path, mirror: Path) -> None:
 _LAST = "refs/narwhal/last"
 
 
-class MirrorCache:
-    """Bare mirrors of the repositories this runner builds, one per clone URL."""
+#: Modes ``git ls-tree`` shows for a regular file (normal and executable).
+_REGULAR = ("100644", "100755")
+_NOT_REGULAR = {"120000": "a symbolic link", "160000": "a submodule", "040000": "a directory"}
 
-    def __init__(self, root: Path, *, timeout: float = 600.0) -> None:
+
+class MirrorCache:
+    """Bare mirrors of the repositories this runner builds, one per clone URL.
+
+    ``allow_local`` also lets git use its ``file`` transport (local paths);
+    ``git_config`` adds ``-c`` settings to every git process (tests use it
+    to speak an older protocol).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        timeout: float = 600.0,
+        allow_local: bool = False,
+        git_config: Mapping[str, str] | None = None,
+    ) -> None:
         self._root = root
         self._timeout = timeout
-        # Built once: copying os.environ for every git process showed up in
-        # the profile of a trivial job.
-        self._env = {**os.environ, **_GIT_ENV}
+        self._home = root.with_name(root.name + ".home")
+        # Built once: the profile of a trivial job showed environment copies.
+        self._env = git_environment(self._home)
+        self._options = git_options(allow_local=allow_local, extra=git_config)
         self._locks: dict[str, asyncio.Lock] = {}
         #: Mirrors known to exist, so a job does not look for its folder again.
         self._mirrors: set[Path] = set()
         #: Commits known to be in a mirror, so a rebuild asks git nothing.
         self._known: set[tuple[str, str]] = set()
+        #: (repo, commit, file name) -> the file's blob id, which never changes.
+        self._files: dict[tuple[str, str, str], str] = {}
 
     def _mirror(self, repo: str) -> Path:
         return self._root / (hashlib.sha256(repo.encode()).hexdigest()[:24] + ".git")
@@ -105,6 +189,8 @@ class MirrorCache:
         async with self._locks.setdefault(repo, asyncio.Lock()):
             commit = await self._update(mirror, repo, ref, sha)
         await asyncio.to_thread(_skeleton, workspace, mirror)
+        # No --end-of-options here: git 2.39's checkout takes it for a path.
+        # ``commit`` is a hex id the runner checked or git itself printed.
         try:
             await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
         except CheckoutError:
@@ -124,6 +210,7 @@ class MirrorCache:
         if sha is not None and (repo, sha) in self._known:
             return sha
         if mirror not in self._mirrors:
+            await asyncio.to_thread(self._home.mkdir, mode=0o700, exist_ok=True)
             if not await asyncio.to_thread(mirror.is_dir):
                 await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
             self._mirrors.add(mirror)
@@ -150,7 +237,8 @@ class MirrorCache:
         if sha is not None:
             # git fetched that very object (and checked it is connected).
             return sha
-        return await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror, output=True)
+        found = await self._git("rev-parse", "FETCH_HEAD^{commit}", cwd=mirror, output=True)
+        return found.decode().strip()
 
     async def _fetch_into(self, mirror: Path, repo: str, what: str) -> None:
         # The fetched commit goes to a ref of the mirror's own: git offers the
@@ -158,14 +246,86 @@ class MirrorCache:
         # is new. With no ref at all every fetch carried the whole history,
         # and gc would count all of it unreachable.
         spec = f"+{what}:{_LAST}"
-        await self._git("fetch", "-q", "--no-tags", repo, spec, cwd=mirror)
+        await self._git("fetch", "-q", "--no-tags", "--end-of-options", repo, spec, cwd=mirror)
 
     async def _has(self, mirror: Path, sha: str) -> bool:
         try:
-            await self._git("cat-file", "-e", f"{sha}^{{commit}}", cwd=mirror)
+            await self._git("cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}", cwd=mirror)
         except CheckoutError:
             return False
         return True
 
-    async def _git(self, *args: str, cwd: Path, output: bool = False) -> str:
-        return await _git(*args, cwd=cwd, env=self._env, timeout=self._timeout, output=output)
+    async def blob_id(self, repo: str, sha: str, name: str, *, limit: int) -> str:
+        """The blob id of the file ``name`` at the root of commit ``sha``.
+
+        Looked up in the mirror's objects, never through a path in a
+        workspace: a ``narwhal.yml`` committed as a symbolic link would
+        otherwise hand the runner any file of its host. Only a regular file
+        of at most ``limit`` bytes passes; anything else is a
+        ``PipelineError`` that says what the entry is and nothing of what it
+        holds. Cached per commit: what a commit holds never changes.
+        """
+        key = (repo, sha, name)
+        if key not in self._files:
+            self._files[key] = await self._blob_id(self._mirror(repo), sha, name, limit)
+        return self._files[key]
+
+    async def read_blob(self, repo: str, blob: str) -> bytes:
+        """The bytes of a blob that ``blob_id`` found."""
+        return await self._git("cat-file", "blob", blob, cwd=self._mirror(repo), output=True)
+
+    async def _blob_id(self, mirror: Path, sha: str, name: str, limit: int) -> str:
+        listed = await self._git(
+            "ls-tree", "-l", "-z", "--end-of-options", sha, "--", name, cwd=mirror, output=True
+        )
+        entry = listed.split(b"\0", 1)[0].decode(errors="replace")
+        meta, _, path = entry.partition("\t")
+        fields = meta.split()
+        if path != name or len(fields) != 4:
+            raise PipelineError(f"{name}: file not found in commit {sha[:12]}")
+        mode, _, blob, size = fields
+        if mode not in _REGULAR:
+            kind = _NOT_REGULAR.get(mode, f"not a regular file (mode {mode})")
+            raise PipelineError(f"{name}: is {kind} in commit {sha[:12]}; commit a regular file")
+        if not size.isdigit() or int(size) > limit:
+            raise PipelineError(f"{name}: file is larger than {limit // 1024} KiB")
+        return blob
+
+    async def _git(self, *args: str, cwd: Path, output: bool = False) -> bytes:
+        return await _git(
+            *args,
+            cwd=cwd,
+            env=self._env,
+            timeout=self._timeout,
+            options=self._options,
+            output=output,
+        )
+
+
+class PipelineFiles:
+    """The pipeline file of commits, read from the mirror as blobs (``blob_id``).
+
+    Parsed files are kept by blob id: a rebuild of a commit, or another
+    matrix combination of it, neither reads nor parses the file again
+    (parsing was a tenth of a trivial job's time on the runner).
+    """
+
+    def __init__(self, mirrors: MirrorCache, *, name: str, keep: int = 32) -> None:
+        self._mirrors = mirrors
+        self._name = name
+        self._keep = keep
+        self._parsed: OrderedDict[str, PipelineFile] = OrderedDict()
+
+    async def load(self, repo: str, sha: str) -> PipelineFile:
+        """The parsed file of commit ``sha``; ``PipelineError`` if it is not a valid one."""
+        blob = await self._mirrors.blob_id(repo, sha, self._name, limit=MAX_FILE_BYTES)
+        parsed = self._parsed.get(blob)
+        if parsed is None:
+            data = await self._mirrors.read_blob(repo, blob)
+            parsed = load(data, filename=self._name)
+            self._parsed[blob] = parsed
+            if len(self._parsed) > self._keep:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(blob)
+        return parsed

@@ -26,9 +26,11 @@ from narwhal.runner import process
 
 Output = Callable[[bytes], Awaitable[None]]
 
-#: Environment variables a local step inherits from the runner; everything
-#: else comes from the pipeline, so runner secrets never leak into steps.
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+#: Environment variables a local step inherits from the runner: where the
+#: tools are, the locale and who the user is. Everything else comes from the
+#: pipeline, so runner secrets and settings never reach a step; HOME and
+#: TMPDIR are folders of the job's own.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
 class Stop:
@@ -116,7 +118,17 @@ class LocalExecutor:
     async def session(
         self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
     ) -> AsyncIterator[LocalSession]:
-        yield LocalSession(workspace=workspace, grace=self._grace)
+        # Next to the workspace, not in it: steps' `git status` stays clean.
+        home, tmp = (workspace.with_name(f"{workspace.name}.{kind}") for kind in ("home", "tmp"))
+        try:
+            for folder in (home, tmp):
+                await asyncio.to_thread(folder.mkdir, mode=0o700)
+            env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+            env.update(HOME=str(home), TMPDIR=str(tmp))
+            yield LocalSession(workspace=workspace, grace=self._grace, base_env=env)
+        finally:
+            for folder in (home, tmp):
+                await asyncio.to_thread(shutil.rmtree, folder, True)
 
     def reap(self, work_dir: Path) -> int:
         """Kill step process groups a killed runner left running; remove workspaces.
@@ -138,9 +150,14 @@ class LocalExecutor:
 class LocalSession:
     """One job's steps as local processes in its workspace."""
 
-    def __init__(self, *, workspace: Path, grace: float) -> None:
+    def __init__(
+        self, *, workspace: Path, grace: float, base_env: Mapping[str, str] | None = None
+    ) -> None:
         self._workspace = workspace
         self._grace = grace
+        if base_env is None:
+            base_env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        self._base_env = dict(base_env)
 
     async def run_step(
         self,
@@ -152,7 +169,7 @@ class LocalSession:
         timeout: float | None,
     ) -> StepResult:
         started = time.monotonic()
-        full_env = {k: os.environ[k] for k in _INHERITED if k in os.environ} | dict(env)
+        full_env = self._base_env | dict(env)
         missing = [
             d for d in step.dependencies if shutil.which(d, path=full_env.get("PATH")) is None
         ]
@@ -173,7 +190,7 @@ class LocalSession:
                 stderr="stdout",
                 new_session=True,
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the env or script
             raise ExecutorError(f"cannot start step {step.name!r}: {e}") from e
         pump = asyncio.create_task(_pump(child, output))
         record = self._workspace.with_name(self._workspace.name + ".pgid")

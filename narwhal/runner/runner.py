@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import secrets
@@ -38,12 +37,13 @@ import zmq.asyncio
 
 from narwhal import __version__
 from narwhal.config import RunnerConfig
-from narwhal.errors import CheckoutError, PipelineError, ProtocolError
+from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
-from narwhal.pipeline import PipelineFile, Step, load, read_path
+from narwhal.pipeline import Step
 from narwhal.redact import redacted
-from narwhal.runner.checkout import MirrorCache
+from narwhal.repos import check_ref, check_repo, check_sha
+from narwhal.runner.checkout import MirrorCache, PipelineFiles
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
@@ -100,11 +100,8 @@ class Runner:
         #: Workspaces live under a folder of this runner's own, so that
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
-        self._mirrors = MirrorCache(self._work / "mirrors")
-        # Parsed narwhal.yml files by content: a rebuild of a commit, or
-        # another matrix combination of it, reads the file but does not parse
-        # it again (parsing was a tenth of a trivial job's time on the runner).
-        self._parse = functools.lru_cache(maxsize=32)(_parse_pipeline)
+        self._mirrors = MirrorCache(self._work / "mirrors", allow_local=config.allow_local_repos)
+        self._pipelines = PipelineFiles(self._mirrors, name=PIPELINE_FILE)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -114,7 +111,14 @@ class Runner:
         await self.aclose()
 
     async def start(self) -> None:
-        await asyncio.to_thread((self._work / "mirrors").mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_private_dir, self._work / "mirrors")
+        if self.config.executor == "local":
+            log.warning(
+                "runner %s: the local executor does not isolate steps from this runner's "
+                "user: a step can read and change whatever that user can (other jobs' "
+                "workspaces, the runner's files); use --executor docker for code you do not trust",
+                self.config.runner_id,
+            )
         reaped = await asyncio.to_thread(self._executor.reap, self._work)
         if reaped:
             log.warning(
@@ -372,15 +376,20 @@ class Runner:
         self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
     ) -> Outcome:
         try:
+            # Again here: a JOB frame is the last door before git runs.
+            check_repo(job.repo, allow_local=self.config.allow_local_repos)
+            check_ref(job.ref)
+            if job.sha is not None:
+                check_sha(job.sha)
             sha = await _until_stopped(
                 self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace),
                 stop,
             )
             if sha is None:
                 return Outcome(status=stop.status, reason=stop.reason, steps=())
-            pipeline_file = await asyncio.to_thread(self._load_pipeline, workspace)
+            pipeline_file = await self._pipelines.load(job.repo, sha)
             pipeline = pipeline_file.pipeline(job.matrix)
-        except (CheckoutError, PipelineError) as e:
+        except (RepoError, CheckoutError, PipelineError) as e:
             # git quotes the URL it failed on: its credentials stay here.
             shown = redacted(str(e))
             await reporter.output(f"{shown}\n".encode())
@@ -414,12 +423,15 @@ class Runner:
             return self._executor
         return SecretsExecutor(self._executor, job.secrets)
 
-    def _load_pipeline(self, workspace: Path) -> PipelineFile:
-        return self._parse(read_path(workspace / PIPELINE_FILE))
 
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) readable by this user only.
 
-def _parse_pipeline(data: bytes) -> PipelineFile:
-    return load(data, filename=PIPELINE_FILE)
+    The runner's own folder is made private even when it exists: the
+    workspaces, mirrors and per-job homes under it are nobody else's.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
 
 
 async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from narwhal.agent.events import decode
+from narwhal.agent.app import Deduper
+from narwhal.agent.events import CommitEvent, decode
 from narwhal.agent.server import serve_agent
 from narwhal.config import AgentConfig, AmqpConfig, WebhookConfig
 from tests.agent.helpers import (
@@ -215,3 +216,60 @@ def test_unreachable_broker_is_503_never_500(queue: str) -> None:
             assert health["broker"] == "disconnected"
 
     asyncio.run(main())
+
+
+def test_a_signed_body_replayed_under_new_delivery_ids_is_queued_once(queue: str) -> None:
+    async def main() -> list[Any]:
+        async with agent(queue) as client:
+            payload = recorded("push_with-new-branch.payload.json")
+            first = await post(client, "push", payload, delivery="original")
+            assert first.json()["status"] == "queued"
+            for n in range(3):
+                replay = await post(client, "push", payload, delivery=f"replayed-{n}")
+                assert (replay.status_code, replay.json()["status"]) == (200, "duplicate")
+        return await take_all(queue)
+
+    assert len(asyncio.run(main())) == 1
+
+
+class ListSink:
+    """Keeps what it is sent: the Sink protocol without a broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[CommitEvent] = []
+
+    async def send(self, event: CommitEvent) -> None:
+        self.sent.append(event)
+
+
+def _event(delivery: str, sha: str = SHA) -> CommitEvent:
+    return CommitEvent(
+        id=f"github:{delivery}",
+        forge="github",
+        delivery=delivery,
+        repo="https://github.com/octo/hello.git",
+        full_name="octo/hello",
+        ref="refs/heads/main",
+        sha=sha,
+        event="push",
+    )
+
+
+def test_body_digests_are_remembered_for_a_window_and_a_bounded_number() -> None:
+    now = [0.0]
+    sink = ListSink()
+    dedupe = Deduper(sink, remember=3, window=3600.0, clock=lambda: now[0])
+
+    async def main() -> list[bool]:
+        answers = [await dedupe.send(_event("d1"), body="body-1")]
+        now[0] = 3599.0
+        answers.append(await dedupe.send(_event("d2"), body="body-1"))  # a replay
+        now[0] = 3601.0
+        answers.append(await dedupe.send(_event("d3"), body="body-1"))  # window over
+        for n in range(4):  # push the first digest out of the bounded memory
+            answers.append(await dedupe.send(_event(f"e{n}", f"{n:040x}"), body=f"other-{n}"))
+        answers.append(await dedupe.send(_event("d4"), body="body-1"))
+        return answers
+
+    assert asyncio.run(main()) == [True, False, True, True, True, True, True, True]
+    assert len(sink.sent) == 7

@@ -57,7 +57,11 @@ def states(d: Dispatcher) -> list[tuple[str, str, str]]:
 
 async def start_runner(stack: AsyncExitStack, tmp_path: Path, runner_id: str) -> Runner:
     conf = RunnerConfig(
-        runner_id=runner_id, listen="tcp://127.0.0.1:0", work_dir=tmp_path / "work", mesh=MESH
+        runner_id=runner_id,
+        listen="tcp://127.0.0.1:0",
+        work_dir=tmp_path / "work",
+        mesh=MESH,
+        allow_local_repos=True,
     )
     return await stack.enter_async_context(Runner(conf))
 

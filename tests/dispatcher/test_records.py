@@ -35,7 +35,11 @@ def test_listeners_get_the_stored_records(make_repo: Callable[..., Repo], tmp_pa
     async def main() -> tuple[list[JobRecord], list[JobRecord]]:
         seen: list[JobRecord] = []
         runner_conf = RunnerConfig(
-            runner_id="r1", listen="tcp://127.0.0.1:0", work_dir=tmp_path / "work", mesh=MESH
+            runner_id="r1",
+            listen="tcp://127.0.0.1:0",
+            work_dir=tmp_path / "work",
+            mesh=MESH,
+            allow_local_repos=True,
         )
         async with Runner(runner_conf) as runner:
             conf = DispatcherConfig(

@@ -55,7 +55,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
 
 def test_api_answers_503_while_the_store_is_locked(tmp_path: Path) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
-        config = DispatcherConfig(data_dir=tmp_path)
+        config = DispatcherConfig(data_dir=tmp_path, allow_local_repos=True)
         async with Dispatcher(config) as dispatcher:
             tokens = await Tokens.open(dispatcher, env_token="t0ken")
             transport = httpx.ASGITransport(app=build_app(dispatcher, Access(tokens)))

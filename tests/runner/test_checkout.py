@@ -27,7 +27,7 @@ def _checkout(
 @pytest.fixture
 def cache(tmp_path: Path) -> MirrorCache:
     (tmp_path / "mirrors").mkdir()
-    return MirrorCache(tmp_path / "mirrors")
+    return MirrorCache(tmp_path / "mirrors", allow_local=True)
 
 
 def test_checks_out_exact_commit_and_ref_tip(
@@ -101,10 +101,12 @@ def test_a_new_cache_asks_the_mirror_before_fetching(
 ) -> None:
     repo = make_repo({"a.txt": "kept\n"})
     (tmp_path / "mirrors").mkdir()
-    sha = _checkout(MirrorCache(tmp_path / "mirrors"), str(repo.path), tmp_path / "ws1")
+    sha = _checkout(
+        MirrorCache(tmp_path / "mirrors", allow_local=True), str(repo.path), tmp_path / "ws1"
+    )
     git_calls.clear()
     # A restarted runner: the mirror on disk has the commit, the memory does not.
-    again = MirrorCache(tmp_path / "mirrors")
+    again = MirrorCache(tmp_path / "mirrors", allow_local=True)
     assert _checkout(again, str(repo.path), tmp_path / "ws2", sha=sha) == sha
     assert git_calls == ["cat-file", "checkout"]
     assert (tmp_path / "ws2" / "a.txt").read_text() == "kept\n"
@@ -128,11 +130,15 @@ def test_a_fetch_carries_only_what_the_mirror_lacks(
     make_repo: Callable[..., Repo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trace = tmp_path / "trace.json"
-    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    real = checkout.git_environment
+    # The runner's environment never reaches its git: the trace goes in this way.
+    monkeypatch.setattr(
+        checkout, "git_environment", lambda home: {**real(home), "GIT_TRACE2_EVENT": str(trace)}
+    )
     repo = make_repo({"a.txt": "1\n"})
     first = repo.commit({"a.txt": "2\n"})
     (tmp_path / "mirrors").mkdir()
-    cache = MirrorCache(tmp_path / "mirrors")
+    cache = MirrorCache(tmp_path / "mirrors", allow_local=True)
     _checkout(cache, str(repo.path), tmp_path / "ws1", sha=first)
     trace.unlink()
     repo.commit({"a.txt": "3\n"})
@@ -151,18 +157,13 @@ def test_a_server_refusing_commit_ids_is_fetched_by_ref(
     git_calls: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Protocol v0 refuses a want for a commit no ref points at.
-    for key, value in {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "protocol.version",
-        "GIT_CONFIG_VALUE_0": "0",
-    }.items():
-        monkeypatch.setenv(key, value)
     repo = make_repo({"a.txt": "old\n"})
     old = repo.commit({"a.txt": "older\n"})
     repo.commit({"a.txt": "newer\n"})
     (tmp_path / "mirrors").mkdir()
-    cache = MirrorCache(tmp_path / "mirrors")
+    # Protocol v0 refuses a want for a commit no ref points at.
+    v0 = {"protocol.version": "0"}
+    cache = MirrorCache(tmp_path / "mirrors", allow_local=True, git_config=v0)
     assert _checkout(cache, str(repo.path), tmp_path / "ws", sha=old) == old
     assert git_calls == ["init", "cat-file", "fetch", "fetch", "cat-file", "checkout"]
     assert (tmp_path / "ws" / "a.txt").read_text() == "older\n"
