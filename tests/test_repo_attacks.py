@@ -27,6 +27,7 @@ from narwhal.mesh import protocol as p
 from tests.agent.helpers import SECRET, github_request, push_payload
 from tests.conftest import Client, Daemon, Repo, git
 from tests.dispatcher.cluster import Cluster, wait_for
+from tests.keys import MeshKeys
 
 PIPELINE = "steps:\n  - name: s\n    command: echo built\n"
 
@@ -106,12 +107,19 @@ def test_a_dispatcher_refuses_injections_and_local_repositories(
 
 
 class RogueDispatcher:
-    """A ROUTER that connects to a runner and speaks the protocol: not its dispatcher."""
+    """A ROUTER that connects to a runner and speaks the protocol.
 
-    def __init__(self, endpoint: str) -> None:
+    It holds the installation's server key (``keys``): the mesh lets it in, so
+    what it sends reaches the runner's own checks, the last door before git
+    (a dispatcher gone bad, or one fooled by input no other door caught).
+    """
+
+    def __init__(self, endpoint: str, keys: MeshKeys) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.curve_server = True
+        self.sock.curve_secretkey = keys.server.secret
         self.sock.setsockopt(zmq.CONNECT_ROUTING_ID, b"runner")
         self.sock.connect(endpoint)
         self.session = uuid.uuid4().hex
@@ -145,6 +153,7 @@ def _job(session: str, job_id: int, repo: str, ref: str = "HEAD") -> p.Job:
 
 
 def test_a_runner_checks_the_repository_of_a_job_again(tmp_path: Path, marker: Path) -> None:
+    keys = MeshKeys(tmp_path)
     runner = Daemon(
         [
             "runner",
@@ -155,9 +164,10 @@ def test_a_runner_checks_the_repository_of_a_job_again(tmp_path: Path, marker: P
             "--work-dir",
             str(tmp_path / "work"),
             "--no-allow-local-repos",
+            *keys.runner("lonely"),
         ]
     )
-    rogue = RogueDispatcher(runner.endpoint)
+    rogue = RogueDispatcher(runner.endpoint, keys)
     try:
         rogue.send(p.Hello(session=rogue.session))
         ready = rogue.until(p.Ready)
@@ -183,10 +193,13 @@ def test_a_runner_checks_the_repository_of_a_job_again(tmp_path: Path, marker: P
 
 @pytest.fixture
 def webhook_up(
-    narwhal_up: Callable[..., tuple[Daemon, Client]],
+    narwhal_up: Callable[..., tuple[Daemon, Client]], tmp_path: Path
 ) -> Callable[..., tuple[Daemon, Client]]:
+    secret_file = tmp_path / "github-secret"
+    secret_file.write_text(SECRET)
+
     def start(*extra: str) -> tuple[Daemon, Client]:
-        return narwhal_up("--github-secret", SECRET, *extra)
+        return narwhal_up("--github-secret-file", str(secret_file), *extra)
 
     return start
 

@@ -181,7 +181,7 @@ def test_forged_frames_for_another_runners_job_change_nothing(
     api = cluster.start_dispatcher("--liveness", "50")
     cluster.wait_ready(1)
     peer = cluster.attach(raw("liar"))
-    repo = make_repo(_pipeline("echo real-output\nsleep 2"))
+    repo = make_repo(_pipeline("echo real-output\nsleep 6"))
     job_id = api.submit(repo)
     api.wait(job_id, {"running"})
     before = cluster.health()["bad_frames"]
