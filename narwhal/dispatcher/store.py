@@ -472,7 +472,9 @@ class SqliteStore:
         return job_record(row) if row is not None else None
 
     def request_cancel(self, job_id: int) -> None:
-        self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        # In a transaction: a foreign lock is then a StoreError (503), not sqlite3's.
+        with self.transaction():
+            self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
 
     def transitions(self, job_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -542,9 +544,10 @@ class SqliteStore:
     # runner endpoints added at run time, reconnected after a restart
 
     def add_endpoint(self, url: str) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO endpoints (url, added_at) VALUES (?, ?)", (url, time.time())
-        )
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO endpoints (url, added_at) VALUES (?, ?)", (url, time.time())
+            )
 
     def endpoints(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT url FROM endpoints ORDER BY added_at")]
