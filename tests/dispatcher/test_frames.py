@@ -30,9 +30,11 @@ FAKE_ID = "fake"
 def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, RawRunner]]:
     cluster = Cluster(tmp_path)
     cluster.start_runner("real")
+    # Trusted before the dispatcher reads its allow-list: never refused first.
+    fake = cluster.raw_runner(FAKE_ID)
     cluster.start_dispatcher()
     cluster.wait_ready(1)
-    fake = cluster.attach(cluster.raw_runner(FAKE_ID))
+    cluster.attach(fake)
     yield cluster, fake
     fake.close()
     cluster.close()

@@ -69,11 +69,13 @@ def _ready(cluster: Cluster, runner_id: str) -> bool:
 def test_ready_with_unknown_job_then_disconnect_leaves_liveness_working(
     cluster: Cluster, raw: Raw, make_repo: MakeRepo
 ) -> None:
+    # Trusted before the dispatcher reads its allow-list: never refused first.
+    peer = raw("ghost")
     for name in ("a", "b"):
         cluster.start_runner(name)
     api = cluster.start_dispatcher()
     cluster.wait_ready(2)
-    peer = cluster.attach(raw("ghost"))
+    cluster.attach(peer)
     ready = peer.ready("ghost", active=((424242, 1, 0),))
     assert len(p.encode(ready)) < 120  # the 118-byte frame of the report
     wait_for(lambda: _ready(cluster, "ghost"), what="ghost ready")
@@ -153,11 +155,13 @@ def test_a_claimant_of_a_lost_runners_id_inherits_nothing(
 def test_ready_with_20000_active_entries_does_not_lose_a_healthy_runner(
     cluster: Cluster, raw: Raw, make_repo: MakeRepo
 ) -> None:
+    # Trusted before the dispatcher reads its allow-list: never refused first.
+    peer = raw("flood")
     cluster.start_runner("real")
     # A ceiling above the flood: all 20,000 entries are looked at, in one read.
     api = cluster.start_dispatcher("--max-runner-capacity", "30000")
     cluster.wait_ready(1)
-    peer = cluster.attach(raw("flood"))
+    cluster.attach(peer)
     job_id = api.submit(make_repo(_pipeline("echo real-work\nsleep 2")))
     api.wait(job_id, {"running"})
     before = cluster.health()["bad_frames"]
@@ -176,11 +180,13 @@ def test_ready_with_20000_active_entries_does_not_lose_a_healthy_runner(
 def test_forged_frames_for_another_runners_job_change_nothing(
     cluster: Cluster, raw: Raw, make_repo: MakeRepo
 ) -> None:
+    # Trusted before the dispatcher reads its allow-list: never refused first.
+    peer = raw("liar")
     cluster.start_runner("real")
     # The raw peer sends no heartbeats: it must stay ready while it lies.
     api = cluster.start_dispatcher("--liveness", "50")
     cluster.wait_ready(1)
-    peer = cluster.attach(raw("liar"))
+    cluster.attach(peer)
     repo = make_repo(_pipeline("echo real-output\nsleep 6"))
     job_id = api.submit(repo)
     api.wait(job_id, {"running"})
@@ -230,8 +236,10 @@ def test_forged_frames_for_another_runners_job_change_nothing(
 def test_claimed_capacity_is_clamped_to_the_ceiling(
     cluster: Cluster, raw: Raw, flags: tuple[str, ...], ceiling: int
 ) -> None:
+    # Trusted before the dispatcher reads its allow-list: never refused first.
+    peer = raw("greedy")
     cluster.start_dispatcher(*flags)
-    peer = cluster.attach(raw("greedy"))
+    cluster.attach(peer)
     peer.ready("greedy", capacity=4_600_000_000_000_000_000)
     wait_for(lambda: _ready(cluster, "greedy"), what="greedy ready")
     peer.ready("greedy", capacity=4_600_000_000_000_000_000)  # again: logged once
