@@ -91,12 +91,39 @@ class MeshAuth:
         self._zap = ZapHandler(ctx, self._admit)
         serve_curve(sock, curve.public_key, curve.secret_key, DOMAIN)
         self._next_scan = 0.0
+        #: Aliases of the pool's links: only their connections are admitted
+        #: (see ``mesh.zap`` on connections libzmq keeps retrying).
+        self.live: set[bytes] = set()
+        #: Aliases whose handshake was refused for the key, since the pool
+        #: last looked (``denied``).
+        self._denied: set[bytes] = set()
 
     def close(self) -> None:
         self._zap.close()
 
-    def _admit(self, key: bytes) -> str | None:
-        return None if key in self.trust.by_key else "key not in the trusted runner keys"
+    def _admit(self, key: bytes, alias: bytes) -> str | None:
+        if alias not in self.live:
+            return "a connection the dispatcher has dropped (libzmq retries it)"
+        if key not in self.trust.by_key:
+            self._denied.add(alias)
+            return "key not in the trusted runner keys"
+        return None
+
+    def open(self, alias: bytes) -> None:
+        """Admit connections under ``alias`` (a link the pool is about to connect)."""
+        self.live.add(alias)
+
+    def forget(self, alias: bytes) -> None:
+        """Turn away connections under ``alias`` from now on (its link was dropped)."""
+        self.live.discard(alias)
+        self._denied.discard(alias)
+
+    def denied(self, alias: bytes) -> bool:
+        """Whether the key on ``alias``'s connection was refused (once: it is forgotten)."""
+        if alias in self._denied:
+            self._denied.discard(alias)
+            return True
+        return False
 
     def check(self, link: Link, user: str, message: p.Message) -> Verdict:
         """The slow path: a frame whose key is not (yet) the one its link is bound to."""

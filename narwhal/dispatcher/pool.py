@@ -151,6 +151,8 @@ class RunnerPool:
     def _drop(self, link: Link) -> None:
         self._links.pop(link.alias, None)
         link.state = "lost"
+        if self.auth is not None:  # its connection, if libzmq keeps retrying it, stays out
+            self.auth.forget(link.alias)
         with contextlib.suppress(zmq.ZMQError):
             self._router.sock.disconnect(link.endpoint)
 
@@ -159,6 +161,11 @@ class RunnerPool:
         self._generation += 1
         alias = f"{self._generation}:{endpoint}".encode()
         self._router.sock.setsockopt(zmq.CONNECT_ROUTING_ID, alias)
+        if self.auth is not None:
+            # The connection's ZAP requests carry the socket's ROUTING_ID as
+            # it was at connect: the ZAP handler admits live aliases only.
+            self.auth.open(alias)
+            self._router.sock.setsockopt(zmq.ROUTING_ID, alias)
         self._router.sock.connect(endpoint)
         link = Link(endpoint=endpoint, alias=alias, backoff=backoff, source=source)
         self._links[alias] = link
@@ -259,8 +266,15 @@ class RunnerPool:
             self._quiet.warning(endpoint, "runner %s: handshake failed (%#x)", endpoint, value)
             return
         for link in list(self._links.values()):
-            if link.endpoint == endpoint:
-                self._refuse_link(link, reason)
+            if link.endpoint != endpoint:
+                continue
+            # A refused key is told apart by alias: the event may be a
+            # dropped connection's, which libzmq retries and ZAP turns away.
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not (
+                self.auth is not None and self.auth.denied(link.alias)
+            ):
+                continue
+            self._refuse_link(link, reason)
         await self._settle_refusals()
 
     # frames in

@@ -15,6 +15,16 @@ that raises is logged by the loop and the reader stays, and there is no
 task to lose. The reply's User-Id is the client's z85 public key; libzmq
 attaches it to every frame of that connection (``Frame.get("User-Id")``),
 which is how the pool ties each frame to the key that authenticated it.
+
+Each request also names the connection it is for: its ``identity`` is the
+ROUTING_ID the socket had when that connection was made, which the pool sets
+to the link's alias before every connect. libzmq keeps retrying a
+connection whose handshake was refused even after ``disconnect`` (measured
+with libzmq 4.3.5: several ZAP requests a second, for good), and once its
+key is trusted such a zombie would get in under a routing id of libzmq's
+own: the runner's DEALER would then split its frames between two
+connections, and the dispatcher would drop half of them. So ``decide`` is
+also told the identity, and admits only connections of live links.
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ VERSION = b"1.0"
 #: The zap_domain of the dispatcher's ROUTER; requests for any other are denied.
 DOMAIN = "narwhal"
 
-#: Decides on a z85 client key: None to admit it, else the reason it is refused.
-Decide = Callable[[bytes], str | None]
+#: Decides on a z85 client key and the connection's identity (the pool's
+#: alias): None to admit it, else the reason it is refused.
+Decide = Callable[[bytes, bytes], str | None]
 
 
 class ZapHandler:
@@ -84,8 +95,8 @@ class ZapHandler:
             # A REP must answer something; libzmq treats a bad reply as a denial.
             request_id = request[1] if len(request) > 1 else b""
             return [VERSION, request_id, b"500", b"bad ZAP request", b"", b""]
-        _, request_id, domain, address, _, mechanism, *credentials = request
-        status, text, user = self._check(domain, mechanism, credentials)
+        _, request_id, domain, address, identity, mechanism, *credentials = request
+        status, text, user = self._check(domain, identity, mechanism, credentials)
         if status != b"200":
             self.refused += 1
             self._quiet.warning(
@@ -97,14 +108,14 @@ class ZapHandler:
         return [VERSION, request_id, status, text, user, b""]
 
     def _check(
-        self, domain: bytes, mechanism: bytes, credentials: list[bytes]
+        self, domain: bytes, identity: bytes, mechanism: bytes, credentials: list[bytes]
     ) -> tuple[bytes, bytes, bytes]:
         if domain != self._domain:
             return b"400", b"unknown ZAP domain", b""
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
             return b"400", b"not a CURVE handshake", b""
         key = z85.encode(credentials[0])
-        reason = self._decide(key)
+        reason = self._decide(key, identity)
         if reason is not None:
             return b"400", reason.encode()[:200], b""
         return b"200", b"OK", key
