@@ -24,7 +24,7 @@ def test_docker_without_the_default_image_names_it_and_the_way_out(
 ) -> None:
     daemon, api = narwhal_up("--executor", "docker", "--pull", "never", "--image", MISSING)
     assert f"executor docker (steps without image: run in {MISSING}" in daemon.announce
-    assert "images pulled: never" in daemon.announce, daemon.announce
+    assert "images never pulled" in daemon.announce, daemon.announce
     repo = make_repo({"narwhal.yml": "steps:\n  - {name: test, command: python3 -V}\n"})
     job = api.wait(api.submit(repo))
     assert job["state"] == "error", job

@@ -130,9 +130,10 @@ def _executor_part(rconf: RunnerConfig | None) -> str:
         return ""
     if rconf.executor != "docker":
         return " + local runner, executor local (steps run with sh, no container)"
+    pull = "pulled when missing" if rconf.docker_pull == "missing" else "never pulled"
     return (
-        f" + local runner, executor docker (steps without image: run in {rconf.docker_image},"
-        f" images pulled: {rconf.docker_pull})"
+        f" + local runner, executor docker (steps without image: run in {rconf.docker_image};"
+        f" images {pull})"
     )
 
 
