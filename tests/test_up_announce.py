@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from narwhal.runner.docker_pull import HINT
 from tests.conftest import Client, Daemon, Repo
 
+#: What the user is told to do, word for word (README, docs/docker.md).
+HINT = "set image: in narwhal.yml, or run with --executor local"
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]
 MISSING = "narwhal-test/no-such-default:404"

@@ -13,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from narwhal.runner.docker_pull import HINT
 from tests.runner.conftest import MISSING_IMAGE
 from tests.runner.test_docker import config, run
+
+#: What the user is told to do, word for word (README, docs/docker.md).
+HINT = "set image: in narwhal.yml, or run with --executor local"
 
 
 def test_missing_default_image_without_pull_says_what_to_do(
