@@ -2,8 +2,10 @@
 
 Pure functions over (headers, raw body): no I/O, so every forge's rules are
 tested on recorded payloads. ``read_webhook`` is the whole path: verify the
-signature over the raw body first (nothing of an unsigned body is looked
-at), then the content type, then the JSON, then the event.
+signature over what the forge signs first (GitHub: the raw body; Gitea: the
+JSON, which a form delivery carries in its ``payload`` field), then the
+content type, then the JSON, then the event. A tag push is built at the
+tagged commit, never at an annotated tag's object (its ``after``).
 
 What is built (everything else is answered "ignored" with the reason):
 
@@ -24,32 +26,31 @@ accident.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from narwhal.agent.events import CommitEvent, EventError
-from narwhal.errors import NarwhalError
+from narwhal.agent.wire import (
+    FORM,
+    Headers,
+    WebhookError,
+    decode_payload,
+    form_payload,
+    media_type,
+    verify_gitea,
+    verify_github,
+    verify_gitlab,
+)
+
+__all__ = ["FORGES", "Forge", "Ignored", "Pong", "WebhookError", "read_webhook"]
 
 _ZERO_SHA = re.compile(r"0{40}(0{24})?")
 _DELIVERY = re.compile(r"[\x21-\x7e]{1,200}")
 _GITHUB_PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 _GITEA_PR_ACTIONS = _GITHUB_PR_ACTIONS | {"synchronized"}
 _GITLAB_MR_ACTIONS = frozenset({"open", "reopen", "update"})
-
-Headers = Mapping[str, str]
-
-
-class WebhookError(NarwhalError):
-    """A webhook request is refused; ``status`` is the HTTP answer (4xx)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +79,14 @@ class Forge:
     parse: Callable[[str, str, dict[str, Any]], Outcome]
     #: GitHub and Gitea can send ``application/x-www-form-urlencoded`` (payload=...).
     form: bool
+    #: The signature of a form delivery covers its decoded ``payload`` field
+    #: (Gitea), not the form body (GitHub).
+    signs_form_payload: bool = False
 
 
 def read_webhook(forge: Forge, headers: Headers, body: bytes, secret: str) -> Outcome:
     """Verify, decode and interpret one webhook; raise ``WebhookError`` if refused."""
-    forge.verify(headers, body, secret)
+    forge.verify(headers, _signed_bytes(forge, headers, body), secret)
     name = headers.get(forge.event_header, "").strip()
     if not name and forge.name != "gitlab":
         raise WebhookError(f"missing {forge.event_header} header")
@@ -94,72 +98,14 @@ def read_webhook(forge: Forge, headers: Headers, body: bytes, secret: str) -> Ou
         raise WebhookError(f"{forge.name} {name or 'event'}: {e}") from None
 
 
-# signatures
-
-
-def _hmac_hex(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def _signature(headers: Headers, name: str) -> bytes:
-    given = headers.get(name.lower(), "").strip()
-    if not given:
-        raise WebhookError(f"missing {name} header", 401)
-    return given.lower().encode("utf-8", "replace")
-
-
-def verify_github(headers: Headers, body: bytes, secret: str) -> None:
-    """``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body>``."""
-    given = _signature(headers, "X-Hub-Signature-256")
-    if not hmac.compare_digest(given, f"sha256={_hmac_hex(secret, body)}".encode()):
-        raise WebhookError("X-Hub-Signature-256 does not match the body", 401)
-
-
-def verify_gitea(headers: Headers, body: bytes, secret: str) -> None:
-    """``X-Gitea-Signature: <hex HMAC-SHA256 of the raw body>``."""
-    given = _signature(headers, "X-Gitea-Signature")
-    if not hmac.compare_digest(given, _hmac_hex(secret, body).encode()):
-        raise WebhookError("X-Gitea-Signature does not match the body", 401)
-
-
-def verify_gitlab(headers: Headers, body: bytes, secret: str) -> None:
-    """``X-Gitlab-Token: <the secret itself>`` (GitLab does not sign bodies)."""
-    given = headers.get("x-gitlab-token", "")
-    if not given:
-        raise WebhookError("missing X-Gitlab-Token header", 401)
-    if not hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode()):
-        raise WebhookError("X-Gitlab-Token is wrong", 401)
-
-
 # body and headers
 
 
-def decode_payload(body: bytes, content_type: str, *, form: bool) -> dict[str, Any]:
-    media = content_type.partition(";")[0].strip().lower()
-    if media == "application/x-www-form-urlencoded" and form:
-        raw = _form_payload(body)
-    elif media == "application/json":
-        raw = body
-    else:
-        raise WebhookError(f"Content-Type {media or '(none)'}: expected application/json", 415)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise WebhookError(f"body is not valid JSON: {str(e)[:200]}") from None
-    if not isinstance(data, dict):
-        raise WebhookError("body must be a JSON object")
-    return data
-
-
-def _form_payload(body: bytes) -> bytes:
-    try:
-        fields = parse_qs(body.decode(), strict_parsing=True, max_num_fields=20)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise WebhookError(f"form body cannot be parsed: {str(e)[:200]}") from None
-    values = fields.get("payload")
-    if not values:
-        raise WebhookError("form body has no payload field")
-    return values[0].encode()
+def _signed_bytes(forge: Forge, headers: Headers, body: bytes) -> bytes:
+    """What the forge's signature covers: the body, or a Gitea form's payload field."""
+    if forge.signs_form_payload and media_type(headers.get("content-type", "")) == FORM:
+        return form_payload(body)
+    return body
 
 
 def delivery_id(forge: Forge, headers: Headers, body: bytes) -> str:
@@ -210,14 +156,31 @@ def _push(forge: str, delivery: str, payload: dict[str, Any]) -> Outcome:
     kind = _ref_kind(ref)
     if kind is None:
         return Ignored(f"push to {ref}: only branches and tags are built")
+    sha = after if kind == "push" else _commit_id(payload, "head_commit.id")
+    if sha is None:
+        return _no_commit(ref, "head_commit.id")
     return _event(
         forge,
         delivery,
         repo=_get(payload, "repository.clone_url"),
         full_name=_get(payload, "repository.full_name"),
         ref=ref,
-        sha=after,
+        sha=sha,
         event=kind,
+    )
+
+
+def _commit_id(payload: dict[str, Any], path: str) -> str | None:
+    """The commit a tag push names: GitHub and Gitea ``head_commit.id``, GitLab ``checkout_sha``."""
+    value: Any = payload
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, str) and value and not _ZERO_SHA.fullmatch(value) else None
+
+
+def _no_commit(ref: str, path: str) -> Ignored:
+    return Ignored(
+        f"push of {ref} has no {path}: the tagged commit is unknown (after may be a tag object)"
     )
 
 
@@ -281,13 +244,16 @@ def _gitlab_push(delivery: str, payload: dict[str, Any]) -> Outcome:
     kind = _ref_kind(ref)
     if kind is None:
         return Ignored(f"push to {ref}: only branches and tags are built")
+    sha = after if kind == "push" else _commit_id(payload, "checkout_sha")
+    if sha is None:
+        return _no_commit(ref, "checkout_sha")
     return _event(
         "gitlab",
         delivery,
         repo=_get(payload, "project.git_http_url"),
         full_name=_get(payload, "project.path_with_namespace"),
         ref=ref,
-        sha=after,
+        sha=sha,
         event=kind,
     )
 
@@ -355,6 +321,7 @@ GITEA = Forge(
     verify=verify_gitea,
     parse=parse_gitea,
     form=True,
+    signs_form_payload=True,
 )
 GITLAB = Forge(
     name="gitlab",

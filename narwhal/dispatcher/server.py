@@ -74,7 +74,10 @@ async def serve(
             await runner.start()
             dispatcher.connect(runner.endpoint)
         # The socket already listens: a client that reads this line can connect.
-        announce(f"narwhal {dconf.data_dir}: API on http://{shown}:{port}{_extras_line(dconf)}")
+        announce(
+            f"narwhal {dconf.data_dir}: API on http://{shown}:{port}"
+            f"{_extras_line(dconf)}{_executor_part(rconf)}"
+        )
         try:
             await run_http(app, sock, stop)
         finally:
@@ -119,6 +122,19 @@ def _extras_line(dconf: DispatcherConfig) -> str:
     if dconf.discovery.enabled:
         line += f" + mDNS discovery on {', '.join(dconf.discovery.interfaces) or 'every interface'}"
     return line
+
+
+def _executor_part(rconf: RunnerConfig | None) -> str:
+    """How the embedded runner runs steps: a user's first job depends on it."""
+    if rconf is None:
+        return ""
+    if rconf.executor != "docker":
+        return " + local runner, executor local (steps run with sh, no container)"
+    pull = "pulled when missing" if rconf.docker_pull == "missing" else "never pulled"
+    return (
+        f" + local runner, executor docker (steps without image: run in {rconf.docker_image};"
+        f" images {pull})"
+    )
 
 
 async def _drain(dispatcher: Dispatcher) -> None:

@@ -55,7 +55,7 @@ from narwhal.runner.docker_engine import (
     remove_labelled,
 )
 from narwhal.runner.docker_output import Follower, race
-from narwhal.runner.docker_pull import pull_image
+from narwhal.runner.docker_pull import HINT, NOT_FOUND_EXIT, not_found_line, pull_image
 from narwhal.runner.docker_spec import (
     DEPS_EXIT,
     DEPS_FILE,
@@ -252,7 +252,9 @@ class DockerSession:
         except ENGINE_ERRORS as e:
             raise ExecutorError(f"docker: {engine_message(e)}") from e
         if self._config.docker_pull == "never":
-            raise ExecutorError(f"image {image}: {missing} (this runner does not pull images)")
+            raise ExecutorError(
+                f"image {image}: {missing} (this runner does not pull images); {HINT}"
+            )
         await pull_image(
             self._client, image, output=self._output, timeout=self._config.docker_pull_timeout
         )
@@ -409,6 +411,8 @@ class DockerSession:
             return None
         if code == DEPS_EXIT and step.dependencies:
             return await self._deps_reason(container, step)
+        if code == NOT_FOUND_EXIT:
+            await output(not_found_line(self.image_of(step), self._config.docker_image))
         await self._x.call(container.reload)
         if container.attrs.get("State", {}).get("OOMKilled"):
             limit = capped(step.resources, self._config).memory

@@ -17,6 +17,20 @@ from docker.utils import parse_repository_tag  # type: ignore[import-untyped,unu
 from narwhal.errors import ExecutorError
 from narwhal.runner.executor import Output
 
+#: What a user whose image is missing or lacks a command can do about it.
+HINT = "set image: in narwhal.yml, or run with --executor local"
+
+#: The shell's exit code for a command it cannot find.
+NOT_FOUND_EXIT = 127
+
+
+def not_found_line(image: str, default: str) -> bytes:
+    """The log line after a step that ended with exit code 127 in a container."""
+    whose = " (the runner's default: the step names no image)" if image == default else ""
+    return (
+        f"narwhal: exit code 127: a command of this step is not in image {image}{whose}; {HINT}\n"
+    ).encode()
+
 
 def progress_line(image: str, event: dict[str, Any]) -> str | None:
     """One log line for a pull event, or None for a mere progress tick."""
@@ -44,7 +58,7 @@ async def pull_image(client: Any, image: str, *, output: Output, timeout: float)
         await asyncio.to_thread(puller.thread.join)
     if puller.errors:
         message = " ".join(puller.errors[0].split())
-        raise ExecutorError(f"pulling image {image} failed: {message}")
+        raise ExecutorError(f"pulling image {image} failed: {message}; {HINT}")
 
 
 class _Puller:

@@ -54,7 +54,8 @@ def test_tag_deletion_is_ignored_with_reason() -> None:
 
 def test_tag_push_is_a_tag_event() -> None:
     payload = recorded("push_payload.json")
-    payload.update(deleted=False, after=SHA, created=True)
+    head = recorded("push_with-new-branch.payload.json")["head_commit"]
+    payload.update(deleted=False, after=SHA, created=True, head_commit=head)
     event = _github("push", payload)
     assert isinstance(event, CommitEvent)
     assert (event.event, event.ref, event.sha) == ("tag", "refs/tags/simple-tag", SHA)
@@ -238,7 +239,8 @@ def test_gitlab_push_tag_and_token() -> None:
     event = _gitlab(_gitlab_push())
     assert isinstance(event, CommitEvent)
     assert (event.full_name, event.event, event.id) == ("group/sub/project", "push", "gitlab:u-1")
-    tag = _gitlab(_gitlab_push(ref="refs/tags/v1"), event="Tag Push Hook")
+    tag_push = {**_gitlab_push(ref="refs/tags/v1"), "checkout_sha": SHA}
+    tag = _gitlab(tag_push, event="Tag Push Hook")
     assert isinstance(tag, CommitEvent) and tag.event == "tag"
     assert isinstance(_gitlab(_gitlab_push(after="0" * 40)), Ignored)
     with pytest.raises(WebhookError) as error:
