@@ -122,6 +122,37 @@ def test_missing_pipeline_file_and_bad_repo_end_in_error(
     assert job["state"] == "error" and "git fetch failed" in job["reason"]
 
 
+def test_a_missing_path_or_plain_folder_gets_gits_reason(narwhal_up: Up, tmp_path: Path) -> None:
+    _, api = narwhal_up()
+    plain = tmp_path / "plain-folder"
+    plain.mkdir()
+    for path in (tmp_path / "does-not-exist", plain):
+        job = api.wait(api.submit(str(path)))
+        assert job["state"] == "error"
+        wrong = f"fatal: '{path}' does not appear to be a git repository"
+        assert wrong in job["reason"] and "\n" not in job["reason"], job["reason"]
+        assert "and the repository exists." not in job["reason"]
+        log = api.log(job["id"])
+        assert wrong in log and "and the repository exists." in log, log
+
+
+def test_a_broken_pipeline_file_records_the_sha_and_resubmit_builds_it(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    _, api = narwhal_up()
+    repo = make_repo()
+    broken = repo.commit({"narwhal.yml": "steps: [\n"})
+    first = api.wait(api.submit(repo, ref="refs/heads/main"))
+    assert first["state"] == "error" and first["sha"] == broken, first
+    assert first["pipeline"] is None
+    repo.commit({"narwhal.yml": PIPELINE, "data.txt": "fixed\n"})  # the branch moves on
+    response = api.http.post(f"/api/jobs/{first['id']}/resubmit", json={})
+    assert response.status_code == 201
+    second = api.wait(response.json()["id"])
+    assert second["sha"] == broken and second["state"] == "error", second
+    assert second["reason"] == first["reason"]
+
+
 def test_cancel_stops_a_running_step(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:
     _, api = narwhal_up()
     pidfile = tmp_path / "step.pid"

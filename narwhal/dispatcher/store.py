@@ -418,8 +418,11 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             return False
+        # An empty ``pipeline``: the commit is known but its narwhal.yml did
+        # not parse; the sha is recorded all the same (a resubmit builds it).
         self._db.execute(
-            "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?) WHERE id = ?",
+            "UPDATE jobs SET sha = ?, pipeline = COALESCE(NULLIF(?, ''), pipeline),"
+            " matrix = COALESCE(matrix, ?) WHERE id = ?",
             (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id),
         )
         return row[0] is None and len(variants) > 1

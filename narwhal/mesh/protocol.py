@@ -158,6 +158,8 @@ class CheckedOut(Message):
 
     ``variants`` lists every matrix combination; the sending job runs
     ``variants[0]`` and the dispatcher creates one job for each of the rest.
+    An empty ``pipeline``: the commit is checked out but its narwhal.yml
+    could not be read (the job ends in error next); its sha still counts.
     """
 
     KIND: ClassVar[str] = "checked_out"

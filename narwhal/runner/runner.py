@@ -43,7 +43,7 @@ from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
 from narwhal.pipeline import Step
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
-from narwhal.runner.checkout import MirrorCache, PipelineFiles
+from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
@@ -376,24 +376,20 @@ class Runner:
         self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
     ) -> Outcome:
         try:
-            # Again here: a JOB frame is the last door before git runs.
-            check_repo(job.repo, allow_local=self.config.allow_local_repos)
-            check_ref(job.ref)
-            if job.sha is not None:
-                check_sha(job.sha)
-            sha = await _until_stopped(
-                self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace),
-                stop,
-            )
-            if sha is None:
-                return Outcome(status=stop.status, reason=stop.reason, steps=())
+            sha = await _until_stopped(self._checkout(job, workspace), stop)
+        except (RepoError, CheckoutError) as e:
+            return await _ended_before_steps(reporter, e)
+        if sha is None:
+            await reporter.output(f"--- {stop.reason or stop.status} during checkout\n".encode())
+            return Outcome(status=stop.status, reason=stop.reason, steps=())
+        try:
             pipeline_file = await self._pipelines.load(job.repo, sha)
             pipeline = pipeline_file.pipeline(job.matrix)
-        except (RepoError, CheckoutError, PipelineError) as e:
-            # git quotes the URL it failed on: its credentials stay here.
-            shown = redacted(str(e))
-            await reporter.output(f"{shown}\n".encode())
-            return Outcome(status="error", reason=shown, steps=())
+        except (CheckoutError, PipelineError) as e:
+            # The commit is known: record it (no pipeline name), so that a
+            # resubmit builds this very commit, not where the branch is now.
+            await reporter.checked_out(sha, "", ())
+            return await _ended_before_steps(reporter, e)
         variants = pipeline_file.variants if job.matrix is None else ()
         await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
         context = Context(
@@ -412,6 +408,14 @@ class Runner:
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
+
+    async def _checkout(self, job: p.Job, workspace: Path) -> str:
+        # Again here: a JOB frame is the last door before git runs.
+        check_repo(job.repo, allow_local=self.config.allow_local_repos)
+        check_ref(job.ref)
+        if job.sha is not None:
+            check_sha(job.sha)
+        return await self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace)
 
     def _job_executor(self, job: p.Job) -> Executor:
         """The runner's executor, handing every step the job's secrets too.
@@ -432,6 +436,19 @@ def _private_dir(path: Path) -> None:
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.chmod(0o700)
+
+
+async def _ended_before_steps(reporter: FrameReporter, error: Exception) -> Outcome:
+    """A job that ends in ``error`` before its first step: say why in its log and reason.
+
+    The log gets all git said (its advice too), the reason one line.
+    """
+    # git quotes the URL it failed on: its credentials stay here.
+    shown = redacted(str(error))
+    if isinstance(error, GitFailed) and error.output.strip():
+        await reporter.output(redacted(error.output.rstrip() + "\n").encode())
+    await reporter.output(f"{shown}\n".encode())
+    return Outcome(status="error", reason=shown, steps=())
 
 
 async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
