@@ -91,6 +91,28 @@ def test_client_commands_against_narwhal_up(
     assert done.returncode == 1 and "failed" in done.stderr
 
 
+def test_a_pipeline_its_when_skips_ends_skipped_everywhere(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo(
+        {"narwhal.yml": "when: {branch: [release]}\nsteps:\n  - {name: a, command: echo ran}\n"}
+    )
+    ref = ("--ref", "refs/heads/main")
+    done = narwhal("submit", str(repo.path), *ref, "-f", "--server", daemon.url)
+    assert "ran" not in done.stdout
+    summary = done.stderr.strip().splitlines()[-1]
+    assert summary.startswith("job 1 skipped in "), done.stderr
+    assert "pipeline 'when' does not match (branch main, event push)" in summary
+    job = api.job(1)
+    assert job["state"] == "skipped" and [s["status"] for s in job["steps"]] == ["skipped"]
+    assert [t["state"] for t in job["transitions"]][-1] == "skipped"
+    listed = narwhal("jobs", "--server", daemon.url).stdout.splitlines()
+    assert any(line.split()[:2] == ["1", "skipped"] for line in listed), listed
+    only = narwhal("jobs", "--state", "skipped", "--server", daemon.url).stdout
+    assert str(repo.path) in only
+
+
 def test_dispatcher_spreads_jobs_over_separate_runner_processes(
     tmp_path: Path, make_repo: Callable[..., Repo]
 ) -> None:

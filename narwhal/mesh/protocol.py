@@ -1,4 +1,4 @@
-"""Wire protocol v2 between the dispatcher (ROUTER) and runners (DEALER).
+"""Wire protocol v3 between the dispatcher (ROUTER) and runners (DEALER).
 
 Every frame is one msgpack array ``[version, kind, {field: value, ...}]``.
 The version is checked first so that a peer speaking another protocol gets a
@@ -44,7 +44,9 @@ from narwhal.errors import ProtocolError
 from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
 #: 2: JOB carries ``secrets`` (a v1 runner's strict decoding refuses the field).
-PROTOCOL_VERSION = 2
+#: 3: DONE may say ``skipped`` and the dispatcher may send REFUSED (a v2
+#: dispatcher refuses that status, so it would never store the job's end).
+PROTOCOL_VERSION = 3
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
 MAX_FRAME_BYTES = 1 << 20
@@ -52,7 +54,7 @@ MAX_FRAME_BYTES = 1 << 20
 MAX_LOG_CHUNK = 64 * 1024
 
 #: Terminal job statuses a runner may report in DONE.
-DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
+DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 #: Statuses of one step in STEP_FINISHED and DONE.
 STEP_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 

@@ -83,9 +83,10 @@ async def run_pipeline(
         skipped = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
         for outcome in skipped:
             await reporter.step_finished(outcome)
+        where = f"branch {context.branch}" if context.branch else "no branch"
         return Outcome(
-            status="success",
-            reason="skipped: pipeline 'when' does not match",
+            status="skipped",
+            reason=f"pipeline 'when' does not match ({where}, event {context.event})",
             steps=tuple(skipped),
         )
     budget = pipeline.timeout or default_timeout
