@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ steps:
   - name: long
     commands:
       - echo $$ > {pidfile}
-      - sleep 300
+      - printf cut-off-mid-line; sleep 300
 """
         }
     )
@@ -175,6 +176,12 @@ steps:
     job = api.wait(job_id)
     assert job["state"] == "cancelled"
     assert job["steps"][0]["status"] == "cancelled"
+    # The log says how it ended, on a line of its own.
+    closing = re.search(
+        r"cut-off-mid-line\n--- cancelled after (\S+)s in step 'long': (.*)\n$", api.log(job_id)
+    )
+    assert closing is not None, api.log(job_id)
+    assert float(closing.group(1)) >= 0 and closing.group(2) == "cancelled by user"
     _wait_for(lambda: not _alive(pid))
     again = api.http.post(f"/api/jobs/{job_id}/cancel", json={})
     assert again.status_code == 409 and "already ended" in again.json()["error"]
@@ -187,7 +194,7 @@ def test_step_timeout_ends_timed_out(narwhal_up: Up, make_repo: MakeRepo) -> Non
             "narwhal.yml": """\
 steps:
   - name: slow
-    command: sleep 300
+    command: printf half-a-line; sleep 300
     timeout: 1s
 """
         }
@@ -195,6 +202,10 @@ steps:
     job = api.wait(api.submit(repo))
     assert job["state"] == "timed_out"
     assert job["steps"][0]["status"] == "timed_out"
+    assert re.search(
+        r"half-a-line\n--- timed out after 1\.\ds in step 'slow': step timed out after 1s\n$",
+        api.log(job["id"]),
+    ), api.log(job["id"])
 
 
 def test_capacity_is_never_exceeded(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:
