@@ -252,6 +252,15 @@ class Runner:
             active = self._active.get((message.job_id, message.attempt))
             if active is not None:
                 active.stop.set("cancelled", message.reason or "cancelled")
+        elif isinstance(message, p.Refused):
+            # The dispatcher drops the link next: not "silent", refused.
+            self._dispatcher = None
+            self._quiet.warning(
+                "refused",
+                "runner %s: the dispatcher refused this runner: %s",
+                self.config.runner_id,
+                message.reason,
+            )
         else:
             self._quiet.warning(
                 "unexpected",
