@@ -208,6 +208,30 @@ steps:
     ), api.log(job["id"])
 
 
+def test_a_queued_job_says_why_it_waits(narwhal_up: Up, make_repo: MakeRepo) -> None:
+    _, api = narwhal_up("--capacity", "1", "--labels", "os=linux")
+    repo = make_repo({"narwhal.yml": "steps:\n  - {name: s, command: sleep 300}\n"})
+    unmatched = api.submit(repo, labels={"gpu": "a100", "os": "linux"})
+    busy = api.submit(repo)
+    _wait_for(lambda: api.job(busy)["state"] == "running")
+    waiting = api.submit(repo, labels={"os": "linux"})
+    _wait_for(lambda: api.job(waiting)["reason"] == "waiting for a free slot", timeout=10)
+    _wait_for(
+        lambda: api.job(unmatched)["reason"] == "waiting: no runner offers gpu=a100,os=linux",
+        timeout=10,
+    )
+    job = api.job(unmatched)
+    assert job["state"] == "queued"
+    assert [t["state"] for t in job["transitions"]] == ["queued"], "no state change"
+    listed = api.http.get("/api/jobs", params={"state": "queued"}).json()["jobs"]
+    assert {j["id"]: j["reason"] for j in listed}[waiting] == "waiting for a free slot"
+    api.http.post(f"/api/jobs/{busy}/cancel", json={})
+    _wait_for(lambda: api.job(waiting)["state"] == "running")
+    assert api.job(waiting)["reason"].startswith("accepted by")
+    for job_id in (waiting, unmatched):
+        api.http.post(f"/api/jobs/{job_id}/cancel", json={})
+
+
 def test_capacity_is_never_exceeded(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:
     _, api = narwhal_up("--capacity", "2")
     marks = tmp_path / "marks"

@@ -30,6 +30,7 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.vault import Vault, load_key
+from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, changed_reasons
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
 from narwhal.supervise import spawn
@@ -107,6 +108,7 @@ class Dispatcher:
         spawn(self._tasks, "dispatcher monitor loop", self._runners.monitor_loop)
         spawn(self._tasks, "dispatcher schedule loop", self._schedule_loop)
         spawn(self._tasks, "dispatcher checkpoint loop", self._store.checkpoint_loop)
+        spawn(self._tasks, "dispatcher explain loop", self._explain_loop)
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -435,6 +437,25 @@ class Dispatcher:
                 continue
             self._changed(job.moved("assigned", move[3], link.runner_id, now))
             self._dispatch(link, job)
+
+    async def _explain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPLAIN_INTERVAL)
+            self._explain()
+
+    def _explain(self) -> None:
+        """Put why each queued job waits in its reason; write only reasons that changed."""
+        changed = changed_reasons(self._queue.values(), self.runners.links())
+        if not changed:
+            return
+        try:
+            self._write(SqliteStore.set_reasons, changed)
+        except StoreError as e:  # said again at the next look
+            log.warning("cannot record why %d job(s) wait: %s", len(changed), e)
+            return
+        for job_id, _, reason in changed:
+            self._queue[job_id] = self._queue[job_id]._replace(reason=reason)
+            self._notify(job_id)
 
     def _dispatch(self, link: Link, job: JobRecord) -> None:
         assert link.session is not None  # noqa: S101 - a ready link has a session

@@ -479,6 +479,18 @@ class SqliteStore:
         with self.transaction():
             self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
 
+    def set_reasons(self, reasons: Sequence[tuple[int, int, str]]) -> None:
+        """Say why queued jobs wait: ``(job id, attempt, reason)``; no state changes.
+
+        Only a job still queued at that attempt takes it (one assigned
+        meanwhile keeps its own reason); not a transition, so not in history.
+        """
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND state = 'queued'",
+                [(reason, job_id, attempt) for job_id, attempt, reason in reasons],
+            )
+
     def transitions(self, job_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT attempt, state, reason, runner_id, at FROM transitions"
