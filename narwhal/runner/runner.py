@@ -27,7 +27,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,14 +40,14 @@ from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
-from narwhal.pipeline import Step
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
-from narwhal.runner.masking import Masker, SecretsExecutor, mask_text
+from narwhal.runner.masking import SecretsExecutor, mask_text
+from narwhal.runner.reporter import FrameReporter
 from narwhal.runner.stream import JobStream
 from narwhal.supervise import spawn
 
@@ -473,64 +473,3 @@ async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
     return None if work.cancelled() else work.result()
-
-
-class FrameReporter:
-    """Puts a job's step boundaries and output on its job stream."""
-
-    def __init__(self, stream: JobStream, secrets: Iterable[str] = ()) -> None:
-        self._stream = stream
-        self._job = stream.job_id
-        self._attempt = stream.attempt
-        # One masker per job: it keeps state across chunks, so a secret split
-        # between two reads is still caught before the line leaves the runner.
-        self._masker = Masker(secrets)
-
-    async def checked_out(
-        self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
-    ) -> None:
-        await self._stream.put(
-            lambda seq: p.CheckedOut(
-                job_id=self._job,
-                attempt=self._attempt,
-                seq=seq,
-                sha=sha,
-                pipeline=pipeline,
-                variants=variants,
-            )
-        )
-
-    async def step_started(self, index: int, step: Step) -> None:
-        await self._stream.put(
-            lambda seq: p.StepStarted(
-                job_id=self._job, attempt=self._attempt, seq=seq, index=index, name=step.name
-            )
-        )
-
-    async def output(self, data: bytes) -> None:
-        await self._send_log(self._masker.feed(data))
-
-    async def flush(self) -> None:
-        """Send what the masker held back; once, before DONE."""
-        await self._send_log(self._masker.flush())
-
-    async def _send_log(self, data: bytes) -> None:
-        for start in range(0, len(data), p.MAX_LOG_CHUNK):
-            await self._stream.put(self._log(data[start : start + p.MAX_LOG_CHUNK]))
-
-    def _log(self, chunk: bytes) -> Callable[[int], p.Message]:
-        return lambda seq: p.Log(job_id=self._job, attempt=self._attempt, seq=seq, data=chunk)
-
-    async def step_finished(self, outcome: p.StepOutcome) -> None:
-        await self._stream.put(
-            lambda seq: p.StepFinished(
-                job_id=self._job,
-                attempt=self._attempt,
-                seq=seq,
-                index=outcome.index,
-                name=outcome.name,
-                status=outcome.status,
-                exit_code=outcome.exit_code,
-                duration=outcome.duration,
-            )
-        )
