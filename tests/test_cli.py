@@ -54,6 +54,16 @@ def test_exec_failure_exit_code_and_bad_file(tmp_path: Path) -> None:
     assert done.stderr.startswith("narwhal: narwhal.yml:3:")
 
 
+def test_exec_of_a_pipeline_its_when_skips_is_no_failure(tmp_path: Path) -> None:
+    (tmp_path / "narwhal.yml").write_text(
+        "name: only-main\nwhen: {branch: [main]}\nsteps:\n  - {name: a, command: echo ran}\n"
+    )
+    done = narwhal("exec", str(tmp_path))  # not a git checkout: no branch
+    assert done.returncode == 0, done.stderr
+    assert "ran" not in done.stdout
+    assert "only-main: skipped (pipeline 'when' does not match (no branch, event" in done.stderr
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     for args in (
         ["jobs", "--server", "http://127.0.0.1:9"],
