@@ -30,7 +30,7 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.vault import Vault, load_key
-from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, changed_reasons
+from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
 from narwhal.supervise import spawn
@@ -71,6 +71,8 @@ class Dispatcher:
         #: Jobs of lost runners whose requeue the store refused: retried.
         self._unrequeued: dict[tuple[int, int], str] = {}
         self._requeuer: asyncio.Task[None] | None = None
+        #: Says in queued jobs' reasons why they wait (``dispatcher.waiting``).
+        self._explainer = Explainer()
         self._wake = asyncio.Event()
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
@@ -445,13 +447,14 @@ class Dispatcher:
 
     def _explain(self) -> None:
         """Put why each queued job waits in its reason; write only reasons that changed."""
-        changed = changed_reasons(self._queue.values(), self.runners.links())
+        changed = self._explainer.look(self._queue, self.runners.links())
         if not changed:
             return
         try:
             self._write(SqliteStore.set_reasons, changed)
         except StoreError as e:  # said again at the next look
             log.warning("cannot record why %d job(s) wait: %s", len(changed), e)
+            self._explainer = Explainer()
             return
         for job_id, _, reason in changed:
             self._queue[job_id] = self._queue[job_id]._replace(reason=reason)

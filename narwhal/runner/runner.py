@@ -399,6 +399,9 @@ class Runner:
             # resubmit builds this very commit, not where the branch is now.
             await reporter.checked_out(sha, "", ())
             return await _ended_before_steps(reporter, e)
+        except Exception:  # a bug: ``_run`` reports it, with the commit recorded first
+            await reporter.checked_out(sha, "", ())
+            raise
         variants = pipeline_file.variants if job.matrix is None else ()
         await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
         context = Context(

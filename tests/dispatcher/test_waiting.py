@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from narwhal.dispatcher.links import Link
-from narwhal.dispatcher.waiting import NO_RUNNER, NO_SLOT, changed_reasons
+from narwhal.dispatcher.waiting import NO_RUNNER, NO_SLOT, Explainer, changed_reasons
 from tests.dispatcher.test_status import job
 
 
@@ -40,3 +40,21 @@ def test_reasons_name_the_missing_labels_or_the_full_runners() -> None:
 def test_a_reason_already_given_is_not_written_again() -> None:
     queue = [job(1, "queued", reason=NO_SLOT), job(2, "queued", reason="submitted")]
     assert changed_reasons(queue, [_link(1, 1, {}, held=1)]) == [(2, 1, NO_SLOT)]
+
+
+def test_the_queue_is_not_looked_at_again_while_nothing_changed() -> None:
+    explainer = Explainer()
+    queue = {1: job(1, "queued", reason="submitted")}
+    full = _link(1, 1, {}, held=1)
+    assert explainer.look(queue, [full]) == [(1, 1, NO_SLOT)]
+    # Not applied, yet not reported again: nothing it depends on changed.
+    assert explainer.look(queue, [full]) == []
+    queue[2] = job(2, "queued", reason="submitted")
+    assert explainer.look(queue, [full]) == [(1, 1, NO_SLOT), (2, 1, NO_SLOT)]
+    full.jobs.clear()  # a slot is free: no reason to give, but it looked
+    assert explainer.look(queue, [full]) == []
+    full.jobs.add((9, 1))
+    assert explainer.look(queue, [full]) == [(1, 1, NO_SLOT), (2, 1, NO_SLOT)]
+    del queue[2]
+    queue[2] = job(2, "queued", reason="requeued", attempt=2)  # same length, new attempt
+    assert explainer.look(queue, [full]) == [(1, 1, NO_SLOT), (2, 2, NO_SLOT)]
