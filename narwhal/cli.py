@@ -192,7 +192,11 @@ def _runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
             default=env("LISTEN", f"tcp://127.0.0.1:{DEFAULT_RUNNER_PORT}"),
             help="endpoint the dispatcher connects to (NARWHAL_LISTEN)",
         )
-    p.add_argument("--id", default=env("RUNNER_ID"), help="runner id (default HOST-PORT)")
+    p.add_argument(
+        "--id",
+        default=env("ID", env("RUNNER_ID")),
+        help="runner id (NARWHAL_ID; default HOST-XXXXXX, kept in WORK_DIR/runner-ids/)",
+    )
     p.add_argument(
         "--capacity",
         default=env("CAPACITY", str(os.cpu_count() or 1)),

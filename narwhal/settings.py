@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from narwhal.config import (
 )
 from narwhal.errors import ConfigError
 from narwhal.redact import redacted
+from narwhal.runner.identity import default_runner_id
 from narwhal.secret_rules import check_name, check_value
 
 log = logging.getLogger("narwhal")
@@ -374,13 +374,14 @@ def runner_config(
     args: argparse.Namespace, *, listen: str | None = None, default_id: str | None = None
 ) -> RunnerConfig:
     endpoint = listen or args.listen
-    default_id = default_id or f"{socket.gethostname()}-{endpoint.rpartition(':')[2]}"
+    work_dir = Path(args.work_dir).expanduser()
+    runner_id = args.id or default_id or default_runner_id(work_dir, endpoint.rpartition(":")[2])
     conf = RunnerConfig(
-        runner_id=args.id or default_id,
+        runner_id=runner_id,
         listen=endpoint,
         capacity=int(positive(int, "--capacity", args.capacity)),
         labels=parse_labels(args.labels),
-        work_dir=Path(args.work_dir).expanduser(),
+        work_dir=work_dir,
         cancel_grace=positive(float, "--cancel-grace", args.cancel_grace),
         drain_timeout=_non_negative("--drain-timeout", args.drain_timeout),
         mesh=_mesh(args),

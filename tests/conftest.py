@@ -177,7 +177,7 @@ class Client:
     def wait(
         self, job_id: int, states: set[str] | None = None, timeout: float = 60
     ) -> dict[str, Any]:
-        states = states or {"success", "failed", "error", "cancelled", "timed_out"}
+        states = states or {"success", "failed", "error", "cancelled", "timed_out", "skipped"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(job_id)

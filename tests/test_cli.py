@@ -54,6 +54,16 @@ def test_exec_failure_exit_code_and_bad_file(tmp_path: Path) -> None:
     assert done.stderr.startswith("narwhal: narwhal.yml:3:")
 
 
+def test_exec_of_a_pipeline_its_when_skips_is_no_failure(tmp_path: Path) -> None:
+    (tmp_path / "narwhal.yml").write_text(
+        "name: only-main\nwhen: {branch: [main]}\nsteps:\n  - {name: a, command: echo ran}\n"
+    )
+    done = narwhal("exec", str(tmp_path))  # not a git checkout: no branch
+    assert done.returncode == 0, done.stderr
+    assert "ran" not in done.stdout
+    assert "only-main: skipped (pipeline 'when' does not match (no branch, event" in done.stderr
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     for args in (
         ["jobs", "--server", "http://127.0.0.1:9"],
@@ -89,6 +99,28 @@ def test_client_commands_against_narwhal_up(
     failing = make_repo({"narwhal.yml": "steps:\n  - name: bad\n    command: 'false'\n"})
     done = narwhal("submit", str(failing.path), "-f", "--server", daemon.url)
     assert done.returncode == 1 and "failed" in done.stderr
+
+
+def test_a_pipeline_its_when_skips_ends_skipped_everywhere(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo(
+        {"narwhal.yml": "when: {branch: [release]}\nsteps:\n  - {name: a, command: echo ran}\n"}
+    )
+    ref = ("--ref", "refs/heads/main")
+    done = narwhal("submit", str(repo.path), *ref, "-f", "--server", daemon.url)
+    assert "ran" not in done.stdout
+    summary = done.stderr.strip().splitlines()[-1]
+    assert summary.startswith("job 1 skipped in "), done.stderr
+    assert "pipeline 'when' does not match (branch main, event push)" in summary
+    job = api.job(1)
+    assert job["state"] == "skipped" and [s["status"] for s in job["steps"]] == ["skipped"]
+    assert [t["state"] for t in job["transitions"]][-1] == "skipped"
+    listed = narwhal("jobs", "--server", daemon.url).stdout.splitlines()
+    assert any(line.split()[:2] == ["1", "skipped"] for line in listed), listed
+    only = narwhal("jobs", "--state", "skipped", "--server", daemon.url).stdout
+    assert str(repo.path) in only
 
 
 def test_dispatcher_spreads_jobs_over_separate_runner_processes(

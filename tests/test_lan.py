@@ -165,6 +165,10 @@ def test_duplicate_id_is_refused_and_a_restarted_runner_stays_one_runner(
     assert [r["endpoint"] for r in cluster.listing()["runners"]] == [first]
     assert cluster.dispatcher is not None
     assert any("refusing runner at" in line for line in cluster.dispatcher.stderr_lines)
+    # The cloned machine's runner is told why, in its own log.
+    told = f"dispatcher refused this runner: runner id 'alpha' is already connected from {first}"
+    b_log = cluster.runners["b"].stderr_lines
+    wait_for(cluster, lambda: any(told in line for line in b_log), "the second alpha told why")
     assert api.wait(api.submit(sleeper(make_repo, 0)))["runner_id"] == "alpha"
     assert cluster.runners["b"].stop() == 0  # its goodbye also clears the refusal
     wait_for(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -122,6 +123,37 @@ def test_missing_pipeline_file_and_bad_repo_end_in_error(
     assert job["state"] == "error" and "git fetch failed" in job["reason"]
 
 
+def test_a_missing_path_or_plain_folder_gets_gits_reason(narwhal_up: Up, tmp_path: Path) -> None:
+    _, api = narwhal_up()
+    plain = tmp_path / "plain-folder"
+    plain.mkdir()
+    for path in (tmp_path / "does-not-exist", plain):
+        job = api.wait(api.submit(str(path)))
+        assert job["state"] == "error"
+        wrong = f"fatal: '{path}' does not appear to be a git repository"
+        assert wrong in job["reason"] and "\n" not in job["reason"], job["reason"]
+        assert "and the repository exists." not in job["reason"]
+        log = api.log(job["id"])
+        assert wrong in log and "and the repository exists." in log, log
+
+
+def test_a_broken_pipeline_file_records_the_sha_and_resubmit_builds_it(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    _, api = narwhal_up()
+    repo = make_repo()
+    broken = repo.commit({"narwhal.yml": "steps: [\n"})
+    first = api.wait(api.submit(repo, ref="refs/heads/main"))
+    assert first["state"] == "error" and first["sha"] == broken, first
+    assert first["pipeline"] is None
+    repo.commit({"narwhal.yml": PIPELINE, "data.txt": "fixed\n"})  # the branch moves on
+    response = api.http.post(f"/api/jobs/{first['id']}/resubmit", json={})
+    assert response.status_code == 201
+    second = api.wait(response.json()["id"])
+    assert second["sha"] == broken and second["state"] == "error", second
+    assert second["reason"] == first["reason"]
+
+
 def test_cancel_stops_a_running_step(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:
     _, api = narwhal_up()
     pidfile = tmp_path / "step.pid"
@@ -132,7 +164,7 @@ steps:
   - name: long
     commands:
       - echo $$ > {pidfile}
-      - sleep 300
+      - printf cut-off-mid-line; sleep 300
 """
         }
     )
@@ -144,6 +176,12 @@ steps:
     job = api.wait(job_id)
     assert job["state"] == "cancelled"
     assert job["steps"][0]["status"] == "cancelled"
+    # The log says how it ended, on a line of its own.
+    closing = re.search(
+        r"cut-off-mid-line\n--- cancelled after (\S+)s in step 'long': (.*)\n$", api.log(job_id)
+    )
+    assert closing is not None, api.log(job_id)
+    assert float(closing.group(1)) >= 0 and closing.group(2) == "cancelled by user"
     _wait_for(lambda: not _alive(pid))
     again = api.http.post(f"/api/jobs/{job_id}/cancel", json={})
     assert again.status_code == 409 and "already ended" in again.json()["error"]
@@ -156,7 +194,7 @@ def test_step_timeout_ends_timed_out(narwhal_up: Up, make_repo: MakeRepo) -> Non
             "narwhal.yml": """\
 steps:
   - name: slow
-    command: sleep 300
+    command: printf half-a-line; sleep 300
     timeout: 1s
 """
         }
@@ -164,6 +202,34 @@ steps:
     job = api.wait(api.submit(repo))
     assert job["state"] == "timed_out"
     assert job["steps"][0]["status"] == "timed_out"
+    assert re.search(
+        r"half-a-line\n--- timed out after 1\.\ds in step 'slow': step timed out after 1s\n$",
+        api.log(job["id"]),
+    ), api.log(job["id"])
+
+
+def test_a_queued_job_says_why_it_waits(narwhal_up: Up, make_repo: MakeRepo) -> None:
+    _, api = narwhal_up("--capacity", "1", "--labels", "os=linux")
+    repo = make_repo({"narwhal.yml": "steps:\n  - {name: s, command: sleep 300}\n"})
+    unmatched = api.submit(repo, labels={"gpu": "a100", "os": "linux"})
+    busy = api.submit(repo)
+    _wait_for(lambda: api.job(busy)["state"] == "running")
+    waiting = api.submit(repo, labels={"os": "linux"})
+    _wait_for(lambda: api.job(waiting)["reason"] == "waiting for a free slot", timeout=10)
+    _wait_for(
+        lambda: api.job(unmatched)["reason"] == "waiting: no runner offers gpu=a100,os=linux",
+        timeout=10,
+    )
+    job = api.job(unmatched)
+    assert job["state"] == "queued"
+    assert [t["state"] for t in job["transitions"]] == ["queued"], "no state change"
+    listed = api.http.get("/api/jobs", params={"state": "queued"}).json()["jobs"]
+    assert {j["id"]: j["reason"] for j in listed}[waiting] == "waiting for a free slot"
+    api.http.post(f"/api/jobs/{busy}/cancel", json={})
+    _wait_for(lambda: api.job(waiting)["state"] == "running")
+    assert api.job(waiting)["reason"].startswith("accepted by")
+    for job_id in (waiting, unmatched):
+        api.http.post(f"/api/jobs/{job_id}/cancel", json={})
 
 
 def test_capacity_is_never_exceeded(narwhal_up: Up, make_repo: MakeRepo, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.vault import Vault, load_key
+from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
 from narwhal.supervise import spawn
@@ -70,6 +71,8 @@ class Dispatcher:
         #: Jobs of lost runners whose requeue the store refused: retried.
         self._unrequeued: dict[tuple[int, int], str] = {}
         self._requeuer: asyncio.Task[None] | None = None
+        #: Says in queued jobs' reasons why they wait (``dispatcher.waiting``).
+        self._explainer = Explainer()
         self._wake = asyncio.Event()
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
@@ -107,6 +110,7 @@ class Dispatcher:
         spawn(self._tasks, "dispatcher monitor loop", self._runners.monitor_loop)
         spawn(self._tasks, "dispatcher schedule loop", self._schedule_loop)
         spawn(self._tasks, "dispatcher checkpoint loop", self._store.checkpoint_loop)
+        spawn(self._tasks, "dispatcher explain loop", self._explain_loop)
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -435,6 +439,26 @@ class Dispatcher:
                 continue
             self._changed(job.moved("assigned", move[3], link.runner_id, now))
             self._dispatch(link, job)
+
+    async def _explain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPLAIN_INTERVAL)
+            self._explain()
+
+    def _explain(self) -> None:
+        """Put why each queued job waits in its reason; write only reasons that changed."""
+        changed = self._explainer.look(self._queue, self.runners.links())
+        if not changed:
+            return
+        try:
+            self._write(SqliteStore.set_reasons, changed)
+        except StoreError as e:  # said again at the next look
+            log.warning("cannot record why %d job(s) wait: %s", len(changed), e)
+            self._explainer = Explainer()
+            return
+        for job_id, _, reason in changed:
+            self._queue[job_id] = self._queue[job_id]._replace(reason=reason)
+            self._notify(job_id)
 
     def _dispatch(self, link: Link, job: JobRecord) -> None:
         assert link.session is not None  # noqa: S101 - a ready link has a session

@@ -128,10 +128,23 @@ class RunnerPool:
         self.refused[endpoint] = reason
         self.key_refused[endpoint] = source
 
-    def _refuse_link(self, link: Link, reason: str) -> None:
-        """Disconnect ``link`` for its key; its jobs are requeued after the batch."""
+    def _refuse_link(self, link: Link, reason: str, *, tell: bool = True) -> None:
+        """Disconnect ``link`` for its key; its jobs are requeued after the batch.
+
+        ``tell``: the runner completed a handshake, so it can be told why.
+        """
         self.refuse(link.endpoint, reason, link.source)
+        if tell:
+            self._tell_refused(link, reason)
         self._drop(link)
+
+    def _tell_refused(self, link: Link, reason: str) -> None:
+        """Tell the runner why before its link goes (else it sees a dispatcher gone silent).
+
+        Once per refusal, never answered; queued before the disconnect, which
+        delivers what is queued within the socket's linger.
+        """
+        self.send(link, p.Refused(reason=reason[: p.MAX_REFUSAL_CHARS]))
         self._refusals.append((link, reason))
 
     async def _settle_refusals(self) -> None:
@@ -274,7 +287,7 @@ class RunnerPool:
                 self.auth is not None and self.auth.denied(link.alias)
             ):
                 continue
-            self._refuse_link(link, reason)
+            self._refuse_link(link, reason, tell=False)  # no handshake: no channel
         await self._settle_refusals()
 
     # frames in
@@ -415,6 +428,7 @@ class RunnerPool:
         reason = f"runner id {ready.runner_id!r} is already connected from {other.endpoint}"
         log.warning("refusing runner at %s: %s", link.endpoint, reason)
         self.refused[link.endpoint] = reason
+        self._tell_refused(link, reason)
         self._drop(link)
         await self._handler.on_lost(link, reason)
         return False

@@ -22,8 +22,10 @@ STATES = (
     "error",
     "cancelled",
     "timed_out",
+    "skipped",
 )
-TERMINAL = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
+#: ``skipped``: the pipeline's ``when`` did not match; nothing ran.
+TERMINAL = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 ACTIVE = frozenset({"assigned", "running"})
 
 #: Which states each state may move to.

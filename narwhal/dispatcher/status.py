@@ -63,6 +63,8 @@ _GITHUB_STATES = {
     "timed_out": "failure",
     "error": "error",
     "cancelled": "error",
+    # GitHub and Gitea have no skipped state; the description says skipped.
+    "skipped": "success",
 }
 _GITLAB_STATES = {
     "queued": "pending",
@@ -72,6 +74,7 @@ _GITLAB_STATES = {
     "timed_out": "failed",
     "error": "failed",
     "cancelled": "canceled",
+    "skipped": "skipped",
 }
 
 
@@ -105,6 +108,8 @@ def describe(job: JobRecord) -> str:
         text = "queued" if job.attempt == 1 else f"queued again: {job.reason}"
     elif job.state == "running":
         text = f"{name} running on {job.runner_id}"
+    elif job.state == "skipped":
+        text = f"{name} skipped: {job.reason}"
     elif job.state == "success" and job.started_at and job.finished_at:
         text = f"{name} passed in {job.finished_at - job.started_at:.1f}s"
     else:

@@ -418,8 +418,11 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             return False
+        # An empty ``pipeline``: the commit is known but its narwhal.yml did
+        # not parse; the sha is recorded all the same (a resubmit builds it).
         self._db.execute(
-            "UPDATE jobs SET sha = ?, pipeline = ?, matrix = COALESCE(matrix, ?) WHERE id = ?",
+            "UPDATE jobs SET sha = ?, pipeline = COALESCE(NULLIF(?, ''), pipeline),"
+            " matrix = COALESCE(matrix, ?) WHERE id = ?",
             (sha, pipeline, json.dumps(dict(matrix)) if matrix else None, job_id),
         )
         return row[0] is None and len(variants) > 1
@@ -475,6 +478,18 @@ class SqliteStore:
         # In a transaction: a foreign lock is then a StoreError (503), not sqlite3's.
         with self.transaction():
             self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+
+    def set_reasons(self, reasons: Sequence[tuple[int, int, str]]) -> None:
+        """Say why queued jobs wait: ``(job id, attempt, reason)``; no state changes.
+
+        Only a job still queued at that attempt takes it (one assigned
+        meanwhile keeps its own reason); not a transition, so not in history.
+        """
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND state = 'queued'",
+                [(reason, job_id, attempt) for job_id, attempt, reason in reasons],
+            )
 
     def transitions(self, job_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(

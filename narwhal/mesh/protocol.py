@@ -1,4 +1,4 @@
-"""Wire protocol v2 between the dispatcher (ROUTER) and runners (DEALER).
+"""Wire protocol v3 between the dispatcher (ROUTER) and runners (DEALER).
 
 Every frame is one msgpack array ``[version, kind, {field: value, ...}]``.
 The version is checked first so that a peer speaking another protocol gets a
@@ -19,6 +19,7 @@ Conversation, in order::
     ACK([job_id, attempt, seq]*) ->                 (as frames are stored)
     CANCEL(job_id, attempt)     ->                  (any time)
     HEARTBEAT(session)          <->                 (both ways, every interval)
+    REFUSED(reason)             ->                  (then the link is dropped; never answered)
 
 The runner-to-dispatcher frames of one job attempt (ACCEPT to DONE) form a
 *job stream*: each carries ``seq``, counting from 0. The runner keeps every
@@ -44,15 +45,19 @@ from narwhal.errors import ProtocolError
 from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
 #: 2: JOB carries ``secrets`` (a v1 runner's strict decoding refuses the field).
-PROTOCOL_VERSION = 2
+#: 3: DONE may say ``skipped`` and the dispatcher may send REFUSED (a v2
+#: dispatcher refuses that status, so it would never store the job's end).
+PROTOCOL_VERSION = 3
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
 MAX_FRAME_BYTES = 1 << 20
 #: Largest LOG payload a runner puts in one frame.
 MAX_LOG_CHUNK = 64 * 1024
+#: Longest REFUSED reason either side sends or accepts.
+MAX_REFUSAL_CHARS = 500
 
 #: Terminal job statuses a runner may report in DONE.
-DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out"})
+DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 #: Statuses of one step in STEP_FINISHED and DONE.
 STEP_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
 
@@ -158,6 +163,8 @@ class CheckedOut(Message):
 
     ``variants`` lists every matrix combination; the sending job runs
     ``variants[0]`` and the dispatcher creates one job for each of the rest.
+    An empty ``pipeline``: the commit is checked out but its narwhal.yml
+    could not be read (the job ends in error next); its sha still counts.
     """
 
     KIND: ClassVar[str] = "checked_out"
@@ -243,6 +250,19 @@ class Cancel(Message):
     reason: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refused(Message):
+    """The dispatcher refuses this runner (say, its id is in use) and drops the link.
+
+    Sent once per refusal, just before the link goes: the runner logs the
+    reason, which it could not otherwise tell from a dispatcher gone silent.
+    Never answered, so two confused peers cannot feed each other.
+    """
+
+    KIND: ClassVar[str] = "refused"
+    reason: str
+
+
 MESSAGES: tuple[type[Message], ...] = (
     Hello,
     Heartbeat,
@@ -257,6 +277,7 @@ MESSAGES: tuple[type[Message], ...] = (
     Done,
     Ack,
     Cancel,
+    Refused,
 )
 
 #: Runner-to-dispatcher frames that belong to a job stream (carry ``seq``).
@@ -463,10 +484,17 @@ def _check_values(message: Message) -> None:
         raise ProtocolError(f"done.status: unknown status {message.status!r}")
     if isinstance(message, StepFinished) and message.status not in STEP_STATUSES:
         raise ProtocolError(f"step_finished.status: unknown status {message.status!r}")
+    _check_sizes(message)
+
+
+def _check_sizes(message: Message) -> None:
+    """Payloads with bounds of their own (the frame's size bounds the rest)."""
     if isinstance(message, Log) and len(message.data) > MAX_LOG_CHUNK:
         raise ProtocolError(f"log.data: chunk of {len(message.data)} bytes is too large")
     if isinstance(message, Job):
         _check_secrets(message.secrets)
+    if isinstance(message, Refused) and len(message.reason) > MAX_REFUSAL_CHARS:
+        raise ProtocolError(f"refused.reason: longer than {MAX_REFUSAL_CHARS} characters")
 
 
 def _check_secrets(secrets: Mapping[str, str]) -> None:
@@ -495,6 +523,7 @@ __all__ = [
     "Log",
     "Message",
     "Ready",
+    "Refused",
     "Reject",
     "StepFinished",
     "StepOutcome",

@@ -117,9 +117,35 @@ async def _git(
     finally:
         child.close()
     if child.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines() or ["(no output)"]
-        raise CheckoutError(f"git {args[0]} failed: {lines[-1]}")
+        text = err.decode(errors="replace")
+        raise GitFailed(f"git {args[0]} failed: {summary(text)}", output=text)
     return out
+
+
+class GitFailed(CheckoutError):
+    """git exited non-zero; ``output`` is the whole of its stderr (for the job's log)."""
+
+    def __init__(self, message: str, *, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+#: Longest summary of git's stderr that goes into a job's reason.
+_SUMMARY_CHARS = 400
+
+
+def summary(stderr: str) -> str:
+    """One line of what git said went wrong: its ``fatal:`` and ``error:`` lines.
+
+    git ends many failures with advice ("Please make sure you have the
+    correct access rights / and the repository exists."): the last line
+    alone hid what was wrong, e.g. "'/x' does not appear to be a git repository".
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    wanted = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    kept = list(dict.fromkeys(wanted or lines[-1:])) or ["(no output)"]
+    text = "; ".join(kept)
+    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
 
 
 def _skeleton(workspace: Path, mirror: Path) -> None:

@@ -83,11 +83,14 @@ async def run_pipeline(
         skipped = [_skipped(i, s) for i, s in enumerate(pipeline.steps)]
         for outcome in skipped:
             await reporter.step_finished(outcome)
+        where = f"branch {context.branch}" if context.branch else "no branch"
         return Outcome(
-            status="success",
-            reason="skipped: pipeline 'when' does not match",
+            status="skipped",
+            reason=f"pipeline 'when' does not match ({where}, event {context.event})",
             steps=tuple(skipped),
         )
+    # Tracks whether the output ends mid-line, for the closing line of a stopped step.
+    tail = _Tail(reporter)
     budget = pipeline.timeout or default_timeout
     deadline = time.monotonic() + budget if budget else None
     status, reason = "success", ""
@@ -95,7 +98,7 @@ async def run_pipeline(
     name = f"job-{context.job_id}" if context.job_id is not None else "exec"
     try:
         async with executor.session(
-            job=name, workspace=workspace, pipeline=pipeline, output=reporter.output
+            job=name, workspace=workspace, pipeline=pipeline, output=tail.output
         ) as session:
             for index, step in enumerate(pipeline.steps):
                 if status != "success" or not step.when.matches(
@@ -104,16 +107,18 @@ async def run_pipeline(
                     outcome = _skipped(index, step)
                 else:
                     outcome, result = await _run_step(
-                        index, step, pipeline, session, reporter, stop, context, deadline
+                        index, step, pipeline, session, tail, stop, context, deadline
                     )
                     status, reason = _fold(status, step, result, budget)
+                    if result.status in _STOPPED:
+                        await tail.line(_closing(step, result))
                 outcomes.append(outcome)
-                await reporter.step_finished(outcome)
+                await tail.step_finished(outcome)
     except ExecutorError as e:
-        await reporter.output(f"{e}\n".encode())
+        await tail.output(f"{e}\n".encode())
         rest = [_skipped(i, s) for i, s in enumerate(pipeline.steps) if i >= len(outcomes)]
         for outcome in rest:
-            await reporter.step_finished(outcome)
+            await tail.step_finished(outcome)
         return Outcome(status="error", reason=str(e), steps=(*outcomes, *rest))
     return Outcome(status=status, reason=reason, steps=tuple(outcomes))
 
@@ -158,6 +163,40 @@ async def _run_step(
         duration=result.duration,
     )
     return outcome, result
+
+
+#: Step ends that cut its output off, maybe mid-line: the log says so.
+_STOPPED = frozenset({"cancelled", "timed_out"})
+
+
+def _closing(step: Step, result: StepResult) -> str:
+    """The log's last line for a stopped step: ``--- cancelled after 12.3s in step 'x': why``."""
+    what = result.status.replace("_", " ")
+    why = f": {result.reason}" if result.reason else ""
+    return f"--- {what} after {result.duration:.1f}s in step {step.name!r}{why}"
+
+
+class _Tail:
+    """A ``Reporter`` that remembers whether the output so far ends mid-line."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+        self._mid_line = False
+
+    async def step_started(self, index: int, step: Step) -> None:
+        await self._reporter.step_started(index, step)
+
+    async def output(self, data: bytes) -> None:
+        if data:
+            self._mid_line = not data.endswith(b"\n")
+        await self._reporter.output(data)
+
+    async def line(self, text: str) -> None:
+        """``text`` as a line of its own, also after output cut off mid-line."""
+        await self.output(f"{chr(10) if self._mid_line else ''}{text}\n".encode())
+
+    async def step_finished(self, outcome: StepOutcome) -> None:
+        await self._reporter.step_finished(outcome)
 
 
 def _step_timeout(step: Step, deadline: float | None) -> float | None:

@@ -73,7 +73,7 @@ async def exec_directory(
             pipeline = pipeline_file.pipeline(variant)
             outcome = await _run_one(pipeline, directory, executor, context, stop, out)
             _summary(pipeline, outcome, err)
-            failures += outcome.status != "success"
+            failures += outcome.status not in ("success", "skipped")
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     return 1 if failures else 0

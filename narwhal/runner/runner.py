@@ -27,7 +27,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,14 +40,14 @@ from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
-from narwhal.pipeline import Step
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
-from narwhal.runner.checkout import MirrorCache, PipelineFiles
+from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
 from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
-from narwhal.runner.masking import Masker, SecretsExecutor, mask_text
+from narwhal.runner.masking import SecretsExecutor, mask_text
+from narwhal.runner.reporter import FrameReporter
 from narwhal.runner.stream import JobStream
 from narwhal.supervise import spawn
 
@@ -252,6 +252,15 @@ class Runner:
             active = self._active.get((message.job_id, message.attempt))
             if active is not None:
                 active.stop.set("cancelled", message.reason or "cancelled")
+        elif isinstance(message, p.Refused):
+            # The dispatcher drops the link next: not "silent", refused.
+            self._dispatcher = None
+            self._quiet.warning(
+                "refused",
+                "runner %s: the dispatcher refused this runner: %s",
+                self.config.runner_id,
+                message.reason,
+            )
         else:
             self._quiet.warning(
                 "unexpected",
@@ -376,24 +385,23 @@ class Runner:
         self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
     ) -> Outcome:
         try:
-            # Again here: a JOB frame is the last door before git runs.
-            check_repo(job.repo, allow_local=self.config.allow_local_repos)
-            check_ref(job.ref)
-            if job.sha is not None:
-                check_sha(job.sha)
-            sha = await _until_stopped(
-                self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace),
-                stop,
-            )
-            if sha is None:
-                return Outcome(status=stop.status, reason=stop.reason, steps=())
+            sha = await _until_stopped(self._checkout(job, workspace), stop)
+        except (RepoError, CheckoutError) as e:
+            return await _ended_before_steps(reporter, e)
+        if sha is None:
+            await reporter.output(f"--- {stop.reason or stop.status} during checkout\n".encode())
+            return Outcome(status=stop.status, reason=stop.reason, steps=())
+        try:
             pipeline_file = await self._pipelines.load(job.repo, sha)
             pipeline = pipeline_file.pipeline(job.matrix)
-        except (RepoError, CheckoutError, PipelineError) as e:
-            # git quotes the URL it failed on: its credentials stay here.
-            shown = redacted(str(e))
-            await reporter.output(f"{shown}\n".encode())
-            return Outcome(status="error", reason=shown, steps=())
+        except (CheckoutError, PipelineError) as e:
+            # The commit is known: record it (no pipeline name), so that a
+            # resubmit builds this very commit, not where the branch is now.
+            await reporter.checked_out(sha, "", ())
+            return await _ended_before_steps(reporter, e)
+        except Exception:  # a bug: ``_run`` reports it, with the commit recorded first
+            await reporter.checked_out(sha, "", ())
+            raise
         variants = pipeline_file.variants if job.matrix is None else ()
         await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
         context = Context(
@@ -412,6 +420,14 @@ class Runner:
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
         )
+
+    async def _checkout(self, job: p.Job, workspace: Path) -> str:
+        # Again here: a JOB frame is the last door before git runs.
+        check_repo(job.repo, allow_local=self.config.allow_local_repos)
+        check_ref(job.ref)
+        if job.sha is not None:
+            check_sha(job.sha)
+        return await self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace)
 
     def _job_executor(self, job: p.Job) -> Executor:
         """The runner's executor, handing every step the job's secrets too.
@@ -434,6 +450,19 @@ def _private_dir(path: Path) -> None:
     path.parent.chmod(0o700)
 
 
+async def _ended_before_steps(reporter: FrameReporter, error: Exception) -> Outcome:
+    """A job that ends in ``error`` before its first step: say why in its log and reason.
+
+    The log gets all git said (its advice too), the reason one line.
+    """
+    # git quotes the URL it failed on: its credentials stay here.
+    shown = redacted(str(error))
+    if isinstance(error, GitFailed) and error.output.strip():
+        await reporter.output(redacted(error.output.rstrip() + "\n").encode())
+    await reporter.output(f"{shown}\n".encode())
+    return Outcome(status="error", reason=shown, steps=())
+
+
 async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
     """Await ``coro`` unless ``stop`` is set first; then cancel it and return None."""
     work = asyncio.create_task(coro)
@@ -447,64 +476,3 @@ async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
     return None if work.cancelled() else work.result()
-
-
-class FrameReporter:
-    """Puts a job's step boundaries and output on its job stream."""
-
-    def __init__(self, stream: JobStream, secrets: Iterable[str] = ()) -> None:
-        self._stream = stream
-        self._job = stream.job_id
-        self._attempt = stream.attempt
-        # One masker per job: it keeps state across chunks, so a secret split
-        # between two reads is still caught before the line leaves the runner.
-        self._masker = Masker(secrets)
-
-    async def checked_out(
-        self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
-    ) -> None:
-        await self._stream.put(
-            lambda seq: p.CheckedOut(
-                job_id=self._job,
-                attempt=self._attempt,
-                seq=seq,
-                sha=sha,
-                pipeline=pipeline,
-                variants=variants,
-            )
-        )
-
-    async def step_started(self, index: int, step: Step) -> None:
-        await self._stream.put(
-            lambda seq: p.StepStarted(
-                job_id=self._job, attempt=self._attempt, seq=seq, index=index, name=step.name
-            )
-        )
-
-    async def output(self, data: bytes) -> None:
-        await self._send_log(self._masker.feed(data))
-
-    async def flush(self) -> None:
-        """Send what the masker held back; once, before DONE."""
-        await self._send_log(self._masker.flush())
-
-    async def _send_log(self, data: bytes) -> None:
-        for start in range(0, len(data), p.MAX_LOG_CHUNK):
-            await self._stream.put(self._log(data[start : start + p.MAX_LOG_CHUNK]))
-
-    def _log(self, chunk: bytes) -> Callable[[int], p.Message]:
-        return lambda seq: p.Log(job_id=self._job, attempt=self._attempt, seq=seq, data=chunk)
-
-    async def step_finished(self, outcome: p.StepOutcome) -> None:
-        await self._stream.put(
-            lambda seq: p.StepFinished(
-                job_id=self._job,
-                attempt=self._attempt,
-                seq=seq,
-                index=outcome.index,
-                name=outcome.name,
-                status=outcome.status,
-                exit_code=outcome.exit_code,
-                duration=outcome.duration,
-            )
-        )

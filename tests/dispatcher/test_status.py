@@ -144,6 +144,27 @@ def test_final_states_map_to_forge_states(tmp_path: Path, forge: FakeForge) -> N
     assert got[f"{0:040x}"]["description"] == "build failed: step test failed"
 
 
+def test_a_skipped_job_is_success_saying_skipped_or_gitlabs_skipped(
+    tmp_path: Path, forge: FakeForge
+) -> None:
+    reason = "pipeline 'when' does not match (branch main, event push)"
+
+    async def main() -> None:
+        for n, name in enumerate(("github", "gitlab")):
+            conf = config(forge.url, forge=name)
+            (tmp_path / name).mkdir()
+            async with StatusReporter(conf, data_dir=tmp_path / name, public_url=PUBLIC) as r:
+                await r.remember(commit_event(n, forge=name))
+                r.on_job(job(n + 1, "skipped", pipeline="build", reason=reason))
+                await wait_for(forge, n + 1)
+
+    asyncio.run(main())
+    github, gitlab = (r.body for r in forge.requests)
+    assert github["state"] == "success"
+    assert github["description"] == f"build skipped: {reason}"
+    assert gitlab["state"] == "skipped" and gitlab["description"] == f"build skipped: {reason}"
+
+
 def test_superseded_states_are_not_sent_after_the_final_one(
     tmp_path: Path, forge: FakeForge
 ) -> None:

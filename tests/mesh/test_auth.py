@@ -204,6 +204,9 @@ def test_revoking_a_key_drops_the_runner_requeues_its_job_and_keeps_it_out(
     assert "r1" not in ready(api) and api.job(job)["state"] == "queued"
     assert "revoked" in refused(api)[f"tcp://127.0.0.1:{cluster.ports['r1']}"]
     assert cluster.dispatcher is not None and cluster.dispatcher.proc.poll() is None
+    # The runner was told why, not left to see a dispatcher gone silent.
+    told = "the dispatcher refused this runner: the key of runner r1 was revoked"
+    assert told in "".join(cluster.runners["r1"].stderr_lines)
 
 
 def test_pinned_labels_replace_what_ready_claims(cluster: Cluster) -> None:

@@ -77,6 +77,7 @@ SAMPLES: list[p.Message] = [
     ),
     p.Ack(streams=((1, 1, 5), (2, 3, 0))),
     p.Cancel(job_id=1, attempt=3, reason="cancelled by user"),
+    p.Refused(reason="runner id 'pi' is already connected from tcp://10.0.0.2:8471"),
 ]
 
 
@@ -116,6 +117,16 @@ def test_bad_job_secrets_are_refused_without_the_value(secrets: Any, error: str)
     with pytest.raises(ProtocolError, match=error.replace("[", r"\[")) as caught:
         p.decode(frame)
     assert "va\x00lue" not in str(caught.value)
+
+
+def test_done_may_say_skipped_and_a_refusal_is_bounded() -> None:
+    done = {"job_id": 1, "attempt": 1, "seq": 0, "reason": "", "duration": 0.1}
+    assert isinstance(p.decode(_frame("done", {**done, "status": "skipped"})), p.Done)
+    with pytest.raises(ProtocolError, match="unknown status 'skipping'"):
+        p.decode(_frame("done", {**done, "status": "skipping"}))
+    assert p.decode(_frame("refused", {"reason": "x" * p.MAX_REFUSAL_CHARS})) is not None
+    with pytest.raises(ProtocolError, match="refused.reason: longer than"):
+        p.decode(_frame("refused", {"reason": "x" * (p.MAX_REFUSAL_CHARS + 1)}))
 
 
 def test_messages_are_frozen() -> None:

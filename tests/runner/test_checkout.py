@@ -189,6 +189,29 @@ def test_unknown_commit_and_missing_repo_raise(
         _checkout(cache, str(repo.path), tmp_path / "w3", ref="refs/heads/nope")
 
 
+def test_a_missing_path_or_plain_folder_says_what_is_wrong(
+    cache: MirrorCache, tmp_path: Path
+) -> None:
+    # git ends with advice ("... and the repository exists."): the reason
+    # keeps what was wrong, the error holds all git said (for the log).
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for path in (tmp_path / "nope", plain):
+        with pytest.raises(checkout.GitFailed) as caught:
+            _checkout(cache, str(path), tmp_path / f"w-{path.name}", ref="HEAD")
+        message = str(caught.value)
+        assert f"fatal: '{path}' does not appear to be a git repository" in message
+        assert "\n" not in message and "repository exists" not in message
+        assert "and the repository exists." in caught.value.output
+
+
+def test_summary_keeps_fatal_and_error_lines_or_the_last() -> None:
+    assert checkout.summary("hint: x\nerror: one\nfatal: two\nadvice\n") == "error: one; fatal: two"
+    assert checkout.summary("just this\n\n") == "just this"
+    assert checkout.summary("") == "(no output)"
+    assert len(checkout.summary("fatal: " + "x" * 5000)) == 400
+
+
 def test_a_known_commit_pruned_from_the_mirror_is_fetched_again(
     make_repo: Callable[..., Repo], cache: MirrorCache, tmp_path: Path
 ) -> None:

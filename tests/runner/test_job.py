@@ -79,7 +79,8 @@ steps:
         tmp_path,
         branch="feature",
     )
-    assert outcome.status == "success" and "skipped" in outcome.reason
+    assert outcome.status == "skipped"
+    assert outcome.reason == "pipeline 'when' does not match (branch feature, event push)"
     assert [s.status for s in outcome.steps] == ["skipped"]
     assert rec.out == b""
 

@@ -1,0 +1,75 @@
+"""A job's step boundaries and output, put on its job stream as frames.
+
+Every byte of output goes through the job's ``Masker`` first, so a secret
+never leaves the runner, also when it is split between two reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from narwhal.mesh import protocol as p
+from narwhal.pipeline import Step
+from narwhal.runner.masking import Masker
+from narwhal.runner.stream import JobStream
+
+
+class FrameReporter:
+    """Puts a job's step boundaries and output on its job stream."""
+
+    def __init__(self, stream: JobStream, secrets: Iterable[str] = ()) -> None:
+        self._stream = stream
+        self._job = stream.job_id
+        self._attempt = stream.attempt
+        # One masker per job: it keeps state across chunks, so a secret split
+        # between two reads is still caught before the line leaves the runner.
+        self._masker = Masker(secrets)
+
+    async def checked_out(
+        self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
+    ) -> None:
+        await self._stream.put(
+            lambda seq: p.CheckedOut(
+                job_id=self._job,
+                attempt=self._attempt,
+                seq=seq,
+                sha=sha,
+                pipeline=pipeline,
+                variants=variants,
+            )
+        )
+
+    async def step_started(self, index: int, step: Step) -> None:
+        await self._stream.put(
+            lambda seq: p.StepStarted(
+                job_id=self._job, attempt=self._attempt, seq=seq, index=index, name=step.name
+            )
+        )
+
+    async def output(self, data: bytes) -> None:
+        await self._send_log(self._masker.feed(data))
+
+    async def flush(self) -> None:
+        """Send what the masker held back; once, before DONE."""
+        await self._send_log(self._masker.flush())
+
+    async def _send_log(self, data: bytes) -> None:
+        for start in range(0, len(data), p.MAX_LOG_CHUNK):
+            await self._stream.put(self._log(data[start : start + p.MAX_LOG_CHUNK]))
+
+    def _log(self, chunk: bytes) -> Callable[[int], p.Message]:
+        return lambda seq: p.Log(job_id=self._job, attempt=self._attempt, seq=seq, data=chunk)
+
+    async def step_finished(self, outcome: p.StepOutcome) -> None:
+        await self._stream.put(
+            lambda seq: p.StepFinished(
+                job_id=self._job,
+                attempt=self._attempt,
+                seq=seq,
+                index=outcome.index,
+                name=outcome.name,
+                status=outcome.status,
+                exit_code=outcome.exit_code,
+                duration=outcome.duration,
+            )
+        )
