@@ -1,0 +1,120 @@
+"""The CLI follows and cancels a whole submission: a job and every matrix job it spawned.
+
+Against a real ``narwhal up`` and real git repositories.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import Client, Daemon, Repo
+from tests.test_cli import narwhal
+
+Up = Callable[..., tuple[Daemon, Client]]
+MakeRepo = Callable[..., Repo]
+
+MATRIX = """\
+name: m
+matrix:
+  N: ["1", "2"]
+steps:
+  - name: check
+    commands:
+      - echo "line-${{N}}"
+      - {check}
+"""
+
+
+def _summaries(stderr: str) -> dict[str, str]:
+    """``{"N=1": "success", ...}`` from the summary lines ``job 3 [N=1] success in ...``."""
+    found = re.findall(r"^job \d+ \[([^\]]+)\] (\w+)", stderr, re.M)
+    return dict(found)
+
+
+def test_submit_follow_shows_every_combination_and_fails_if_one_did(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    daemon, _ = narwhal_up()
+    repo = make_repo({"narwhal.yml": MATRIX.format(check="test ${N} = 1")})
+    done = narwhal("submit", str(repo.path), "-f", "--server", daemon.url)
+    assert done.returncode == 1, done.stderr
+    assert "[N=1] line-1" in done.stdout and "[N=2] line-2" in done.stdout, done.stdout
+    assert _summaries(done.stderr) == {"N=1": "success", "N=2": "failed"}, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_submit_follow_exits_0_when_all_succeed(narwhal_up: Up, make_repo: MakeRepo) -> None:
+    daemon, _ = narwhal_up()
+    repo = make_repo({"narwhal.yml": MATRIX.format(check="echo ok")})
+    done = narwhal("submit", str(repo.path), "-f", "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    assert "[N=1] line-1" in done.stdout and "[N=2] line-2" in done.stdout
+    assert _summaries(done.stderr) == {"N=1": "success", "N=2": "success"}, done.stderr
+
+
+def test_logs_follow_of_a_matrix_parent_follows_the_submission(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo({"narwhal.yml": MATRIX.format(check="sleep 1; test ${N} = 1")})
+    job_id = api.submit(repo)
+    done = narwhal("logs", "-f", str(job_id), "--server", daemon.url)
+    assert done.returncode == 1, done.stderr
+    assert "[N=1] line-1" in done.stdout and "[N=2] line-2" in done.stdout
+    assert _summaries(done.stderr) == {"N=1": "success", "N=2": "failed"}, done.stderr
+    # A job without a matrix: its log as it was written, no prefix.
+    plain = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: echo plain-line\n"})
+    done = narwhal("logs", "-f", str(api.submit(plain)), "--server", daemon.url)
+    assert done.returncode == 0 and "\nplain-line\n" in done.stdout, done.stdout
+    assert re.search(r"^job \d+ success in", done.stderr, re.M), done.stderr
+
+
+def _running(api: Client, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        jobs = api.http.get("/api/jobs").json()["jobs"]
+        if sum(j["state"] == "running" for j in jobs) >= count:
+            return sorted(jobs, key=lambda j: j["id"])
+        time.sleep(0.05)
+    raise AssertionError(f"never {count} running: {api.http.get('/api/jobs').json()}")
+
+
+def test_cancel_prints_the_new_state_and_cancels_the_submission(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    daemon, api = narwhal_up("--capacity", "2")
+    repo = make_repo({"narwhal.yml": MATRIX.format(check="sleep 60")})
+    parent = api.submit(repo)
+    jobs = _running(api, 2)
+    assert [j["id"] for j in jobs] == [parent, parent + 1]
+    done = narwhal("cancel", str(parent), "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    assert f"job {parent} [N=1]: cancelling" in done.stderr, done.stderr
+    assert f"job {parent + 1} [N=2]: cancelling" in done.stderr, done.stderr
+    assert api.wait(parent)["state"] == "cancelled"
+    assert api.wait(parent + 1)["state"] == "cancelled"
+
+    # One matrix job: only it, and the output says how to cancel them all.
+    second = api.submit(repo)
+    _running(api, 2)
+    child = second + 1
+    done = narwhal("cancel", str(child), "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    assert f"job {child} [N=2]: cancelling" in done.stderr
+    assert f"narwhal cancel {second}" in done.stderr and "--all" in done.stderr
+    assert api.wait(child)["state"] == "cancelled"
+    assert api.job(second)["state"] == "running"
+    done = narwhal("cancel", str(child), "--all", "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    assert f"job {second} [N=1]: cancelling" in done.stderr
+    assert api.wait(second)["state"] == "cancelled"
+
+    # A queued job is cancelled at once, and says so.
+    api.submit(repo)
+    _running(api, 2)
+    queued = api.submit(repo)
+    done = narwhal("cancel", str(queued), "--server", daemon.url)
+    assert f"job {queued}: cancelled" in done.stderr, done.stderr
