@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from narwhal.mesh import protocol as p
 from tests.conftest import Client, Daemon, Repo
+from tests.dispatcher.cluster import Cluster
 from tests.test_cli import narwhal
 
 Up = Callable[..., tuple[Daemon, Client]]
@@ -118,3 +123,39 @@ def test_cancel_prints_the_new_state_and_cancels_the_submission(
     queued = api.submit(repo)
     done = narwhal("cancel", str(queued), "--server", daemon.url)
     assert f"job {queued}: cancelled" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def test_a_job_cancelled_before_its_checkout_spawns_no_matrix_jobs(
+    cluster: Cluster, make_repo: MakeRepo
+) -> None:
+    """The runner reports the matrix after the cancel: its other combinations never run."""
+    peer = cluster.raw_runner("solo")
+    try:
+        api = cluster.start_dispatcher("--liveness", "50")
+        cluster.attach(peer)
+        peer.ready("solo", capacity=4)
+        repo = make_repo({"narwhal.yml": MATRIX.format(check="echo ok")})
+        job_id = api.submit(repo)
+        job = peer.recv_until(p.Job)
+        assert isinstance(job, p.Job) and job.job_id == job_id
+        key = {"job_id": job_id, "attempt": job.attempt}
+        peer.send(p.Accept(**key, seq=0))
+        api.wait(job_id, {"running"})
+        done = narwhal("cancel", str(job_id), "--server", str(api.http.base_url))
+        assert done.returncode == 0 and f"job {job_id}: cancelling" in done.stderr, done.stderr
+        peer.recv_until(p.Cancel)
+        variants = ({"N": "1"}, {"N": "2"})
+        peer.send(p.CheckedOut(**key, seq=1, sha="a" * 40, pipeline="m", variants=variants))
+        peer.send(p.Done(**key, seq=2, status="cancelled", reason="cancelled by user", duration=0))
+        assert api.wait(job_id)["state"] == "cancelled"
+        listed = api.http.get("/api/jobs").json()["jobs"]
+        assert [j["id"] for j in listed] == [job_id], listed
+    finally:
+        peer.close()
