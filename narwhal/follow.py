@@ -2,8 +2,9 @@
 
 A submission is what the user waits for. Its first job runs the first matrix
 combination and, once the runner has read narwhal.yml, the dispatcher
-creates one job per other combination (``parent_id``); when the first job is
-seen ended, all of them exist (``Dispatcher._expand``). Each job's log is
+creates one job per other combination (``parent_id``); once the first job is
+seen checked out (its ``pipeline`` set) or ended, all of them exist
+(``Dispatcher._expand``), so the list is read once then. Each job's log is
 streamed on its own thread and printed as whole lines, prefixed with its
 combination (``[PY=3.12] ``) when the job has one, so interleaved logs stay
 readable; a job without a matrix prints its log unchanged. At the end, one
@@ -127,18 +128,23 @@ class Submission:
 
     def run(self) -> int:
         self._start(self.job_id)
-        first_ended = False
-        while True:
-            # Read the first job's state before listing: ended then, all its
-            # matrix jobs are in the list.
-            first_ended = first_ended or self._state(self.job_id) in TERMINAL
-            for child in self._children():
-                self._start(child)
-            self._raise_errors()
-            if first_ended and not any(f.is_alive() for f in self._followers.values()):
-                break
-            self._join(POLL)
+        while not self._expanded():
+            self._wait()
+        for child in self._children():
+            self._start(child)
+        while any(f.is_alive() for f in self._followers.values()):
+            self._wait()
+        self._raise_errors()
         return self._summary()
+
+    def _expanded(self) -> bool:
+        """Whether the first job's matrix jobs all exist: it checked out, or it ended."""
+        job = self.api.call("GET", f"/api/jobs/{self.job_id}")
+        return job["pipeline"] is not None or job["state"] in TERMINAL
+
+    def _wait(self) -> None:
+        self._raise_errors()
+        self._join(POLL)
 
     def _raise_errors(self) -> None:
         for follower in self._followers.values():
@@ -150,9 +156,6 @@ class Submission:
             follower = _Follower(self.api, job_id, self._printer, self._turns)
             self._followers[job_id] = follower
             follower.start()
-
-    def _state(self, job_id: int) -> str:
-        return str(self.api.call("GET", f"/api/jobs/{job_id}")["state"])
 
     def _children(self) -> list[int]:
         listing = self.api.call("GET", "/api/jobs", params={"parent": self.job_id, "limit": 500})
