@@ -2,8 +2,9 @@
 
 Flags are defined here and turned into config objects by ``narwhal.settings``;
 this module configures logging and handles signals and exit codes. Exit
-codes: 0 success, 1 a job or pipeline did not succeed, 2 a usage, config or
-connection error.
+codes: 0 success, 1 a job or pipeline did not succeed (a narwhal.yml that does
+not load too, for ``exec`` as for ``submit -f``), 2 a usage, config or
+connection error, 141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import zmq.asyncio
 
@@ -34,7 +35,7 @@ from narwhal.config import (
     default_data_dir,
     default_work_dir,
 )
-from narwhal.errors import ConfigError, NarwhalError
+from narwhal.errors import ConfigError, NarwhalError, PipelineError
 from narwhal.redact import RedactingFilter, redacted
 from narwhal.settings import (
     FORGE_APIS,
@@ -52,8 +53,12 @@ from narwhal.settings import (
 
 if TYPE_CHECKING:
     from narwhal.mesh.discovery import Announcer
+    from narwhal.runner.executor import Stop
 
 log = logging.getLogger("narwhal")
+
+#: Exit status when stdout's reader went away, as of a program SIGPIPE stopped.
+SIGPIPE_STATUS = 128 + signal.SIGPIPE
 
 
 # argument parser
@@ -398,15 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="submit a job for a repository")
     submit.add_argument("repo", help="clone URL or local path")
-    submit.add_argument("--ref", default="HEAD", help="ref to build, e.g. refs/heads/main")
+    submit.add_argument(
+        "--ref",
+        help="ref to build, e.g. refs/heads/main (default: a local path's checked-out "
+        "branch and commit; a URL's HEAD)",
+    )
     submit.add_argument("--sha", help="exact commit (default: the tip of --ref)")
     submit.add_argument("--event", default="push", help="event name seen by 'when' filters")
-    submit.add_argument("-f", "--follow", action="store_true", help="stream the log until done")
+    submit.add_argument("--labels", help="k=v,k=v a runner must offer to take the job")
+    submit.add_argument(
+        "-f", "--follow", action="store_true", help="stream the logs of all its jobs until done"
+    )
     _client_flags(submit)
 
     logs = sub.add_parser("logs", help="print a job's log")
     logs.add_argument("job", type=int)
-    logs.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="stream it and its matrix jobs until all end"
+    )
     _client_flags(logs)
 
     jobs = sub.add_parser("jobs", help="list jobs")
@@ -415,9 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     _client_flags(jobs)
 
-    for name, text in (("cancel", "cancel a job"), ("resubmit", "run a job's commit again")):
+    for name, text in (
+        ("cancel", "cancel a job and the matrix jobs it spawned"),
+        ("resubmit", "run a job's commit again"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("job", type=int)
+        if name == "cancel":
+            cmd.add_argument(
+                "--all", action="store_true", help="a matrix job: cancel its whole submission"
+            )
         _client_flags(cmd)
 
     runners = sub.add_parser("runners", help="list the runners the dispatcher knows")
@@ -568,7 +589,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 async def _exec_directory(directory: Path, args: argparse.Namespace, conf: RunnerConfig) -> int:
     from narwhal.runner.docker import DockerExecutor
-    from narwhal.runner.executor import Executor, LocalExecutor
+    from narwhal.runner.executor import Executor, LocalExecutor, Stop
     from narwhal.runner.local_exec import exec_directory
     from narwhal.runner.masking import SecretsExecutor, masked_writer
 
@@ -578,7 +599,9 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
             docker = await stack.enter_async_context(DockerExecutor(conf))
             await asyncio.to_thread(docker.remove_leftovers)
             executor = docker
-        out = stack.enter_context(masked_writer(sys.stdout.buffer, conf.secrets.values()))
+        stop = Stop()
+        stdout = _PipeGuard(sys.stdout.buffer, stop)
+        out = stack.enter_context(masked_writer(cast(BinaryIO, stdout), conf.secrets.values()))
         status = await exec_directory(
             directory,
             executor=SecretsExecutor(executor, conf.secrets),
@@ -586,8 +609,49 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
             event=args.event,
             out=out,
             err=sys.stderr,
+            stop=stop,
         )
-    return status
+    return SIGPIPE_STATUS if stdout.broken else status
+
+
+class _PipeGuard:
+    """stdout for ``exec``: once its reader is gone (``| head``), stop the build.
+
+    Steps would block on a full pipe, or their output be lost: the build is
+    cancelled in order instead, the rest of the output dropped, and the exit
+    status that of a program stopped by SIGPIPE.
+    """
+
+    def __init__(self, out: BinaryIO, stop: Stop) -> None:
+        self._out, self._stop = out, stop
+        self.broken = False
+
+    def write(self, data: bytes) -> int:
+        if not self.broken:
+            try:
+                self._out.write(data)
+            except BrokenPipeError:
+                self._broke()
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._out.flush()
+            except BrokenPipeError:
+                self._broke()
+
+    def _broke(self) -> None:
+        self.broken = True
+        _drop_stdout()
+        self._stop.set("cancelled", "stdout closed")
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: Python's last flush must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 #: Arguments that name files: the operating system takes any bytes there.
@@ -612,6 +676,20 @@ def _check_text(args: argparse.Namespace) -> None:
                     raise ConfigError(f"{name}: not valid UTF-8: {item!r}") from None
 
 
+def _command(args: argparse.Namespace, *, daemon: bool) -> int:
+    if daemon:
+        return _daemon(args)
+    if args.command == "exec":
+        return _exec(args)
+    if args.command == "keys":
+        from narwhal.keycommands import run_keys
+
+        return run_keys(args)
+    from narwhal.client import run_client
+
+    return run_client(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -631,17 +709,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
         _check_text(args)
-        if daemon:
-            return _daemon(args)
-        if args.command == "exec":
-            return _exec(args)
-        if args.command == "keys":
-            from narwhal.keycommands import run_keys
-
-            return run_keys(args)
-        from narwhal.client import run_client
-
-        return run_client(args)
+        return _command(args, daemon=daemon)
+    except BrokenPipeError:  # stdout's reader went away (| head): quietly, as CLIs do
+        _drop_stdout()
+        return SIGPIPE_STATUS
+    except PipelineError as e:  # narwhal.yml: the build did not succeed, as in a job
+        print(f"narwhal: {e}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return 1
     except (NarwhalError, OSError) as e:
         print(f"narwhal: {redacted(str(e))}", file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 2

@@ -14,14 +14,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from narwhal.errors import ConfigError, NarwhalError
+from narwhal.follow import Submission, combination, write_stdout
+from narwhal.localrepo import checked_out, repo_arg
 from narwhal.secrets_client import run_secrets
-from narwhal.settings import secret
+from narwhal.settings import parse_labels, secret
+
+#: States of a job a runner holds: a cancel asks the runner to stop it.
+ACTIVE = frozenset({"assigned", "running"})
 
 
 class ClientError(NarwhalError):
@@ -58,16 +64,15 @@ class Api:
             raise ClientError(f"GET {path}: {_reason(response)}")
         return response.content
 
-    def stream_log(self, job_id: int) -> None:
+    def log_chunks(self, job_id: int) -> Iterator[bytes]:
+        """A job's log as it is written, until the job has ended."""
         path = f"/api/jobs/{job_id}/logs"
         try:
             with self._http.stream("GET", path, params={"follow": "1"}, timeout=None) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ClientError(f"GET {path}: {_reason(response)}")
-                for chunk in response.iter_bytes():
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
+                yield from response.iter_bytes()
         except httpx.HTTPError as e:
             raise ClientError(f"log stream from {self.server} broke: {e}") from None
 
@@ -104,24 +109,6 @@ def _out(text: str) -> None:
     print(text, flush=True)  # noqa: T201 - CLI output
 
 
-def _repo(text: str) -> str:
-    """Local paths become absolute so the runner finds them."""
-    path = Path(text).expanduser()
-    if "://" not in text and path.exists():
-        return str(path.resolve())
-    return text
-
-
-def _final(api: Api, job_id: int) -> int:
-    job = api.call("GET", f"/api/jobs/{job_id}")
-    took = ""
-    if job["finished_at"] and job["created_at"]:
-        took = f" in {job['finished_at'] - job['created_at']:.2f}s"
-    reason = f": {job['reason']}" if job["state"] != "success" and job["reason"] else ""
-    _progress(f"job {job_id} {job['state']}{took}{reason}")
-    return 0 if job["state"] == "success" else 1
-
-
 def _wait_started(api: Api, job_id: int) -> None:
     """Say so while a job waits for a runner, so a long wait is not silent."""
     shown = False
@@ -133,22 +120,28 @@ def _wait_started(api: Api, job_id: int) -> None:
 
 
 def submit(api: Api, args: argparse.Namespace) -> int:
-    body = {"repo": _repo(args.repo), "ref": args.ref, "sha": args.sha, "event": args.event}
+    repo = repo_arg(args.repo)
+    ref, sha = args.ref, args.sha
+    if ref is None:  # what the local repository has checked out, else the remote's HEAD
+        ref, head = checked_out(repo) or ("HEAD", None)
+        sha = sha or head
+    body = {"repo": repo, "ref": ref, "sha": sha, "event": args.event}
+    if args.labels:
+        body["labels"] = parse_labels(args.labels)
     job = api.call("POST", "/api/jobs", json=body)
-    _progress(f"job {job['id']} submitted")
+    shown = f" ({ref.removeprefix('refs/heads/')} at {sha[:10]})" if sha else ""
+    _progress(f"job {job['id']} submitted{shown}")
     if not args.follow:
         _out(str(job["id"]))
         return 0
     _wait_started(api, job["id"])
-    api.stream_log(job["id"])
-    return _final(api, job["id"])
+    return Submission(api, job["id"], progress=_progress).run()
 
 
 def logs(api: Api, args: argparse.Namespace) -> int:
     if args.follow:
-        api.stream_log(args.job)
-        return _final(api, args.job)
-    sys.stdout.buffer.write(api.raw(f"/api/jobs/{args.job}/logs"))
+        return Submission(api, args.job, progress=_progress).run()
+    write_stdout(api.raw(f"/api/jobs/{args.job}/logs"))
     return 0
 
 
@@ -157,7 +150,7 @@ def jobs(api: Api, args: argparse.Namespace) -> int:
     if args.state:
         params["state"] = args.state
     if args.repo:
-        params["repo"] = _repo(args.repo)
+        params["repo"] = repo_arg(args.repo)
     listing = api.call("GET", "/api/jobs", params=params)
     _out(f"{'ID':>6}  {'STATE':<10} {'ATTEMPT':>7}  {'RUNNER':<16} {'SHA':<10} REPO")
     for job in listing["jobs"]:
@@ -184,8 +177,22 @@ def runners(api: Api, args: argparse.Namespace) -> int:
 
 
 def cancel(api: Api, args: argparse.Namespace) -> int:
-    job = api.post(f"/api/jobs/{args.job}/cancel")
-    _progress(f"job {job['id']}: {job['state']}")
+    """Cancel a job and the matrix jobs it spawned; ``--all``: its whole submission."""
+    job_id = args.job
+    parent = api.call("GET", f"/api/jobs/{job_id}")["parent_id"]
+    if args.all and parent is not None:
+        job_id = parent
+    answer = api.post(f"/api/jobs/{job_id}/cancel")
+    for job in answer["jobs"]:
+        shown = combination(job)
+        label = f" [{shown}]" if shown else ""
+        now = "cancelling (its runner is stopping it)" if job["state"] in ACTIVE else job["state"]
+        _progress(f"job {job['id']}{label}: {now}")
+    if parent is not None and not args.all:
+        _progress(
+            f"job {args.job} is one combination of job {parent}'s matrix; "
+            f"'narwhal cancel {parent}' (or --all) cancels them all"
+        )
     return 0
 
 

@@ -14,10 +14,10 @@ import argparse
 import getpass
 import sys
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 from narwhal.errors import ConfigError
+from narwhal.localrepo import repo_arg as local_repo_arg
 from narwhal.secret_rules import MAX_SECRET_BYTES, check_name, check_value, repo_key
 
 
@@ -33,13 +33,8 @@ def run_secrets(api: Caller, args: argparse.Namespace) -> int:
 
 
 def repo_arg(text: str) -> str:
-    """The key of REPO; a local path that exists is resolved as ``narwhal submit`` does."""
-    path = Path(text).expanduser()
-    if "://" not in text and path.exists():
-        text = str(path.resolve())
-    elif "://" not in text and "@" not in text and not text.startswith("/"):
-        raise ConfigError(f"{text}: no such directory, and not a clone URL")
-    return repo_key(text)
+    """The key of REPO; a local path is resolved as ``narwhal submit`` does."""
+    return repo_key(local_repo_arg(text))
 
 
 def read_value(name: str) -> str:

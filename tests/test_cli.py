@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Client, Daemon, Repo, wait_for_runners
+from tests.conftest import Client, Daemon, Repo, git, wait_for_runners
 from tests.keys import MeshKeys
 
 
@@ -49,7 +53,7 @@ def test_exec_failure_exit_code_and_bad_file(tmp_path: Path) -> None:
     assert "failed" in done.stderr and "exit 4" in done.stderr
     (tmp_path / "narwhal.yml").write_text("steps:\n  - name: f\n    comand: true\n")
     done = narwhal("exec", str(tmp_path))
-    assert done.returncode == 2
+    assert done.returncode == 1, "a broken narwhal.yml: the build did not succeed, as in a job"
     assert done.stderr.count("\n") == 1, "one line, no traceback"
     assert done.stderr.startswith("narwhal: narwhal.yml:3:")
 
@@ -182,3 +186,129 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
         assert dispatcher.stop() == 0
         for runner in runners:
             assert runner.stop() == 0
+
+
+def test_broken_pipeline_file_exits_1_from_submit_and_exec_alike(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, _ = narwhal_up()
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: f\n    comand: true\n"})
+    submitted = narwhal("submit", str(repo.path), "-f", "--server", daemon.url)
+    executed = narwhal("exec", str(repo.path))
+    assert submitted.returncode == executed.returncode == 1, (submitted, executed)
+    assert "narwhal.yml:3:" in submitted.stderr and "narwhal.yml:3:" in executed.stderr
+
+
+def test_submit_dot_builds_the_checked_out_branch_and_commit(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], tmp_path: Path
+) -> None:
+    daemon, api = narwhal_up()
+    path = tmp_path / "fresh"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "master")  # what a fresh git init gives on many machines
+    (path / "narwhal.yml").write_text(
+        'steps:\n  - name: s\n    command: echo "branch=$NARWHAL_BRANCH"; cat v.txt\n'
+    )
+    (path / "v.txt").write_text("first\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "one")
+    first = git(path, "rev-parse", "HEAD")
+    (path / "v.txt").write_text("second\n")
+    git(path, "commit", "-q", "-am", "two")
+    done = narwhal("submit", ".", "-f", "--server", daemon.url, cwd=path)
+    assert done.returncode == 0, done.stderr
+    assert "branch=master" in done.stdout and "second" in done.stdout, done.stdout
+    job = api.job(1)
+    assert (job["ref"], job["sha"]) == ("refs/heads/master", git(path, "rev-parse", "HEAD"))
+    # Detached HEAD: that commit.
+    git(path, "checkout", "-q", "--detach", first)
+    done = narwhal("submit", ".", "-f", "--server", daemon.url, cwd=path)
+    assert done.returncode == 0, done.stderr
+    assert "first" in done.stdout
+    assert (api.job(2)["ref"], api.job(2)["sha"]) == ("HEAD", first)
+    # --ref given: its tip, as before.
+    done = narwhal("submit", ".", "--ref", "refs/heads/master", "--server", daemon.url, cwd=path)
+    assert done.returncode == 0, done.stderr
+    assert api.wait(3)["sha"] == git(path, "rev-parse", "master")
+
+
+def test_jobs_repo_dot_finds_what_submit_dot_queued(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: echo ok\n", "src/a": ""})
+    other = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: echo ok\n"})
+    # From a subdirectory: '.' is the repository, for submit and jobs alike.
+    done = narwhal("submit", ".", "-f", "--server", daemon.url, cwd=repo.path / "src")
+    assert done.returncode == 0, done.stderr
+    api.wait(api.submit(other))
+    for cwd in (repo.path, repo.path / "src"):
+        listed = narwhal("jobs", "--repo", ".", "--server", daemon.url, cwd=cwd)
+        assert listed.returncode == 0, listed.stderr
+        rows = listed.stdout.splitlines()[1:]
+        assert len(rows) == 1 and str(repo.path) in rows[0], listed.stdout
+
+
+def test_missing_relative_path_is_refused_here(tmp_path: Path) -> None:
+    for command in (["submit", "no/such/dir"], ["jobs", "--repo", "nothere"]):
+        # No dispatcher listens there: the refusal comes before any request.
+        done = narwhal(*command, "--server", "http://127.0.0.1:9", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "no such directory" in done.stderr, done.stderr
+        assert "400" not in done.stderr and "cannot reach" not in done.stderr
+
+
+def test_submit_labels(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    daemon, api = narwhal_up("--labels", "os=linux")
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: echo ok\n"})
+    done = narwhal(
+        "submit", str(repo.path), "--labels", "os=plan9,arch=vax", "--server", daemon.url
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = int(done.stdout)
+    assert api.job(job_id)["labels"] == {"os": "plan9", "arch": "vax"}
+    done = narwhal("submit", str(repo.path), "--labels", "os=linux", "-f", "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    assert api.job(job_id)["state"] == "queued", "no runner offers os=plan9"
+    bad = narwhal("submit", str(repo.path), "--labels", "novalue", "--server", daemon.url)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def _piped(command: str, cwd: Path) -> tuple[int, str, float]:
+    """Run ``command | head -1`` in a real shell: narwhal's exit status, its stderr, seconds."""
+    script = f"{command} 2>err.txt | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"
+    started = time.monotonic()
+    shell = subprocess.Popen(
+        ["bash", "-c", script], cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, _ = shell.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a narwhal left blocked, and its steps
+            os.killpg(shell.pid, signal.SIGKILL)
+    took = time.monotonic() - started
+    return int(out.strip()), (cwd / "err.txt").read_text(), took
+
+
+def test_closed_stdout_ends_quietly(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "narwhal.yml").write_text(
+        "steps:\n  - name: a\n    commands:\n      - seq 1 200000\n      - sleep 30\n"
+    )
+    me = f"{sys.executable} -m narwhal"
+    status, err, took = _piped(f"{me} exec {project} --cancel-grace 1", tmp_path)
+    assert status == 141, err
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    assert took < 20, "the build is stopped, not left blocked on the pipe or run to its end"
+    assert "cancelled" in err  # the summary says so
+    daemon, api = narwhal_up()
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: a\n    command: seq 1 200000\n"})
+    job_id = api.wait(api.submit(repo))["id"]
+    for command in ("logs", "logs -f"):
+        status, err, _ = _piped(f"{me} {command} {job_id} --server {daemon.url}", tmp_path)
+        assert status == 141 and err == "", (command, err)

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.guard import JsonError, is_json, parse_json
-from narwhal.dispatcher.records import STATES
+from narwhal.dispatcher.records import STATES, JobRecord
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
@@ -146,8 +146,14 @@ class Api:
             raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
         limit = _int(q.get("limit"), "limit", default=50, low=1, high=500)
         before = _int(q.get("before"), "before", default=None, low=1)
+        parent = _int(q.get("parent"), "parent", default=None, low=1)
         jobs = await self.dispatcher.db(
-            SqliteStore.list_jobs, states=states, repo=q.get("repo"), before=before, limit=limit
+            SqliteStore.list_jobs,
+            states=states,
+            repo=q.get("repo"),
+            parent=parent,
+            before=before,
+            limit=limit,
         )
         nxt = jobs[-1].id if len(jobs) == limit else None
         return JSONResponse({"jobs": [j.to_json() for j in jobs], "next": nxt})
@@ -172,8 +178,11 @@ class Api:
         return Response(b"".join(data for _, data in chunks), media_type="text/plain")
 
     async def cancel(self, request: Request) -> Response:
-        job = await self.dispatcher.cancel(_job_id(request))
-        return JSONResponse({"id": job.id, "state": job.state}, status_code=202)
+        """The job and the matrix jobs it spawned; ``jobs``: each one cancelled, as it is now."""
+        job_id = _job_id(request)
+        cancelled = await self.dispatcher.cancel_submission(job_id)
+        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
+        return JSONResponse({**_cancelled(job), "jobs": [_cancelled(j) for j in cancelled]}, 202)
 
     async def resubmit(self, request: Request) -> Response:
         job = await self.dispatcher.resubmit(_job_id(request))
@@ -208,6 +217,15 @@ class Api:
         name = request.path_params["name"]
         self.access.tokens.revoke(name)
         return JSONResponse({"name": name, "revoked": True})
+
+
+def _cancelled(job: JobRecord) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "cancel_requested": job.cancel_requested,
+        "matrix": job.matrix,
+    }
 
 
 def build_app(dispatcher: Dispatcher, access: Access) -> Starlette:

@@ -15,6 +15,7 @@ dispatcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from narwhal.dispatcher.vault import Vault, load_key
 from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
+from narwhal.pipeline import MAX_COMBINATIONS
 from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
@@ -378,8 +380,16 @@ class Dispatcher:
         await self._requeue_or_retry(key, reason)
 
     async def _expand(self, job_id: int, sha: str, variants: tuple[dict[str, str], ...]) -> None:
-        """One job for each matrix combination after the first (which ``job_id`` runs)."""
-        parent = await self.db(SqliteStore.get_job, job_id)
+        """One job for each matrix combination after the first (which ``job_id`` runs).
+
+        Read on the writer, not awaited: no API request runs between the
+        commit that records the checkout (perhaps the parent's end too) and
+        the siblings' creation, so whoever sees the parent ended sees them
+        all. A parent being cancelled gets none (``cancel_submission``).
+        """
+        parent = self._write(SqliteStore.get_job, job_id)
+        if parent.cancel_requested or parent.state == "cancelled":
+            return
         for variant in variants[1:]:
             await self._create(
                 repo=parent.repo,
@@ -564,6 +574,23 @@ class Dispatcher:
             cancel = p.Cancel(job_id=job_id, attempt=job.attempt, reason="cancelled by user")
             self.runners.send(link, cancel)
         return await self.db(SqliteStore.get_job, job_id)
+
+    async def cancel_submission(self, job_id: int) -> list[JobRecord]:
+        """Cancel a job and the matrix jobs it spawned; return each as it is now.
+
+        The jobs that already ended are left as they are (and not returned);
+        ``Conflict`` if none was still going.
+        """
+        job = await self.db(SqliteStore.get_job, job_id)
+        children = await self.db(SqliteStore.list_jobs, parent=job_id, limit=MAX_COMBINATIONS)
+        going = [j for j in (job, *reversed(children)) if not j.terminal]
+        if not going:
+            raise Conflict(f"job {job_id} already ended ({job.state})")
+        cancelled: list[JobRecord] = []
+        for j in going:
+            with contextlib.suppress(Conflict):  # ended meanwhile
+                cancelled.append(await self.cancel(j.id))
+        return cancelled
 
     def _holder(self, job_id: int, attempt: int) -> Link | None:
         for link in self.runners.links():

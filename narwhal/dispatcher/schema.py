@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_repo ON jobs (repo, id);
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, id);
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY,
     job_id INTEGER NOT NULL,

@@ -297,12 +297,17 @@ class SqliteStore:
         *,
         states: Iterable[str] = (),
         repo: str | None = None,
+        parent: int | None = None,
         before: int | None = None,
         limit: int = 50,
         ascending: bool = False,
     ) -> list[JobRecord]:
+        """Jobs by id, newest first; ``parent``: the matrix jobs a job spawned."""
         where: list[str] = []
         args: list[object] = []
+        if parent is not None:
+            where.append("parent_id = ?")
+            args.append(parent)
         states = list(states)
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")

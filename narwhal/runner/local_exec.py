@@ -57,14 +57,18 @@ async def exec_directory(
     event: str,
     out: BinaryIO,
     err: TextIO,
+    stop: Stop | None = None,
 ) -> int:
-    """Run every matrix combination of ``directory``'s pipeline; return an exit code."""
+    """Run every matrix combination of ``directory``'s pipeline; return an exit code.
+
+    ``stop``: set by the caller to stop the build (Ctrl-C sets it too).
+    """
     pipeline_file = load_path(directory / PIPELINE_FILE)
     if branch is None:
         branch = _git(directory, "symbolic-ref", "--short", "-q", "HEAD")
     sha = _git(directory, "rev-parse", "HEAD") or "0" * 40
     context = Context(branch=branch, event=event, sha=sha)
-    stop = Stop()
+    stop = stop or Stop()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set, "cancelled", "interrupted")
     failures = 0
