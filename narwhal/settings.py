@@ -89,10 +89,15 @@ def _mesh(args: argparse.Namespace) -> MeshConfig:
     )
 
 
+def _directory(text: str) -> Path:
+    """A directory flag as an absolute path: git and the steps run elsewhere than here."""
+    return Path(text).expanduser().absolute()
+
+
 def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
     host, port = host_port(args.http, DEFAULT_HTTP_PORT)
     return DispatcherConfig(
-        data_dir=Path(args.data_dir).expanduser(),
+        data_dir=_directory(args.data_dir),
         http_host=host,
         http_port=port,
         runners=tuple(getattr(args, "runner", None) or ()),
@@ -118,7 +123,7 @@ EMBEDDED_RUNNER_KEY = "local-runner"
 
 def _keys_dir(args: argparse.Namespace) -> Path:
     given = args.keys_dir or env("KEYS_DIR")
-    return Path(given).expanduser() if given else Path(args.data_dir).expanduser() / "keys"
+    return _directory(given) if given else _directory(args.data_dir) / "keys"
 
 
 def server_curve(keys_dir: Path) -> ServerCurve:
@@ -374,7 +379,7 @@ def runner_config(
     args: argparse.Namespace, *, listen: str | None = None, default_id: str | None = None
 ) -> RunnerConfig:
     endpoint = listen or args.listen
-    work_dir = Path(args.work_dir).expanduser()
+    work_dir = _directory(args.work_dir)
     runner_id = args.id or default_id or default_runner_id(work_dir, endpoint.rpartition(":")[2])
     conf = RunnerConfig(
         runner_id=runner_id,

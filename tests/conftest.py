@@ -87,7 +87,12 @@ class Daemon:
     """
 
     def __init__(
-        self, args: list[str], *, env: dict[str, str] | None = None, netns: str | None = None
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        netns: str | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.args = args
         command = [sys.executable, "-m", "narwhal", *args]
@@ -95,6 +100,7 @@ class Daemon:
             command = ["ip", "netns", "exec", netns, *command]  # exec: the pid stays narwhal's
         self.proc = subprocess.Popen(
             command,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -439,3 +439,21 @@ def _wait_for(predicate: Callable[[], object], timeout: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition never became true")
+
+
+def test_relative_data_and_work_dirs_build(tmp_path: Path, make_repo: MakeRepo) -> None:
+    # The runner's git runs in folders under the work dir: a relative one
+    # used to end every job with "git is not installed on this runner".
+    daemon = Daemon(
+        ["up", "--http", "127.0.0.1:0", "--data-dir", "data", "--work-dir", "work"], cwd=tmp_path
+    )
+    api = Client(daemon.url)
+    try:
+        repo = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: echo relative-ok\n"})
+        job = api.wait(api.submit(repo))
+        assert job["state"] == "success", job
+        assert "relative-ok" in api.log(job["id"])
+        assert (tmp_path / "data" / "narwhal.db").is_file() and (tmp_path / "work").is_dir()
+    finally:
+        api.close()
+        daemon.stop()

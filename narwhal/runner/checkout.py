@@ -106,7 +106,10 @@ async def _git(
             stderr="pipe",
         )
     except FileNotFoundError as e:
-        raise CheckoutError("git is not installed on this runner") from e
+        # Popen names what it did not find: the program, or the folder to run in.
+        if e.filename == "git":
+            raise CheckoutError("git is not installed on this runner") from e
+        raise CheckoutError(f"git {args[0]}: no folder {cwd} on this runner") from e
     try:
         async with asyncio.timeout(timeout):
             out, err = await child.communicate()
