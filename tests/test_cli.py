@@ -46,6 +46,22 @@ steps:
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_matrix_values_are_environment_variables_of_every_step(tmp_path: Path) -> None:
+    # A user's first matrix: PYTHONHASHSEED as a variable, no ${...} anywhere.
+    (tmp_path / "narwhal.yml").write_text("""\
+matrix:
+  SEED: ["0", "1"]
+  RENAMED: ["a"]
+env: {RENAMED: from-env}
+steps:
+  - name: show
+    command: echo "seed=$SEED renamed=$RENAMED"
+""")
+    done = narwhal("exec", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "seed=0 renamed=from-env" in done.stdout and "seed=1 renamed=from-env" in done.stdout
+
+
 def test_exec_failure_exit_code_and_bad_file(tmp_path: Path) -> None:
     (tmp_path / "narwhal.yml").write_text("steps:\n  - name: f\n    command: exit 4\n")
     done = narwhal("exec", str(tmp_path))

@@ -143,7 +143,9 @@ async def _run_step(
             status="timed_out", exit_code=None, duration=0.0, reason="pipeline timed out"
         )
     else:
-        env: Mapping[str, str] = context.env() | dict(step.env)
+        # The combination's values are variables of every step too, as users
+        # of other CIs' matrices expect; ``env`` may still override them.
+        env: Mapping[str, str] = context.env() | dict(pipeline.variant) | dict(step.env)
         try:
             result = await session.run_step(
                 step,
