@@ -83,7 +83,11 @@ def _reason(response: httpx.Response) -> str:
     except (ValueError, KeyError, TypeError):
         reason = f"{response.status_code} {response.reason_phrase}"
     if response.status_code == 401:
-        reason += " (give one with --api-token-file PATH or NARWHAL_API_TOKEN)"
+        reason += (
+            " (give one with --api-token-file PATH or NARWHAL_API_TOKEN; on the dispatcher's"
+            " machine, --data-dir DIR or NARWHAL_DATA_DIR names the data dir whose admin.token"
+            " to use)"
+        )
     return reason
 
 
