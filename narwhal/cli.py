@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -456,15 +456,30 @@ def _tokens_parser(tokens: argparse.ArgumentParser) -> None:
 async def _serve(dconf: DispatcherConfig, rconf: RunnerConfig | None) -> None:
     from narwhal.dispatcher.server import serve
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop, hurry = _two_signals()
     ctx = zmq.asyncio.Context()
     try:
-        await serve(dconf, rconf, context=ctx, stop=stop, announce=_announce)
+        await serve(dconf, rconf, context=ctx, stop=stop, hurry=hurry, announce=_announce)
     finally:
         ctx.term()
+
+
+def _two_signals() -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGINT/SIGTERM once: ``stop`` (an orderly shutdown); again: ``hurry`` (at once)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            log.info("shutting down; press Ctrl-C again to cancel running jobs at once")
+            stop.set()
+        elif not hurry.is_set():
+            log.warning("stopping at once: running jobs are cancelled now")
+            hurry.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    return stop, hurry
 
 
 def _announce(line: str) -> None:
@@ -474,10 +489,7 @@ def _announce(line: str) -> None:
 async def _run_runner(conf: RunnerConfig) -> None:
     from narwhal.runner.runner import Runner
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop, hurry = _two_signals()
     async with Runner(conf) as runner:
         announcer = await _announce_runner(conf, runner.endpoint)
         try:
@@ -488,9 +500,18 @@ async def _run_runner(conf: RunnerConfig) -> None:
             # Goodbye only after the last job reports are in (a goodbye makes
             # the dispatcher drop the link and requeue what it still holds),
             # and before the socket closes.
-            await runner.drain()
+            hurried = asyncio.create_task(_on_hurry(hurry, runner.hurry))
+            try:
+                await runner.drain()
+            finally:
+                hurried.cancel()
             if announcer is not None:
                 await announcer.aclose()
+
+
+async def _on_hurry(hurry: asyncio.Event, action: Callable[[], None]) -> None:
+    await hurry.wait()
+    action()
 
 
 async def _announce_runner(conf: RunnerConfig, endpoint: str) -> Announcer | None:
