@@ -51,6 +51,7 @@ from narwhal.settings import (
 )
 
 if TYPE_CHECKING:
+    from narwhal.dispatcher.datadir import DataDirLock
     from narwhal.mesh.discovery import Announcer
 
 log = logging.getLogger("narwhal")
@@ -453,13 +454,15 @@ def _tokens_parser(tokens: argparse.ArgumentParser) -> None:
 # daemons
 
 
-async def _serve(dconf: DispatcherConfig, rconf: RunnerConfig | None) -> None:
+async def _serve(dconf: DispatcherConfig, rconf: RunnerConfig | None, lock: DataDirLock) -> None:
     from narwhal.dispatcher.server import serve
 
     stop, hurry = _two_signals()
     ctx = zmq.asyncio.Context()
     try:
-        await serve(dconf, rconf, context=ctx, stop=stop, hurry=hurry, announce=_announce)
+        await serve(
+            dconf, rconf, context=ctx, lock=lock, stop=stop, hurry=hurry, announce=_announce
+        )
     finally:
         ctx.term()
 
@@ -560,13 +563,17 @@ def _daemon(args: argparse.Namespace) -> int:
     if args.command == "runner":
         asyncio.run(_run_runner(runner_config(args)))
         return 0
-    dconf = dispatcher_config(args)
-    rconf = None
-    if args.command == "up":
-        rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
-        rconf = embedded_runner(dconf, rconf)
-    _scrub_secrets()
-    asyncio.run(_serve(dconf, rconf))
+    from narwhal.dispatcher import datadir
+
+    # Locked before anything writes into it (keys, the embedded runner's trust).
+    with datadir.hold(Path(args.data_dir).expanduser()) as lock:
+        dconf = dispatcher_config(args)
+        rconf = None
+        if args.command == "up":
+            rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
+            rconf = embedded_runner(dconf, rconf)
+        _scrub_secrets()
+        asyncio.run(_serve(dconf, rconf, lock))
     return 0
 
 

@@ -43,6 +43,10 @@ def _narwhal(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
     )
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
 def _pipeline(*commands: str) -> dict[str, str]:
     lines = "".join(f"      - {c}\n" for c in commands)
     return {"narwhal.yml": f"steps:\n  - name: work\n    commands:\n{lines}"}
@@ -76,7 +80,11 @@ def test_second_daemon_on_a_data_dir_is_refused(
 ) -> None:
     first, api = narwhal_up()
     data = _flag(first, "--data-dir")
-    for command in (["up", "--work-dir", str(tmp_path / "w2")], ["dispatcher"]):
+    keys = _files(Path(data) / "keys")
+    # Another --id would have revoked the first's embedded runner key, were
+    # the lock taken after the keys are written.
+    up = ["up", "--id", "other", "--work-dir", str(tmp_path / "w2")]
+    for command in (up, ["dispatcher"]):
         second = _narwhal(*command, "--http", "127.0.0.1:0", "--data-dir", data)
         assert second.returncode == 2, second
         lines = second.stderr.strip().splitlines()
@@ -84,6 +92,7 @@ def test_second_daemon_on_a_data_dir_is_refused(
         assert f"pid {first.proc.pid}" in lines[0] and first.url in lines[0], lines[0]
         assert "in use" in lines[0] and second.stdout == ""
     assert first.proc.poll() is None
+    assert _files(Path(data) / "keys") == keys
     job = api.wait(api.submit(make_repo(_pipeline("echo still-serving"))))
     assert job["state"] == "success" and "still-serving" in api.log(job["id"])
 

@@ -1,7 +1,9 @@
 """One dispatcher per data directory: an OS file lock held for the process's life.
 
 Two dispatchers on one store would both recover the same running jobs and
-run them twice. ``hold(data_dir)`` takes ``<data_dir>/narwhal.lock`` with
+run them twice (and a second ``up`` would rewrite the first's trusted
+keys). The entrypoint takes the lock before anything is written into the
+data dir: ``hold(data_dir)`` takes ``<data_dir>/narwhal.lock`` with
 ``flock(LOCK_EX | LOCK_NB)``; a second process is refused with one line
 naming the holder (its pid and, once it listens, its API address, which the
 holder writes into the file).
@@ -21,6 +23,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from narwhal.dispatcher.tokens import prepare_data_dir
 from narwhal.errors import StoreError
 
 LOCK_FILE = "narwhal.lock"
@@ -53,7 +56,8 @@ def hold(data_dir: Path) -> Iterator[DataDirLock]:
 
 
 def acquire(data_dir: Path) -> DataDirLock:
-    """Take the lock or raise StoreError naming the process that holds it."""
+    """Take the lock (making the directory, 0700) or raise StoreError naming its holder."""
+    prepare_data_dir(data_dir)
     path = data_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -6,8 +6,8 @@ of runners (``discovery``) and, for ``narwhal up``, the agent's webhook
 endpoints next to the API (``webhooks``), which publish to RabbitMQ when
 ``amqp`` is set and hand events straight to the dispatcher otherwise.
 
-The data directory is locked (``datadir``) before the store opens, for the
-process's whole life.
+The caller holds the data directory's lock (``datadir``) for the process's
+whole life, taken before anything is written into it.
 
 Shutdown order (``stop``, the first SIGINT or SIGTERM): refuse new HTTP
 connections (open log streams keep streaming); close the local runner (its
@@ -47,7 +47,7 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.dispatcher.tokens import Tokens, prepare_data_dir
+from narwhal.dispatcher.tokens import Tokens
 from narwhal.httpserver import listen, run_http
 from narwhal.redact import redacted
 
@@ -67,20 +67,22 @@ async def serve(
     rconf: RunnerConfig | None,
     *,
     context: zmq.asyncio.Context,
+    lock: datadir.DataDirLock,
     stop: asyncio.Event,
     announce: Callable[[str], None],
     hurry: asyncio.Event | None = None,
 ) -> None:
-    """Serve until ``stop`` is set, then shut down (``hurry``: at once; module docstring)."""
-    prepare_data_dir(dconf.data_dir)
-    # Before the store opens: a second process must not recover our running jobs.
-    with datadir.hold(dconf.data_dir) as lock:
-        sock = listen(dconf.http_host, dconf.http_port)
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        url = f"http://{shown}:{port}"
-        lock.record(url)
-        await _serve(dconf, rconf, context, sock, url, stop, hurry or asyncio.Event(), announce)
+    """Serve until ``stop`` is set, then shut down (``hurry``: at once; module docstring).
+
+    ``lock``: the data dir's, held by the caller (``datadir.hold``) since
+    before anything was written into the data dir.
+    """
+    sock = listen(dconf.http_host, dconf.http_port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    lock.record(url)
+    await _serve(dconf, rconf, context, sock, url, stop, hurry or asyncio.Event(), announce)
 
 
 async def _serve(
