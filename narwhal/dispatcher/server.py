@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -77,33 +76,20 @@ async def serve(
     ``lock``: the data dir's, held by the caller (``datadir.hold``) since
     before anything was written into the data dir.
     """
+    from narwhal.runner.runner import Runner  # only ``narwhal up`` embeds a runner
+
     sock = listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     lock.record(url)
-    await _serve(dconf, rconf, context, sock, url, stop, hurry or asyncio.Event(), announce)
-
-
-async def _serve(
-    dconf: DispatcherConfig,
-    rconf: RunnerConfig | None,
-    context: zmq.asyncio.Context,
-    sock: socket.socket,
-    url: str,
-    stop: asyncio.Event,
-    hurry: asyncio.Event,
-    announce: Callable[[str], None],
-) -> None:
-    from narwhal.runner.runner import Runner  # only ``narwhal up`` embeds a runner
-
+    hurry = hurry or asyncio.Event()
     shutdown = Shutdown()
     async with (
         Dispatcher(dconf, context=context) as dispatcher,
         contextlib.AsyncExitStack() as extras,
     ):
         app = await _app(dispatcher, dconf, url, extras, shutdown)
-        host, port = sock.getsockname()[:2]
         app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
             # Closed by ``extras``, so browsing stops before the dispatcher does.
