@@ -473,10 +473,10 @@ def _two_signals() -> tuple[asyncio.Event, asyncio.Event]:
 
     def on_signal() -> None:
         if not stop.is_set():
-            log.info("shutting down; press Ctrl-C again to cancel running jobs at once")
+            log.info("shutting down; press Ctrl-C again to stop at once (running steps killed)")
             stop.set()
         elif not hurry.is_set():
-            log.warning("stopping at once: running jobs are cancelled now")
+            log.warning("stopping at once: running steps are killed, their jobs end cancelled")
             hurry.set()
 
     loop = asyncio.get_running_loop()
