@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -52,6 +52,7 @@ from narwhal.settings import (
 )
 
 if TYPE_CHECKING:
+    from narwhal.dispatcher.datadir import DataDirLock
     from narwhal.mesh.discovery import Announcer
     from narwhal.runner.executor import Stop
 
@@ -478,18 +479,35 @@ def _tokens_parser(tokens: argparse.ArgumentParser) -> None:
 # daemons
 
 
-async def _serve(dconf: DispatcherConfig, rconf: RunnerConfig | None) -> None:
+async def _serve(dconf: DispatcherConfig, rconf: RunnerConfig | None, lock: DataDirLock) -> None:
     from narwhal.dispatcher.server import serve
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop, hurry = _two_signals()
     ctx = zmq.asyncio.Context()
     try:
-        await serve(dconf, rconf, context=ctx, stop=stop, announce=_announce)
+        await serve(
+            dconf, rconf, context=ctx, lock=lock, stop=stop, hurry=hurry, announce=_announce
+        )
     finally:
         ctx.term()
+
+
+def _two_signals() -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGINT/SIGTERM once: ``stop`` (an orderly shutdown); again: ``hurry`` (at once)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            log.info("shutting down; press Ctrl-C again to stop at once (running steps killed)")
+            stop.set()
+        elif not hurry.is_set():
+            log.warning("stopping at once: running steps are killed, their jobs end cancelled")
+            hurry.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    return stop, hurry
 
 
 def _announce(line: str) -> None:
@@ -499,10 +517,7 @@ def _announce(line: str) -> None:
 async def _run_runner(conf: RunnerConfig) -> None:
     from narwhal.runner.runner import Runner
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop, hurry = _two_signals()
     async with Runner(conf) as runner:
         announcer = await _announce_runner(conf, runner.endpoint)
         try:
@@ -513,9 +528,18 @@ async def _run_runner(conf: RunnerConfig) -> None:
             # Goodbye only after the last job reports are in (a goodbye makes
             # the dispatcher drop the link and requeue what it still holds),
             # and before the socket closes.
-            await runner.drain()
+            hurried = asyncio.create_task(_on_hurry(hurry, runner.hurry))
+            try:
+                await runner.drain()
+            finally:
+                hurried.cancel()
             if announcer is not None:
                 await announcer.aclose()
+
+
+async def _on_hurry(hurry: asyncio.Event, action: Callable[[], None]) -> None:
+    await hurry.wait()
+    action()
 
 
 async def _announce_runner(conf: RunnerConfig, endpoint: str) -> Announcer | None:
@@ -564,13 +588,17 @@ def _daemon(args: argparse.Namespace) -> int:
     if args.command == "runner":
         asyncio.run(_run_runner(runner_config(args)))
         return 0
-    dconf = dispatcher_config(args)
-    rconf = None
-    if args.command == "up":
-        rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
-        rconf = embedded_runner(dconf, rconf)
-    _scrub_secrets()
-    asyncio.run(_serve(dconf, rconf))
+    from narwhal.dispatcher import datadir
+
+    # Locked before anything writes into it (keys, the embedded runner's trust).
+    with datadir.hold(Path(args.data_dir).expanduser()) as lock:
+        dconf = dispatcher_config(args)
+        rconf = None
+        if args.command == "up":
+            rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
+            rconf = embedded_runner(dconf, rconf)
+        _scrub_secrets()
+        asyncio.run(_serve(dconf, rconf, lock))
     return 0
 
 

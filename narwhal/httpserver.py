@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+
+#: Seconds requests in flight still get once shutdown is hurried.
+HURRIED_GRACE = 1.0
 
 
 class HttpServer(uvicorn.Server):
@@ -42,25 +46,64 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def run_http(
-    app: ASGIApp, sock: socket.socket, stop: asyncio.Event, *, grace: float | None = None
+    app: ASGIApp,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    *,
+    grace: float | None = None,
+    closing: Callable[[], Awaitable[None]] | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set; requests in flight finish.
+    """Serve ``app`` on ``sock`` until ``stop`` is set, then shut down in order.
 
-    ``grace``: seconds they get (None: as long as they take).
+    New connections are refused at once (idle keep-alive ones are closed);
+    ``closing()`` runs next, while requests in flight still go on (it is
+    where a caller ends its long-lived responses, such as log streams);
+    then requests still in flight get ``grace`` seconds (None: as long as
+    they take), cut to ``HURRIED_GRACE`` when ``hurry`` is set, before they
+    are cancelled.
+    ``closing`` runs even when the server failed.
     """
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        timeout_graceful_shutdown=None if grace is None else max(1, int(grace + 0.999)),
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = HttpServer(config)
     http = asyncio.create_task(server.serve(sockets=[sock]))
-    stopped = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await _first(http, stop)
     finally:
-        stopped.cancel()
         server.should_exit = True
-        await http
+        try:
+            if closing is not None:
+                await closing()
+            await _first(http, hurry, timeout=grace)
+            if not http.done() and hurry is not None and hurry.is_set():
+                # A moment still for responses that are ending (a log stream's last line).
+                await _first(http, None, timeout=HURRIED_GRACE)
+        finally:
+            if not http.done():
+                _abort(server)
+            await http
+
+
+async def _first(
+    task: asyncio.Task[None], event: asyncio.Event | None, *, timeout: float | None = None
+) -> None:
+    """Until ``task`` ends, ``event`` is set (None: never) or ``timeout`` seconds pass."""
+    waits: set[asyncio.Future[Any]] = {task}
+    if event is not None:
+        waits.add(asyncio.ensure_future(event.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits - {task}:
+            waiter.cancel()
+
+
+def _abort(server: uvicorn.Server) -> None:
+    """Stop waiting for requests in flight: cancel them, drop their connections."""
+    server.force_exit = True
+    for task in list(server.server_state.tasks):
+        task.cancel()
+    for connection in list(server.server_state.connections):
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()

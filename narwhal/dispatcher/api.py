@@ -51,6 +51,19 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class Shutdown:
+    """What open log streams learn of a shutdown (``server.serve`` sets both events).
+
+    ``begun``: narwhal is shutting down; a stream whose job ends from now on
+    says so in its last line. ``ending``: streams still open end now, with a
+    last line saying why and how to follow the job again.
+    """
+
+    def __init__(self) -> None:
+        self.begun = asyncio.Event()
+        self.ending = asyncio.Event()
+
+
 class Access:
     """Who may call what: the tokens, and whether reads are open to all."""
 
@@ -99,9 +112,10 @@ def _guard(handler: Handler, access: Access, scope: str | None) -> Handler:
 class Api:
     """Request handlers for one dispatcher."""
 
-    def __init__(self, dispatcher: Dispatcher, access: Access) -> None:
+    def __init__(self, dispatcher: Dispatcher, access: Access, shutdown: Shutdown) -> None:
         self.dispatcher = dispatcher
         self.access = access
+        self.shutdown = shutdown
 
     async def health(self, request: Request) -> Response:
         """Open to all, so it says only "ok"; counts and version need a read token."""
@@ -173,7 +187,8 @@ class Api:
         job_id = _job_id(request)
         job = await self.dispatcher.db(SqliteStore.get_job, job_id)
         if request.query_params.get("follow") in ("1", "true", "yes"):
-            return StreamingResponse(_follow(self.dispatcher, job_id), media_type="text/plain")
+            stream = _follow(self.dispatcher, job_id, self.shutdown)
+            return StreamingResponse(stream, media_type="text/plain")
         chunks = await self.dispatcher.db(SqliteStore.read_log, job_id, attempt=job.attempt)
         return Response(b"".join(data for _, data in chunks), media_type="text/plain")
 
@@ -228,12 +243,14 @@ def _cancelled(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def build_app(dispatcher: Dispatcher, access: Access) -> Starlette:
+def build_app(
+    dispatcher: Dispatcher, access: Access, shutdown: Shutdown | None = None
+) -> Starlette:
     """The ASGI app of one dispatcher's API (put ``guard.Guard`` in front of it)."""
     # Imported here: secrets_api builds on this module's helpers.
     from narwhal.dispatcher.secrets_api import secret_routes
 
-    api = Api(dispatcher, access)
+    api = Api(dispatcher, access, shutdown or Shutdown())
     routes: list[RouteSpec] = [
         ("/health", api.health, "GET", None),
         ("/api/jobs", api.list_jobs, "GET", "read"),
@@ -307,11 +324,15 @@ def _job_id(request: Request) -> int:
     return int(raw)
 
 
-async def _follow(dispatcher: Dispatcher, job_id: int) -> AsyncIterator[bytes]:
-    """Log chunks as they arrive, until the job has ended and all is sent."""
+async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> AsyncIterator[bytes]:
+    """Log chunks as they arrive, until the job has ended and all is sent.
+
+    During a shutdown the stream's last line says why it ends: the job ended
+    (the embedded runner cancelled it), or narwhal stops while the job goes on.
+    """
     event = dispatcher.watch(job_id)
     try:
-        attempt, after = 0, -1
+        attempt, after, mid_line = 0, -1, False
         while True:
             event.clear()
             job = await dispatcher.db(SqliteStore.get_job, job_id)
@@ -322,18 +343,32 @@ async def _follow(dispatcher: Dispatcher, job_id: int) -> AsyncIterator[bytes]:
             chunks = await dispatcher.db(SqliteStore.read_log, job_id, attempt=attempt, after=after)
             for seq, data in chunks:
                 yield data
-                after = seq
-            if job.terminal and not chunks:
+                after, mid_line = seq, not data.endswith(b"\n")
+            if chunks:
+                continue
+            if job.terminal or shutdown.ending.is_set():
+                if shutdown.begun.is_set():
+                    yield b"\n" * mid_line + _closing_line(job)
                 return
-            if not chunks:
-                await _wait(event, 5.0)
+            await _wait(event, shutdown.ending, 5.0)
     finally:
         dispatcher.unwatch(job_id, event)
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
+def _closing_line(job: JobRecord) -> bytes:
+    """The last line of a log stream that ends because narwhal shuts down."""
+    if job.terminal:
+        why = f": {redacted(job.reason)}" if job.reason else ""
+        return f"--- narwhal is shutting down; job {job.id} ended {job.state}{why}\n".encode()
+    goes_on = "stays queued" if job.state == "queued" else "goes on"
+    return f"--- narwhal is shutting down; the job {goes_on}: narwhal logs -f {job.id}\n".encode()
+
+
+async def _wait(event: asyncio.Event, ending: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` or ``ending`` is set, or ``timeout`` seconds have passed."""
+    waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(ending.wait())}
     try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        pass
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()

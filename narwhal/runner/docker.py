@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -332,7 +332,7 @@ class DockerSession:
             pump = asyncio.create_task(follower.pump(output))
             ended = await race(pump, stop, timeout)
             if ended != "exited":
-                await self._terminate(container, pump)
+                await self._terminate(container, pump, stop)
             await pump
             code = follower.exit_code()
             if code is None:
@@ -385,14 +385,14 @@ class DockerSession:
             **isolation(step.resources, self._config),
         )
 
-    async def _terminate(self, container: Container, pump: asyncio.Task[None]) -> None:
-        """SIGTERM, the grace period, then SIGKILL; a container already gone is fine."""
+    async def _terminate(self, container: Container, pump: asyncio.Task[None], stop: Stop) -> None:
+        """SIGTERM, the grace period (cut short by ``stop.hurry``), then SIGKILL.
+
+        A container already gone is fine.
+        """
         await self._signal(container, "SIGTERM")
-        with suppress(TimeoutError):
-            async with asyncio.timeout(self._config.cancel_grace):
-                await asyncio.shield(pump)
-                return
-        await self._signal(container, "SIGKILL")
+        if not await stop.within_grace(pump, self._config.cancel_grace):
+            await self._signal(container, "SIGKILL")
 
     async def _signal(self, container: Container, signal: str) -> None:
         try:

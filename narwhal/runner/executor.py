@@ -14,7 +14,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +34,15 @@ _INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
 class Stop:
-    """Asks a running job to stop, and says why (``cancelled``, ``timed_out``)."""
+    """Asks a running job to stop, and says why (``cancelled``, ``timed_out``).
+
+    ``hurry`` also asks for it at once: steps get SIGKILL without waiting out
+    their grace (a second Ctrl-C of ``narwhal up``).
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._urgent = asyncio.Event()
         self.status = ""
         self.reason = ""
 
@@ -46,11 +51,25 @@ class Stop:
             self.status, self.reason = status, reason
             self._event.set()
 
+    def hurry(self, status: str, reason: str) -> None:
+        self.set(status, reason)
+        self._urgent.set()
+
     def is_set(self) -> bool:
         return self._event.is_set()
 
     async def wait(self) -> None:
         await self._event.wait()
+
+    async def within_grace(self, ended: asyncio.Future[Any], grace: float) -> bool:
+        """Wait up to ``grace`` seconds for ``ended``, less once hurried; True if it ended."""
+        if not self._urgent.is_set():
+            hurried = asyncio.ensure_future(self._urgent.wait())
+            try:
+                await asyncio.wait({ended, hurried}, timeout=grace, return_when="FIRST_COMPLETED")
+            finally:
+                hurried.cancel()
+        return ended.done()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +116,14 @@ class Executor(Protocol):
         jobs; returns how many leftovers it removed.
         """
         ...
+
+
+#: The first lines of a local step: wait until the runner has recorded the
+#: step's process group (it writes a line on stdin), then take stdin from
+#: /dev/null as before. A runner killed before the record is written closes
+#: the pipe unwritten and the step ends here, before its first command: no
+#: step ever runs that the next runner's ``reap`` could not find.
+_GATE = "IFS= read -r _ || exit 125\nexec </dev/null\n"
 
 
 def step_script(step: Step) -> str:
@@ -181,24 +208,34 @@ class LocalSession:
                 duration=time.monotonic() - started,
                 reason=f"step {step.name!r}: dependency {missing[0]!r} not found on PATH",
             )
+        gate, opener = os.pipe()
         try:
             child = process.start(
-                ["sh", "-e", "-c", step_script(step)],
+                ["sh", "-e", "-c", _GATE + step_script(step)],
                 cwd=self._workspace,
                 env=full_env,
                 stdout="pipe",
                 stderr="stdout",
                 new_session=True,
+                stdin=gate,
             )
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the env or script
+            os.close(opener)
             raise ExecutorError(f"cannot start step {step.name!r}: {e}") from e
+        finally:
+            os.close(gate)
         pump = asyncio.create_task(_pump(child, output))
         record = self._workspace.with_name(self._workspace.name + ".pgid")
         try:
-            await asyncio.to_thread(record.write_text, str(child.pid))
+            try:
+                await asyncio.to_thread(record.write_text, str(child.pid))
+                with suppress(BrokenPipeError):  # the step died already (killed from outside)
+                    os.write(opener, b"\n")  # recorded: the step may start
+            finally:
+                os.close(opener)  # unopened (we failed, or were killed): the step exits
             ended = await _wait(child, stop, timeout)
             if ended != "exited":
-                await self._terminate(child)
+                await self._terminate(child, stop)
             # Whatever the step left running in the background goes with it.
             _killpg(child.pid, signal.SIGKILL)
             await pump
@@ -213,12 +250,9 @@ class LocalSession:
         duration = time.monotonic() - started
         return _result(ended, child.returncode, duration, stop, timeout)
 
-    async def _terminate(self, child: process.Child) -> None:
+    async def _terminate(self, child: process.Child, stop: Stop) -> None:
         _killpg(child.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(self._grace):
-                await child.wait()
-        except TimeoutError:
+        if not await stop.within_grace(child.exit_future(), self._grace):
             _killpg(child.pid, signal.SIGKILL)
             await child.wait()
 

@@ -138,10 +138,13 @@ def start(
     stdout: Sink,
     stderr: Sink,
     new_session: bool = False,
+    stdin: int | None = None,
 ) -> Child:
-    """Start ``args`` with stdin from /dev/null; raises OSError when it cannot start.
+    """Start ``args``; raises OSError when it cannot start.
 
-    ``stderr="stdout"`` sends both outputs into the one stdout pipe, in order.
+    stdin is /dev/null unless ``stdin`` gives a descriptor (the child gets a
+    copy; the caller keeps and closes its own). ``stderr="stdout"`` sends
+    both outputs into the one stdout pipe, in order.
     """
     read_out, write_out = os.pipe() if stdout == "pipe" else (None, None)
     read_err, write_err = os.pipe() if stderr == "pipe" else (None, None)
@@ -150,7 +153,7 @@ def start(
             args,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=write_out if write_out is not None else subprocess.DEVNULL,
             stderr=_stderr_target(stderr, write_err),
             start_new_session=new_session,

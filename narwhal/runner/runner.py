@@ -15,6 +15,8 @@ to ``drain_timeout``; cancel the rest (SIGTERM, grace, SIGKILL) and wait for
 their DONE; wait (bounded) for the dispatcher to acknowledge the last frames
 (these first steps are ``drain``, after which the entrypoint says goodbye on
 mDNS); close the socket with its linger; terminate the context if it is ours.
+``hurry`` (a second signal) ends the draining and kills running steps at
+once; their DONE frames are still sent.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._drained = asyncio.Event()
+        self._hurried = asyncio.Event()
         self._stopping = False
         self._closed = False
         self._quiet = QuietLog(log)
@@ -171,9 +174,13 @@ class Runner:
             await self._drained.wait()
             return
         self._closing = True
-        await self._wait_jobs(self.config.drain_timeout)
+        await self._wait_jobs(self.config.drain_timeout, until_hurried=True)
         for active in self._active.values():
             active.stop.set("cancelled", "runner shutting down")
+            if self._hurried.is_set():
+                active.stop.hurry("cancelled", "runner shutting down at once")
+        # Also after a hurry: the steps are killed, and their DONE frames are
+        # what records the jobs as cancelled.
         await self._wait_jobs(self.config.cancel_grace + 5)
         if self._dispatcher is not None:
             closed = [asyncio.create_task(a.stream.closed.wait()) for a in self._active.values()]
@@ -182,6 +189,16 @@ class Runner:
                 for waiter in closed:
                     waiter.cancel()
         self._drained.set()
+
+    def hurry(self) -> None:
+        """Stop at once (a second Ctrl-C): no more draining, running steps get SIGKILL now.
+
+        Jobs are still reported (cancelled) before the socket closes.
+        """
+        self._hurried.set()
+        if self._closing:  # else ``drain`` does it when it starts
+            for active in self._active.values():
+                active.stop.hurry("cancelled", "runner shutting down at once")
 
     async def aclose(self) -> None:
         """Refuse new jobs, drain or cancel running ones, report, close."""
@@ -201,10 +218,20 @@ class Runner:
             await close()
         self._closed = True
 
-    async def _wait_jobs(self, timeout: float) -> None:
+    async def _wait_jobs(self, timeout: float, *, until_hurried: bool = False) -> None:
+        """Until running jobs end or ``timeout`` seconds pass (or ``hurry``, if asked)."""
         running = [a.task for a in self._active.values() if a.task is not None and a.running]
-        if running and timeout > 0:
-            await asyncio.wait(running, timeout=timeout)
+        if not running or timeout <= 0:
+            return
+        ended = asyncio.ensure_future(asyncio.wait(running))
+        waits: set[asyncio.Future[Any]] = {ended}
+        if until_hurried:
+            waits.add(asyncio.ensure_future(self._hurried.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     # mesh
 
