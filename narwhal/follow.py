@@ -23,6 +23,9 @@ from typing import Any, Protocol
 from narwhal.errors import NarwhalError
 
 #: End states that count as success for the exit status.
+#: How the dispatcher's last line of a log stream starts when it shuts down
+#: (``dispatcher.api``); after it the API is gone, so no summary is asked for.
+SHUTDOWN_LINE = "--- narwhal is shutting down;"
 SUCCEEDED = frozenset({"success", "skipped"})
 TERMINAL = frozenset({"success", "skipped", "failed", "error", "cancelled", "timed_out"})
 
@@ -60,6 +63,13 @@ def write_stdout(data: bytes) -> None:
     out.flush()
 
 
+_SHUTDOWN = SHUTDOWN_LINE.encode()
+
+
+class StreamEnded(NarwhalError):
+    """The dispatcher ended the log streams because it shuts down (exit 2)."""
+
+
 class _Printer:
     """Whole lines to stdout, one writer at a time."""
 
@@ -81,6 +91,8 @@ class _Follower(threading.Thread):
         self.api, self.job_id, self.printer, self.turns = api, job_id, printer, turns
         #: What ended the stream early (the main thread raises it).
         self.error: NarwhalError | BrokenPipeError | None = None
+        #: The dispatcher ended the stream because it shuts down.
+        self.stopped = False
         self._prefix: bytes | None = None
         self._partial = b""
 
@@ -94,6 +106,8 @@ class _Follower(threading.Thread):
             self.error = e
 
     def _feed(self, chunk: bytes) -> None:
+        if _SHUTDOWN in chunk:
+            self.stopped = True
         if self._prefix is None:
             job = self.api.call("GET", f"/api/jobs/{self.job_id}")
             if job["matrix"] or job["pipeline"] is not None or job["state"] in TERMINAL:
@@ -135,6 +149,9 @@ class Submission:
         while any(f.is_alive() for f in self._followers.values()):
             self._wait()
         self._raise_errors()
+        if any(f.stopped for f in self._followers.values()):
+            # Its closing lines said what happens to each job; the API is gone.
+            raise StreamEnded("the dispatcher shut down while following")
         return self._summary()
 
     def _expanded(self) -> bool:

@@ -188,3 +188,32 @@ def test_second_ctrl_c_stops_at_once_and_the_job_ends_cancelled(
         assert job["steps"][0]["status"] == "cancelled"
     finally:
         assert again.stop() == 0
+
+
+def test_submit_follow_ends_in_one_line_when_the_dispatcher_shuts_down(
+    narwhal_up: Up, make_repo: MakeRepo
+) -> None:
+    daemon, api = narwhal_up()
+    repo = make_repo(_pipeline("echo started", "sleep 60"))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "narwhal", "submit", str(repo.path), "-f", "--server", daemon.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: "started" in api.log(1), what="the step to start")
+        daemon.proc.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    # The closing line said what became of the job; the API is gone, so the
+    # CLI asks it nothing more and ends with one line of its own.
+    assert cli.returncode == 2, (out, err)
+    assert out.rstrip("\n").splitlines()[-1].startswith("--- narwhal is shutting down; job 1")
+    assert err.rstrip("\n").splitlines()[-1] == (
+        "narwhal: the dispatcher shut down while following"
+    ), err
+    assert "Traceback" not in err and "cannot reach" not in err

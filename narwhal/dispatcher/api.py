@@ -28,6 +28,7 @@ from narwhal.dispatcher.records import STATES, JobRecord
 from narwhal.dispatcher.store import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
+from narwhal.follow import SHUTDOWN_LINE
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 
@@ -359,9 +360,9 @@ def _closing_line(job: JobRecord) -> bytes:
     """The last line of a log stream that ends because narwhal shuts down."""
     if job.terminal:
         why = f": {redacted(job.reason)}" if job.reason else ""
-        return f"--- narwhal is shutting down; job {job.id} ended {job.state}{why}\n".encode()
+        return f"{SHUTDOWN_LINE} job {job.id} ended {job.state}{why}\n".encode()
     goes_on = "stays queued" if job.state == "queued" else "goes on"
-    return f"--- narwhal is shutting down; the job {goes_on}: narwhal logs -f {job.id}\n".encode()
+    return f"{SHUTDOWN_LINE} the job {goes_on}: narwhal logs -f {job.id}\n".encode()
 
 
 async def _wait(event: asyncio.Event, ending: asyncio.Event, timeout: float) -> None:
