@@ -18,6 +18,7 @@ Engine exceptions become ``ExecutorError`` here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
 import logging
@@ -55,7 +56,13 @@ from narwhal.runner.docker_engine import (
     remove_labelled,
 )
 from narwhal.runner.docker_output import Follower, race
-from narwhal.runner.docker_pull import HINT, NOT_FOUND_EXIT, not_found_line, pull_image
+from narwhal.runner.docker_pull import (
+    HINT,
+    NOT_FOUND_EXIT,
+    not_found_line,
+    not_found_reason,
+    pull_image,
+)
 from narwhal.runner.docker_spec import (
     DEPS_EXIT,
     DEPS_FILE,
@@ -343,7 +350,12 @@ class DockerSession:
         duration = time.monotonic() - started
         if deps_error and ended == "exited":
             return StepResult(status="error", exit_code=code, duration=duration, reason=deps_error)
-        return _result(ended, code, duration, stop, timeout)
+        result = _result(ended, code, duration, stop, timeout)
+        if result.status == "failed" and code == NOT_FOUND_EXIT:
+            # The job's reason says it too, not only the log: a first job fails so.
+            hint = not_found_reason(self.image_of(step), self._config.docker_image)
+            return dataclasses.replace(result, reason=hint)
+        return result
 
     async def _finish(
         self, container: Container, follower: Follower | None, pump: asyncio.Task[None] | None

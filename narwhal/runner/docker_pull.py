@@ -24,12 +24,15 @@ HINT = "set image: in narwhal.yml, or run with --executor local"
 NOT_FOUND_EXIT = 127
 
 
+def not_found_reason(image: str, default: str) -> str:
+    """What exit code 127 in a container means, and what to do about it."""
+    whose = " (the runner's default: the step names no image)" if image == default else ""
+    return f"a command of this step is not in image {image}{whose}; {HINT}"
+
+
 def not_found_line(image: str, default: str) -> bytes:
     """The log line after a step that ended with exit code 127 in a container."""
-    whose = " (the runner's default: the step names no image)" if image == default else ""
-    return (
-        f"narwhal: exit code 127: a command of this step is not in image {image}{whose}; {HINT}\n"
-    ).encode()
+    return f"narwhal: exit code 127: {not_found_reason(image, default)}\n".encode()
 
 
 def progress_line(image: str, event: dict[str, Any]) -> str | None:

@@ -215,7 +215,8 @@ def _fold(status: str, step: Step, result: StepResult, budget: float | None) -> 
     if result.status == "failed":
         if step.allow_failure:
             return status, ""
-        return "failed", f"step {step.name!r} failed with exit code {result.exit_code}"
+        why = f": {result.reason}" if result.reason else ""
+        return "failed", f"step {step.name!r} failed with exit code {result.exit_code}{why}"
     if result.status == "timed_out" and step.timeout is None and budget:
         return "timed_out", f"pipeline timed out after {budget:.0f}s in step {step.name!r}"
     return result.status, result.reason or f"step {step.name!r}: {result.status}"

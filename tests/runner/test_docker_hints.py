@@ -53,6 +53,10 @@ def test_a_command_missing_from_the_image_says_what_to_do(
         tmp_path / "ws",
     )
     assert outcome.status == "failed"
+    assert outcome.reason == (
+        "step 'test' failed with exit code 127: a command of this step is not in image"
+        f" {busybox_image} (the runner's default: the step names no image); {HINT}"
+    ), outcome.reason
     assert [(s.status, s.exit_code) for s in log.steps] == [("failed", 127), ("skipped", None)]
     assert "python3: not found" in log.text
     assert (
