@@ -159,9 +159,11 @@ def jobs(api: Api, args: argparse.Namespace) -> int:
     _out(f"{'ID':>6}  {'STATE':<10} {'ATTEMPT':>7}  {'RUNNER':<16} {'SHA':<10} REPO")
     for job in listing["jobs"]:
         sha = (job["sha"] or "")[:8]
+        shown = combination(job)  # which of a submission's matrix jobs this is
         _out(
             f"{job['id']:>6}  {job['state']:<10} {job['attempt']:>7}  "
             f"{job['runner_id'] or '-':<16} {sha:<10} {job['repo']} {job['ref']}"
+            + (f" [{shown}]" if shown else "")
         )
     return 0
 

@@ -58,6 +58,10 @@ def test_submit_follow_exits_0_when_all_succeed(narwhal_up: Up, make_repo: MakeR
     assert done.returncode == 0, done.stderr
     assert "[N=1] line-1" in done.stdout and "[N=2] line-2" in done.stdout
     assert _summaries(done.stderr) == {"N=1": "success", "N=2": "success"}, done.stderr
+    # `narwhal jobs` tells the matrix jobs of a submission apart.
+    listed = narwhal("jobs", "--server", daemon.url)
+    rows = [line for line in listed.stdout.splitlines() if str(repo.path) in line]
+    assert sorted(row.rsplit(" ", 1)[-1] for row in rows) == ["[N=1]", "[N=2]"], listed.stdout
 
 
 def test_logs_follow_of_a_matrix_parent_follows_the_submission(
