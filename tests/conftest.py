@@ -11,10 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.dispatcher.cluster import Cluster
 
 #: An admin token for every daemon and client a test starts (``NARWHAL_API_TOKEN``,
 #: set by the autouse ``api_token`` fixture). Tests of authentication itself
@@ -194,6 +197,19 @@ class Client:
 
     def close(self) -> None:
         self.http.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A dispatcher and named runners as real processes (``tests.dispatcher.cluster``)."""
+    # Imported here: that module builds on this one's Daemon and Client.
+    from tests.dispatcher.cluster import Cluster
+
+    started = Cluster(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from narwhal.mesh import protocol as p
 from tests.conftest import Client, Daemon, Repo
@@ -127,13 +124,6 @@ def test_cancel_prints_the_new_state_and_cancels_the_submission(
     queued = api.submit(repo)
     done = narwhal("cancel", str(queued), "--server", daemon.url)
     assert f"job {queued}: cancelled" in done.stderr, done.stderr
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def test_a_job_cancelled_before_its_checkout_spawns_no_matrix_jobs(

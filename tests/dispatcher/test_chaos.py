@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,6 @@ from tests.conftest import Repo
 from tests.dispatcher.cluster import TERMINAL, Cluster, alive, wait_for
 
 MakeRepo = Callable[..., Repo]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def _pipeline(script: str) -> dict[str, str]:

@@ -7,10 +7,8 @@ heartbeats kept flowing, and that neither side's memory grew with the output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import Repo
 from tests.dispatcher.cluster import Cluster
@@ -19,13 +17,6 @@ FLOOD_BYTES = 200_000_000
 PATTERN = b"0123456789abcdef\n"
 #: Peak resident memory allowed per process: far below the flood's size.
 MEMORY_BOUND = 150 * 1024 * 1024
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def _peak_rss(pid: int) -> int:

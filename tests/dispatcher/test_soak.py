@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from tests.conftest import Repo
 from tests.dispatcher.cluster import TERMINAL, Cluster, wait_for
 
 JOBS = 40
 LINES = 15
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def test_jobs_survive_kills_freezes_and_restarts(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ from tests.dispatcher.cluster import Cluster, wait_for
 from tests.mesh.peers import RawRunner
 
 MakeRepo = Callable[..., Repo]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 #: Makes a raw peer whose key the cluster trusts as the runner id given.

@@ -10,11 +10,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import zmq
 
 from narwhal.mesh import protocol as p
@@ -23,15 +22,6 @@ from tests.dispatcher.cluster import MESH, Cluster, free_port, wait_for
 from tests.keys import MeshKeys
 
 MakeRepo = Callable[..., Repo]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 def marker_repo(make_repo: MakeRepo, marker: Path, seconds: float = 0) -> Repo:
