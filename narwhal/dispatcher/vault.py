@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store import SqliteStore
-from narwhal.errors import ConfigError, NotFound, SecretError
+from narwhal.errors import ConfigError, NotFound, RepoError, SecretError
+from narwhal.repos import check_repo
 from narwhal.secret_rules import (
     MAX_SECRET_BYTES,
     MAX_SECRETS_PER_REPO,
@@ -253,9 +254,10 @@ class Vault:
 
 
 def _key(repo: str) -> str:
-    bad = any(ord(c) < 0x20 or c == "\x7f" for c in repo)
-    if bad or not 0 < len(repo) <= 2048 or repo != repo.strip() or repo.startswith("-"):
-        raise ConfigError("repo: expected a clone URL or an absolute path")
-    if "://" not in repo and "@" not in repo and not repo.startswith("/"):
-        raise ConfigError("repo: expected a clone URL or an absolute path")
+    # The rules every door applies (``narwhal.repos``); a local path may hold
+    # secrets, whether its jobs may run is the dispatcher's policy.
+    try:
+        check_repo(repo, allow_local=True)
+    except RepoError as e:
+        raise ConfigError(f"repo: expected a clone URL or an absolute path ({e})") from None
     return repo_key(repo)
