@@ -47,7 +47,7 @@ from narwhal.config import AmqpConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import ConfigError, NarwhalError, RepoError
 from narwhal.redact import redacted
 from narwhal.repos import check_repo

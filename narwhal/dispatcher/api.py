@@ -25,7 +25,7 @@ from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.guard import JsonError, is_json, parse_json
 from narwhal.dispatcher.records import STATES, JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
 from narwhal.follow import SHUTDOWN_LINE

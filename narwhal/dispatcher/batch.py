@@ -13,7 +13,7 @@ from typing import Any
 
 from narwhal.dispatcher.links import Link
 from narwhal.dispatcher.records import TERMINAL, JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
 

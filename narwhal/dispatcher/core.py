@@ -29,7 +29,7 @@ from narwhal.dispatcher.batch import FrameBatch
 from narwhal.dispatcher.links import Link, Slots
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.records import ACTIVE, JobRecord, Move
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.vault import Vault, load_key
 from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
 from narwhal.errors import NarwhalError, NotFound, StoreError

@@ -9,30 +9,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from narwhal.redact import redacted
 
-STATES = (
-    "queued",
-    "assigned",
-    "running",
-    "success",
-    "failed",
-    "error",
-    "cancelled",
-    "timed_out",
-    "skipped",
+
+class JobState(StrEnum):
+    """A job's state: the one home of these names (members are their strings)."""
+
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    #: The pipeline's ``when`` did not match; nothing ran.
+    SKIPPED = "skipped"
+
+
+S = JobState
+STATES: tuple[str, ...] = tuple(JobState)
+TERMINAL: frozenset[str] = frozenset(
+    {S.SUCCESS, S.FAILED, S.ERROR, S.CANCELLED, S.TIMED_OUT, S.SKIPPED}
 )
-#: ``skipped``: the pipeline's ``when`` did not match; nothing ran.
-TERMINAL = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
-ACTIVE = frozenset({"assigned", "running"})
+ACTIVE: frozenset[str] = frozenset({S.ASSIGNED, S.RUNNING})
 
 #: Which states each state may move to.
 ALLOWED: dict[str, frozenset[str]] = {
-    "queued": frozenset({"assigned", "cancelled", "error"}),
-    "assigned": frozenset({"running", "queued"} | TERMINAL),
-    "running": frozenset({"queued"} | TERMINAL),
+    S.QUEUED: frozenset({S.ASSIGNED, S.CANCELLED, S.ERROR}),
+    S.ASSIGNED: frozenset({S.RUNNING, S.QUEUED} | TERMINAL),
+    S.RUNNING: frozenset({S.QUEUED} | TERMINAL),
 }
 
 #: One state move for ``SqliteStore.move``: job id, attempt, target state,
@@ -108,6 +117,23 @@ class JobRecord(NamedTuple):
         full URL in JOB)."""
         shown = self._asdict()
         shown["repo"], shown["reason"] = redacted(self.repo), redacted(self.reason)
+        return shown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionRecord:
+    """One entry of a job's history."""
+
+    attempt: int
+    state: str
+    reason: str
+    runner_id: str | None
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """For API answers: credentials quoted in the reason never leave."""
+        shown = {name: getattr(self, name) for name in self.__slots__}
+        shown["reason"] = redacted(self.reason)
         return shown
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from narwhal.dispatcher.core import Conflict, Dispatcher
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)

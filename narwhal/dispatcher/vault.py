@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import ConfigError, NotFound, RepoError, SecretError
 from narwhal.repos import check_repo
 from narwhal.secret_rules import (

@@ -21,7 +21,7 @@ from narwhal.config import AmqpConfig, DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from tests.agent.helpers import (
     AMQP_URL,
     broker_stopped,

@@ -13,7 +13,7 @@ from pathlib import Path
 from narwhal.config import DispatcherConfig, MeshConfig, RunnerConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.runner.runner import Runner
 from tests.conftest import Repo
 

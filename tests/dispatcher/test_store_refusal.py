@@ -15,7 +15,7 @@ from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store import SqliteStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.vault import KEY_FILE, Vault, load_key
 from narwhal.errors import ConfigError, NotFound, SecretError
 from narwhal.secret_rules import MAX_SECRETS_PER_REPO

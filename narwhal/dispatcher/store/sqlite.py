@@ -31,7 +31,7 @@ from narwhal.dispatcher.records import (
     StepRecord,
     chains,
 )
-from narwhal.dispatcher.schema import JOB_COLUMNS, SCHEMA, job_record, json_text, migrate
+from narwhal.dispatcher.store.schema import JOB_COLUMNS, SCHEMA, job_record, json_text, migrate
 from narwhal.errors import NotFound, StoreError
 
 #: For each target state, the states it may be reached from (as SQL).

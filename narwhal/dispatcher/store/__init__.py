@@ -1,0 +1,1 @@
+"""The job store: its interface (``base``), SQLite (``sqlite``), in memory (``memory``)."""

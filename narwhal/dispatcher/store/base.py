@@ -1,0 +1,403 @@
+"""The job store's interface: typed reads, and writes grouped in units of work.
+
+Every store (SQLite, the in-memory one of ``store.memory``, PostgreSQL
+later) implements ``JobStore``. Writes are never made one call at a time:
+the dispatcher records the writes of one scheduling round or one batch of
+runner frames in a ``UnitOfWork`` (each a typed ``Write`` below), and
+``UnitOfWork.commit`` hands them to the store, which makes them in one
+transaction (group commit) and returns one result per write. Only then do
+the unit's after-commit hooks run: whatever must wait until the data is
+durable (memory updates, listeners, ACKs, JOB frames).
+
+The state rules are enforced by the store itself, in the fenced UPDATE of
+``Move`` and ``Transition`` (``records.ALLOWED``, the attempt and the
+holder): a late frame of an old attempt changes nothing, whichever store it
+meets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from narwhal.dispatcher.records import JobRecord, Move, StepRecord, TransitionRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: What the store says of a job a runner's READY lists (``JobStore.holders``).
+Holding = Literal["held", "stale"]
+
+
+# what writes carry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to create, queued, at attempt 1."""
+
+    repo: str
+    ref: str
+    sha: str | None
+    event: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    matrix: Mapping[str, str] | None = None
+    parent_id: int | None = None
+    reason: str = "submitted"
+    #: Makes a redelivered commit event idempotent: a second job with the
+    #: same key is not created (``CreateJob`` returns the first).
+    source_key: str | None = None
+    fork_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobQuery:
+    """Which jobs ``JobStore.list_jobs`` returns: by id, newest first unless ``ascending``."""
+
+    states: tuple[str, ...] = ()
+    repo: str | None = None
+    #: The matrix jobs this job spawned.
+    parent: int | None = None
+    before: int | None = None
+    #: None: all of them.
+    limit: int | None = 50
+    ascending: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRow:
+    """One API token as stored: its SHA-256 digest, never the token."""
+
+    name: str
+    digest: str
+    scope: str
+    created_at: float
+    last_used: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRow:
+    """One sealed secret as stored (``dispatcher.vault`` seals and opens it)."""
+
+    repo: str
+    name: str
+    key_version: int
+    nonce: bytes
+    ciphertext: bytes
+    created_at: float
+    updated_at: float
+
+
+# the writes: one frozen dataclass each, so a misspelt field fails mypy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateJob:
+    """Result: ``(job, created)``; ``created`` False when ``source_key`` was seen."""
+
+    job: NewJob
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateJobs:
+    """Many jobs without ``source_key`` (the bulk path). Result: their records."""
+
+    jobs: Sequence[NewJob]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moves:
+    """State moves made from records the caller holds. Result: which were allowed.
+
+    No row is read back: the caller predicts each record with
+    ``JobRecord.moved``. One job's consecutive moves (``records.chains``)
+    cost one UPDATE, with a history row each. Not for requeues.
+    """
+
+    moves: Sequence[Move]
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """One state move, the row read back. Result: the job, or None if fenced off.
+
+    With ``runner_id`` (a move a runner's frame asks for) only if that
+    runner holds the job. A move to ``queued`` starts the next attempt.
+    """
+
+    job_id: int
+    attempt: int
+    to: str
+    reason: str
+    runner_id: str | None = None
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetCheckout:
+    """What a runner checked out; the job takes ``variants[0]``.
+
+    Result: True only the first time a job is checked out (any attempt)
+    with more than one matrix combination. A stale attempt changes nothing.
+    """
+
+    job_id: int
+    attempt: int
+    sha: str
+    #: Empty: the commit is known but its narwhal.yml did not parse.
+    pipeline: str
+    variants: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestCancel:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetReasons:
+    """Why queued jobs wait: ``(job id, attempt, reason)``; only a job still
+    queued at that attempt takes it. Not a transition, so not in history."""
+
+    reasons: Sequence[tuple[int, int, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendLog:
+    """A log chunk; one resent after a reconnect (same ``seq``) is ignored."""
+
+    job_id: int
+    attempt: int
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepStarted:
+    job_id: int
+    attempt: int
+    index: int
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepFinished:
+    job_id: int
+    attempt: int
+    index: int
+    name: str
+    status: str
+    exit_code: int | None
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddEndpoint:
+    """A runner endpoint added at run time, connected again after a restart."""
+
+    url: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutToken:
+    token: TokenRow
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteToken:
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TouchToken:
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutSecret:
+    """Insert or replace; a replaced secret keeps its ``created_at``."""
+
+    secret: SecretRow
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSecret:
+    repo: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetForks:
+    """Whether pull requests from forks of ``repo`` get its secrets."""
+
+    repo: str
+    allowed: bool
+    at: float
+
+
+Write = (
+    CreateJob
+    | CreateJobs
+    | Moves
+    | Transition
+    | SetCheckout
+    | RequestCancel
+    | SetReasons
+    | AppendLog
+    | StepStarted
+    | StepFinished
+    | AddEndpoint
+    | PutToken
+    | DeleteToken
+    | TouchToken
+    | PutSecret
+    | DeleteSecret
+    | SetForks
+)
+
+
+class JobStore(Protocol):
+    """Where the dispatcher keeps jobs, their history, steps and logs, and its
+    side tables (runner endpoints, API tokens, sealed secrets).
+
+    Reads may run off the event loop (SQLite: on a reader thread) and see
+    every write committed before the call. ``apply`` makes writes in one
+    transaction; on failure it raises ``StoreError`` and none were made.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def maintain(self) -> None:
+        """Run until cancelled: the store's housekeeping (SQLite: WAL checkpoints)."""
+        ...
+
+    async def apply(self, writes: Sequence[Write]) -> list[Any]:
+        """Make ``writes`` in one transaction; one result each, in order."""
+        ...
+
+    async def get_job(self, job_id: int) -> JobRecord:
+        """The job, or ``NotFound``."""
+        ...
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]: ...
+
+    async def steps(self, job_id: int, attempt: int) -> list[StepRecord]: ...
+
+    async def transitions(self, job_id: int) -> list[TransitionRecord]: ...
+
+    async def read_log(self, job_id: int, attempt: int, after: int = -1) -> list[tuple[int, bytes]]:
+        """The chunks after ``seq`` ``after``, in order."""
+        ...
+
+    async def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
+        """A queued, assigned or running job for this commit and event."""
+        ...
+
+    async def holders(
+        self, runner_id: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], Holding]:
+        """What the store says of the ``(job id, attempt)`` pairs a READY lists.
+
+        "held": the job's current attempt, assigned or running, held by
+        ``runner_id``; "stale": an attempt ``runner_id`` held that is over;
+        absent: anything else (no such job, another runner's).
+        """
+        ...
+
+    async def endpoints(self) -> list[str]: ...
+
+    async def tokens(self) -> list[TokenRow]: ...
+
+    async def secrets(self) -> list[SecretRow]: ...
+
+    async def fork_repos(self) -> set[str]:
+        """The repositories whose forks' pull requests get their secrets."""
+        ...
+
+
+class Pending(Generic[T]):
+    """The result of one write of a unit, known once the unit is committed."""
+
+    __slots__ = ("_value", "_done")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+
+    @property
+    def value(self) -> T:
+        if not self._done:
+            raise RuntimeError("the unit of work is not committed yet")
+        return self._value  # type: ignore[no-any-return]
+
+    def _resolve(self, value: Any) -> None:
+        self._value, self._done = value, True
+
+
+class UnitOfWork:
+    """Writes recorded now and made together by ``commit``; hooks for after.
+
+    A unit is used once. If the store refuses the commit (``StoreError``)
+    nothing was written and no hook runs: the caller's memory is unchanged
+    because hooks are where it changes.
+    """
+
+    __slots__ = ("writes", "_pending", "_hooks")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self._pending: list[Pending[Any]] = []
+        self._hooks: list[Callable[[], object]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self._hooks)
+
+    def add(self, write: Write) -> Pending[Any]:
+        pending: Pending[Any] = Pending()
+        self.writes.append(write)
+        self._pending.append(pending)
+        return pending
+
+    def create_job(self, job: NewJob) -> Pending[tuple[JobRecord, bool]]:
+        return self.add(CreateJob(job=job))
+
+    def create_jobs(self, jobs: Sequence[NewJob]) -> Pending[list[JobRecord]]:
+        return self.add(CreateJobs(jobs=jobs))
+
+    def moves(self, moves: Sequence[Move], at: float) -> Pending[list[bool]]:
+        return self.add(Moves(moves=moves, at=at))
+
+    def transition(self, write: Transition) -> Pending[JobRecord | None]:
+        return self.add(write)
+
+    def set_checkout(self, write: SetCheckout) -> Pending[bool]:
+        return self.add(write)
+
+    def after_commit(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` once the writes are durable (in the order added)."""
+        self._hooks.append(hook)
+
+    async def commit(self, store: JobStore) -> None:
+        """Make the writes in one transaction, then run the hooks.
+
+        A hook that raises is logged and the others still run: the data is
+        committed by then, and one broken listener must not stop dispatching.
+        """
+        if self.writes:
+            results = await store.apply(self.writes)
+            for pending, result in zip(self._pending, results, strict=True):
+                pending._resolve(result)
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook %r failed", hook)
