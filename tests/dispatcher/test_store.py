@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from narwhal.dispatcher import store as store_module
+from narwhal.dispatcher.store import sqlite as store_module
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import NotFound, StoreError
 
