@@ -1,94 +1,73 @@
-"""One batch of runner frames as the store calls that record it.
+"""One batch of runner frames as operations of the job table, in frame order.
 
-The dispatcher drains up to a few hundred frames at a time and records them
-in one transaction (group commit). This module turns the frames into those
-calls, in frame order, and predicts the records the state moves produce.
+The mesh drains up to a few hundred frames at a time; the dispatcher
+records them in one unit of work (one commit for the lot) and the mesh
+acknowledges them only once it is committed.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
-from narwhal.dispatcher.links import Link
-from narwhal.dispatcher.records import TERMINAL, JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.jobs import Changes, JobTable
+from narwhal.dispatcher.mesh import Peer
+from narwhal.dispatcher.store.base import AppendLog, StepFinished, StepStarted
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
 
-#: Moves the hot path makes from records in memory (a requeue changes the
-#: attempt and goes through ``SqliteStore.transition``).
-_FAST_MOVES = frozenset({"assigned", "running"} | TERMINAL)
 
-StoreCall = tuple[Callable[..., Any], dict[str, Any]]
-
-
-class FrameBatch:
-    """The store calls that record one batch of runner frames, in frame order.
-
-    State moves of jobs whose record the dispatcher holds go into
-    ``SqliteStore.move`` groups, with the records they produce kept in
-    ``moved`` (by call index); other moves (a job adopted after a restart,
-    one whose row changed since) go through ``SqliteStore.transition``,
-    which reads the row back.
-    """
-
-    def __init__(self, records: dict[int, JobRecord]) -> None:
-        self.calls: list[StoreCall] = []
-        self.moved: dict[int, list[JobRecord]] = {}
-        self._records = records
-        #: Each job's record as this batch's moves so far leave it (None:
-        #: read it back from the store).
-        self._planned: dict[int, JobRecord | None] = {}
-        self._now = time.time()
-
-    def add(self, link: Link, message: p.Message) -> None:
+def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.Message]]) -> None:
+    """Record what each frame says in ``changes`` (REJECTs are the caller's)."""
+    for peer, message in frames:
+        runner_id = peer.runner_id or "?"
         if isinstance(message, p.Accept):
-            reason = f"accepted by {link.runner_id}"
-            self._move(link, message.job_id, message.attempt, "running", reason)
+            reason = f"accepted by {runner_id}"
+            table.move(changes, message.job_id, message.attempt, "running", reason, runner_id)
         elif isinstance(message, p.Done):
             reason = message.reason or message.status
-            self._move(link, message.job_id, message.attempt, message.status, reason)
+            table.move(changes, message.job_id, message.attempt, message.status, reason, runner_id)
+        elif isinstance(message, p.CheckedOut):
+            table.checked_out(
+                changes,
+                message.job_id,
+                message.attempt,
+                message.sha,
+                message.pipeline,
+                message.variants,
+            )
         else:
-            if isinstance(message, p.CheckedOut):
-                self._planned[message.job_id] = None  # its row changes here
-            self.calls.append(store_call(message))
-
-    def _move(self, link: Link, job_id: int, attempt: int, to: str, reason: str) -> None:
-        record = self._planned.get(job_id, self._records.get(job_id))
-        if record is None or record.attempt != attempt or to not in _FAST_MOVES:
-            key = {"job_id": job_id, "attempt": attempt, "runner_id": link.runner_id}
-            self.calls.append((SqliteStore.transition, key | {"to": to, "reason": reason}))
-            return
-        moved = record.moved(to, reason, link.runner_id, self._now)
-        self._planned[job_id] = moved
-        if not self.calls or self.calls[-1][0] is not SqliteStore.move:
-            self.moved[len(self.calls)] = []
-            self.calls.append((SqliteStore.move, {"moves": [], "at": self._now}))
-        self.calls[-1][1]["moves"].append((job_id, attempt, to, reason, link.runner_id))
-        self.moved[len(self.calls) - 1].append(moved)
+            _record_output(table, changes, message)
 
 
-def store_call(message: p.Message) -> StoreCall:
-    """The store call that records a runner's frame other than a state move."""
-    key = {"job_id": message.job_id, "attempt": message.attempt}  # type: ignore[attr-defined]
+def _record_output(table: JobTable, changes: Changes, message: p.Message) -> None:
+    """A log chunk or a step's start or end: no state change, followers are told."""
     if isinstance(message, p.Log):
-        return SqliteStore.append_log, key | {"seq": message.seq, "data": message.data}
-    if isinstance(message, p.StepStarted):
-        return SqliteStore.step_started, key | {"index": message.index, "name": message.name}
-    if isinstance(message, p.StepFinished):
-        return SqliteStore.step_finished, key | {
-            "index": message.index,
-            "name": message.name,
-            "status": message.status,
-            "exit_code": message.exit_code,
-            "duration": message.duration,
-        }
-    if isinstance(message, p.CheckedOut):
-        return SqliteStore.set_checkout, key | {
-            "sha": message.sha,
-            "pipeline": message.pipeline,
-            "variants": message.variants,
-        }
-    raise NarwhalError(f"unexpected {message.KIND} frame")
+        changes.add(
+            AppendLog(
+                job_id=message.job_id, attempt=message.attempt, seq=message.seq, data=message.data
+            )
+        )
+    elif isinstance(message, p.StepStarted):
+        changes.add(
+            StepStarted(
+                job_id=message.job_id,
+                attempt=message.attempt,
+                index=message.index,
+                name=message.name,
+                at=changes.at,
+            )
+        )
+    elif isinstance(message, p.StepFinished):
+        changes.add(
+            StepFinished(
+                job_id=message.job_id,
+                attempt=message.attempt,
+                index=message.index,
+                name=message.name,
+                status=message.status,
+                exit_code=message.exit_code,
+                duration=message.duration,
+            )
+        )
+    else:
+        raise NarwhalError(f"unexpected {message.KIND} frame")
+    job_id = message.job_id
+    changes.after_commit(lambda: table.touched(job_id))

@@ -36,6 +36,11 @@ class Peer(Protocol):
     def state(self) -> str: ...
 
     @property
+    def session(self) -> str | None:
+        """The runner process's session (None until READY)."""
+        ...
+
+    @property
     def capacity(self) -> int: ...
 
     @property
