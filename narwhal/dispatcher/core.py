@@ -95,7 +95,7 @@ class Dispatcher:
     async def start(self) -> None:
         key = await asyncio.to_thread(load_key, self.config.data_dir)
         await self.store.open()
-        self._vault = Vault(key, self)
+        self._vault = Vault(key, self.write)
         await self._vault.load(self.store)
         self.mesh.attach(self)
         await self._recovery.start(await self.jobs.load())
