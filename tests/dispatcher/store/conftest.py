@@ -1,52 +1,14 @@
-"""Every store under test, driven synchronously: ``store.apply`` and the reads, run to the end."""
+"""Fixtures of the store tests: each store, opened on a loop the tests drive."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store.base import CreateJob, JobStore, NewJob, Write
-from narwhal.dispatcher.store.memory import MemoryStore
-from narwhal.dispatcher.store.sqlite import SqliteStore
-
-
-class Driven:
-    """A store whose coroutines run to completion on one loop, so tests read plainly."""
-
-    def __init__(self, store: JobStore, runner: asyncio.Runner) -> None:
-        self.store = store
-        self.runner = runner
-
-    def write(self, *writes: Write) -> list[Any]:
-        """One unit of work: ``writes`` in one transaction; their results."""
-        return self.runner.run(self.store.apply(writes))
-
-    def one(self, write: Write) -> Any:
-        return self.write(write)[0]
-
-    def job(self, **fields: Any) -> JobRecord:
-        """A new queued job (repo /r, ref refs/heads/main, push unless given)."""
-        new = NewJob(
-            **{"repo": "/r", "ref": "refs/heads/main", "sha": None, "event": "push"} | fields
-        )
-        job, created = self.one(CreateJob(job=new))
-        assert created
-        return job  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        read = getattr(self.store, name)
-        return lambda *args, **kwargs: self.runner.run(read(*args, **kwargs))
-
-
-def open_store(kind: str, path: Path, runner: asyncio.Runner) -> Driven:
-    store: JobStore = SqliteStore(path) if kind == "sqlite" else MemoryStore()
-    runner.run(store.open())
-    return Driven(store, runner)
+from tests.dispatcher.store.standin import Driven, open_store
 
 
 @pytest.fixture

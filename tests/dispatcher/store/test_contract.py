@@ -33,7 +33,7 @@ from narwhal.dispatcher.store.base import (
     Transition,
 )
 from narwhal.errors import NotFound, StoreError
-from tests.dispatcher.store.conftest import Driven
+from tests.dispatcher.store.standin import Driven
 
 
 def _move(

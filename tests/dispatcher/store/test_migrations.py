@@ -12,7 +12,7 @@ from narwhal.dispatcher.store.base import CreateJob, NewJob
 from narwhal.dispatcher.store.migrations import LATEST, MIGRATIONS, migrate
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import StoreError
-from tests.dispatcher.store.conftest import open_store
+from tests.dispatcher.store.standin import open_store
 
 KEY = "https://git.example/octo/hello"
 

@@ -16,7 +16,7 @@ from narwhal.dispatcher.store import sqlite as store_module
 from narwhal.dispatcher.store.base import AddEndpoint, AppendLog, CreateJobs, JobQuery, NewJob
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import StoreError
-from tests.dispatcher.store.conftest import Driven, open_store
+from tests.dispatcher.store.standin import Driven, open_store
 
 JOB = NewJob(repo="/r", ref="main", sha=None, event="push")
 
