@@ -146,29 +146,57 @@ def create_job(db: sqlite3.Connection, write: CreateJob) -> tuple[JobRecord, boo
 @functools.cache
 def _bulk_insert_sql(rows: int) -> str:
     values = ", ".join([_JOB_VALUES] * rows)
-    return f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES {values} RETURNING {JOB_COLUMNS}"
+    return f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES {values} RETURNING id"
 
 
 def create_jobs(db: sqlite3.Connection, write: CreateJobs) -> list[JobRecord]:
     """Insert many jobs, a thousand per statement; their records, in order.
 
     The database allocates the ids (no ``MAX(id) + 1`` read, which two
-    writers could both make) and ``RETURNING`` hands back the rows, so each
-    record is its own row's whatever order the rows come back in. Sorted by
-    id they are in the order given: SQLite gives each new row of a
-    statement the next rowid.
+    writers could both make); ``RETURNING`` says which. SQLite gives the
+    rows of one statement increasing rowids in the order of its VALUES, so
+    the sorted ids are the jobs' in order. The records are built here, not
+    read back: this is the bulk path, and every column of a new job is known
+    before the insert.
     """
     now = time.time()
     records: list[JobRecord] = []
+    cursor = db.cursor()
+    cursor.row_factory = None  # plain tuples: a Row per id costs more than the insert
     for start in range(0, len(write.jobs), _BULK_ROWS):
         chunk = write.jobs[start : start + _BULK_ROWS]
         params = [value for job in chunk for value in _job_params(job, now)]
-        rows = db.execute(_bulk_insert_sql(len(chunk)), params).fetchall()
-        records += sorted((job_record(row) for row in rows), key=lambda job: job.id)
+        ids = sorted(row[0] for row in cursor.execute(_bulk_insert_sql(len(chunk)), params))
+        records += [_new_record(job_id, job, now) for job_id, job in zip(ids, chunk, strict=True)]
     db.executemany(
         _INSERT_TRANSITIONS, [(job.id, 1, "queued", job.reason, None, now) for job in records]
     )
     return records
+
+
+def _new_record(job_id: int, job: NewJob, now: float) -> JobRecord:
+    """The record reading the new row back would give."""
+    return JobRecord(
+        id=job_id,
+        repo=job.repo,
+        ref=job.ref,
+        sha=job.sha,
+        event=job.event,
+        labels=dict(job.labels),
+        matrix=dict(job.matrix) if job.matrix is not None else None,
+        parent_id=job.parent_id,
+        pipeline=None,
+        state="queued",
+        reason=job.reason,
+        attempt=1,
+        runner_id=None,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+        started_at=None,
+        finished_at=None,
+        fork_of=job.fork_of,
+    )
 
 
 # moving jobs
