@@ -12,10 +12,10 @@ it fail like a locked database, to test what a refused commit does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, assert_never
+from typing import Any
 
 from narwhal.dispatcher.records import (
     ACTIVE,
@@ -28,48 +28,30 @@ from narwhal.dispatcher.records import (
     chains,
 )
 from narwhal.dispatcher.store.base import (
-    AddEndpoint,
     AppendLog,
     CreateJob,
     CreateJobs,
-    DeleteSecret,
-    DeleteToken,
     Holding,
     JobQuery,
     Moves,
     NewJob,
-    PutSecret,
-    PutToken,
     RequestCancel,
     SecretRow,
     SetCheckout,
-    SetForks,
     SetReasons,
     StepFinished,
     StepStarted,
     TokenRow,
-    TouchToken,
     Transition,
     Write,
 )
+from narwhal.dispatcher.store.memory_tables import MemoryTables, SideWrite, Undo
 from narwhal.errors import NotFound, StoreError
 
-_MISSING = object()
 _QUEUED_OR_ACTIVE = frozenset({"queued"} | ACTIVE)
 
 #: The writes ``_make`` leaves to ``_make_other``.
-_OtherWrite = (
-    AppendLog
-    | StepStarted
-    | StepFinished
-    | AddEndpoint
-    | PutToken
-    | DeleteToken
-    | TouchToken
-    | PutSecret
-    | DeleteSecret
-    | SetForks
-)
+_OtherWrite = AppendLog | StepStarted | StepFinished | SideWrite
 
 
 class MemoryStore:
@@ -83,11 +65,8 @@ class MemoryStore:
         self._history: dict[int, tuple[TransitionRecord, ...]] = {}
         self._steps: dict[tuple[int, int, int], StepRecord] = {}
         self._logs: dict[tuple[int, int, int], bytes] = {}
-        self._endpoints: dict[str, float] = {}
-        self._tokens: dict[str, TokenRow] = {}
-        self._secrets: dict[tuple[str, str], SecretRow] = {}
-        self._forks: dict[str, bool] = {}
-        self._undo: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._undo = Undo()
+        self._tables = MemoryTables(self._undo)
         self._refusal: str | None = None
         #: How many ``apply`` calls committed (tests count group commits).
         self.commits = 0
@@ -105,38 +84,28 @@ class MemoryStore:
         pass
 
     async def maintain(self) -> None:
-        pass
+        """Nothing to keep up; waits to be cancelled like the others' housekeeping."""
+        await asyncio.get_running_loop().create_future()
 
     # writes
 
     async def apply(self, writes: Sequence[Write]) -> list[Any]:
         if self._refusal is not None:
             raise StoreError(self._refusal)
-        self._undo = []
         next_id = self._next_id
         try:
             results = [self._make(write) for write in writes]
         except BaseException:
-            for table, key, old in reversed(self._undo):
-                if old is _MISSING:
-                    table.pop(key, None)
-                else:
-                    table[key] = old
+            self._undo.roll_back()
             self._next_id = next_id
             raise
         finally:
-            self._undo = []
+            self._undo.forget()
         self.commits += 1
         return results
 
     def _set(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        self._undo.append((table, key, table.get(key, _MISSING)))
-        table[key] = value
-
-    def _delete(self, table: dict[Any, Any], key: Any) -> None:
-        if key in table:
-            self._undo.append((table, key, table[key]))
-            del table[key]
+        self._undo.set(table, key, value)
 
     def _make(self, write: Write) -> Any:
         match write:
@@ -176,15 +145,8 @@ class MemoryStore:
                 self._set(self._steps, (write.job_id, write.attempt, write.index), step)
             case StepFinished():
                 self._step_finished(write)
-            case AddEndpoint():
-                if write.url not in self._endpoints:
-                    self._set(self._endpoints, write.url, write.at)
-            case PutToken() | DeleteToken() | TouchToken():
-                self._token(write)
-            case PutSecret() | DeleteSecret() | SetForks():
-                self._secret(write)
             case _:
-                assert_never(write)
+                self._tables.make(write)
 
     # jobs
 
@@ -323,36 +285,6 @@ class MemoryStore:
         )
         self._set(self._steps, key, step)
 
-    # side tables
-
-    def _token(self, write: PutToken | DeleteToken | TouchToken) -> None:
-        match write:
-            case PutToken(token=token):
-                if any(
-                    t.digest == token.digest and t.name != token.name for t in self._tokens.values()
-                ):
-                    raise StoreError("UNIQUE constraint failed: tokens.digest")
-                self._set(self._tokens, token.name, token)
-            case DeleteToken():
-                self._delete(self._tokens, write.name)
-            case TouchToken():
-                old = self._tokens.get(write.name)
-                if old is not None:
-                    self._set(self._tokens, write.name, replace(old, last_used=write.at))
-
-    def _secret(self, write: PutSecret | DeleteSecret | SetForks) -> None:
-        match write:
-            case PutSecret(secret=secret):
-                key = (secret.repo, secret.name)
-                old = self._secrets.get(key)
-                if old is not None:  # a replaced secret keeps its created_at
-                    secret = replace(secret, created_at=old.created_at)
-                self._set(self._secrets, key, secret)
-            case DeleteSecret():
-                self._delete(self._secrets, (write.repo, write.name))
-            case SetForks():
-                self._set(self._forks, write.repo, write.allowed)
-
     # reads
 
     async def get_job(self, job_id: int) -> JobRecord:
@@ -420,13 +352,13 @@ class MemoryStore:
         return verdicts
 
     async def endpoints(self) -> list[str]:
-        return sorted(self._endpoints, key=self._endpoints.__getitem__)
+        return self._tables.endpoints()
 
     async def tokens(self) -> list[TokenRow]:
-        return list(self._tokens.values())
+        return self._tables.tokens()
 
     async def secrets(self) -> list[SecretRow]:
-        return list(self._secrets.values())
+        return self._tables.secrets()
 
     async def fork_repos(self) -> set[str]:
-        return {repo for repo, allowed in self._forks.items() if allowed}
+        return self._tables.fork_repos()

@@ -6,6 +6,8 @@ store: both must pass every test here unchanged.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from narwhal.dispatcher.records import TERMINAL
@@ -430,3 +432,16 @@ def test_secrets_and_fork_policies(store: Driven) -> None:
     store.write(SetForks(repo="a", allowed=True, at=1.0), SetForks(repo="b", allowed=True, at=1.0))
     store.one(SetForks(repo="b", allowed=False, at=2.0))
     assert store.fork_repos() == {"a"}
+
+
+def test_housekeeping_runs_until_cancelled(store: Driven) -> None:
+    async def scenario() -> bool:
+        task = asyncio.ensure_future(store.store.maintain())
+        await asyncio.sleep(0.05)
+        running = not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return running
+
+    assert store.runner.run(scenario())
