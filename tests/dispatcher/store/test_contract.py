@@ -282,11 +282,12 @@ def test_cancel_requests_and_reasons_change_no_state(store: Driven) -> None:
 
 def test_listing(store: Driven) -> None:
     a, b = store.job().id, store.job(repo="/other").id
+    assert [j.id for j in store.list_jobs(JobQuery())] == [b, a]
+    assert [j.id for j in store.list_jobs(JobQuery(repo="/other"))] == [b]
+    assert [j.id for j in store.list_jobs(JobQuery(states=("queued",), before=b))] == [a]
     child = store.job(parent_id=a).id
     store.one(_move(child, "cancelled", "x"))
     assert [j.id for j in store.list_jobs(JobQuery())] == [child, b, a]
-    assert [j.id for j in store.list_jobs(JobQuery(repo="/other"))] == [b]
-    assert [j.id for j in store.list_jobs(JobQuery(states=("queued",), before=b))] == [a]
     assert [j.id for j in store.list_jobs(JobQuery(parent=a))] == [child]
     assert [j.id for j in store.list_jobs(JobQuery(limit=2, ascending=True))] == [a, b]
     assert [j.id for j in store.list_jobs(JobQuery(limit=None, states=tuple(TERMINAL)))] == [child]
