@@ -47,7 +47,6 @@ from narwhal.config import AmqpConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import ConfigError, NarwhalError, RepoError
 from narwhal.redact import redacted
 from narwhal.repos import check_repo
@@ -80,8 +79,8 @@ class Intake:
         async with self._lock:
             if self._reporter is not None:
                 await self._reporter.remember(event)
-            active = await self._dispatcher.db(
-                SqliteStore.find_active, repo=event.repo, sha=event.sha, event=event.event
+            active = await self._dispatcher.store.find_active(
+                repo=event.repo, sha=event.sha, event=event.event
             )
             if active is not None:
                 self.deduplicated += 1

@@ -25,7 +25,7 @@ from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.guard import JsonError, is_json, parse_json
 from narwhal.dispatcher.records import STATES, JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.base import JobQuery
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
 from narwhal.follow import SHUTDOWN_LINE
@@ -162,42 +162,40 @@ class Api:
         limit = _int(q.get("limit"), "limit", default=50, low=1, high=500)
         before = _int(q.get("before"), "before", default=None, low=1)
         parent = _int(q.get("parent"), "parent", default=None, low=1)
-        jobs = await self.dispatcher.db(
-            SqliteStore.list_jobs,
-            states=states,
-            repo=q.get("repo"),
-            parent=parent,
-            before=before,
-            limit=limit,
+        query = JobQuery(
+            states=tuple(states), repo=q.get("repo"), parent=parent, before=before, limit=limit
         )
+        jobs = await self.dispatcher.store.list_jobs(query)
         nxt = jobs[-1].id if len(jobs) == limit else None
         return JSONResponse({"jobs": [j.to_json() for j in jobs], "next": nxt})
 
     async def get_job(self, request: Request) -> Response:
         job_id = _job_id(request)
-        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
-        steps = await self.dispatcher.db(SqliteStore.steps, job_id, attempt=job.attempt)
-        history = await self.dispatcher.db(SqliteStore.transitions, job_id)
-        for row in history:
-            row["reason"] = redacted(row["reason"])
+        job = await self.dispatcher.store.get_job(job_id)
+        steps = await self.dispatcher.store.steps(job_id, job.attempt)
+        history = await self.dispatcher.store.transitions(job_id)
         return JSONResponse(
-            {**job.to_json(), "steps": [s.to_json() for s in steps], "transitions": history}
+            {
+                **job.to_json(),
+                "steps": [s.to_json() for s in steps],
+                "transitions": [t.to_json() for t in history],  # reasons redacted
+            }
         )
 
     async def logs(self, request: Request) -> Response:
         job_id = _job_id(request)
-        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
+        job = await self.dispatcher.store.get_job(job_id)
         if request.query_params.get("follow") in ("1", "true", "yes"):
             stream = _follow(self.dispatcher, job_id, self.shutdown)
             return StreamingResponse(stream, media_type="text/plain")
-        chunks = await self.dispatcher.db(SqliteStore.read_log, job_id, attempt=job.attempt)
+        chunks = await self.dispatcher.store.read_log(job_id, job.attempt)
         return Response(b"".join(data for _, data in chunks), media_type="text/plain")
 
     async def cancel(self, request: Request) -> Response:
         """The job and the matrix jobs it spawned; ``jobs``: each one cancelled, as it is now."""
         job_id = _job_id(request)
         cancelled = await self.dispatcher.cancel_submission(job_id)
-        job = await self.dispatcher.db(SqliteStore.get_job, job_id)
+        job = await self.dispatcher.store.get_job(job_id)
         return JSONResponse({**_cancelled(job), "jobs": [_cancelled(j) for j in cancelled]}, 202)
 
     async def resubmit(self, request: Request) -> Response:
@@ -226,12 +224,12 @@ class Api:
         body = await _json(request)
         name = _field(body, "name", str, required=True)
         scope = _field(body, "scope", str, required=True)
-        token = self.access.tokens.create(name, scope)
+        token = await self.access.tokens.create(name, scope)
         return JSONResponse({"name": name, "scope": scope, "token": token}, status_code=201)
 
     async def revoke_token(self, request: Request) -> Response:
         name = request.path_params["name"]
-        self.access.tokens.revoke(name)
+        await self.access.tokens.revoke(name)
         return JSONResponse({"name": name, "revoked": True})
 
 
@@ -336,12 +334,12 @@ async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> As
         attempt, after, mid_line = 0, -1, False
         while True:
             event.clear()
-            job = await dispatcher.db(SqliteStore.get_job, job_id)
+            job = await dispatcher.store.get_job(job_id)
             if job.attempt != attempt:
                 if attempt:
                     yield f"--- attempt {job.attempt}\n".encode()
                 attempt, after = job.attempt, -1
-            chunks = await dispatcher.db(SqliteStore.read_log, job_id, attempt=attempt, after=after)
+            chunks = await dispatcher.store.read_log(job_id, attempt, after)
             for seq, data in chunks:
                 yield data
                 after, mid_line = seq, not data.endswith(b"\n")

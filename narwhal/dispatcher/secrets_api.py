@@ -36,13 +36,13 @@ class SecretsApi:
         value = body.get("value")
         if not isinstance(value, str) or not value:
             raise BadRequest("value: expected a non-empty string")
-        key, created = self.dispatcher.secrets.put(repo, name, value)
+        key, created = await self.dispatcher.secrets.put(repo, name, value)
         answer = {"repo": key, "name": name, "created": created}
         return JSONResponse(answer, status_code=201 if created else 200)
 
     async def delete(self, request: Request) -> Response:
         name = _query(request, "name")
-        key = self.dispatcher.secrets.delete(_query(request, "repo"), name)
+        key = await self.dispatcher.secrets.delete(_query(request, "repo"), name)
         return JSONResponse({"repo": key, "name": name, "deleted": True})
 
     async def forks(self, request: Request) -> Response:
@@ -51,7 +51,7 @@ class SecretsApi:
         allow = body.get("allow")
         if not isinstance(allow, bool):
             raise BadRequest("allow: expected true or false")
-        key = self.dispatcher.secrets.set_forks(repo, allow)
+        key = await self.dispatcher.secrets.set_forks(repo, allow)
         return JSONResponse({"repo": key, "forks": allow})
 
 

@@ -17,6 +17,7 @@ would only make every request slower.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -29,9 +30,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
-from narwhal.dispatcher.core import Conflict, Dispatcher
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.config import DispatcherConfig
+from narwhal.dispatcher.core import Conflict
+from narwhal.dispatcher.store.base import (
+    DeleteToken,
+    JobStore,
+    PutToken,
+    TokenRow,
+    TouchToken,
+    Write,
+)
 from narwhal.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)
@@ -86,37 +96,49 @@ class Refusal:
     message: str
 
 
-# the tokens table (SQL kept here, run through the dispatcher's connections)
+class Host(Protocol):
+    """What the registry needs of the dispatcher: its store and its writes."""
+
+    @property
+    def config(self) -> DispatcherConfig: ...
+
+    @property
+    def store(self) -> JobStore: ...
+
+    async def write(self, *writes: Write) -> list[Any]:
+        """The writes in one unit, committed when this returns (``StoreError`` if not)."""
+        ...
+
+    def write_soon(self, write: Write) -> None:
+        """``write`` in the next unit the dispatcher commits (within a second)."""
+        ...
 
 
-def _rows(store: SqliteStore) -> list[TokenInfo]:
-    rows = store.rows("SELECT name, digest, scope, created_at, last_used FROM tokens")
-    return [
-        TokenInfo(name=r[0], digest=r[1], scope=r[2], created_at=r[3], last_used=r[4]) for r in rows
-    ]
-
-
-def _put(store: SqliteStore, info: TokenInfo) -> None:
-    store.execute(
-        "INSERT OR REPLACE INTO tokens (name, digest, scope, created_at, last_used)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (info.name, info.digest, info.scope, info.created_at, info.last_used),
+def _info(row: TokenRow) -> TokenInfo:
+    return TokenInfo(
+        name=row.name,
+        digest=row.digest,
+        scope=row.scope,
+        created_at=row.created_at,
+        last_used=row.last_used,
     )
 
 
-def _delete(store: SqliteStore, name: str) -> None:
-    store.execute("DELETE FROM tokens WHERE name = ?", (name,))
-
-
-def _touch(store: SqliteStore, name: str, at: float) -> None:
-    store.execute("UPDATE tokens SET last_used = ? WHERE name = ?", (at, name))
+def _row(info: TokenInfo) -> TokenRow:
+    return TokenRow(
+        name=info.name,
+        digest=info.digest,
+        scope=info.scope,
+        created_at=info.created_at,
+        last_used=info.last_used,
+    )
 
 
 class Tokens:
     """The dispatcher's tokens, checked in memory and written through to the store."""
 
     def __init__(
-        self, dispatcher: Dispatcher, rows: Sequence[TokenInfo], *, env_token: str | None = None
+        self, dispatcher: Host, rows: Sequence[TokenInfo], *, env_token: str | None = None
     ) -> None:
         self._dispatcher = dispatcher
         self._by_name = {info.name: info for info in rows}
@@ -128,10 +150,11 @@ class Tokens:
         self._written: dict[str, float] = {}
 
     @classmethod
-    async def open(cls, dispatcher: Dispatcher, *, env_token: str | None = None) -> Tokens:
+    async def open(cls, dispatcher: Host, *, env_token: str | None = None) -> Tokens:
         """Load the stored tokens and make sure ``<data-dir>/admin.token`` holds a valid one."""
-        tokens = cls(dispatcher, await dispatcher.db(_rows), env_token=env_token)
-        tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE)
+        rows = [_info(row) for row in await dispatcher.store.tokens()]
+        tokens = cls(dispatcher, rows, env_token=env_token)
+        await tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE)
         return tokens
 
     # checking
@@ -168,14 +191,15 @@ class Tokens:
         self._by_name[info.name] = replace(info, last_used=now)
         if now - self._written.get(info.name, 0.0) >= LAST_USED_EVERY:
             self._written[info.name] = now
-            self._dispatcher.write(_touch, info.name, now)
+            # Not worth a commit of its own, nor making the request wait.
+            self._dispatcher.write_soon(TouchToken(name=info.name, at=now))
 
     # managing
 
     def listing(self) -> list[TokenInfo]:
         return sorted(self._by_name.values(), key=lambda info: info.created_at)
 
-    def create(self, name: str, scope: str) -> str:
+    async def create(self, name: str, scope: str) -> str:
         """A new token (returned once; only its digest is kept)."""
         if not _NAME.fullmatch(name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
@@ -184,34 +208,43 @@ class Tokens:
         if name == ADMIN or name in self._by_name:
             raise Conflict(f"a token named {name!r} exists; revoke it first")
         token = new_token()
-        self._store(TokenInfo(name=name, digest=digest(token), scope=scope, created_at=time.time()))
+        info = TokenInfo(name=name, digest=digest(token), scope=scope, created_at=time.time())
+        await self._store(info)
         return token
 
-    def revoke(self, name: str) -> None:
+    async def revoke(self, name: str) -> None:
         if name not in self._by_name:
             raise NotFound(f"no token named {name!r}")
-        self._dispatcher.write(_delete, name)
-        del self._by_name[name]
+        await self._dispatcher.write(DeleteToken(name=name))
+        self._by_name.pop(name, None)
 
-    def _store(self, info: TokenInfo) -> None:
-        self._dispatcher.write(_put, info)  # first the store: a failed write changes nothing
+    async def _store(self, info: TokenInfo) -> None:
+        # First the store: a failed write changes nothing.
+        await self._dispatcher.write(PutToken(token=_row(info)))
         self._by_name[info.name] = info
 
-    def _ensure_admin_file(self, path: Path) -> None:
+    async def _ensure_admin_file(self, path: Path) -> None:
         """Keep the file's token if the store knows it, else write a new one.
 
         The store does not know it after ``tokens revoke admin`` (or with a
         new database): the next start rotates it.
         """
-        with contextlib.suppress(FileNotFoundError):
-            known = self.find(path.read_text().strip())
-            if known is not None and known.name == ADMIN:
-                return
+        text = await asyncio.to_thread(_read_if_there, path)
+        known = self.find(text.strip()) if text is not None else None
+        if known is not None and known.name == ADMIN:
+            return
         token = new_token()
-        write_secret_file(path, token)
+        await asyncio.to_thread(write_secret_file, path, token)
         now = time.time()
-        self._store(TokenInfo(name=ADMIN, digest=digest(token), scope=ADMIN, created_at=now))
+        await self._store(TokenInfo(name=ADMIN, digest=digest(token), scope=ADMIN, created_at=now))
         log.info("wrote a new admin API token to %s (mode 0600)", path)
+
+
+def _read_if_there(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def write_secret_file(path: Path, text: str) -> None:

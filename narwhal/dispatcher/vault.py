@@ -28,16 +28,22 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.base import (
+    DeleteSecret,
+    JobStore,
+    PutSecret,
+    SecretRow,
+    SetForks,
+    Write,
+)
 from narwhal.errors import ConfigError, NotFound, RepoError, SecretError
 from narwhal.repos import check_repo
 from narwhal.secret_rules import (
@@ -127,14 +133,20 @@ def _aad(repo: str, name: str) -> bytes:
     return f"narwhal-secret-v{KEY_VERSION}\x00{repo}\x00{name}".encode()
 
 
-#: Runs a writing ``SqliteStore`` method on the dispatcher's writer (on its loop).
-Write = Callable[..., Any]
+class Writer(Protocol):
+    """The dispatcher's ``write``: the writes in one unit, committed when it returns."""
+
+    async def __call__(self, *writes: Write) -> list[Any]: ...
 
 
 class Vault:
-    """The dispatcher's per-repository secrets and fork policies (see the module docstring)."""
+    """The dispatcher's per-repository secrets and fork policies (see the module docstring).
 
-    def __init__(self, key: bytes, write: Write) -> None:
+    Memory changes only after the store committed: a refused write
+    (``StoreError``) leaves both as they were.
+    """
+
+    def __init__(self, key: bytes, write: Writer) -> None:
         self._sealer = Sealer(key)
         self._write = write
         #: repository key -> name -> sealed value, as the store holds them.
@@ -142,26 +154,23 @@ class Vault:
         #: Repository keys whose secrets pull requests from forks get.
         self._forks: set[str] = set()
 
-    def load(self, store: SqliteStore) -> None:
+    async def load(self, store: JobStore) -> None:
         """Read every sealed secret and policy (at start); log the ones that do not open."""
-        rows = store.rows(
-            "SELECT repo, name, key_version, nonce, ciphertext, created_at, updated_at FROM secrets"
-        )
-        for repo, name, _version, nonce, ciphertext, created, updated in rows:
+        for row in await store.secrets():
             try:
-                self._sealer.open(repo, name, nonce, ciphertext)
+                self._sealer.open(row.repo, row.name, row.nonce, row.ciphertext)
             except SecretError as e:
                 log.error("%s", e)
                 continue
-            sealed = Sealed(bytes(nonce), bytes(ciphertext), created, updated)
-            self._sealed.setdefault(repo, {})[name] = sealed
-        self._forks = {r[0] for r in store.rows("SELECT repo FROM secret_policies WHERE forks")}
+            sealed = Sealed(row.nonce, row.ciphertext, row.created_at, row.updated_at)
+            self._sealed.setdefault(row.repo, {})[row.name] = sealed
+        self._forks = await store.fork_repos()
         if self._sealed:
             log.info("secrets of %d repository(ies) loaded", len(self._sealed))
 
     # what the API calls
 
-    def put(self, repo: str, name: str, value: str) -> tuple[str, bool]:
+    async def put(self, repo: str, name: str, value: str) -> tuple[str, bool]:
         """Store a secret; its repository key and whether it is new."""
         key = _key(repo)
         check_value(check_name(name), value, limit=MAX_SECRET_BYTES)
@@ -170,40 +179,36 @@ class Vault:
             raise ConfigError(f"{key}: already has {MAX_SECRETS_PER_REPO} secrets")
         nonce, ciphertext = self._sealer.seal(key, name, value)
         now = time.time()
-        self._write(
-            SqliteStore.execute,
-            "INSERT INTO secrets (repo, name, key_version, nonce, ciphertext, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, name) DO UPDATE"
-            " SET key_version = excluded.key_version, nonce = excluded.nonce,"
-            " ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-            (key, name, KEY_VERSION, nonce, ciphertext, now, now),
+        new = name not in held
+        created = now if new else held[name].created_at
+        row = SecretRow(
+            repo=key,
+            name=name,
+            key_version=KEY_VERSION,
+            nonce=nonce,
+            ciphertext=ciphertext,
+            created_at=now,
+            updated_at=now,
         )
-        created = held[name].created_at if name in held else now
+        await self._write(PutSecret(secret=row))
         self._sealed.setdefault(key, {})[name] = Sealed(nonce, ciphertext, created, now)
-        return key, name not in held
+        return key, new
 
-    def delete(self, repo: str, name: str) -> str:
+    async def delete(self, repo: str, name: str) -> str:
         key = _key(repo)
         check_name(name)
         if name not in self._sealed.get(key, {}):
             raise NotFound(f"{key} has no secret {name}")
-        self._write(
-            SqliteStore.execute, "DELETE FROM secrets WHERE repo = ? AND name = ?", (key, name)
-        )
-        del self._sealed[key][name]
-        if not self._sealed[key]:
-            del self._sealed[key]
+        await self._write(DeleteSecret(repo=key, name=name))
+        held = self._sealed.get(key, {})
+        held.pop(name, None)
+        if not held:
+            self._sealed.pop(key, None)
         return key
 
-    def set_forks(self, repo: str, allowed: bool) -> str:
+    async def set_forks(self, repo: str, allowed: bool) -> str:
         key = _key(repo)
-        self._write(
-            SqliteStore.execute,
-            "INSERT INTO secret_policies (repo, forks, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (repo) DO UPDATE SET forks = excluded.forks,"
-            " updated_at = excluded.updated_at",
-            (key, int(allowed), time.time()),
-        )
+        await self._write(SetForks(repo=key, allowed=allowed, at=time.time()))
         if allowed:
             self._forks.add(key)
         else:

@@ -21,7 +21,7 @@ from narwhal.config import AmqpConfig, DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.base import JobQuery
 from tests.agent.helpers import (
     AMQP_URL,
     broker_stopped,
@@ -88,7 +88,7 @@ async def consuming(
 
 
 async def all_jobs(dispatcher: Dispatcher) -> list[JobRecord]:
-    return await dispatcher.db(SqliteStore.list_jobs, limit=-1, ascending=True)
+    return await dispatcher.store.list_jobs(JobQuery(limit=None, ascending=True))
 
 
 async def until(predicate: Any, timeout: float = 20) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from narwhal.config import DispatcherConfig, MeshConfig, RunnerConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.runner.runner import Runner
 from tests.conftest import Repo
 
@@ -54,9 +53,7 @@ def test_listeners_get_the_stored_records(make_repo: Callable[..., Repo], tmp_pa
                     if sum(job.terminal for job in seen) == 2:
                         break
                     await asyncio.sleep(0.025)
-                stored = [
-                    await dispatcher.db(SqliteStore.get_job, j.id) for j in seen if j.terminal
-                ]
+                stored = [await dispatcher.store.get_job(j.id) for j in seen if j.terminal]
         return seen, stored
 
     seen, stored = asyncio.run(main())

@@ -15,7 +15,6 @@ from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
-from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.tokens import Tokens
 
 
@@ -37,7 +36,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
             with standins(1, 2) as (endpoint,):
                 dispatcher.connect(endpoint)
                 await asyncio.sleep(1.5)  # the runner is ready; assigning keeps failing
-                states = [(await dispatcher.db(SqliteStore.get_job, j.id)).state for j in jobs]
+                states = [(await dispatcher.store.get_job(j.id)).state for j in jobs]
                 assert states == ["queued"] * 3
                 assert all(not link.jobs for link in dispatcher.links())
                 blocker.execute("ROLLBACK")

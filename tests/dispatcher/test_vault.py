@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store.base import Write
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.vault import KEY_FILE, Vault, load_key
 from narwhal.errors import ConfigError, NotFound, SecretError
@@ -20,15 +24,46 @@ REPO = "https://user:pw@Git.Example/octo/hello.git"
 KEY = "https://git.example/octo/hello"
 
 
-def _vault(data: Path) -> tuple[Vault, SqliteStore]:
-    store = SqliteStore(data / "narwhal.db")
+class Opened:
+    """A vault over a real SQLite store, its coroutines run to the end (the tests stay plain)."""
 
-    def write(method: Any, *args: Any, **kwargs: Any) -> Any:
-        return method(store, *args, **kwargs)
+    def __init__(self, data: Path, runner: asyncio.Runner) -> None:
+        self.runner = runner
+        self.store = SqliteStore(data / "narwhal.db")
+        runner.run(self.store.open())
 
-    vault = Vault(load_key(data), write)
-    vault.load(store)
-    return vault, store
+        async def write(*writes: Write) -> list[Any]:  # the dispatcher's ``write``
+            return await self.store.apply(writes)
+
+        self.vault = Vault(load_key(data), write)
+        runner.run(self.vault.load(self.store))
+
+    def put(self, repo: str, name: str, value: str) -> tuple[str, bool]:
+        return self.runner.run(self.vault.put(repo, name, value))
+
+    def delete(self, repo: str, name: str) -> str:
+        return self.runner.run(self.vault.delete(repo, name))
+
+    def set_forks(self, repo: str, allowed: bool) -> str:
+        return self.runner.run(self.vault.set_forks(repo, allowed))
+
+    def __getattr__(self, name: str) -> Any:  # what is not a coroutine: for_job, listing, _sealer
+        return getattr(self.vault, name)
+
+    def close(self) -> None:
+        self.runner.run(self.store.close())
+
+
+@pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as running:
+        yield running
+
+
+def _vault(data: Path, runner: asyncio.Runner) -> tuple[Opened, Opened]:
+    """The vault, and its store (one object: ``store.close()`` closes it)."""
+    opened = Opened(data, runner)
+    return opened, opened
 
 
 def _job(repo: str, fork_of: str | None = None) -> JobRecord:
@@ -71,8 +106,10 @@ def test_the_key_file_is_made_private_and_kept(tmp_path: Path) -> None:
         load_key(data)
 
 
-def test_values_are_sealed_at_rest_and_reach_only_their_repository(tmp_path: Path) -> None:
-    vault, store = _vault(tmp_path)
+def test_values_are_sealed_at_rest_and_reach_only_their_repository(
+    tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    vault, store = _vault(tmp_path, runner)
     assert vault.put(REPO, "API_TOKEN", VALUE) == (KEY, True)
     assert vault.put(KEY + ".git/", "API_TOKEN", VALUE) == (KEY, False)  # same repository
     assert vault.for_job(_job("https://git.example/octo/hello.git")) == {"API_TOKEN": VALUE}
@@ -89,8 +126,10 @@ def test_values_are_sealed_at_rest_and_reach_only_their_repository(tmp_path: Pat
     store.close()
 
 
-def test_forks_get_nothing_unless_their_base_allows_it(tmp_path: Path) -> None:
-    vault, store = _vault(tmp_path)
+def test_forks_get_nothing_unless_their_base_allows_it(
+    tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    vault, store = _vault(tmp_path, runner)
     vault.put(REPO, "API_TOKEN", VALUE)
     fork = _job("https://git.example/attacker/hello.git", fork_of=KEY)
     assert vault.for_job(fork) == {}
@@ -103,14 +142,14 @@ def test_forks_get_nothing_unless_their_base_allows_it(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_restart_reads_back_what_was_stored(tmp_path: Path) -> None:
-    vault, store = _vault(tmp_path)
+def test_a_restart_reads_back_what_was_stored(tmp_path: Path, runner: asyncio.Runner) -> None:
+    vault, store = _vault(tmp_path, runner)
     vault.put(REPO, "A_TOKEN", VALUE)
     vault.put(REPO, "B_TOKEN", VALUE + "-b")
     vault.set_forks(REPO, True)
     vault.delete(REPO, "A_TOKEN")
     store.close()
-    again, store = _vault(tmp_path)
+    again, store = _vault(tmp_path, runner)
     assert again.for_job(_job(REPO)) == {"B_TOKEN": VALUE + "-b"}
     assert again.listing(REPO)["forks"] is True
     with pytest.raises(NotFound, match="has no secret A_TOKEN"):
@@ -118,23 +157,28 @@ def test_a_restart_reads_back_what_was_stored(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_row_moved_to_another_repository_or_another_key_does_not_open(tmp_path: Path) -> None:
-    vault, store = _vault(tmp_path)
+def test_a_row_moved_to_another_repository_or_another_key_does_not_open(
+    tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    vault, store = _vault(tmp_path, runner)
     vault.put(REPO, "API_TOKEN", VALUE)
     vault.put("/srv/other", "API_TOKEN", "other-value")
-    # Someone with write access to the file copies the ciphertext to their repository.
-    store.execute(
-        "UPDATE secrets SET nonce = (SELECT nonce FROM secrets WHERE repo = ?),"
-        " ciphertext = (SELECT ciphertext FROM secrets WHERE repo = ?) WHERE repo = ?",
-        (KEY, KEY, "/srv/other"),
-    )
     store.close()
-    again, store = _vault(tmp_path)  # logs the row that does not open, skips it
+    # Someone with write access to the file copies the ciphertext to their repository.
+    db = sqlite3.connect(tmp_path / "narwhal.db")
+    with db:
+        db.execute(
+            "UPDATE secrets SET nonce = (SELECT nonce FROM secrets WHERE repo = ?),"
+            " ciphertext = (SELECT ciphertext FROM secrets WHERE repo = ?) WHERE repo = ?",
+            (KEY, KEY, "/srv/other"),
+        )
+    db.close()
+    again, store = _vault(tmp_path, runner)  # logs the row that does not open, skips it
     assert again.for_job(_job("/srv/other")) == {}
     assert again.for_job(_job(REPO)) == {"API_TOKEN": VALUE}
     store.close()
     (tmp_path / KEY_FILE).unlink()
-    other_key, store = _vault(tmp_path)  # a new key: nothing opens
+    other_key, store = _vault(tmp_path, runner)  # a new key: nothing opens
     assert other_key.for_job(_job(REPO)) == {}
     store.close()
     with pytest.raises(SecretError, match="does not decrypt"):
@@ -151,16 +195,20 @@ def test_a_row_moved_to_another_repository_or_another_key_does_not_open(tmp_path
         ("/srv/a\nb", "OK", VALUE, "expected a clone URL or an absolute path"),
     ],
 )
-def test_bad_input_is_refused(tmp_path: Path, repo: str, name: str, value: str, error: str) -> None:
-    vault, store = _vault(tmp_path)
+def test_bad_input_is_refused(
+    tmp_path: Path, runner: asyncio.Runner, repo: str, name: str, value: str, error: str
+) -> None:
+    vault, store = _vault(tmp_path, runner)
     with pytest.raises(ConfigError, match=error):
         vault.put(repo, name, value)
-    assert store.rows("SELECT * FROM secrets") == []
+    assert runner.run(store.store.secrets()) == []
     store.close()
 
 
-def test_a_repository_holds_a_bounded_number_of_secrets(tmp_path: Path) -> None:
-    vault, store = _vault(tmp_path)
+def test_a_repository_holds_a_bounded_number_of_secrets(
+    tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    vault, store = _vault(tmp_path, runner)
     for i in range(MAX_SECRETS_PER_REPO):
         vault.put(REPO, f"S{i}", VALUE)
     with pytest.raises(ConfigError, match=f"already has {MAX_SECRETS_PER_REPO} secrets"):
@@ -169,22 +217,10 @@ def test_a_repository_holds_a_bounded_number_of_secrets(tmp_path: Path) -> None:
     store.close()
 
 
-def test_an_older_store_gains_the_fork_column(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "narwhal.db")
-    old = store.create_job(repo="/srv/r", ref="HEAD", sha=None, event="push")
-    store.execute("ALTER TABLE jobs DROP COLUMN fork_of")  # as a store made before it existed
-    store.close()
-    store = SqliteStore(tmp_path / "narwhal.db")
-    assert store.get_job(old.id).fork_of is None
-    fork = store.create_job(repo="/srv/f", ref="HEAD", sha=None, event="pull_request", fork_of=KEY)
-    assert store.get_job(fork.id).fork_of == KEY
-    store.close()
-
-
 def test_a_job_whose_repository_has_no_key_gets_nothing_and_nothing_raises(
-    tmp_path: Path,
+    tmp_path: Path, runner: asyncio.Runner
 ) -> None:
-    vault, store = _vault(tmp_path)
+    vault, store = _vault(tmp_path, runner)
     vault.put(REPO, "API_TOKEN", VALUE)
     assert vault.for_job(_job("https://host:99999/x")) == {}  # no valid URL, no key
     store.close()
