@@ -329,7 +329,7 @@ async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> As
     During a shutdown the stream's last line says why it ends: the job ended
     (the embedded runner cancelled it), or narwhal stops while the job goes on.
     """
-    event = dispatcher.watch(job_id)
+    event = dispatcher.watchers.watch(job_id)
     try:
         attempt, after, mid_line = 0, -1, False
         while True:
@@ -351,7 +351,7 @@ async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> As
                 return
             await _wait(event, shutdown.ending, 5.0)
     finally:
-        dispatcher.unwatch(job_id, event)
+        dispatcher.watchers.unwatch(job_id, event)
 
 
 def _closing_line(job: JobRecord) -> bytes:

@@ -28,7 +28,7 @@ from typing import Any
 
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.batch import record_frames
-from narwhal.dispatcher.jobs import Changes, JobTable
+from narwhal.dispatcher.jobs import JobTable
 from narwhal.dispatcher.mesh import Key, Mesh, Peer
 from narwhal.dispatcher.placement import MostFree, Placement
 from narwhal.dispatcher.records import JobRecord, JobState
@@ -151,10 +151,6 @@ class Dispatcher:
                 log.warning("cannot record %d deferred write(s): %s", len(writes), e)
 
     # job state
-
-    async def commit(self, changes: Changes) -> None:
-        """Commit one unit of job changes (``StoreError``: nothing changed)."""
-        await changes.commit()
 
     def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
         """Call ``listener(job)`` after every committed state change and new job.
@@ -405,9 +401,6 @@ class Dispatcher:
                 cancelled.append(await self.cancel(j.id))
         return cancelled
 
-    def peers(self) -> list[Peer]:
-        return list(self.mesh.peers())
-
     async def add_runner(self, url: str) -> Peer:
         peer = self.mesh.connect(url)
         if peer is None:
@@ -417,18 +410,6 @@ class Dispatcher:
 
     def queued(self) -> int:
         return len(self.jobs.queue)
-
-    def wake(self) -> None:
-        """Schedule again soon."""
-        self._wake.set()
-
-    # change notification for log followers
-
-    def watch(self, job_id: int) -> asyncio.Event:
-        return self.watchers.watch(job_id)
-
-    def unwatch(self, job_id: int, event: asyncio.Event) -> None:
-        self.watchers.unwatch(job_id, event)
 
     @staticmethod
     def _session(peer: Peer) -> str:
