@@ -36,10 +36,9 @@ from narwhal.config import (
     default_work_dir,
 )
 from narwhal.errors import ConfigError, NarwhalError, PipelineError
+from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.redact import RedactingFilter, redacted
 from narwhal.settings import (
-    FORGE_APIS,
-    FORGES,
     SECRET_VARIABLES,
     agent_config,
     dispatcher_config,

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from narwhal.forges import FORGES, ForgeName
+
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
 DEFAULT_AGENT_PORT = 8472
@@ -108,11 +110,14 @@ class WebhookConfig:
     allow_local_repos: bool | None = None
 
     def secret(self, forge: str) -> str | None:
-        return {
-            "github": self.github_secret,
-            "gitea": self.gitea_secret,
-            "gitlab": self.gitlab_secret,
-        }.get(forge)
+        if forge not in FORGES:
+            return None
+        value: str | None = getattr(self, f"{forge}_secret")
+        return value
+
+    def forges(self) -> tuple[ForgeName, ...]:
+        """The forges whose endpoint is served: those with a secret."""
+        return tuple(forge for forge in FORGES if self.secret(forge))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +134,7 @@ class AgentConfig:
 class ForgeApi:
     """A forge's REST API that commit statuses are posted to."""
 
-    forge: str  # github | gitea | gitlab
+    forge: ForgeName
     url: str  # e.g. https://api.github.com, https://gitea.example/api/v1
     token: str
 

@@ -1,7 +1,7 @@
 """What Narwhal accepts as a repository URL, a ref and a commit id, before git sees them.
 
 One validator for every door a job comes in by: the REST API, forge webhooks
-(``agent.events``) and the runner, which checks ``JOB.repo``, ``ref`` and
+(``narwhal.events``) and the runner, which checks ``JOB.repo``, ``ref`` and
 ``sha`` again before it runs git. git takes a value that starts with ``-``
 as an option (``--upload-pack=CMD`` runs CMD), runs a program for
 ``<transport>::<address>`` URLs (``ext::sh -c CMD``), and local paths read

@@ -36,6 +36,7 @@ from narwhal.config import (
     WebhookConfig,
 )
 from narwhal.errors import ConfigError
+from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.redact import redacted
 from narwhal.runner.identity import default_runner_id
 from narwhal.secret_rules import check_name, check_value
@@ -257,9 +258,6 @@ def _interface_of(host: str) -> str:
 
 
 # agent, AMQP, webhooks, commit statuses
-
-FORGES = ("github", "gitea", "gitlab")
-FORGE_APIS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
 
 
 #: Environment variables that hold a secret's value; a daemon removes them

@@ -36,7 +36,6 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from narwhal.agent.app import Webhooks, webhook_routes
-from narwhal.agent.events import Sink
 from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import DispatcherConfig, RunnerConfig
 from narwhal.dispatcher import datadir
@@ -47,6 +46,7 @@ from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.tokens import Tokens
+from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
 from narwhal.redact import redacted
 
@@ -144,7 +144,7 @@ def _extras_line(dconf: DispatcherConfig) -> str:
     # Each part starts with a space: the API URL must stay a word of its own.
     line = ""
     if dconf.webhooks is not None:
-        forges = [f for f in ("github", "gitea", "gitlab") if dconf.webhooks.secret(f)]
+        forges = dconf.webhooks.forges()
         line += f" + webhooks at /webhooks/{{{','.join(forges)}}}"
     if dconf.amqp is not None:
         line += f" + commit events from queue {dconf.amqp.queue} at {redacted(dconf.amqp.url)}"

@@ -41,7 +41,8 @@ from narwhal import __version__
 from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
+from narwhal.mesh.transport import dealer_socket, pin_curve, send_now
+from narwhal.quietlog import QuietLog
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
