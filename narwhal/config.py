@@ -17,6 +17,9 @@ DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
 DEFAULT_AGENT_PORT = 8472
 DEFAULT_AMQP_QUEUE = "narwhal.commits"
+#: What ``--executor`` takes: ``auto`` is settled to docker (when a Docker
+#: engine answers) or local when the runner starts (``daemons.executors``).
+EXECUTORS = ("auto", "local", "docker")
 #: GitHub refuses webhook payloads above 25 MB, so nothing genuine is larger.
 DEFAULT_MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 
@@ -203,6 +206,7 @@ class RunnerConfig:
     listen: str = f"tcp://127.0.0.1:{DEFAULT_RUNNER_PORT}"
     capacity: int = 1
     labels: dict[str, str] = field(default_factory=dict)
+    #: One of ``EXECUTORS``; a running runner's is never ``auto``.
     executor: str = "local"
     work_dir: Path = field(default_factory=lambda: default_work_dir())
     #: Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.

@@ -46,7 +46,6 @@ from narwhal.quietlog import QuietLog
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
-from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
 from narwhal.runner.masking import SecretsExecutor, mask_text
@@ -87,7 +86,11 @@ class Runner:
         self.session = uuid.uuid4().hex
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        self._executor = executor or executor_for(config)
+        if executor is None:  # the daemons pass theirs (narwhal.daemons.executors)
+            from narwhal.runner.docker import executor_for
+
+            executor = executor_for(config)
+        self._executor = executor
         self._sock: zmq.asyncio.Socket | None = None
         self._dispatcher: str | None = None
         self._heard = 0.0
