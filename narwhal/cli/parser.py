@@ -81,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
     local_repos_flag(runner, default="off")
 
-    from narwhal.keycommands import add_keys_parser
-
-    add_keys_parser(sub)
+    _keys_parser(sub)
 
     submit = sub.add_parser("submit", help="submit a job for a repository")
     submit.add_argument("repo", help="clone URL or local path")
@@ -157,3 +155,27 @@ def _tokens_parser(tokens: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", help="names, scopes, when created and last used")
     for cmd in (create, revoke, listing):
         client_flags(cmd)
+
+
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``narwhal keys ...`` on the CLI's subcommands."""
+    keys = sub.add_parser("keys", help="CurveZMQ keys of the mesh: generate, trust, revoke, list")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = actions.add_parser("generate", help="write a key pair NAME.key and NAME.key_secret")
+    gen.add_argument("--dir", default=".", help="where to write it (default: here)")
+    gen.add_argument("--name", default=None, help="file name without suffix (default: hostname)")
+    add = actions.add_parser("trust", help="let the runner holding FILE's key in, as --id")
+    add.add_argument("file", metavar="FILE", help="the runner's public key file (NAME.key)")
+    add.add_argument("--id", required=True, help="the one runner id this key may use")
+    add.add_argument("--labels", help="k=v,k=v pinned for it: replace what the runner claims")
+    _where(add)
+    rm = actions.add_parser("revoke", help="drop runner ID's key; its link closes within seconds")
+    rm.add_argument("runner_id", metavar="ID")
+    _where(rm)
+    _where(actions.add_parser("list", help="the dispatcher's key and the trusted runners"))
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keys-dir", help="the dispatcher's keys directory (NARWHAL_KEYS_DIR)")
+    group.add_argument("--data-dir", help="the dispatcher's data directory (keys in DIR/keys)")
