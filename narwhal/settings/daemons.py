@@ -1,9 +1,11 @@
 """The config object of each daemon: dispatcher (and ``up``), runner, agent.
 
 ``runner_config`` leaves ``--executor auto`` as it is: which executor that
-is gets settled when the runner starts (``narwhal.daemons.executors``),
-since it means asking the Docker engine, and reading flags does no I/O
-beyond reading the files they name.
+is gets settled when the runner starts (``narwhal.daemons.executors``), as
+it means asking the Docker engine. What reading flags still touches is the
+disk: the files flags name (secrets, keys), and at first start the key
+pairs (``keys``) and the runner id (``runner.identity``), all under the
+directories the flags give.
 """
 
 from __future__ import annotations
