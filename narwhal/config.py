@@ -11,10 +11,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from narwhal.forges import FORGES, ForgeName
+
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
 DEFAULT_AGENT_PORT = 8472
 DEFAULT_AMQP_QUEUE = "narwhal.commits"
+#: What ``--executor`` takes: ``auto`` is settled to docker (when a Docker
+#: engine answers) or local when the runner starts (``daemons.executors``).
+EXECUTORS = ("auto", "local", "docker")
 #: GitHub refuses webhook payloads above 25 MB, so nothing genuine is larger.
 DEFAULT_MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 
@@ -108,11 +113,14 @@ class WebhookConfig:
     allow_local_repos: bool | None = None
 
     def secret(self, forge: str) -> str | None:
-        return {
-            "github": self.github_secret,
-            "gitea": self.gitea_secret,
-            "gitlab": self.gitlab_secret,
-        }.get(forge)
+        if forge not in FORGES:
+            return None
+        value: str | None = getattr(self, f"{forge}_secret")
+        return value
+
+    def forges(self) -> tuple[ForgeName, ...]:
+        """The forges whose endpoint is served: those with a secret."""
+        return tuple(forge for forge in FORGES if self.secret(forge))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +137,7 @@ class AgentConfig:
 class ForgeApi:
     """A forge's REST API that commit statuses are posted to."""
 
-    forge: str  # github | gitea | gitlab
+    forge: ForgeName
     url: str  # e.g. https://api.github.com, https://gitea.example/api/v1
     token: str
 
@@ -198,6 +206,7 @@ class RunnerConfig:
     listen: str = f"tcp://127.0.0.1:{DEFAULT_RUNNER_PORT}"
     capacity: int = 1
     labels: dict[str, str] = field(default_factory=dict)
+    #: One of ``EXECUTORS``; a running runner's is never ``auto``.
     executor: str = "local"
     work_dir: Path = field(default_factory=lambda: default_work_dir())
     #: Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.

@@ -3,7 +3,9 @@
 A dispatcher's keys live in its keys directory (``--keys-dir``, default
 ``DATA_DIR/keys``): ``server.key`` / ``server.key_secret`` and the trusted
 runners in ``runners/``. Running dispatchers notice a change within about a
-second; nothing needs a restart.
+second; nothing needs a restart. The flags are the CLI's (``cli.parser``),
+which loads this module (and pyzmq, which makes the keys) only for
+``narwhal keys``.
 """
 
 from __future__ import annotations
@@ -11,37 +13,12 @@ from __future__ import annotations
 import argparse
 import socket
 from pathlib import Path
-from typing import Any
 
 from narwhal.config import default_data_dir
 from narwhal.errors import ConfigError
 from narwhal.mesh.keys import PUBLIC_SUFFIX, generate, read_public, write_pair
 from narwhal.mesh.trust import parse_labels, revoke, scan, trust
 from narwhal.settings import SERVER_KEY, env
-
-
-def add_keys_parser(sub: Any) -> None:
-    """Register ``narwhal keys ...`` on the CLI's subcommands."""
-    keys = sub.add_parser("keys", help="CurveZMQ keys of the mesh: generate, trust, revoke, list")
-    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    gen = actions.add_parser("generate", help="write a key pair NAME.key and NAME.key_secret")
-    gen.add_argument("--dir", default=".", help="where to write it (default: here)")
-    gen.add_argument("--name", default=None, help="file name without suffix (default: hostname)")
-    add = actions.add_parser("trust", help="let the runner holding FILE's key in, as --id")
-    add.add_argument("file", metavar="FILE", help="the runner's public key file (NAME.key)")
-    add.add_argument("--id", required=True, help="the one runner id this key may use")
-    add.add_argument("--labels", help="k=v,k=v pinned for it: replace what the runner claims")
-    _where(add)
-    rm = actions.add_parser("revoke", help="drop runner ID's key; its link closes within seconds")
-    rm.add_argument("runner_id", metavar="ID")
-    _where(rm)
-    _where(actions.add_parser("list", help="the dispatcher's key and the trusted runners"))
-
-
-def _where(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--keys-dir", help="the dispatcher's keys directory (NARWHAL_KEYS_DIR)")
-    group.add_argument("--data-dir", help="the dispatcher's data directory (keys in DIR/keys)")
 
 
 def keys_dir(args: argparse.Namespace) -> Path:

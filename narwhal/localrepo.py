@@ -4,7 +4,9 @@
 way, so what one command stored the others find: a path that exists becomes
 the absolute top level of its git work tree (``.`` in a subdirectory names
 the repository, not the subdirectory). Clone URLs and scp-like
-``user@host:path`` pass unchanged; an absolute path that does not exist here
+``user@host:path`` pass unchanged once ``narwhal.repos.check_repo`` accepts
+them (the rules of every door, so a URL the dispatcher would refuse is
+refused here, before any request); an absolute path that does not exist here
 passes too (it may exist on the runner's machine); a relative one that does
 not exist is refused here, in one line.
 """
@@ -12,24 +14,25 @@ not exist is refused here, in one line.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 from narwhal.errors import ConfigError
-
-#: ``user@host:path`` (git's scp-like syntax): no slash before the colon.
-_SCP_LIKE = re.compile(r"[^/:]+@[^/:]+:")
+from narwhal.repos import check_repo, meant_as_url
 
 
 def is_url(text: str) -> bool:
-    return "://" in text or _SCP_LIKE.match(text) is not None
+    return meant_as_url(text)
 
 
 def repo_arg(text: str) -> str:
-    """``text`` as the dispatcher should get it (module docstring)."""
+    """``text`` as the dispatcher should get it (module docstring); ``RepoError`` for a bad URL.
+
+    Local URLs pass (``allow_local``): whether they may be built is the
+    dispatcher's policy, which this side does not know.
+    """
     if is_url(text):
-        return text
+        return check_repo(text, allow_local=True)
     path = Path(text).expanduser()
     if path.exists():
         top = _git(path, "rev-parse", "--show-toplevel") if path.is_dir() else None

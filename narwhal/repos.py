@@ -1,7 +1,7 @@
 """What Narwhal accepts as a repository URL, a ref and a commit id, before git sees them.
 
 One validator for every door a job comes in by: the REST API, forge webhooks
-(``agent.events``) and the runner, which checks ``JOB.repo``, ``ref`` and
+(``narwhal.events``) and the runner, which checks ``JOB.repo``, ``ref`` and
 ``sha`` again before it runs git. git takes a value that starts with ``-``
 as an option (``--upload-pack=CMD`` runs CMD), runs a program for
 ``<transport>::<address>`` URLs (``ext::sh -c CMD``), and local paths read
@@ -38,6 +38,8 @@ _URL = re.compile(
 )
 # git takes "user@host:path" as ssh when no slash comes before the colon.
 _SCP = re.compile(rf"[A-Za-z0-9_.~+][A-Za-z0-9_.~+-]{{0,127}}@{_HOST}:.+")
+# What a user means as scp-like, valid or not: no slash before the colon.
+_MEANT_SCP = re.compile(r"[^/:]+@[^/:]+:")
 # git runs a remote helper for "<scheme chars>::<address>", ext:: among them.
 _TRANSPORT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
 # Options of git and ssh that run a program, wherever they hide in a value.
@@ -87,6 +89,15 @@ def check_repo(url: object, *, allow_local: bool) -> str:
         "repo: expected an https://, http://, ssh:// or git:// URL or user@host:path"
         f"{', or a local path' if allow_local else ''}, got {_shown(url)}"
     )
+
+
+def meant_as_url(text: str) -> bool:
+    """Whether a command-line REPO is meant as a URL (a scheme, or ``user@host:``), not a path.
+
+    Loose on purpose: what it says is a URL is then checked by ``check_repo``,
+    so a bad one is refused as a URL rather than looked for on disk.
+    """
+    return "://" in text or _MEANT_SCP.match(text) is not None
 
 
 def check_ref(ref: object) -> str:

@@ -23,10 +23,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from narwhal.agent.events import CommitEvent, EventError, Sink, Unavailable
-from narwhal.agent.webhooks import FORGES, Forge, Ignored, Pong, WebhookError, read_webhook
+from narwhal.agent.webhooks import READERS, Forge, Ignored, Pong, WebhookError, read_webhook
 from narwhal.config import WebhookConfig
 from narwhal.errors import RepoError
+from narwhal.events import CommitEvent, EventError, Sink, Unavailable
 from narwhal.repos import check_repo
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def webhook_routes(webhooks: Webhooks) -> list[Route]:
     """``POST /webhooks/{github,gitea,gitlab}``, to serve alone or next to the API."""
     return [
         Route(f"/webhooks/{name}", webhooks.handler(forge), methods=["POST"])
-        for name, forge in FORGES.items()
+        for name, forge in READERS.items()
     ]
 
 

@@ -45,7 +45,7 @@ async def _serve(
             return {"broker": "connected" if publisher.connected else "disconnected"}
 
         app = build_app(webhooks, health=health)
-        enabled = [f for f in ("github", "gitea", "gitlab") if config.webhooks.secret(f)]
+        enabled = config.webhooks.forges()
         announce(
             f"narwhal agent: webhooks on {url_of(sock)} ({', '.join(enabled)}),"
             f" queue {config.amqp.queue} at {redacted(config.amqp.url)}"

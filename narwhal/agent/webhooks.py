@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from narwhal.agent.events import CommitEvent, EventError
 from narwhal.agent.wire import (
     FORM,
     Headers,
@@ -43,8 +42,10 @@ from narwhal.agent.wire import (
     verify_github,
     verify_gitlab,
 )
+from narwhal.events import CommitEvent, EventError
+from narwhal.forges import ForgeName
 
-__all__ = ["FORGES", "Forge", "Ignored", "Pong", "WebhookError", "read_webhook"]
+__all__ = ["READERS", "Forge", "Ignored", "Pong", "WebhookError", "read_webhook"]
 
 _ZERO_SHA = re.compile(r"0{40}(0{24})?")
 _DELIVERY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -72,7 +73,7 @@ Outcome = CommitEvent | Ignored | Pong
 class Forge:
     """How one forge signs, names and shapes its webhooks."""
 
-    name: str
+    name: ForgeName
     event_header: str
     delivery_headers: tuple[str, ...]
     verify: Callable[[Headers, bytes, str], None]
@@ -331,4 +332,5 @@ GITLAB = Forge(
     parse=parse_gitlab,
     form=False,
 )
-FORGES = {forge.name: forge for forge in (GITHUB, GITEA, GITLAB)}
+#: The reader of each forge in ``narwhal.forges.FORGES``, in its order.
+READERS: dict[ForgeName, Forge] = {forge.name: forge for forge in (GITHUB, GITEA, GITLAB)}

@@ -29,15 +29,7 @@ import time
 import aio_pika
 import aio_pika.abc
 
-from narwhal.agent.events import (
-    REASON_HEADER,
-    CommitEvent,
-    EventError,
-    Unavailable,
-    dead_letter_queue,
-    decode,
-)
-from narwhal.agent.publisher import (
+from narwhal.amqp import (
     BrokerClient,
     client_properties,
     close_quietly,
@@ -48,6 +40,14 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.errors import ConfigError, NarwhalError, RepoError
+from narwhal.events import (
+    REASON_HEADER,
+    CommitEvent,
+    EventError,
+    Unavailable,
+    dead_letter_queue,
+    decode,
+)
 from narwhal.redact import redacted
 from narwhal.repos import check_repo
 from narwhal.secret_rules import repo_key

@@ -40,7 +40,7 @@ from narwhal.errors import NarwhalError
 from narwhal.mesh.announcement import Announcement
 from narwhal.mesh.discovery import Browser
 from narwhal.mesh.protocol import PROTOCOL_VERSION
-from narwhal.mesh.transport import QuietLog
+from narwhal.quietlog import QuietLog
 from narwhal.supervise import supervise
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ from narwhal.dispatcher.auth import HANDSHAKE_EVENTS, MeshAuth, handshake_failur
 from narwhal.dispatcher.links import BACKOFF_MAX, Ceiling, Link, Stream, check_endpoint
 from narwhal.errors import NarwhalError, ProtocolError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, Router
+from narwhal.mesh.transport import Router
+from narwhal.quietlog import QuietLog
 
 log = logging.getLogger(__name__)
 

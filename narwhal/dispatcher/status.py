@@ -41,11 +41,11 @@ from urllib.parse import quote
 import httpx
 
 from narwhal import __version__
-from narwhal.agent.events import CommitEvent
 from narwhal.config import ForgeApi, StatusConfig
 from narwhal.dispatcher.records import TERMINAL, JobRecord
 from narwhal.errors import StoreError
-from narwhal.mesh.transport import QuietLog
+from narwhal.events import CommitEvent
+from narwhal.quietlog import QuietLog
 from narwhal.supervise import supervise
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from narwhal.config import DiscoveryConfig
 from narwhal.errors import DiscoveryError, ProtocolError
 from narwhal.mesh.announcement import Announcement, parse_announcement
-from narwhal.mesh.transport import QuietLog
+from narwhal.quietlog import QuietLog
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""ZeroMQ sockets set up the way the mesh needs them, and a quiet logger.
+"""ZeroMQ sockets set up the way the mesh needs them.
 
 Settings that matter (see MESH-NOTES in the design docs):
 - ``ROUTER_MANDATORY``: a send to a peer that is gone or full raises instead
@@ -14,8 +14,6 @@ Settings that matter (see MESH-NOTES in the design docs):
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import Any, cast
 
 import zmq
@@ -67,28 +65,6 @@ def pin_curve(sock: zmq.Socket[Any], public: bytes, secret: bytes, server: bytes
     sock.setsockopt(zmq.CURVE_SERVERKEY, server)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-
-
-class QuietLog:
-    """Logs a repeated problem once per key per interval, counting the rest."""
-
-    def __init__(self, logger: logging.Logger, *, interval: float = 10.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self._interval) < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        if more:
-            args = (*args, more)
-            msg = f"{msg} (%d more since last report)"
-        self._logger.warning(msg, *args)
 
 
 def send_now(sock: zmq.asyncio.Socket, parts: list[bytes]) -> None:

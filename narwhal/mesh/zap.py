@@ -38,7 +38,7 @@ import zmq.asyncio
 from zmq.utils import z85
 
 from narwhal.errors import ConfigError
-from narwhal.mesh.transport import QuietLog
+from narwhal.quietlog import QuietLog
 
 log = logging.getLogger(__name__)
 

@@ -41,11 +41,11 @@ from narwhal import __version__
 from narwhal.config import RunnerConfig
 from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
 from narwhal.mesh import protocol as p
-from narwhal.mesh.transport import QuietLog, dealer_socket, pin_curve, send_now
+from narwhal.mesh.transport import dealer_socket, pin_curve, send_now
+from narwhal.quietlog import QuietLog
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
-from narwhal.runner.docker import executor_for
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
 from narwhal.runner.masking import SecretsExecutor, mask_text
@@ -86,7 +86,11 @@ class Runner:
         self.session = uuid.uuid4().hex
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        self._executor = executor or executor_for(config)
+        if executor is None:  # the daemons pass theirs (narwhal.daemons.executors)
+            from narwhal.runner.docker import executor_for
+
+            executor = executor_for(config)
+        self._executor = executor
         self._sock: zmq.asyncio.Socket | None = None
         self._dispatcher: str | None = None
         self._heard = 0.0

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 
 from narwhal.agent.app import Deduper
-from narwhal.agent.events import CommitEvent, decode
 from narwhal.agent.server import serve_agent
 from narwhal.config import AgentConfig, AmqpConfig, WebhookConfig
+from narwhal.events import CommitEvent, decode
 from tests.agent.helpers import (
     AMQP_URL,
     SECRET,

@@ -12,7 +12,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from narwhal.agent.events import CommitEvent, EventError, decode, encode
 from narwhal.agent.webhooks import (
     GITEA,
     GITHUB,
@@ -22,6 +21,7 @@ from narwhal.agent.webhooks import (
     WebhookError,
     read_webhook,
 )
+from narwhal.events import CommitEvent, EventError, decode, encode
 from tests.agent.helpers import SECRET, github_request, recorded, sign
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"

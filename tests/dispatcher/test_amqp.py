@@ -16,12 +16,12 @@ import aio_pika
 import httpx
 import pytest
 
-from narwhal.agent.events import REASON_HEADER, CommitEvent, encode
 from narwhal.config import AmqpConfig, DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import JobQuery
+from narwhal.events import REASON_HEADER, CommitEvent, encode
 from tests.agent.helpers import (
     AMQP_URL,
     broker_stopped,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from narwhal.agent.events import CommitEvent
 from narwhal.config import DispatcherConfig, ForgeApi, StatusConfig
 from narwhal.dispatcher.amqp import Intake
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter, StatusTarget, build_request
+from narwhal.events import CommitEvent
 from tests.agent.helpers import FakeForge
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"

@@ -1,7 +1,8 @@
 """Commit events: what the agent puts on the queue and the dispatcher takes off it.
 
-This module is the contract between the two; the dispatcher imports it, it
-imports neither side. One event is one JSON object (UTF-8) per AMQP message::
+This module is the contract between the two: both import it, it imports
+neither side (a leaf next to ``narwhal.amqp``, the client both use). One
+event is one JSON object (UTF-8) per AMQP message::
 
     {"v": 2, "id": "github:72d3162e-cc78-11e3-81ab-4c9367dc0958",
      "forge": "github", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
@@ -30,12 +31,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from narwhal.errors import NarwhalError, RepoError
+from narwhal.forges import FORGES
 from narwhal.repos import check_ref, check_repo, check_sha
 
 VERSION = 2
 #: Versions ``decode`` reads (see the module docstring for what 1 lacks).
 READABLE_VERSIONS = (1, 2)
-FORGES = ("github", "gitea", "gitlab")
 #: ``tag`` is a push of a tag; ``when: {event: [...]}`` filters see these names.
 EVENTS = ("push", "tag", "pull_request")
 #: A genuine event is a few hundred bytes; anything far larger is not one.

@@ -1,0 +1,159 @@
+"""``narwhal dispatcher`` and ``narwhal up``: the dispatcher, its API, and ``up``'s extras.
+
+``up`` adds the agent's webhook endpoints next to the API (publishing to
+RabbitMQ when ``amqp`` is set, else handing events straight to the
+dispatcher) and a runner in the same process, with the executor
+``executors`` picks.
+
+Shutdown order (``stop``, the first SIGINT or SIGTERM): refuse new HTTP
+connections (open log streams keep streaming); close the local runner (its
+running jobs drain for ``--drain-timeout``, then are cancelled and
+reported) and let the dispatcher record those reports (up to
+``DRAIN_SECONDS``); end the log streams still open with a last line saying
+why; give other requests in flight ``HTTP_GRACE``; stop browsing mDNS,
+close the webhook publisher, the AMQP consumer and the status reporter
+(which sends what it has for a few seconds), close the dispatcher; the
+caller then releases the data directory's lock. ``hurry`` (the second
+signal) cuts the waits short: no more draining, steps get SIGKILL at once,
+requests in flight are cancelled; the jobs are still reported, so they end
+``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import zmq.asyncio
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp
+
+from narwhal.agent.app import Webhooks, webhook_routes
+from narwhal.agent.publisher import AmqpPublisher
+from narwhal.config import DispatcherConfig, RunnerConfig
+from narwhal.daemons.executors import executor_for, resolved
+from narwhal.daemons.signals import on, two_signals
+from narwhal.dispatcher.amqp import DirectSink, Intake
+from narwhal.dispatcher.api import Shutdown
+from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.datadir import DataDirLock
+from narwhal.dispatcher.discovered import DiscoveredRunners
+from narwhal.dispatcher.guard import Guard, HostPolicy
+from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
+from narwhal.events import Sink
+from narwhal.httpserver import listen, run_http
+from narwhal.runner.runner import Runner
+
+__all__ = ["DRAIN_SECONDS", "HTTP_GRACE", "dispatcher_main", "serve"]
+
+Announce = Callable[[str], None]
+
+
+async def dispatcher_main(
+    dconf: DispatcherConfig, rconf: RunnerConfig | None, lock: DataDirLock, announce: Announce
+) -> None:
+    """``narwhal dispatcher`` (``rconf`` None) or ``narwhal up``, until a signal."""
+    stop, hurry = two_signals()
+    if rconf is not None:
+        rconf = await resolved(rconf)
+    ctx = zmq.asyncio.Context()
+    try:
+        await serve(dconf, rconf, context=ctx, lock=lock, stop=stop, hurry=hurry, announce=announce)
+    finally:
+        ctx.term()
+
+
+async def serve(
+    dconf: DispatcherConfig,
+    rconf: RunnerConfig | None,
+    *,
+    context: zmq.asyncio.Context,
+    lock: DataDirLock,
+    stop: asyncio.Event,
+    announce: Announce,
+    hurry: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then shut down (``hurry``: at once; module docstring).
+
+    ``lock``: the data dir's, held by the caller (``datadir.hold``) since
+    before anything was written into the data dir. ``rconf``: ``narwhal
+    up``'s embedded runner, its executor already resolved.
+    """
+    sock = listen(dconf.http_host, dconf.http_port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    lock.record(url)
+    hurry = hurry or asyncio.Event()
+    shutdown = Shutdown()
+    async with (
+        # composition: store and mesh injected here
+        Dispatcher(dconf, context=context) as dispatcher,
+        contextlib.AsyncExitStack() as extras,
+    ):
+        served = await serve_parts(dispatcher, dconf, url, extras, shutdown)
+        app = await _with_webhooks(served.api, served.intake, dconf, extras)
+        app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
+        if dconf.discovery.enabled:
+            # Closed by ``extras``, so browsing stops before the dispatcher does.
+            await extras.enter_async_context(DiscoveredRunners(dconf.discovery, dispatcher.runners))
+        runner = None
+        if rconf is not None:
+            # In ``extras`` too: closed (a no-op by then) if ``run_http`` never ran.
+            runner = Runner(rconf, context=context, executor=executor_for(rconf))
+            await extras.enter_async_context(runner)
+            dispatcher.connect(runner.endpoint)
+        # The socket already listens: a client that reads this line can connect.
+        announce(
+            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf)}{_executor_part(rconf)}"
+        )
+
+        async def closing() -> None:
+            shutdown.begun.set()
+            if runner is not None:
+                await _close_runner(runner, dispatcher, hurry)
+            shutdown.ending.set()
+
+        await run_http(app, sock, stop, grace=HTTP_GRACE, closing=closing, hurry=hurry)
+
+
+async def _with_webhooks(
+    api: ASGIApp, intake: Intake, dconf: DispatcherConfig, extras: contextlib.AsyncExitStack
+) -> ASGIApp:
+    """``narwhal up``: the agent's webhook endpoints next to the API.
+
+    They publish to RabbitMQ when ``amqp`` is set (the publisher closes
+    before the consumer), else hand events straight to the dispatcher.
+    """
+    if dconf.webhooks is None:
+        return api
+    sink: Sink = DirectSink(intake)
+    if dconf.amqp is not None:
+        sink = await extras.enter_async_context(AmqpPublisher(dconf.amqp))
+    routes = webhook_routes(Webhooks(dconf.webhooks, sink))
+    return Starlette(routes=[*routes, Mount("", app=api)])
+
+
+def _executor_part(rconf: RunnerConfig | None) -> str:
+    """How the embedded runner runs steps: a user's first job depends on it."""
+    if rconf is None:
+        return ""
+    if rconf.executor != "docker":
+        return " + local runner, executor local (steps run with sh, no container)"
+    pull = "pulled when missing" if rconf.docker_pull == "missing" else "never pulled"
+    return (
+        f" + local runner, executor docker (steps without image: run in {rconf.docker_image};"
+        f" images {pull})"
+    )
+
+
+async def _close_runner(runner: Runner, dispatcher: Dispatcher, hurry: asyncio.Event) -> None:
+    """Close the embedded runner (a ``hurry`` on the way kills its steps now); store its reports."""
+    hurried = asyncio.create_task(on(hurry, runner.hurry))
+    try:
+        await runner.aclose()
+        await drain(dispatcher)
+    finally:
+        hurried.cancel()
