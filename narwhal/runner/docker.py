@@ -39,7 +39,8 @@ from docker.errors import ImageNotFound  # type: ignore[import-untyped,unused-ig
 
 from narwhal.config import RunnerConfig
 from narwhal.errors import ExecutorError
-from narwhal.pipeline import Pipeline, Service, Step
+from narwhal.pipeline import Pipeline, Step
+from narwhal.pipeline_containers import Service
 from narwhal.runner.docker_engine import (
     ENGINE_ERRORS,
     LABEL_HOST,
