@@ -619,7 +619,8 @@ async def _exec_directory(directory: Path, args: argparse.Namespace, conf: Runne
     from narwhal.runner.docker import DockerExecutor
     from narwhal.runner.executor import Executor, LocalExecutor, Stop
     from narwhal.runner.local_exec import exec_directory
-    from narwhal.runner.masking import SecretsExecutor, masked_writer
+    from narwhal.runner.masking import masked_writer
+    from narwhal.runner.secret_env import SecretsExecutor
 
     async with contextlib.AsyncExitStack() as stack:
         executor: Executor = LocalExecutor(grace=conf.cancel_grace)

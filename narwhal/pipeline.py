@@ -55,6 +55,8 @@ from narwhal.yamlnodes import (
     variables,
 )
 
+#: The pipeline file's name, at the root of a repository (and of ``narwhal exec``'s directory).
+PIPELINE_FILE = "narwhal.yml"
 #: The most jobs one narwhal.yml makes (one per matrix combination).
 MAX_COMBINATIONS = 256
 MAX_STEPS = 1000
@@ -157,7 +159,7 @@ class PipelineFile:
         return _apply(self.template, chosen)
 
 
-def load(text: str | bytes, *, filename: str = "narwhal.yml") -> PipelineFile:
+def load(text: str | bytes, *, filename: str = PIPELINE_FILE) -> PipelineFile:
     """Validate a whole narwhal.yml; every problem is a one-line PipelineError."""
     try:
         template, variants, matrix_line = _parse(compose(decode(text)))
