@@ -1,10 +1,11 @@
 """YAML read as nodes with line numbers, and checked conversions of nodes to values.
 
-``narwhal.pipeline`` builds on this: every problem raises ``Problem(line,
-path, message)``, which the pipeline loader turns into one ``PipelineError``
-line. Composing nodes instead of loading objects is what gives every value
-its line; the loader also refuses aliases, deep nesting and huge files up
-front, so a hostile file costs little.
+``narwhal.pipeline`` and its ``pipeline_*`` modules build on this: every
+problem raises ``Problem(line, path, message)``, which the pipeline loader
+turns into one ``PipelineError`` line. Composing nodes instead of loading
+objects is what gives every value its line; the loader also refuses
+aliases, deep nesting and huge files up front, so a hostile file costs
+little.
 """
 
 from __future__ import annotations
