@@ -6,6 +6,11 @@ each in a workspace of its own and sends everything back on the job's
 ``JobStream``, which keeps frames until the dispatcher acknowledges them. It
 never imports the dispatcher.
 
+This module is the runner's mesh side and lifecycle: the socket, HELLO and
+READY, heartbeats, ACKs and CANCELs routed to the attempts it holds, and
+the shutdown order. What one job attempt does, from its JOB to its DONE,
+is ``attempt``'s; the frames it sends are made by ``reporter``.
+
 While the dispatcher is away (silent for ``heartbeat_interval x liveness``)
 jobs keep running; their frames wait in their streams (bounded) and are
 resent after the next HELLO.
