@@ -1,10 +1,11 @@
 """YAML read as nodes with line numbers, and checked conversions of nodes to values.
 
-``narwhal.pipeline`` builds on this: every problem raises ``Problem(line,
-path, message)``, which the pipeline loader turns into one ``PipelineError``
-line. Composing nodes instead of loading objects is what gives every value
-its line; the loader also refuses aliases, deep nesting and huge files up
-front, so a hostile file costs little.
+``narwhal.pipeline`` and its ``pipeline_*`` modules build on this: every
+problem raises ``Problem(line, path, message)``, which the pipeline loader
+turns into one ``PipelineError`` line. Composing nodes instead of loading
+objects is what gives every value its line; the loader also refuses
+aliases, deep nesting and huge files up front, so a hostile file costs
+little.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import yaml
 from yaml.error import Mark
@@ -30,6 +31,11 @@ NUMBERS = (INT, TAG + "float", TAG + "timestamp")
 BOOLS = dict.fromkeys(("true", "yes", "on"), True)
 BOOLS.update(dict.fromkeys(("false", "no", "off"), False))
 PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
+# Every step gets its own merged env, so steps x variables must stay small.
+MAX_VARIABLES = 256
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_T = TypeVar("_T")
 
 Fields = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
 
@@ -219,3 +225,29 @@ def child(path: str, key: str) -> str:
 def short(value: object) -> str:
     text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def optional(fields: Fields, key: str, path: str, parse: Callable[[Node, str], _T]) -> _T | None:
+    """Parse an optional field; a null value counts as leaving it out."""
+    pair = fields.get(key)
+    if pair is None or tagged(pair[1], NULL):
+        return None
+    return parse(pair[1], child(path, key))
+
+
+def variables(node: Node, path: str, parse: Callable[[Node, str], _T]) -> dict[str, _T]:
+    """A mapping of variable names (like FOO_BAR) to values: an ``env`` or a matrix."""
+    fields = mapping(node, path)
+    if len(fields) > MAX_VARIABLES:
+        fail(node, path, f"expected {MAX_VARIABLES} variables or fewer, got {len(fields)}")
+    result: dict[str, _T] = {}
+    for key, (key_node, value_node) in fields.items():
+        if not _VARIABLE.fullmatch(key):
+            message = f"expected a variable name like FOO_BAR, got {short(key)!r}"
+            fail(key_node, child(path, key), message)
+        result[key] = parse(value_node, child(path, key))
+    return result
+
+
+def single_line(text: str) -> bool:
+    return bool(text.strip()) and text.splitlines() == [text]

@@ -24,10 +24,11 @@ from narwhal.config import (
     RunnerConfig,
     WebhookConfig,
 )
-from narwhal.daemons.executors import executor_for, pick_executor, resolved
+from narwhal.daemons.executors import pick_executor, resolved
 from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.runner.executor import LocalExecutor
-from narwhal.runner.masking import SecretsExecutor
+from narwhal.runner.runner import executor_for
+from narwhal.runner.secret_env import SecretsExecutor
 from narwhal.settings import (
     SECRET_VARIABLES,
     agent_config,
@@ -79,7 +80,7 @@ def test_a_local_runner_loads_no_docker_sdk(tmp_path: Path) -> None:
     modules = loaded_after(
         "import narwhal.daemons.runner\n"
         "from narwhal.config import RunnerConfig\n"
-        "from narwhal.daemons.executors import executor_for\n"
+        "from narwhal.runner.runner import executor_for\n"
         f"executor_for(RunnerConfig(runner_id='r', work_dir=__import__('pathlib').Path({str(tmp_path)!r})))\n"  # noqa: E501
     )
     assert "narwhal.runner.runner" in modules
@@ -89,7 +90,7 @@ def test_a_local_runner_loads_no_docker_sdk(tmp_path: Path) -> None:
 def test_the_docker_executor_is_loaded_when_chosen() -> None:
     modules = loaded_after(
         "from narwhal.config import RunnerConfig\n"
-        "from narwhal.daemons.executors import executor_for\n"
+        "from narwhal.runner.runner import executor_for\n"
         "executor_for(RunnerConfig(runner_id='r', executor='docker'))\n"
     )
     assert "narwhal.runner.docker" in modules

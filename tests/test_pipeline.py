@@ -16,11 +16,11 @@ from narwhal.pipeline import (
     MAX_FILE_BYTES,
     Pipeline,
     PipelineFile,
-    When,
     load,
     load_path,
     parse_duration,
 )
+from narwhal.pipeline_when import When
 
 ORIGINAL = """\
 name: build
@@ -946,7 +946,7 @@ steps:
 
 
 def test_services_and_resources() -> None:
-    from narwhal.pipeline import Resources, Service
+    from narwhal.pipeline_containers import Resources, Service
 
     pipeline = load(SERVICES).pipeline()
     db, cache, queue = pipeline.services
@@ -966,7 +966,7 @@ def test_services_and_resources() -> None:
 
 
 def test_no_services_and_no_resources_by_default() -> None:
-    from narwhal.pipeline import Resources
+    from narwhal.pipeline_containers import Resources
 
     pipeline = load(STEP).pipeline()
     assert pipeline.services == ()

@@ -1,7 +1,9 @@
 """Forge webhooks: signature checks and payload parsing into commit events.
 
 Pure functions over (headers, raw body): no I/O, so every forge's rules are
-tested on recorded payloads. ``read_webhook`` is the whole path: verify the
+tested on recorded payloads. This is one of the parts that work well: keep
+the forges' rules here, pure, and the I/O (HTTP, AMQP) in the modules that
+call them. ``read_webhook`` is the whole path: verify the
 signature over what the forge signs first (GitHub: the raw body; Gitea: the
 JSON, which a form delivery carries in its ``payload`` field), then the
 content type, then the JSON, then the event. A tag push is built at the

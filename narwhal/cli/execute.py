@@ -20,7 +20,8 @@ from narwhal.daemons.executors import pick_executor
 from narwhal.errors import ConfigError
 from narwhal.runner.executor import Executor, LocalExecutor, Stop
 from narwhal.runner.local_exec import exec_directory
-from narwhal.runner.masking import SecretsExecutor, masked_writer
+from narwhal.runner.masking import masked_writer
+from narwhal.runner.secret_env import SecretsExecutor
 from narwhal.settings import docker_options, positive
 
 

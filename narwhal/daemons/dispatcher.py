@@ -33,7 +33,7 @@ from starlette.types import ASGIApp
 from narwhal.agent.app import Webhooks, webhook_routes
 from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import DispatcherConfig, RunnerConfig
-from narwhal.daemons.executors import executor_for, resolved
+from narwhal.daemons.executors import resolved
 from narwhal.daemons.signals import on, two_signals
 from narwhal.dispatcher.amqp import DirectSink, Intake
 from narwhal.dispatcher.api import Shutdown
@@ -44,7 +44,7 @@ from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
-from narwhal.runner.runner import Runner
+from narwhal.runner.runner import Runner, executor_for
 
 __all__ = ["DRAIN_SECONDS", "HTTP_GRACE", "dispatcher_main", "serve"]
 

@@ -14,8 +14,6 @@ import dataclasses
 import logging
 
 from narwhal.config import RunnerConfig
-from narwhal.runner.executor import LocalExecutor
-from narwhal.runner.masking import SecretsExecutor
 
 log = logging.getLogger("narwhal")
 
@@ -45,15 +43,3 @@ async def resolved(conf: RunnerConfig) -> RunnerConfig:
     """``conf`` with its executor settled, ``local`` or ``docker`` (asked off the loop)."""
     executor = await asyncio.to_thread(pick_executor, conf.executor, conf.docker_host)
     return dataclasses.replace(conf, executor=executor)
-
-
-def executor_for(conf: RunnerConfig) -> SecretsExecutor:
-    """The executor ``conf.executor`` names (settled), handing every step the runner's secrets.
-
-    Close it with ``aclose`` (the Docker one holds an engine connection).
-    """
-    if conf.executor == "docker":
-        from narwhal.runner.docker import executor_for as docker_executor
-
-        return docker_executor(conf)
-    return SecretsExecutor(LocalExecutor(grace=conf.cancel_grace), conf.secrets)

@@ -13,11 +13,11 @@ import asyncio
 from collections.abc import Callable
 
 from narwhal.config import RunnerConfig
-from narwhal.daemons.executors import executor_for, resolved
+from narwhal.daemons.executors import resolved
 from narwhal.daemons.signals import on, two_signals
 from narwhal.mesh.announcement import Announcement
 from narwhal.mesh.discovery import Announcer, announced_addresses
-from narwhal.runner.runner import Runner
+from narwhal.runner.runner import Runner, executor_for
 
 
 async def runner_main(conf: RunnerConfig, announce: Callable[[str], None]) -> None:

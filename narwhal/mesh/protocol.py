@@ -1,52 +1,134 @@
 """Wire protocol v3 between the dispatcher (ROUTER) and runners (DEALER).
 
-Every frame is one msgpack array ``[version, kind, {field: value, ...}]``.
-The version is checked first so that a peer speaking another protocol gets a
-clear error instead of a confusing field mismatch. Every message carries the
-job id and attempt where it concerns a job, so that frames arriving late from
-an attempt the dispatcher already gave up on can be fenced off.
+This docstring is the protocol's one description; docs/ARCHITECTURE.md
+links here. The codec below is one of the parts of Narwhal that work well:
+one frozen dataclass per frame, one ``encode``/``decode`` pair, msgpack
+only, every field checked against its annotation (``mesh/schema.py``) and
+everything malformed a ``ProtocolError``. Keep that shape when adding a
+message: add the dataclass here, list it in ``MESSAGES``, bump
+``PROTOCOL_VERSION`` when an older peer would refuse it. The module is
+longer than the ~400 lines aimed at elsewhere on purpose: this description
+and every wire message stay in one place (splitting the messages would
+scatter the protocol); the generic field checking lives in ``schema``.
 
-Conversation, in order::
+Framing. Every frame is one msgpack array ``[version, kind, {field: value}]``
+of at most ``MAX_FRAME_BYTES`` (also the sockets' MAXMSGSIZE). ``decode``
+checks, in order: the size, the msgpack, the shape, the version (a peer
+speaking another protocol gets a clear error instead of a field mismatch),
+the kind, then every field: unknown and missing fields are refused, ints are
+signed 64-bit, bools are never counts. Semantic checks follow (below, per
+frame). The receiver counts and logs a frame that fails (at most once per
+peer per interval) and never answers it, so two confused peers cannot feed
+each other.
 
-    dispatcher                           runner
-    HELLO(session)              ->                  (first frame on a connection)
-                                <-  READY(runner_id, session, capacity, active)
-    JOB(job_id, attempt, runner_session, ..., secrets) ->
-                                <-  ACCEPT | REJECT
-                                <-  CHECKED_OUT(sha, pipeline, variants)
-                                <-  STEP_STARTED, LOG*, STEP_FINISHED  (per step)
-                                <-  DONE(status, steps)
-    ACK([job_id, attempt, seq]*) ->                 (as frames are stored)
-    CANCEL(job_id, attempt)     ->                  (any time)
-    HEARTBEAT(session)          <->                 (both ways, every interval)
-    REFUSED(reason)             ->                  (then the link is dropped; never answered)
+``PROTOCOL_VERSION`` is 3. 2: JOB carries ``secrets`` (a v1 runner's strict
+decoding refuses the field). 3: DONE may say ``skipped`` and the dispatcher
+may send REFUSED (a v2 dispatcher refuses that status, so it would never
+store the job's end). Runners also announce it on mDNS (``protocol=3``).
 
-The runner-to-dispatcher frames of one job attempt (ACCEPT to DONE) form a
-*job stream*: each carries ``seq``, counting from 0. The runner keeps every
-frame until the dispatcher ACKs it (cumulatively, like TCP) and resends the
-unacknowledged ones after a reconnect or when ACKs stall, so nothing is lost
-when the connection or the dispatcher goes away. The number of unacknowledged
-frames per job is bounded: that bound is the log flow control, and a step
-that prints faster than the dispatcher stores simply waits.
+Conversation, in order (D: dispatcher, R: runner)::
+
+    dispatcher                             runner
+    HELLO(session)                ->                 first frame on a connection
+                                  <-  READY(runner_id, session, capacity, labels, version, active)
+    JOB(job_id, attempt, runner_session, repo, ref, sha, event, matrix, timeout, secrets) ->
+                                  <-  ACCEPT | REJECT
+                                  <-  CHECKED_OUT(sha, pipeline, variants)
+                                  <-  STEP_STARTED, LOG*, STEP_FINISHED   per step
+                                  <-  DONE(status, reason, duration, steps)
+    ACK([job_id, attempt, seq]*)  ->                 once the frames are stored
+    CANCEL(job_id, attempt, reason) ->               any time
+    HEARTBEAT(session)            <->                both ways, every interval
+    REFUSED(reason)               ->                 then the link is dropped; never answered
+
+The frames:
+
+- HELLO (D->R) ``session``: the dispatcher process's id. Sent first on every
+  new connection, and again when a runner's HEARTBEAT comes on a link that
+  is not ready or names another runner session. The runner answers READY,
+  then resends every unacknowledged frame of every job stream.
+- READY (R->D) ``runner_id``; ``session``, the runner process's id (new at
+  each start); ``capacity``, its slots (never negative; the dispatcher clamps
+  it to its own maximum); ``labels``; ``version``, the Narwhal version;
+  ``active``, one ``[job_id, attempt, next_seq]`` for every job attempt the
+  runner still runs or holds unacknowledged frames of, ``next_seq`` being the
+  first frame of that job stream it will (re)send (every earlier one was
+  acknowledged). A restarted dispatcher recovers its jobs from this list;
+  entries for attempts the runner does not hold are ignored (bad frames), and
+  an attempt that is over is tracked until its DONE and gets CANCEL.
+- JOB (D->R) ``job_id``, ``attempt``; ``runner_session``, the READY session it
+  is meant for (a JOB queued for a runner process since restarted is
+  refused, never run by accident); ``repo``, ``ref``, ``sha`` (None: the
+  ref's tip), ``event``; ``matrix``, the combination to run (None: the
+  first, and report them all); ``timeout`` (None: the runner's default);
+  ``secrets``, name -> value, env vars of every step (names must be variable
+  names, values hold no NUL; only inside the authenticated, encrypted mesh,
+  never in a repr). The dispatcher sends a JOB again when the runner has not
+  answered within the dead interval; a runner ignores a JOB for an attempt
+  it already has.
+- REJECT (R->D) ``job_id``, ``attempt``, ``reason``: the runner will not run it
+  (meant for an earlier session, no free slot, shutting down). Not part of
+  a job stream: no ``seq``.
+- The job stream (R->D): ACCEPT (``seq`` 0: a slot is spent on it);
+  CHECKED_OUT (``sha`` checked out, ``pipeline`` its name, ``variants`` every
+  matrix combination when JOB had no ``matrix``; an empty ``pipeline``: the
+  commit is known but its narwhal.yml could not be read, the job ends in
+  error next); STEP_STARTED (``index``, ``name``); LOG (``data``, at most
+  ``MAX_LOG_CHUNK`` bytes, masked); STEP_FINISHED (``index``, ``name``,
+  ``status`` in ``STEP_STATUSES``, ``exit_code``, None when the step never ran
+  or was killed, ``duration``); DONE, the last frame (``status``, ``reason``,
+  ``duration``, ``steps``: a ``StepOutcome`` per step). Each carries ``job_id``,
+  ``attempt`` and ``seq``.
+- DONE ``status`` is one of ``DONE_STATUSES``: ``success``; ``failed`` (a step
+  failed and does not ``allow_failure``); ``error`` (checkout, narwhal.yml,
+  the executor or the runner itself failed: ``reason`` says which);
+  ``cancelled`` (CANCEL, or the runner shutting down); ``timed_out`` (a step's
+  or the pipeline's timeout); ``skipped`` (the pipeline's ``when`` does not
+  match the branch or event; every step is ``skipped``). A DONE frees the slot.
+- ACK (D->R) ``streams``: ``[job_id, attempt, seq]`` triples, each meaning
+  "every frame of that job stream up to ``seq`` is stored" (cumulative, like
+  TCP). Sent after the frames are durable, one ACK per batch of frames,
+  covering every stream the batch touched. The dispatcher handles a
+  stream's frames strictly in ``seq`` order: a duplicate is acknowledged
+  again, a gap waits for the resend. ACKs for unknown attempts are ignored.
+- CANCEL (D->R) ``job_id``, ``attempt``, ``reason``: stop the job (SIGTERM, a
+  grace period, SIGKILL); its DONE follows as usual. Unknown attempts are
+  ignored.
+- HEARTBEAT (D<->R) ``session``: the sender's process id, every heartbeat
+  interval. Any frame counts as a sign of life; a peer silent for the dead
+  interval is lost. A runner that hears a dispatcher session it does not
+  know greets it as after a HELLO.
+- REFUSED (D->R) ``reason`` (at most ``MAX_REFUSAL_CHARS``): sent once, just
+  before the dispatcher drops a runner it refuses after a completed
+  handshake (its id already connected, its key bound to another id or
+  revoked), so that the runner logs why instead of "dispatcher silent".
+  Never answered. A failed CURVE handshake has no channel to say it on.
+
+Job streams. Every job frame carries ``job_id`` and ``attempt``, so frames
+arriving late from an attempt the dispatcher gave up on are fenced off. The
+runner-to-dispatcher frames of one attempt (ACCEPT to DONE) form a *job
+stream*, numbered by ``seq`` from 0. The runner keeps every frame until an
+ACK covers it and resends the unacknowledged ones after each HELLO and when
+ACKs stall for the dead interval, so nothing is lost when the connection
+or the dispatcher goes away; the attempt is forgotten once its DONE is
+acknowledged. The number and bytes of unacknowledged frames per job are
+bounded: that bound is the log flow control, and a step that prints faster
+than the dispatcher stores simply waits.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import msgpack
 
 from narwhal.errors import ProtocolError
+from narwhal.mesh.schema import Invalid, Schema
 from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
-#: 2: JOB carries ``secrets`` (a v1 runner's strict decoding refuses the field).
-#: 3: DONE may say ``skipped`` and the dispatcher may send REFUSED (a v2
-#: dispatcher refuses that status, so it would never store the job's end).
+#: The history of the versions: the module docstring.
 PROTOCOL_VERSION = 3
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
@@ -292,138 +374,10 @@ STREAM_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
-class _Invalid(Exception):
-    """A value failed its check; ``path`` grows as the error unwinds.
-
-    Paths are only built on failure: the hot path (valid frames) formats no
-    strings at all.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path: list[str] = []
-
-    def at(self, part: str) -> _Invalid:
-        self.path.append(part)
-        return self
-
-
-Checker = Callable[[Any], Any]
-
-#: Integers are stored as SQLite INTEGER: signed 64 bits.
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-
-
-def _scalar(kind: type) -> Checker:
-    name = kind.__name__
-
-    def check(value: Any) -> Any:
-        # type() not isinstance(): bool is an int subclass, and a flag is never a count.
-        if type(value) is kind:
-            if kind is int and not _INT_MIN <= typing.cast(int, value) <= _INT_MAX:
-                raise _Invalid("integer out of range")
-            return value
-        if kind is float and type(value) is int:
-            return float(value)
-        raise _Invalid(f"expected {name}, got {type(value).__name__}")
-
-    return check
-
-
-def _optional(inner: Checker) -> Checker:
-    def check(value: Any) -> Any:
-        return None if value is None else inner(value)
-
-    return check
-
-
-def _sequence(inner: Checker) -> Checker:
-    def check(value: Any) -> Any:
-        if not isinstance(value, list | tuple):
-            raise _Invalid(f"expected array, got {type(value).__name__}")
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(inner(item))
-            except _Invalid as e:
-                raise e.at(f"[{i}]") from None
-        return tuple(out)
-
-    return check
-
-
-def _mapping(key: Checker, val: Checker) -> Checker:
-    def check(value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _Invalid(f"expected map, got {type(value).__name__}")
-        out = {}
-        for k, v in value.items():
-            try:
-                out[key(k)] = val(v)
-            except _Invalid as e:
-                raise e.at(f".{k}") from None
-        return out
-
-    return check
-
-
-def _record(cls: type) -> Checker:
-    def check(value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _Invalid(f"expected map, got {type(value).__name__}")
-        return _build(cls, value)
-
-    return check
-
-
-def _checker(hint: Any) -> Checker:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        return _optional(_checker(inner))
-    if origin is tuple:
-        return _sequence(_checker(args[0]))
-    if origin is dict:
-        return _mapping(_checker(args[0]), _checker(args[1]))
-    if dataclasses.is_dataclass(hint):
-        return _record(typing.cast(type, hint))
-    return _scalar(hint)
-
-
-def _fields(cls: type) -> dict[str, tuple[Checker, bool]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: (_checker(hints[f.name]), _required(f)) for f in dataclasses.fields(cls)}
-
-
-def _required(f: dataclasses.Field[Any]) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-_SPECS: dict[type, dict[str, tuple[Checker, bool]]] = {
-    cls: _fields(cls) for cls in (*MESSAGES, StepOutcome)
-}
+_SCHEMA = Schema((*MESSAGES, StepOutcome))
 _BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGES}
 #: Field names per class, in order, for encoding without dataclass introspection.
-_NAMES: dict[type, tuple[str, ...]] = {cls: tuple(spec) for cls, spec in _SPECS.items()}
-
-
-def _build(cls: type, body: Mapping[Any, Any]) -> Any:
-    spec = _SPECS[cls]
-    for key in body:
-        if key not in spec:
-            raise _Invalid(f"unknown field {key!r}")
-    values = {}
-    for name, (check, required) in spec.items():
-        if name in body:
-            try:
-                values[name] = check(body[name])
-            except _Invalid as e:
-                raise e.at(f".{name}") from None
-        elif required:
-            raise _Invalid(f"missing field {name!r}")
-    return cls(**values)
+_NAMES = _SCHEMA.names
 
 
 def _plain(value: Any) -> Any:
@@ -461,8 +415,8 @@ def decode(frame: bytes) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind}: body is not a map")
     try:
-        message: Message = _build(cls, body)
-    except _Invalid as e:
+        message: Message = _SCHEMA.build(cls, body)
+    except Invalid as e:
         path = "".join(reversed(e.path))
         raise ProtocolError(f"{kind}{path}: {e.message}") from None
     _check_values(message)

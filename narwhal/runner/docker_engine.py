@@ -2,16 +2,18 @@
 
 Shared by the Docker executor and the CLI (which asks whether an engine
 answers). Third-party exceptions of the SDK, requests and urllib3 are
-named here (``ENGINE_ERRORS``) and become ``ExecutorError`` in callers.
+named here (``ENGINE_ERRORS``) and become ``ExecutorError`` in ``call``
+(every SDK call of a job, off the loop) or in the callers that block.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import docker  # type: ignore[import-untyped,unused-ignore]
 import requests
@@ -30,6 +32,16 @@ LABEL_PID = "narwhal.pid"
 LABEL_JOB = "narwhal.job"
 LABEL_SESSION = "narwhal.session"
 ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+T = TypeVar("T")
+
+
+async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking SDK call off the loop; engine errors become ExecutorError."""
+    try:
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+    except ENGINE_ERRORS as e:
+        raise ExecutorError(f"docker: {engine_message(e)}") from e
 
 
 def engine_message(error: BaseException) -> str:

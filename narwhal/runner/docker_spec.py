@@ -10,7 +10,8 @@ import shlex
 from typing import Any, TypeVar
 
 from narwhal.config import RunnerConfig
-from narwhal.pipeline import Resources, Step
+from narwhal.pipeline import Step
+from narwhal.pipeline_containers import Resources
 from narwhal.runner.executor import step_script
 
 WORKSPACE = "/workspace"

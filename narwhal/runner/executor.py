@@ -1,5 +1,11 @@
 """Executors run one step of a pipeline and report how it ended.
 
+``Executor`` and ``Session`` are the seam between running a job
+(``job.run_pipeline``) and where its steps run: the local executor here,
+the Docker one in ``docker``, wrappers like ``secret_env.SecretsExecutor``. These
+protocols are one of the parts that work well: a new place to run steps
+implements the two, and nothing that runs jobs changes.
+
 ``LocalExecutor`` runs the step's commands with ``sh -e`` in the job's
 workspace, in a process group of its own, so that a timeout or a cancel can
 stop everything the step started (SIGTERM, a grace period, then SIGKILL).

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from narwhal.mesh.protocol import StepOutcome
-from narwhal.pipeline import Pipeline, Step, load_path
+from narwhal.pipeline import PIPELINE_FILE, Pipeline, Step, load_path
 from narwhal.runner.executor import Executor, Stop
 from narwhal.runner.job import Context, Outcome, run_pipeline
-from narwhal.runner.runner import PIPELINE_FILE
 
 
 class PrintReporter:

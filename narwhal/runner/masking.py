@@ -1,4 +1,4 @@
-"""Secrets: masking them in a log stream, and handing them to steps as env vars.
+"""Masking secrets in a log stream (and in any text a job reports).
 
 ``Masker`` is fed a job's output chunk by chunk and returns it with every
 secret replaced by ``********``. Besides each secret as written it masks the
@@ -27,13 +27,9 @@ import base64
 import io
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
-
-from narwhal.pipeline import Pipeline, Step
-from narwhal.runner.executor import Executor, Output, Session, StepResult, Stop
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -324,56 +320,3 @@ class _MaskingSink(io.RawIOBase):
             self._out.write(self._masker.flush())
             self._out.flush()
         super().close()
-
-
-class SecretsExecutor:
-    """Wraps an executor so that every step also gets the runner's secrets as env vars.
-
-    Secrets are added last: a pipeline cannot shadow one with its own ``env``.
-    """
-
-    def __init__(self, inner: Executor, secrets: Mapping[str, str]) -> None:
-        self.inner = inner
-        self._secrets = dict(secrets)
-
-    def reap(self, work_dir: Path) -> int:
-        return self.inner.reap(work_dir)
-
-    async def aclose(self) -> None:
-        """Close the inner executor if it holds anything (the Docker one does)."""
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
-
-    def session(
-        self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
-    ) -> AbstractAsyncContextManager[Session]:
-        return self._session(job=job, workspace=workspace, pipeline=pipeline, output=output)
-
-    @asynccontextmanager
-    async def _session(
-        self, *, job: str, workspace: Path, pipeline: Pipeline, output: Output
-    ) -> AsyncIterator[Session]:
-        async with self.inner.session(
-            job=job, workspace=workspace, pipeline=pipeline, output=output
-        ) as session:
-            yield _SecretsSession(session, self._secrets)
-
-
-class _SecretsSession:
-    def __init__(self, inner: Session, secrets: Mapping[str, str]) -> None:
-        self._inner = inner
-        self._secrets = secrets
-
-    async def run_step(
-        self,
-        step: Step,
-        *,
-        env: Mapping[str, str],
-        output: Output,
-        stop: Stop,
-        timeout: float | None,
-    ) -> StepResult:
-        return await self._inner.run_step(
-            step, env={**env, **self._secrets}, output=output, stop=stop, timeout=timeout
-        )

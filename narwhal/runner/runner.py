@@ -6,6 +6,11 @@ each in a workspace of its own and sends everything back on the job's
 ``JobStream``, which keeps frames until the dispatcher acknowledges them. It
 never imports the dispatcher.
 
+This module is the runner's mesh side and lifecycle: the socket, HELLO and
+READY, heartbeats, ACKs and CANCELs routed to the attempts it holds, and
+the shutdown order. What one job attempt does, from its JOB to its DONE,
+is ``attempt``'s; the frames it sends are made by ``reporter``.
+
 While the dispatcher is away (silent for ``heartbeat_interval x liveness``)
 jobs keep running; their frames wait in their streams (bounded) and are
 resent after the next HELLO.
@@ -22,54 +27,47 @@ once; their DONE frames are still sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import secrets
-import shutil
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from narwhal import __version__
 from narwhal.config import RunnerConfig
-from narwhal.errors import CheckoutError, PipelineError, ProtocolError, RepoError
+from narwhal.errors import ProtocolError
 from narwhal.mesh import protocol as p
 from narwhal.mesh.transport import dealer_socket, pin_curve, send_now
 from narwhal.quietlog import QuietLog
-from narwhal.redact import redacted
-from narwhal.repos import check_ref, check_repo, check_sha
-from narwhal.runner.checkout import GitFailed, MirrorCache, PipelineFiles
-from narwhal.runner.executor import Executor, Stop
-from narwhal.runner.job import Context, Outcome, branch_of, run_pipeline
-from narwhal.runner.masking import SecretsExecutor, mask_text
-from narwhal.runner.reporter import FrameReporter
+from narwhal.runner.attempt import Attempt, AttemptRunner
+from narwhal.runner.executor import Executor, LocalExecutor, Stop
+from narwhal.runner.secret_env import SecretsExecutor
 from narwhal.runner.stream import JobStream
 from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
 
-PIPELINE_FILE = "narwhal.yml"
 
-T = TypeVar("T")
+def executor_for(config: RunnerConfig) -> SecretsExecutor:
+    """The executor ``config.executor`` names, handing every step the runner's secrets.
 
+    The Docker executor (and with it the Docker SDK) is imported only when
+    it is the one chosen: a runner with the local executor never loads it.
+    Close the executor with ``aclose`` (the Docker one holds an engine connection).
+    """
+    inner: Executor
+    if config.executor == "docker":
+        from narwhal.runner.docker import DockerExecutor
 
-@dataclass(slots=True)
-class _Active:
-    job: p.Job
-    stop: Stop
-    stream: JobStream
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        inner = DockerExecutor(config)
+    else:
+        inner = LocalExecutor(grace=config.cancel_grace)
+    return SecretsExecutor(inner, config.secrets)
 
 
 class Runner:
@@ -86,15 +84,13 @@ class Runner:
         self.session = uuid.uuid4().hex
         self._ctx = context or zmq.asyncio.Context()
         self._own_ctx = context is None
-        if executor is None:  # the daemons pass theirs (narwhal.daemons.executors)
-            from narwhal.runner.docker import executor_for
-
+        if executor is None:  # the daemons pass theirs, chosen once the engine answered
             executor = executor_for(config)
         self._executor = executor
         self._sock: zmq.asyncio.Socket | None = None
         self._dispatcher: str | None = None
         self._heard = 0.0
-        self._active: dict[tuple[int, int], _Active] = {}
+        self._active: dict[tuple[int, int], Attempt] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._drained = asyncio.Event()
@@ -107,8 +103,7 @@ class Runner:
         #: Workspaces live under a folder of this runner's own, so that
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
-        self._mirrors = MirrorCache(self._work / "mirrors", allow_local=config.allow_local_repos)
-        self._pipelines = PipelineFiles(self._mirrors, name=PIPELINE_FILE)
+        self._attempts = AttemptRunner(config, executor=self._executor, work=self._work)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -371,10 +366,10 @@ class Runner:
             max_frames=self.config.stream_frames,
             max_bytes=self.config.stream_bytes,
         )
-        active = _Active(job=job, stop=Stop(), stream=stream)
+        active = Attempt(job=job, stop=Stop(), stream=stream)
         self._active[key] = active
         await stream.put(lambda seq: p.Accept(job_id=job.job_id, attempt=job.attempt, seq=seq))
-        active.task = self._spawn(self._run(job, active.stop, stream))
+        active.task = self._spawn(self._attempts.run(job, active.stop, stream))
 
     def _refusal(self, job: p.Job) -> str:
         if job.runner_session != self.session:
@@ -385,91 +380,6 @@ class Runner:
             return "no free slot"
         return ""
 
-    async def _run(self, job: p.Job, stop: Stop, stream: JobStream) -> None:
-        started = time.monotonic()
-        # The job's own secrets are masked like the runner's (its log, its reason).
-        secret_values = [*self.config.secrets.values(), *job.secrets.values()]
-        reporter = FrameReporter(stream, secret_values)
-        name = f"job-{job.job_id}-{job.attempt}-{secrets.token_hex(4)}"
-        workspace = self._work / name
-        try:
-            outcome = await self._execute(job, stop, reporter, workspace)
-        except Exception as e:  # a bug must not take the slot with it
-            log.exception("runner %s: job %d crashed", self.config.runner_id, job.job_id)
-            outcome = Outcome(status="error", reason=f"runner error: {e}", steps=())
-        finally:
-            await asyncio.to_thread(shutil.rmtree, workspace, True)
-        await reporter.flush()
-        await stream.put(
-            lambda seq: p.Done(
-                job_id=job.job_id,
-                attempt=job.attempt,
-                seq=seq,
-                status=outcome.status,
-                reason=mask_text(outcome.reason, secret_values),
-                duration=time.monotonic() - started,
-                steps=outcome.steps,
-            )
-        )
-
-    async def _execute(
-        self, job: p.Job, stop: Stop, reporter: FrameReporter, workspace: Path
-    ) -> Outcome:
-        try:
-            sha = await _until_stopped(self._checkout(job, workspace), stop)
-        except (RepoError, CheckoutError) as e:
-            return await _ended_before_steps(reporter, e)
-        if sha is None:
-            await reporter.output(f"--- {stop.reason or stop.status} during checkout\n".encode())
-            return Outcome(status=stop.status, reason=stop.reason, steps=())
-        try:
-            pipeline_file = await self._pipelines.load(job.repo, sha)
-            pipeline = pipeline_file.pipeline(job.matrix)
-        except (CheckoutError, PipelineError) as e:
-            # The commit is known: record it (no pipeline name), so that a
-            # resubmit builds this very commit, not where the branch is now.
-            await reporter.checked_out(sha, "", ())
-            return await _ended_before_steps(reporter, e)
-        except Exception:  # a bug: ``_run`` reports it, with the commit recorded first
-            await reporter.checked_out(sha, "", ())
-            raise
-        variants = pipeline_file.variants if job.matrix is None else ()
-        await reporter.checked_out(sha, pipeline.name, tuple(dict(v) for v in variants))
-        context = Context(
-            branch=branch_of(job.ref),
-            event=job.event,
-            sha=sha,
-            job_id=job.job_id,
-            attempt=job.attempt,
-        )
-        return await run_pipeline(
-            pipeline,
-            workspace=workspace,
-            executor=self._job_executor(job),
-            reporter=reporter,
-            stop=stop,
-            context=context,
-            default_timeout=job.timeout or self.config.default_timeout,
-        )
-
-    async def _checkout(self, job: p.Job, workspace: Path) -> str:
-        # Again here: a JOB frame is the last door before git runs.
-        check_repo(job.repo, allow_local=self.config.allow_local_repos)
-        check_ref(job.ref)
-        if job.sha is not None:
-            check_sha(job.sha)
-        return await self._mirrors.checkout(job.repo, ref=job.ref, sha=job.sha, workspace=workspace)
-
-    def _job_executor(self, job: p.Job) -> Executor:
-        """The runner's executor, handing every step the job's secrets too.
-
-        Wrapped outside the runner's own ``SecretsExecutor``: a runner secret
-        of the same name wins, and the pipeline's ``env`` shadows neither.
-        """
-        if not job.secrets:
-            return self._executor
-        return SecretsExecutor(self._executor, job.secrets)
-
 
 def _private_dir(path: Path) -> None:
     """Make ``path`` (and missing parents) readable by this user only.
@@ -479,31 +389,3 @@ def _private_dir(path: Path) -> None:
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-
-
-async def _ended_before_steps(reporter: FrameReporter, error: Exception) -> Outcome:
-    """A job that ends in ``error`` before its first step: say why in its log and reason.
-
-    The log gets all git said (its advice too), the reason one line.
-    """
-    # git quotes the URL it failed on: its credentials stay here.
-    shown = redacted(str(error))
-    if isinstance(error, GitFailed) and error.output.strip():
-        await reporter.output(redacted(error.output.rstrip() + "\n").encode())
-    await reporter.output(f"{shown}\n".encode())
-    return Outcome(status="error", reason=shown, steps=())
-
-
-async def _until_stopped(coro: Coroutine[Any, Any, T], stop: Stop) -> T | None:
-    """Await ``coro`` unless ``stop`` is set first; then cancel it and return None."""
-    work = asyncio.create_task(coro)
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-    return None if work.cancelled() else work.result()

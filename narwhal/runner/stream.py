@@ -7,6 +7,10 @@ that drops loses nothing: the runner resends what is unacknowledged. The
 number and size of unacknowledged frames are bounded; ``put`` waits for
 room, so a step that prints faster than the dispatcher stores is slowed down
 at its pipe instead of growing memory on either side.
+
+This is one of the parts that work well: one small class, no I/O of its own
+(it is handed a ``Sender``), tested alone; the wire rules it follows are in
+``narwhal.mesh.protocol``'s docstring.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from narwhal.runner.docker import DockerExecutor
 from narwhal.runner.docker_engine import LABEL_HOST, LABEL_PID, LABEL_RUNNER
 from narwhal.runner.executor import Stop
 from narwhal.runner.job import Context, Outcome, run_pipeline
-from narwhal.runner.masking import Masker, SecretsExecutor
+from narwhal.runner.masking import Masker
+from narwhal.runner.secret_env import SecretsExecutor
 from tests.runner.conftest import MISSING_IMAGE
 
 SECRET = "hunter2-Sup3r-s3cret"
@@ -493,8 +494,8 @@ def test_pull_progress_lines_skip_ticks() -> None:
 
 
 def test_executor_for_picks_and_closes(tmp_path: Path, busybox_image: str) -> None:
-    from narwhal.runner.docker import executor_for
     from narwhal.runner.executor import LocalExecutor
+    from narwhal.runner.runner import executor_for
 
     local = executor_for(RunnerConfig(runner_id="x", secrets={"A": "aaaa"}))
     assert isinstance(local.inner, LocalExecutor)
