@@ -26,7 +26,7 @@ from narwhal.runner.docker_engine import LABEL_HOST, LABEL_PID, LABEL_RUNNER
 from narwhal.runner.executor import Stop
 from narwhal.runner.job import Context, Outcome, run_pipeline
 from narwhal.runner.masking import Masker, SecretsExecutor
-from tests.runner.conftest import MISSING_IMAGE
+from tests.support.docker import MISSING_IMAGE
 
 SECRET = "hunter2-Sup3r-s3cret"
 
