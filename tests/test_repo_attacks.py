@@ -353,7 +353,7 @@ def test_the_runners_git_never_reads_the_users_git_config(
     )
     client = Client(up.url)
     try:
-        eventually(lambda: client.http.get("/health").json()["runners"] == 1, 15)
+        eventually(lambda: client.http.get("/health").json()["runners"] == 1, timeout=15)
         for url in (str(repo.path), f"file://{repo.path}"):
             job = client.wait(client.submit(url))
             assert job["state"] == "success", (job, client.log(job["id"]))

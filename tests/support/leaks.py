@@ -10,12 +10,14 @@ own (a thread joining, a daemon reaped) gets a short grace period first.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ GRACE = 5.0
 #: pools its connections to the engine, opened by whichever test needs one
 #: more. Two covers that cache; a real leak (a socket or a store per test
 #: or per job) shows as more.
-FD_TOLERANCE = 0
+FD_TOLERANCE = 2
 
 
 def _threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -115,37 +117,55 @@ def _settled(check: object, grace: float = GRACE) -> None:
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the process had before a test: the baseline the leak check compares with."""
+
+    threads: frozenset[threading.Thread]
+    children: frozenset[int]
+    descriptors: frozenset[tuple[int, str]]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(
+            frozenset(threading.enumerate()), frozenset(_children()), frozenset(_descriptors())
+        )
+
+    def _opened(self) -> list[tuple[int, str]]:
+        return sorted(_descriptors() - self.descriptors)
+
+    def leaks(self, grace: float = GRACE) -> list[str]:
+        """What is left since the snapshot, once ``grace`` let it go; left children are killed."""
+        _settled(lambda: _threads(set(self.threads)), grace)
+        _settled(lambda: set(_children()) - self.children, grace)
+        _settled(lambda: len(self._opened()) > FD_TOLERANCE, grace)
+        if len(self._opened()) > FD_TOLERANCE:
+            # An object in a reference cycle (an unclosed sqlite3 connection and
+            # its statements) closes its descriptor when the collector runs; it is
+            # garbage, not a leak. Collecting only here keeps the check cheap.
+            gc.collect()
+        problems = []
+        if leaked := _threads(set(self.threads)):
+            problems.append(f"threads leaked: {leaked}")
+        if running := {p: c for p, c in _children().items() if p not in self.children}:
+            for pid in running:  # so that the next test does not meet them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            listed = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(running.items()))
+            problems.append(f"child processes left running (now killed): {listed}")
+        opened = self._opened()
+        if len(opened) > FD_TOLERANCE:
+            problems.append(
+                f"{len(opened)} file descriptors left open (tolerance {FD_TOLERANCE}):"
+                f" {_describe(opened)}"
+            )
+        return problems
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves threads, child processes or descriptors behind."""
-    threads = set(threading.enumerate())
-    children = set(_children())
-    descriptors = _descriptors()
+    before = Snapshot.take()
     yield
-    _settled(lambda: _threads(threads))
-    _settled(lambda: set(_children()) - children)
-    _settled(lambda: len(_descriptors() - descriptors) > FD_TOLERANCE)
-    if len(_descriptors() - descriptors) > FD_TOLERANCE:
-        # An object in a reference cycle (an unclosed sqlite3 connection and
-        # its statements) closes its descriptor when the collector runs; it is
-        # garbage, not a leak. Collecting only here keeps the check cheap.
-        gc.collect()
-    problems = []
-    if leaked := _threads(threads):
-        problems.append(f"threads leaked: {leaked}")
-    if running := {p: c for p, c in _children().items() if p not in children}:
-        for pid in running:  # so that the next test does not meet them
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        listed = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(running.items()))
-        problems.append(f"child processes left running (now killed): {listed}")
-    opened = sorted(_descriptors() - descriptors)
-    if len(opened) > FD_TOLERANCE:
-        listed = _describe(opened)
-        problems.append(
-            f"{len(opened)} file descriptors left open (tolerance {FD_TOLERANCE}): {listed}"
-        )
-    if problems:
+    if problems := before.leaks():
         pytest.fail("\n".join(problems))

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ TIERS: dict[str, str] = {
     "tests/test_secret_rules.py": "unit",
     "tests/test_supervise.py": "unit",
     "tests/test_support.py": "unit",
+    "tests/test_support.py::test_the_leak_check_names_a_child_process_*": "integration",
     "tests/agent/test_webhooks.py": "unit",
     "tests/agent/test_webhooks.py::test_*import*": "integration",
     "tests/test_repos.py": "unit",
@@ -104,6 +106,12 @@ TIERS: dict[str, str] = {
     "tests/test_up.py": "system",
     "tests/test_up_announce.py": "system",
 }
+
+
+#: Programs the standard library itself runs to find a shared library
+#: (``ctypes.util.find_library``, used by ifaddr to list interfaces): part of
+#: loading code, not something a test chose to start.
+LIBRARY_HELPERS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump"})
 
 
 def tier_of(nodeid: str) -> str | None:
@@ -179,6 +187,8 @@ def _needs(event: str, args: tuple[Any, ...]) -> tuple[str, str] | None:
         command = args[1] if args[1] is not None else args[0]
         argv = [str(command)] if isinstance(command, str | bytes) else [str(a) for a in command]
         text = " ".join(argv)
+        if Path(argv[0]).name in LIBRARY_HELPERS:
+            return None
         if "-m narwhal" in text or argv[0] in {"ip", "docker", "rabbitmqctl"}:
             return "system", f"started {text}"
         return "integration", f"started {text}"
