@@ -135,7 +135,7 @@ def test_push_and_pull_request_end_to_end_with_statuses(
 
 
 def git_branch(repo: Repo, name: str) -> None:
-    from tests.conftest import git
+    from tests.support.repos import git
 
     git(repo.path, "checkout", "-q", "-b", name)
 
