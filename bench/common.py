@@ -19,7 +19,7 @@ import zmq
 
 from narwhal.config import DispatcherConfig, MeshConfig, ServerCurve
 from narwhal.dispatcher.core import Dispatcher
-from tests.keys import MeshKeys
+from tests.support.keys import MeshKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import machine
-from tests.conftest import Client, Daemon, Repo
-from tests.netns import LanCluster
+from tests.support.daemons import Client, Daemon
+from tests.support.netns import LanCluster
+from tests.support.repos import Repo
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 

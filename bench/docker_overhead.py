@@ -28,7 +28,7 @@ from narwhal.pipeline import Step, load
 from narwhal.runner.docker import DockerExecutor
 from narwhal.runner.executor import Stop
 from narwhal.runner.job import Context, run_pipeline
-from tests.runner.conftest import BUSYBOX_IMAGE, busybox_rootfs
+from tests.support.docker import BUSYBOX_IMAGE, busybox_rootfs
 
 STEPS = ["echo hello > greeting.txt", "cat greeting.txt", "ls -l"]
 PIPELINE = "steps:\n" + "".join(f"  - name: s{i}\n    command: {c}\n" for i, c in enumerate(STEPS))

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, admin_headers, exit_on_sigterm, free_port, machine, peak_rss
-from tests.keys import MeshKeys
+from tests.support.keys import MeshKeys
 
 GIT = {
     "GIT_AUTHOR_NAME": "bench",

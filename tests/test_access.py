@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from narwhal.cli import main
-from tests.conftest import API_TOKEN, Client, Daemon, Repo, wait_for_runners
+from tests.support.daemons import API_TOKEN, Client, Daemon, wait_for_runners
+from tests.support.repos import Repo
 
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]

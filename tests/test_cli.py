@@ -11,21 +11,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Client, Daemon, Repo, git, wait_for_runners
-from tests.keys import MeshKeys
-
-
-def narwhal(
-    *args: str, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "narwhal", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
+from tests.support.daemons import (
+    Client,
+    Daemon,
+    dispatcher_args,
+    narwhal,
+    runner_args,
+    wait_for_runners,
+)
+from tests.support.keys import MeshKeys
+from tests.support.repos import Repo, git
 
 
 def test_exec_runs_pipeline_locally_without_touching_the_tree(tmp_path: Path) -> None:
@@ -149,40 +144,14 @@ def test_dispatcher_spreads_jobs_over_separate_runner_processes(
     keys = MeshKeys(tmp_path)
     runners = [
         Daemon(
-            [
-                "runner",
-                "--discovery",
-                "none",
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--id",
-                f"r{i}",
-                "--capacity",
-                str(i),
-                "--work-dir",
-                str(tmp_path / f"w{i}"),
-                "--heartbeat-interval",
-                "0.2",
-                *keys.runner(f"r{i}"),
-            ]
+            runner_args(
+                tmp_path / f"w{i}", "--id", f"r{i}", "--capacity", str(i), *keys.runner(f"r{i}")
+            )
         )
         for i in (1, 2)
     ]
     dispatcher = Daemon(
-        [
-            "dispatcher",
-            "--discovery",
-            "none",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--heartbeat-interval",
-            "0.2",
-            "--runner",
-            runners[0].endpoint,
-            *keys.dispatcher(),
-        ]
+        dispatcher_args(tmp_path / "d", *keys.dispatcher(), runners=[runners[0].endpoint])
     )
     api = Client(dispatcher.url)
     try:

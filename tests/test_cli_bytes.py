@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Client, Daemon, Repo
+from tests.support.daemons import Client, Daemon
+from tests.support.repos import Repo
 
 
 def narwhal(*args: str | bytes, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -7,7 +7,6 @@ a runner with default interfaces, which only ever use loopback.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,10 @@ from narwhal.cli import build_parser, main
 from narwhal.config import DiscoveryConfig
 from narwhal.errors import ConfigError
 from narwhal.settings import dispatcher_config, runner_config
-from tests.conftest import Client, Daemon, Repo
-from tests.keys import MeshKeys
+from tests.support.daemons import Client, Daemon
+from tests.support.eventually import eventually
+from tests.support.keys import MeshKeys
+from tests.support.repos import Repo
 
 LOOPBACK = DiscoveryConfig(enabled=True, interfaces=("127.0.0.1",))
 EVERYWHERE = DiscoveryConfig(enabled=True, interfaces=())
@@ -121,13 +122,14 @@ def test_default_interfaces_find_each_other_on_loopback(
     api = Client(dispatcher.url)
     try:
         assert "mDNS discovery on 127.0.0.1" in dispatcher.announce
-        deadline = time.monotonic() + 15
-        while not any(
-            r["id"] == token and r["state"] == "ready" and r["source"] == "mdns"
-            for r in api.http.get("/api/runners").json()["runners"]
-        ):
-            assert time.monotonic() < deadline, "the runner was not found on loopback"
-            time.sleep(0.05)
+        eventually(
+            lambda: any(
+                r["id"] == token and r["state"] == "ready" and r["source"] == "mdns"
+                for r in api.runners()
+            ),
+            timeout=15,
+            what="the runner to be found on loopback",
+        )
         repo = make_repo({"narwhal.yml": "steps:\n  - name: s\n    command: 'true'\n"})
         job = api.wait(api.submit(repo, labels={"lo": token}))
         assert (job["state"], job["runner_id"]) == ("success", token)

@@ -6,14 +6,14 @@ Against a real ``narwhal up`` and real git repositories.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from narwhal.mesh import protocol as p
-from tests.conftest import Client, Daemon, Repo
-from tests.dispatcher.cluster import Cluster
-from tests.test_cli import narwhal
+from tests.support.cluster import Cluster
+from tests.support.daemons import Client, Daemon, narwhal
+from tests.support.eventually import eventually
+from tests.support.repos import Repo
 
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]
@@ -79,13 +79,14 @@ def test_logs_follow_of_a_matrix_parent_follows_the_submission(
 
 
 def _running(api: Client, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def running() -> list[dict[str, Any]] | None:
         jobs = api.http.get("/api/jobs").json()["jobs"]
-        if sum(j["state"] == "running" for j in jobs) >= count:
-            return sorted(jobs, key=lambda j: j["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"never {count} running: {api.http.get('/api/jobs').json()}")
+        return jobs if sum(j["state"] == "running" for j in jobs) >= count else None
+
+    jobs = eventually(
+        running, what=f"{count} running", detail=lambda: api.http.get("/api/jobs").json()
+    )
+    return sorted(jobs, key=lambda j: j["id"])
 
 
 def test_cancel_prints_the_new_state_and_cancels_the_submission(

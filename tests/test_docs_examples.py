@@ -25,13 +25,8 @@ from typing import Any
 import pytest
 
 from narwhal.pipeline import load
-from tests.runner.conftest import (  # noqa: F401 - fixtures, used by name
-    BUSYBOX_IMAGE,
-    MISSING_IMAGE,
-    busybox_image,
-    docker_client,
-)
 from tests.runner.test_docker import config, run
+from tests.support.docker import BUSYBOX_IMAGE, MISSING_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,7 +11,6 @@ import collections
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from typing import Any
 import pytest
 
 from narwhal.mesh.protocol import PROTOCOL_VERSION
-from tests.conftest import Repo
-from tests.netns import API_TOKEN, LanCluster
+from tests.support.eventually import eventually
+from tests.support.netns import API_TOKEN, LanCluster
+from tests.support.repos import Repo
 
 MakeRepo = Callable[..., Repo]
 TERMINAL = {"success", "failed", "error", "cancelled", "timed_out"}
@@ -33,18 +33,6 @@ def cluster(tmp_path: Path) -> Iterator[LanCluster]:
         yield cluster
     finally:
         cluster.close()
-
-
-def wait_for(
-    cluster: LanCluster, predicate: Callable[[], object], what: str, timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    logs = "".join(cluster.dispatcher.stderr_lines[-30:]) if cluster.dispatcher else ""
-    raise AssertionError(f"timed out waiting for {what}: {cluster.listing()}\n{logs}")
 
 
 def ready(cluster: LanCluster) -> dict[str, dict[str, Any]]:
@@ -75,7 +63,12 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
     api = cluster.start_dispatcher()
     for name, capacity in (("r1", 1), ("r2", 2), ("r3", 3)):
         cluster.start_runner(name, capacity=capacity)
-    wait_for(cluster, lambda: len(ready(cluster)) == 3, "three runners found by mDNS")
+    eventually(
+        lambda: len(ready(cluster)) == 3,
+        what="three runners found by mDNS",
+        timeout=20,
+        detail=cluster.describe,
+    )
     found = ready(cluster)
     assert {n: (r["capacity"], r["source"]) for n, r in found.items()} == {
         "r1": (1, "mdns"),
@@ -87,8 +80,11 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
     # Six slots, six jobs: every runner runs as many as it announced.
     repo = sleeper(make_repo, 2)
     ids = [api.submit(repo) for _ in range(6)]
-    wait_for(
-        cluster, lambda: all(api.job(i)["state"] == "running" for i in ids), "six running jobs"
+    eventually(
+        lambda: all(api.job(i)["state"] == "running" for i in ids),
+        what="six running jobs",
+        timeout=20,
+        detail=cluster.describe,
     )
     holders = collections.Counter(api.job(i)["runner_id"] for i in ids)
     assert holders == {"r1": 1, "r2": 2, "r3": 3}
@@ -104,7 +100,7 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
 
     # A runner that joins later is found and gets work.
     cluster.start_runner("r4", capacity=2, listen=f"tcp://{cluster.host('r4').address}:0")
-    wait_for(cluster, lambda: "r4" in ready(cluster), "r4 found")
+    eventually(lambda: "r4" in ready(cluster), what="r4 found", timeout=20, detail=cluster.describe)
     late = [api.submit(sleeper(make_repo, 1)) for _ in range(5)]
     assert "r4" in {api.wait(i, timeout=30)["runner_id"] for i in late}
 
@@ -129,18 +125,23 @@ def test_jobs_spread_by_capacity_survive_a_kill_and_reach_a_late_runner(
     # A clean stop reports its jobs, then says goodbye (in that order: a
     # goodbye first would have requeued them), and the dispatcher drops it.
     busy = [api.submit(sleeper(make_repo, 30)) for _ in range(5)]
-    wait_for(cluster, lambda: all(api.job(i)["state"] == "running" for i in busy), "5 running")
+    eventually(
+        lambda: all(api.job(i)["state"] == "running" for i in busy),
+        what="5 running",
+        timeout=20,
+        detail=cluster.describe,
+    )
     on_r2 = [i for i in busy if api.job(i)["runner_id"] == "r2"]
     assert len(on_r2) == 2
     assert cluster.runners["r2"].stop() == 0
     for job in (api.job(i) for i in on_r2):
         assert (job["state"], job["attempt"]) == ("cancelled", 1), job
         assert "runner shutting down" in job["reason"]
-    wait_for(
-        cluster,
+    eventually(
         lambda: all(r["id"] != "r2" for r in cluster.listing()["runners"]),
-        "r2 dropped after its goodbye",
+        what="r2 dropped after its goodbye",
         timeout=5,
+        detail=cluster.describe,
     )
 
 
@@ -149,16 +150,19 @@ def test_duplicate_id_is_refused_and_a_restarted_runner_stays_one_runner(
 ) -> None:
     api = cluster.start_dispatcher()
     cluster.start_runner("a", capacity=1, runner_id="alpha")
-    wait_for(cluster, lambda: "alpha" in ready(cluster), "alpha found")
+    eventually(
+        lambda: "alpha" in ready(cluster), what="alpha found", timeout=20, detail=cluster.describe
+    )
     first = f"tcp://{cluster.lan.hosts['a'].address}:8471"
 
     # A second machine claiming the same id is refused, with the reason shown.
     cluster.start_runner("b", capacity=4, runner_id="alpha")
     imposter = f"tcp://{cluster.lan.hosts['b'].address}:8471"
-    wait_for(
-        cluster,
+    eventually(
         lambda: any(r["endpoint"] == imposter for r in cluster.listing()["refused"]),
-        "the second alpha refused",
+        what="the second alpha refused",
+        timeout=20,
+        detail=cluster.describe,
     )
     listing = narwhal("runners", "--server", str(api.http.base_url))
     assert f"refused {imposter}: runner id 'alpha' is already connected from {first}" in listing
@@ -168,19 +172,37 @@ def test_duplicate_id_is_refused_and_a_restarted_runner_stays_one_runner(
     # The cloned machine's runner is told why, in its own log.
     told = f"dispatcher refused this runner: runner id 'alpha' is already connected from {first}"
     b_log = cluster.runners["b"].stderr_lines
-    wait_for(cluster, lambda: any(told in line for line in b_log), "the second alpha told why")
+    eventually(
+        lambda: any(told in line for line in b_log),
+        what="the second alpha told why",
+        timeout=20,
+        detail=cluster.describe,
+    )
     assert api.wait(api.submit(sleeper(make_repo, 0)))["runner_id"] == "alpha"
     assert cluster.runners["b"].stop() == 0  # its goodbye also clears the refusal
-    wait_for(
-        cluster, lambda: not cluster.listing()["refused"], "the refusal cleared by b's goodbye"
+    eventually(
+        lambda: not cluster.listing()["refused"],
+        what="the refusal cleared by b's goodbye",
+        timeout=20,
+        detail=cluster.describe,
     )
 
     # Killed, found dead by heartbeats, restarted at the same address: the
     # same endpoint, one runner.
     cluster.lan.kill(cluster.runners["a"])
-    wait_for(cluster, lambda: "alpha" not in ready(cluster), "alpha declared lost")
+    eventually(
+        lambda: "alpha" not in ready(cluster),
+        what="alpha declared lost",
+        timeout=20,
+        detail=cluster.describe,
+    )
     cluster.start_runner("a", capacity=1, runner_id="alpha")
-    wait_for(cluster, lambda: _links(cluster) == [(first, "ready")], "alpha back, once")
+    eventually(
+        lambda: _links(cluster) == [(first, "ready")],
+        what="alpha back, once",
+        timeout=20,
+        detail=cluster.describe,
+    )
 
     # Killed and at once restarted on another port: announced twice (the old
     # records linger without a goodbye), and the new one may even say READY
@@ -189,7 +211,12 @@ def test_duplicate_id_is_refused_and_a_restarted_runner_stays_one_runner(
     cluster.lan.kill(cluster.runners["a"])
     cluster.start_runner("a", capacity=1, runner_id="alpha", listen="tcp://0.0.0.0:8472")
     moved = f"tcp://{cluster.lan.hosts['a'].address}:8472"
-    wait_for(cluster, lambda: _links(cluster) == [(moved, "ready")], "alpha at its new port, once")
+    eventually(
+        lambda: _links(cluster) == [(moved, "ready")],
+        what="alpha at its new port, once",
+        timeout=20,
+        detail=cluster.describe,
+    )
     assert not cluster.listing()["refused"]
     assert api.wait(api.submit(sleeper(make_repo, 0)))["runner_id"] == "alpha"
 
@@ -222,10 +249,11 @@ def test_runners_announced_with_untrusted_or_no_keys_get_no_job(
     cluster.start_runner("plain", capacity=8, keys=["--insecure"])
     rogue = f"tcp://{cluster.host('rogue').address}:8471"
     plain = f"tcp://{cluster.host('plain').address}:8471"
-    wait_for(
-        cluster,
+    eventually(
         lambda: {rogue, plain} <= {r["endpoint"] for r in cluster.listing()["refused"]},
-        "both rogues refused",
+        what="both rogues refused",
+        timeout=20,
+        detail=cluster.describe,
     )
     reasons = {r["endpoint"]: r["reason"] for r in cluster.listing()["refused"]}
     assert reasons[rogue].startswith("key not trusted: run narwhal keys trust FILE --id rogue")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Client, Daemon, Repo, auth_headers
-from tests.dispatcher.cluster import Cluster, alive, wait_for
+from tests.support.cluster import Cluster
+from tests.support.daemons import Client, Daemon, alive, auth_headers
+from tests.support.eventually import eventually
+from tests.support.repos import Repo
 
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]
@@ -112,7 +114,7 @@ def test_ctrl_c_of_up_ends_open_log_streams_with_a_closing_line(
     pidfile = tmp_path / "step.pid"
     job_id = api.submit(make_repo(_pipeline(f"echo $$ > {pidfile}", "echo started", "sleep 60")))
     follower = Follower(daemon.url, job_id)
-    wait_for(lambda: "started" in follower.text, what="the follower to see the step")
+    eventually(lambda: "started" in follower.text, what="the follower to see the step")
     daemon.proc.send_signal(signal.SIGINT)
     # Without a bound the process waits for the stream, the stream for the job (60 s).
     assert daemon.proc.wait(30) == 0
@@ -135,7 +137,7 @@ def test_dispatcher_stop_ends_log_streams_and_the_job_goes_on(
     job_id = api.submit(make_repo(_pipeline("echo started", "sleep 6", f"touch {done}")))
     assert cluster.dispatcher is not None
     follower = Follower(cluster.dispatcher.url, job_id)
-    wait_for(lambda: "started" in follower.text, what="the follower to see the step")
+    eventually(lambda: "started" in follower.text, what="the follower to see the step")
     cluster.dispatcher.proc.send_signal(signal.SIGINT)
     assert cluster.dispatcher.proc.wait(30) == 0
     assert not done.exists(), "the dispatcher exited before the job ended"
@@ -159,9 +161,9 @@ def test_second_ctrl_c_stops_at_once_and_the_job_ends_cancelled(
     pidfile = tmp_path / "step.pid"
     repo = make_repo(_pipeline("trap '' TERM", f"echo $$ > {pidfile}", "sleep 100"))
     job_id = api.submit(repo)
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the step")
+    eventually(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the step")
     follower = Follower(daemon.url, job_id)
-    wait_for(lambda: "+ sleep 100" in follower.text, what="the follower to see the step")
+    eventually(lambda: "+ sleep 100" in follower.text, what="the follower to see the step")
     daemon.proc.send_signal(signal.SIGINT)
     time.sleep(1)
     assert daemon.proc.poll() is None, "the first Ctrl-C lets running jobs drain"
@@ -194,7 +196,7 @@ def test_submit_follow_ends_in_one_line_when_the_dispatcher_shuts_down(
         text=True,
     )
     try:
-        wait_for(lambda: "started" in api.log(1), what="the step to start")
+        eventually(lambda: "started" in api.log(1), what="the step to start")
         daemon.proc.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=30)
     finally:

@@ -24,10 +24,12 @@ import pytest
 import zmq
 
 from narwhal.mesh import protocol as p
-from tests.agent.helpers import SECRET, github_request, push_payload
-from tests.conftest import Client, Daemon, Repo, git
-from tests.dispatcher.cluster import Cluster, wait_for
-from tests.keys import MeshKeys
+from tests.support.cluster import Cluster
+from tests.support.daemons import Client, Daemon
+from tests.support.eventually import eventually
+from tests.support.keys import MeshKeys
+from tests.support.repos import Repo, git
+from tests.support.webhooks import SECRET, github_request, push_payload
 
 PIPELINE = "steps:\n  - name: s\n    command: echo built\n"
 
@@ -82,14 +84,13 @@ def test_the_api_of_narwhal_up_refuses_every_injection(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path)
+def cluster(cluster: Cluster) -> Cluster:
+    """The shared cluster, started with local repositories refused."""
     # The test daemons allow local repositories unless told otherwise.
     cluster.start_runner("r1", 1, "--no-allow-local-repos")
     cluster.start_dispatcher("--no-allow-local-repos")
     cluster.wait_ready(1)
-    yield cluster
-    cluster.close()
+    return cluster
 
 
 def test_a_dispatcher_refuses_injections_and_local_repositories(
@@ -352,7 +353,7 @@ def test_the_runners_git_never_reads_the_users_git_config(
     )
     client = Client(up.url)
     try:
-        wait_for(lambda: client.http.get("/health").json()["runners"] == 1, 15)
+        eventually(lambda: client.http.get("/health").json()["runners"] == 1, timeout=15)
         for url in (str(repo.path), f"file://{repo.path}"):
             job = client.wait(client.submit(url))
             assert job["state"] == "success", (job, client.log(job["id"]))

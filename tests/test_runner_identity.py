@@ -10,26 +10,13 @@ from pathlib import Path
 import pytest
 
 from narwhal.runner import identity
-from tests.conftest import Client, Daemon, wait_for_runners
-from tests.keys import MeshKeys
+from tests.support.daemons import Client, Daemon, dispatcher_args, runner_args, wait_for_runners
+from tests.support.eventually import eventually
+from tests.support.keys import MeshKeys
 
 
 def _runner(work: Path, *extra: str, env: dict[str, str] | None = None) -> Daemon:
-    return Daemon(
-        [
-            "runner",
-            "--discovery",
-            "none",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--work-dir",
-            str(work),
-            "--heartbeat-interval",
-            "0.2",
-            *extra,
-        ],
-        env=env,
-    )
+    return Daemon(runner_args(work, *extra), env=env)
 
 
 def _id_of(daemon: Daemon) -> str:
@@ -100,20 +87,7 @@ def test_a_second_runner_with_the_same_id_is_told_why(tmp_path: Path) -> None:
     flags = keys.runner("twin")
     twins = [_runner(tmp_path / f"w{i}", "--id", "twin", *flags) for i in (1, 2)]
     dispatcher = Daemon(
-        [
-            "dispatcher",
-            "--discovery",
-            "none",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--heartbeat-interval",
-            "0.2",
-            "--runner",
-            twins[0].endpoint,
-            *keys.dispatcher(),
-        ]
+        dispatcher_args(tmp_path / "d", *keys.dispatcher(), runners=[twins[0].endpoint])
     )
     api = Client(dispatcher.url)
     try:
@@ -121,11 +95,11 @@ def test_a_second_runner_with_the_same_id_is_told_why(tmp_path: Path) -> None:
         added = api.http.post("/api/runners", json={"url": twins[1].endpoint})
         assert added.status_code == 201, added.text  # refused at its READY
         told = "the dispatcher refused this runner: runner id 'twin' is already connected from"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(
-            told in "".join(t.stderr_lines) for t in twins
-        ):
-            time.sleep(0.05)
+        eventually(
+            lambda: any(told in "".join(t.stderr_lines) for t in twins),
+            timeout=10,
+            what="a twin told why",
+        )
         time.sleep(1.5)  # longer than the dead interval: a link it thinks alive would go silent
         logs = ["".join(t.stderr_lines) for t in twins]
         assert told not in logs[0] and told in logs[1], logs

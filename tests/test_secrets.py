@@ -11,7 +11,6 @@ import secrets
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.agent.helpers import SECRET, github_request, recorded
-from tests.conftest import Client, Daemon, Repo, git
-from tests.runner.conftest import busybox_image, docker_client  # noqa: F401 - fixtures
+from tests.support.daemons import Client, Daemon
+from tests.support.repos import Repo, git
+from tests.support.webhooks import SECRET, github_request, recorded
 
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]
@@ -162,14 +161,7 @@ def _webhook_job(daemon: Daemon, api: Client, payload: dict[str, Any]) -> dict[s
     answer = httpx.post(f"{daemon.url}/webhooks/github", content=body, headers=headers, timeout=30)
     assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
     sha, repo = payload["pull_request"]["head"]["sha"], payload["pull_request"]["head"]["repo"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        jobs = api.http.get("/api/jobs", params={"repo": repo["clone_url"]}).json()["jobs"]
-        found = [j for j in jobs if j["sha"] == sha]
-        if found:
-            return api.wait(found[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no job for {sha}")
+    return api.wait_for_sha(sha, repo=repo["clone_url"])
 
 
 def test_pull_requests_from_forks_get_secrets_only_when_the_repository_allows_it(

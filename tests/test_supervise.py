@@ -9,6 +9,7 @@ import time
 import pytest
 
 from narwhal.supervise import spawn, supervise
+from tests.support.eventually import eventually_async
 
 
 class Worker:
@@ -28,13 +29,6 @@ class Worker:
             self.done.append(item)
 
 
-async def _until(predicate: object, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_a_crashed_loop_is_logged_and_restarted_with_growing_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -44,7 +38,7 @@ def test_a_crashed_loop_is_logged_and_restarted_with_growing_backoff(
         task = spawn(tasks, "test worker loop", worker.loop)
         for item in ("a", "poison", "b", "poison", "c"):
             worker.inbox.put_nowait(item)
-        await _until(lambda: worker.done == ["a", "b", "c"])
+        await eventually_async(lambda: worker.done == ["a", "b", "c"])
         assert not task.done() and task in tasks
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -66,13 +60,13 @@ def test_cancellation_propagates_while_running_and_while_backing_off() -> None:
     async def scenario() -> None:
         worker = Worker()
         running = asyncio.create_task(supervise("w", worker.loop))
-        await _until(lambda: worker.starts)
+        await eventually_async(lambda: worker.starts)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
         backing_off = asyncio.create_task(supervise("w", worker.loop, backoff=60))
         worker.inbox.put_nowait("poison")
-        await _until(lambda: len(worker.starts) == 2 and worker.inbox.empty())
+        await eventually_async(lambda: len(worker.starts) == 2 and worker.inbox.empty())
         await asyncio.sleep(0.05)
         backing_off.cancel()
         with pytest.raises(asyncio.CancelledError):

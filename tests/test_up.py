@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Client, Daemon, Repo, auth_headers
+from tests.support.daemons import Client, Daemon, alive, auth_headers
+from tests.support.eventually import eventually
+from tests.support.repos import Repo
 
 Up = Callable[..., tuple[Daemon, Client]]
 JSON = {"content-type": "application/json"}
@@ -169,7 +171,7 @@ steps:
         }
     )
     job_id = api.submit(repo)
-    _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    eventually(lambda: pidfile.exists() and pidfile.read_text().strip())
     pid = int(pidfile.read_text())
     response = api.http.post(f"/api/jobs/{job_id}/cancel", json={})
     assert response.status_code == 202
@@ -182,7 +184,7 @@ steps:
     )
     assert closing is not None, api.log(job_id)
     assert float(closing.group(1)) >= 0 and closing.group(2) == "cancelled by user"
-    _wait_for(lambda: not _alive(pid))
+    eventually(lambda: not alive(pid))
     again = api.http.post(f"/api/jobs/{job_id}/cancel", json={})
     assert again.status_code == 409 and "already ended" in again.json()["error"]
 
@@ -213,10 +215,10 @@ def test_a_queued_job_says_why_it_waits(narwhal_up: Up, make_repo: MakeRepo) -> 
     repo = make_repo({"narwhal.yml": "steps:\n  - {name: s, command: sleep 300}\n"})
     unmatched = api.submit(repo, labels={"gpu": "a100", "os": "linux"})
     busy = api.submit(repo)
-    _wait_for(lambda: api.job(busy)["state"] == "running")
+    eventually(lambda: api.job(busy)["state"] == "running")
     waiting = api.submit(repo, labels={"os": "linux"})
-    _wait_for(lambda: api.job(waiting)["reason"] == "waiting for a free slot", timeout=10)
-    _wait_for(
+    eventually(lambda: api.job(waiting)["reason"] == "waiting for a free slot", timeout=10)
+    eventually(
         lambda: api.job(unmatched)["reason"] == "waiting: no runner offers gpu=a100,os=linux",
         timeout=10,
     )
@@ -226,7 +228,7 @@ def test_a_queued_job_says_why_it_waits(narwhal_up: Up, make_repo: MakeRepo) -> 
     listed = api.http.get("/api/jobs", params={"state": "queued"}).json()["jobs"]
     assert {j["id"]: j["reason"] for j in listed}[waiting] == "waiting for a free slot"
     api.http.post(f"/api/jobs/{busy}/cancel", json={})
-    _wait_for(lambda: api.job(waiting)["state"] == "running")
+    eventually(lambda: api.job(waiting)["state"] == "running")
     assert api.job(waiting)["reason"].startswith("accepted by")
     for job_id in (waiting, unmatched):
         api.http.post(f"/api/jobs/{job_id}/cancel", json={})
@@ -280,7 +282,7 @@ steps:
     )
     parent = api.wait(api.submit(repo))
     assert parent["state"] == "success"
-    _wait_for(lambda: len(_children(api, parent["id"])) == 3)
+    eventually(lambda: len(_children(api, parent["id"])) == 3)
     jobs = [parent] + [api.wait(j["id"]) for j in _children(api, parent["id"])]
     assert all(j["state"] == "success" for j in jobs)
     combos = {(j["matrix"]["PY"], j["matrix"]["DB"]) for j in jobs}
@@ -422,23 +424,6 @@ def test_sigterm_shuts_down_cleanly_and_jobs_survive_restart(
 def _children(api: Client, parent: int) -> list[dict[str, Any]]:
     jobs = api.http.get("/api/jobs").json()["jobs"]
     return [j for j in jobs if j["parent_id"] == parent]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition never became true")
 
 
 def test_relative_data_and_work_dirs_build(tmp_path: Path, make_repo: MakeRepo) -> None:

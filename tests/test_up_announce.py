@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.conftest import Client, Daemon, Repo
+from tests.support.daemons import Client, Daemon
+from tests.support.repos import Repo
 
 #: What the user is told to do, word for word (README, docs/docker.md).
 HINT = "set image: in narwhal.yml, or run with --executor local"

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.agent.helpers import FakeForge, own_queue
+from tests.support.broker import own_queue
+from tests.support.forge import FakeForge
 
 
 @pytest.fixture

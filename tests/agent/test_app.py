@@ -15,15 +15,9 @@ from narwhal.agent.app import Deduper
 from narwhal.agent.server import serve_agent
 from narwhal.config import AgentConfig, AmqpConfig, WebhookConfig
 from narwhal.events import CommitEvent, decode
-from tests.agent.helpers import (
-    AMQP_URL,
-    SECRET,
-    broker_stopped,
-    github_request,
-    push_payload,
-    recorded,
-    take_all,
-)
+from tests.support.broker import AMQP_URL, broker_stopped, take_all
+from tests.support.eventually import eventually_async
+from tests.support.webhooks import SECRET, github_request, push_payload, recorded
 
 SHA = "a" * 40
 
@@ -62,11 +56,10 @@ async def agent(
 
 
 async def until_connected(client: httpx.AsyncClient, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if (await client.get("/health")).json()["broker"] == "connected":
-                return
-            await asyncio.sleep(0.05)
+    async def connected() -> bool:
+        return bool((await client.get("/health")).json()["broker"] == "connected")
+
+    await eventually_async(connected, timeout=timeout, what="the agent's broker link")
 
 
 async def post(

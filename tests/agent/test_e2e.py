@@ -13,18 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.agent.helpers import (
-    AMQP_URL,
-    SECRET,
-    FakeForge,
-    github_request,
-    pr_payload,
-    push_payload,
-    queue_depth,
-    start_broker,
-    stop_broker,
-)
-from tests.conftest import Client, Daemon, Repo, auth_headers, wait_for_runners
+from tests.support.broker import AMQP_URL, queue_depth, start_broker, stop_broker
+from tests.support.daemons import Client, Daemon, auth_headers, wait_for_runners
+from tests.support.forge import FakeForge
+from tests.support.repos import Repo
+from tests.support.webhooks import SECRET, github_request, pr_payload, push_payload
 
 PIPELINE = """\
 name: build
@@ -95,16 +88,6 @@ def deliver(url: str, event: str, payload: dict[str, Any], **kw: Any) -> httpx.R
     return answer
 
 
-def job_for(api: Client, sha: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in api.http.get("/api/jobs").json()["jobs"] if j["sha"] == sha]
-        if jobs:
-            return api.wait(jobs[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no job for {sha}")
-
-
 def test_push_and_pull_request_end_to_end_with_statuses(
     tmp_path: Path, queue: str, forge: FakeForge, start: Start, make_repo: Callable[..., Repo]
 ) -> None:
@@ -122,7 +105,7 @@ def test_push_and_pull_request_end_to_end_with_statuses(
         wait_for_runners(api, 1)
         answer = deliver(agent.url, "push", push_payload(str(repo.path), pushed))
         assert (answer.status_code, answer.json()["status"]) == (200, "queued"), answer.text
-        job = job_for(api, pushed)
+        job = api.wait_for_sha(pushed)
         assert job["state"] == "success", job
         assert "pushed-commit" in api.log(job["id"]) and "building main" in api.log(job["id"])
         forge.wait_for(lambda f: ("narwhal/push", "success") in f.statuses(pushed))
@@ -138,7 +121,7 @@ def test_push_and_pull_request_end_to_end_with_statuses(
         head = repo.commit({"data.txt": "from-the-pull-request\n"})
         answer = deliver(agent.url, "pull_request", pr_payload(str(repo.path), head, "changes"))
         assert answer.json()["event"] == "pull_request"
-        job = job_for(api, head)
+        job = api.wait_for_sha(head)
         assert (job["state"], job["event"], job["ref"]) == (
             "success",
             "pull_request",
@@ -152,7 +135,7 @@ def test_push_and_pull_request_end_to_end_with_statuses(
 
 
 def git_branch(repo: Repo, name: str) -> None:
-    from tests.conftest import git
+    from tests.support.repos import git
 
     git(repo.path, "checkout", "-q", "-b", name)
 
@@ -185,7 +168,7 @@ def test_up_takes_webhooks_itself(
         again = deliver(up.url, "push", push_payload(str(repo.path), sha), delivery="one")
         assert (first.json()["status"], again.json()["status"]) == ("queued", "duplicate")
         assert deliver(up.url, "ping", {"zen": "hi"}).json() == {"status": "pong"}
-        job = job_for(api, sha)
+        job = api.wait_for_sha(sha)
         assert job["state"] == "success"
         forge.wait_for(lambda f: ("narwhal/push", "success") in f.statuses(sha))
         assert len(api.http.get("/api/jobs").json()["jobs"]) == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,10 @@ from urllib.parse import urlencode
 
 import httpx
 
-from tests.agent.helpers import SECRET, push_payload
 from tests.agent.test_webhook_tags import GITLAB_DATA
-from tests.conftest import Client, Daemon, Repo, git
+from tests.support.daemons import Client, Daemon
+from tests.support.repos import Repo, git
+from tests.support.webhooks import SECRET, push_payload
 
 Up = Callable[..., tuple[Daemon, Client]]
 MakeRepo = Callable[..., Repo]
@@ -32,16 +32,6 @@ def _up(narwhal_up: Up, tmp_path: Path) -> tuple[Daemon, Client]:
 
 def _jobs(api: Client) -> list[dict[str, Any]]:
     return list(api.http.get("/api/jobs").json()["jobs"])
-
-
-def _job_at(api: Client, sha: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [j for j in _jobs(api) if j["sha"] == sha]
-        if found:
-            return api.wait(found[0]["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no job at {sha}: {_jobs(api)}")
 
 
 def test_gitlab_annotated_tag_push_builds_the_tagged_commit(
@@ -65,7 +55,7 @@ def test_gitlab_annotated_tag_push_builds_the_tagged_commit(
         },
     )
     assert answer.status_code == 200 and answer.json()["sha"] == commit, answer.text
-    job = _job_at(api, commit)
+    job = api.wait_for_sha(commit)
     assert (job["state"], job["event"], job["ref"]) == ("success", "tag", "refs/tags/v1.0.0"), job
     assert commit in api.log(job["id"])
     assert all(j["sha"] != tag for j in _jobs(api))
@@ -92,5 +82,5 @@ def test_gitea_form_delivery_is_queued_and_a_tampered_one_refused(
     body = urlencode({"payload": payload}).encode()
     answer = httpx.post(f"{daemon.url}/webhooks/gitea", content=body, headers=headers)
     assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
-    assert _job_at(api, sha)["state"] == "success"
+    assert api.wait_for_sha(sha)["state"] == "success"
     assert [j["sha"] for j in _jobs(api)] == [sha]

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import pytest
 
 from narwhal.agent.webhooks import GITEA, GITHUB, GITLAB, Ignored, WebhookError, read_webhook
-from tests.agent.helpers import SECRET, github_request, recorded
+from tests.support.webhooks import SECRET, github_request, recorded
 
 GITLAB_DATA = Path(__file__).resolve().parent / "testdata" / "gitlab"
 

@@ -22,7 +22,7 @@ from narwhal.agent.webhooks import (
     read_webhook,
 )
 from narwhal.events import CommitEvent, EventError, decode, encode
-from tests.agent.helpers import SECRET, github_request, recorded, sign
+from tests.support.webhooks import SECRET, github_request, recorded, sign
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 

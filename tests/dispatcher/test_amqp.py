@@ -22,7 +22,7 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.events import REASON_HEADER, CommitEvent, encode
-from tests.agent.helpers import (
+from tests.support.broker import (
     AMQP_URL,
     broker_stopped,
     own_queue,
@@ -31,7 +31,8 @@ from tests.agent.helpers import (
     stop_broker,
     take_all,
 )
-from tests.conftest import Daemon, auth_headers
+from tests.support.daemons import Daemon, auth_headers
+from tests.support.eventually import eventually, eventually_async
 
 
 @pytest.fixture
@@ -91,14 +92,6 @@ async def all_jobs(dispatcher: Dispatcher) -> list[JobRecord]:
     return await dispatcher.store.list_jobs(JobQuery(limit=None, ascending=True))
 
 
-async def until(predicate: Any, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if await predicate():
-                return
-            await asyncio.sleep(0.02)
-
-
 def test_events_become_jobs_and_are_acked(tmp_path: Path, queue: str) -> None:
     async def main() -> list[JobRecord]:
         async with consuming(tmp_path, queue) as (dispatcher, consumer, _):
@@ -107,7 +100,7 @@ def test_events_become_jobs_and_are_acked(tmp_path: Path, queue: str) -> None:
             async def handled() -> bool:
                 return consumer.handled == 20
 
-            await until(handled)
+            await eventually_async(handled)
             return await all_jobs(dispatcher)
 
     jobs = asyncio.run(main())
@@ -131,13 +124,13 @@ def test_duplicates_make_one_job_per_active_commit(tmp_path: Path, queue: str) -
 
                 return check
 
-            await until(await handled(3))
+            await eventually_async(await handled(3))
             first = await all_jobs(dispatcher)
             # Once the job has ended, the same event redelivered is still the
             # same job (source key), but a new delivery builds the commit again.
             await dispatcher.cancel(first[0].id)
             await publish(queue, [encode(same), encode(event(3, sha=same.sha))])
-            await until(await handled(5))
+            await eventually_async(await handled(5))
             return first, await all_jobs(dispatcher)
 
     first, later = asyncio.run(main())
@@ -155,7 +148,7 @@ def test_unparsable_messages_go_to_the_dead_letter_queue(tmp_path: Path, queue: 
             async def handled() -> bool:
                 return consumer.handled == 1 and consumer.dead_lettered == 3
 
-            await until(handled)
+            await eventually_async(handled)
             return await all_jobs(dispatcher), await take_all(f"{queue}.dead")
 
     jobs, dead = asyncio.run(main())
@@ -177,7 +170,7 @@ def test_consumer_reconnects_after_broker_restart(tmp_path: Path, queue: str) ->
             async def first_five() -> bool:
                 return consumer.handled == 5
 
-            await until(first_five)
+            await eventually_async(first_five)
             with broker_stopped():
                 await asyncio.sleep(0.3)
             await publish(queue, [encode(event(n)) for n in range(5, 10)])
@@ -185,7 +178,7 @@ def test_consumer_reconnects_after_broker_restart(tmp_path: Path, queue: str) ->
             async def all_ten() -> bool:
                 return len(await all_jobs(dispatcher)) == 10
 
-            await until(all_ten, timeout=30)
+            await eventually_async(all_ten, timeout=30)
             return await all_jobs(dispatcher), consumer.connects
 
     jobs, connects = asyncio.run(main())
@@ -217,7 +210,7 @@ def test_broker_lost_between_commit_and_ack_redelivers_without_duplicate(
             async def redelivered() -> bool:
                 return intake.deduplicated == 1 and consumer.handled == 1
 
-            await until(redelivered, timeout=30)
+            await eventually_async(redelivered, timeout=30)
             return await all_jobs(dispatcher), intake
 
     jobs, intake = asyncio.run(main())
@@ -274,11 +267,13 @@ def _jobs(api: httpx.Client) -> list[dict[str, Any]]:
 
 
 def _wait_jobs(api: httpx.Client, done: Any, timeout: float = 30) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def enough() -> list[dict[str, Any]] | None:
         jobs = _jobs(api)
-        if done(len(jobs)):
-            return jobs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"only {len(jobs)} jobs after {timeout}s")
-        time.sleep(0.02)
+        return jobs if done(len(jobs)) else None
+
+    return eventually(
+        enough,
+        timeout=timeout,
+        what="the jobs expected",
+        detail=lambda: f"{len(_jobs(api))} jobs",
+    )

@@ -1,7 +1,9 @@
 """Chaos: real dispatcher and runner processes killed, frozen and restarted mid-job.
 
-Every test ends by checking the store: each job reaches exactly one terminal
-state, nothing stays running, attempts are bounded, logs are complete.
+Every test ends by checking what the dispatcher recorded, through its API
+(``tests.support.probe``, so the checks hold for any store): each job
+reaches exactly one terminal state, nothing stays running, attempts are
+bounded, logs are complete.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Repo
-from tests.dispatcher.cluster import TERMINAL, Cluster, alive, wait_for
+from tests.support import probe
+from tests.support.cluster import Cluster
+from tests.support.daemons import alive
+from tests.support.eventually import eventually
+from tests.support.repos import Repo
 
 MakeRepo = Callable[..., Repo]
 
@@ -26,14 +31,7 @@ def _pipeline(script: str) -> dict[str, str]:
 
 def _terminal_once(cluster: Cluster, job_id: int) -> str:
     """The job's single terminal state: exactly one terminal transition is stored."""
-    rows = (
-        cluster.db()
-        .execute("SELECT state FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
-        .fetchall()
-    )
-    ends = [r["state"] for r in rows if r["state"] in TERMINAL]
-    assert len(ends) == 1, f"job {job_id} transitions: {[r['state'] for r in rows]}"
-    return str(ends[0])
+    return probe.terminal_once(cluster.client(), job_id)
 
 
 def test_killed_runner_loses_its_job_to_another(cluster: Cluster, make_repo: MakeRepo) -> None:
@@ -72,15 +70,15 @@ echo finished-$NARWHAL_JOB_ATTEMPT
 """)
     )
     job_id = api.submit(repo)
-    wait_for(lambda: (pids / "attempt-1").exists(), what="attempt 1 started")
+    eventually(lambda: (pids / "attempt-1").exists(), what="attempt 1 started")
     frozen = cluster.runners[cluster.job_holder(job_id)]
     cluster.kill(frozen, signal.SIGSTOP)
     job = api.wait(job_id)
     assert job["state"] == "success" and job["attempt"] == 2
     frozen.proc.send_signal(signal.SIGCONT)
     stale = int((pids / "attempt-1").read_text())
-    wait_for(lambda: not alive(stale), what="the stale attempt to be stopped")
-    wait_for(
+    eventually(lambda: not alive(stale), what="the stale attempt to be stopped")
+    eventually(
         lambda: all(r["free"] == r["capacity"] for r in cluster.wait_ready(2)),
         what="both runners free again",
     )
@@ -113,7 +111,7 @@ def test_attempts_are_bounded(cluster: Cluster, make_repo: MakeRepo) -> None:
     repo = make_repo(_pipeline("sleep 60"))
     job_id = api.submit(repo)
     for attempt in (1, 2, 3):
-        wait_for(
+        eventually(
             lambda a=attempt: (
                 api.job(job_id)["attempt"] == a  # type: ignore[misc]
                 and api.job(job_id)["state"] == "running"
@@ -186,12 +184,12 @@ def test_restarted_runner_stops_steps_its_killed_predecessor_left(
     cluster.wait_ready(1)
     pidfile = tmp_path / "step.pid"
     api.submit(make_repo(_pipeline(f"echo $$ > {pidfile}\nsleep 60")))
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="step started")
+    eventually(lambda: pidfile.exists() and pidfile.read_text().strip(), what="step started")
     pid = int(pidfile.read_text())
     cluster.kill(cluster.runners["r"])
     assert alive(pid), "kill -9 of the runner leaves its step running"
     cluster.start_runner("r")
-    wait_for(lambda: not alive(pid), what="the leftover step to be stopped")
+    eventually(lambda: not alive(pid), what="the leftover step to be stopped")
     assert not list((tmp_path / "work-r" / "r").glob("job-1-1-*")), "old workspace removed"
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from narwhal.mesh.announcement import Announcement
 from narwhal.mesh.discovery import Announcer
 from narwhal.mesh.transport import dealer_socket
 from narwhal.runner.runner import Runner
+from tests.support.eventually import eventually_async
 
 LOOPBACK = ("127.0.0.1",)
 MESH = MeshConfig(heartbeat_interval=0.1, liveness=3)
@@ -34,13 +34,6 @@ MESH = MeshConfig(heartbeat_interval=0.1, liveness=3)
 def announcement(runner_id: str, endpoint: str) -> Announcement:
     port = int(endpoint.rpartition(":")[2])
     return Announcement(runner_id=runner_id, addresses=LOOPBACK, port=port, capacity=1)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -78,15 +71,21 @@ def test_a_slow_second_claimant_is_refused_and_a_moved_runner_is_one_runner(
             await stack.enter_async_context(
                 Announcer(announcement(alpha, first.endpoint), interfaces=LOOPBACK)
             )
-            await until(lambda: states(d) == [(alpha, first.endpoint, "ready")], "alpha ready")
+            await eventually_async(
+                lambda: states(d) == [(alpha, first.endpoint, "ready")], what="alpha ready"
+            )
 
             # A second claimant that takes longer than a reconcile pass to
             # answer is still refused with the reason, not silently dropped.
             async with SlowRunner(alpha, delay=0.25) as slow:
                 async with Announcer(announcement(alpha, slow.endpoint), interfaces=LOOPBACK):
-                    await until(lambda: slow.endpoint in d.runners.refused, "slow one refused")
+                    await eventually_async(
+                        lambda: slow.endpoint in d.runners.refused, what="slow one refused"
+                    )
                     assert "already connected from" in d.runners.refused[slow.endpoint]
-            await until(lambda: not d.runners.refused, "the refusal cleared by the goodbye")
+            await eventually_async(
+                lambda: not d.runners.refused, what="the refusal cleared by the goodbye"
+            )
 
             # alpha comes back on another port while its old process (no
             # goodbye: its records stay) still looks alive: refused at first,
@@ -95,10 +94,14 @@ def test_a_slow_second_claimant_is_refused_and_a_moved_runner_is_one_runner(
             await stack.enter_async_context(
                 Announcer(announcement(alpha, second.endpoint), interfaces=LOOPBACK)
             )
-            await until(lambda: second.endpoint in d.runners.refused, "the new alpha refused")
+            await eventually_async(
+                lambda: second.endpoint in d.runners.refused, what="the new alpha refused"
+            )
             await first_stack.aclose()  # dies: no goodbye
             wanted = [(alpha, second.endpoint, "ready")]
-            await until(lambda: states(d) == wanted, "one alpha, at its new endpoint")
+            await eventually_async(
+                lambda: states(d) == wanted, what="one alpha, at its new endpoint"
+            )
             assert not d.runners.refused
 
     asyncio.run(asyncio.wait_for(main(), 60))

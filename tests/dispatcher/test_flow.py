@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Repo
-from tests.dispatcher.cluster import Cluster
+from tests.support import probe
+from tests.support.cluster import Cluster
+from tests.support.repos import Repo
 
 FLOOD_BYTES = 200_000_000
 PATTERN = b"0123456789abcdef\n"
@@ -52,11 +53,7 @@ steps:
     assert job["state"] == "success", job
 
     _check_log(cluster, flood_id)
-    lost = (
-        cluster.db()
-        .execute("SELECT count(*) FROM transitions WHERE reason LIKE '%lost%'")
-        .fetchone()[0]
-    )
+    lost = probe.lost_transitions(api)
     assert lost == 0, "a heartbeat was starved: a runner was declared lost"
     for daemon in (cluster.runners["flood"], cluster.dispatcher):
         assert daemon is not None

@@ -1,6 +1,6 @@
 """A misbehaving peer on the mesh: garbage, lies and floods never hurt anyone else.
 
-A hand-driven DEALER (``tests.mesh.peers.RawRunner``, a real ZeroMQ socket)
+A hand-driven DEALER (``tests.support.peers.RawRunner``, a real ZeroMQ socket)
 plays a broken runner next to a real runner; the dispatcher must keep
 serving the real one.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -18,17 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from narwhal.mesh import protocol as p
-from tests.conftest import Repo
-from tests.dispatcher.cluster import Cluster, wait_for
-from tests.mesh.peers import RawRunner
+from tests.support.cluster import Cluster
+from tests.support.eventually import eventually
+from tests.support.peers import RawRunner
+from tests.support.repos import Repo
 
 #: The runner id the fake runner's key is trusted as: a trusted runner gone bad.
 FAKE_ID = "fake"
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, RawRunner]]:
-    cluster = Cluster(tmp_path)
+def mesh(cluster: Cluster) -> Iterator[tuple[Cluster, RawRunner]]:
     cluster.start_runner("real")
     # Trusted before the dispatcher reads its allow-list: never refused first.
     fake = cluster.raw_runner(FAKE_ID)
@@ -37,7 +36,6 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Cluster, RawRunner]]:
     cluster.attach(fake)
     yield cluster, fake
     fake.close()
-    cluster.close()
 
 
 def _frame(version: Any, kind: Any, body: Any) -> bytes:
@@ -67,7 +65,7 @@ def test_bad_frames_are_counted_and_harm_nobody(
         fake.send(frame)
     fake.send(b"two", b"parts")
     fake.send(b"\x00" * (p.MAX_FRAME_BYTES + 4096))  # over MAXMSGSIZE: the peer is cut off
-    wait_for(
+    eventually(
         lambda: api.http.get("/health").json()["bad_frames"] >= len(BAD_FRAMES) + 1,
         what="bad frames counted",
     )
@@ -101,7 +99,7 @@ def test_unsolicited_ready_is_answered_and_capacity_zero_gets_no_jobs(
     cluster, fake = mesh
     api = cluster.client()
     fake.send(p.Ready(runner_id=FAKE_ID, session="s", capacity=0, labels={}, version="0"))
-    wait_for(lambda: any(r["id"] == FAKE_ID for r in cluster.wait_ready(2)), what="fake ready")
+    eventually(lambda: any(r["id"] == FAKE_ID for r in cluster.wait_ready(2)), what="fake ready")
     repo = make_repo({"narwhal.yml": "steps:\n  - name: ok\n    command: 'true'\n"})
     for job_id in [api.submit(repo) for _ in range(3)]:
         assert api.wait(job_id)["runner_id"] == "real"

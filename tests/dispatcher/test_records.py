@@ -14,7 +14,8 @@ from narwhal.config import DispatcherConfig, MeshConfig, RunnerConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.runner.runner import Runner
-from tests.conftest import Repo
+from tests.support.eventually import eventually_async
+from tests.support.repos import Repo
 
 MESH = MeshConfig(heartbeat_interval=0.5, liveness=5)
 PIPELINE = """\
@@ -49,10 +50,9 @@ def test_listeners_get_the_stored_records(make_repo: Callable[..., Repo], tmp_pa
                 await dispatcher.submit(
                     repo=str(repo.path), ref="refs/heads/main", sha=None, event="push", labels={}
                 )
-                for _ in range(400):
-                    if sum(job.terminal for job in seen) == 2:
-                        break
-                    await asyncio.sleep(0.025)
+                await eventually_async(
+                    lambda: sum(job.terminal for job in seen) == 2, timeout=10, what="two ends"
+                )
                 stored = [await dispatcher.store.get_job(j.id) for j in seen if j.terminal]
         return seen, stored
 

@@ -18,7 +18,7 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter, StatusTarget, build_request
 from narwhal.events import CommitEvent
-from tests.agent.helpers import FakeForge
+from tests.support.forge import FakeForge
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 REPO = "https://github.com/octo/hello.git"

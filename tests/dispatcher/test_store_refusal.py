@@ -10,12 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.common import standins
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.tokens import Tokens
+from tests.support.eventually import eventually_async
+from tests.support.standins import standins
 
 
 def test_assignment_waits_out_a_foreign_write_lock(
@@ -40,10 +41,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
                 assert states == ["queued"] * 3
                 assert all(not link.jobs for link in dispatcher.links())
                 blocker.execute("ROLLBACK")
-                for _ in range(100):
-                    if len(finished) == 3:
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually_async(lambda: len(finished) == 3, timeout=5, what="3 finished")
             blocker.close()
             return [j.state for j in finished]
 

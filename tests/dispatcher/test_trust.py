@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from narwhal.mesh import protocol as p
-from tests.conftest import Repo
-from tests.dispatcher.cluster import Cluster, wait_for
-from tests.mesh.peers import RawRunner
+from tests.support.cluster import Cluster
+from tests.support.eventually import eventually
+from tests.support.peers import RawRunner
+from tests.support.repos import Repo
 
 MakeRepo = Callable[..., Repo]
 
@@ -70,9 +71,9 @@ def test_ready_with_unknown_job_then_disconnect_leaves_liveness_working(
     cluster.attach(peer)
     ready = peer.ready("ghost", active=((424242, 1, 0),))
     assert len(p.encode(ready)) < 120  # the 118-byte frame of the report
-    wait_for(lambda: _ready(cluster, "ghost"), what="ghost ready")
+    eventually(lambda: _ready(cluster, "ghost"), what="ghost ready")
     peer.close()
-    wait_for(lambda: not _ready(cluster, "ghost"), what="ghost lost")
+    eventually(lambda: not _ready(cluster, "ghost"), what="ghost lost")
     # Liveness must still work: a real runner killed now is detected.
     job_id = api.submit(make_repo(_pipeline("echo attempt-$NARWHAL_JOB_ATTEMPT\nsleep 1")))
     api.wait(job_id, {"running"})
@@ -127,7 +128,7 @@ def test_a_claimant_of_a_lost_runners_id_inherits_nothing(
     blocker.execute("BEGIN IMMEDIATE")  # the requeue waits: the store still says `first`
     try:
         cluster.kill(cluster.runners[first])
-        wait_for(lambda: not _ready(cluster, first), what="runner lost")
+        eventually(lambda: not _ready(cluster, first), what="runner lost")
         peer.ready(first, active=((job_id, 1, 0),))
         cancel = peer.recv_until(p.Cancel)
         assert isinstance(cancel, p.Cancel) and (cancel.job_id, cancel.attempt) == (job_id, 1)
@@ -159,7 +160,7 @@ def test_ready_with_20000_active_entries_does_not_lose_a_healthy_runner(
     before = cluster.health()["bad_frames"]
     flood = tuple((job_id if i == 0 else 1_000_000 + i, 1, 0) for i in range(20_000))
     peer.ready("flood", capacity=20_000, active=flood)
-    wait_for(lambda: _ready(cluster, "flood"), what="flood ready")
+    eventually(lambda: _ready(cluster, "flood"), what="flood ready")
     flood_link = _runner(cluster, "flood")
     assert flood_link is not None and flood_link["jobs"] == []
     job = api.wait(job_id)
@@ -185,7 +186,7 @@ def test_forged_frames_for_another_runners_job_change_nothing(
     before = cluster.health()["bad_frames"]
     key = {"job_id": job_id, "attempt": 1}
     peer.ready("liar", capacity=4, active=((job_id, 1, 0),))
-    wait_for(lambda: _ready(cluster, "liar"), what="liar ready")
+    eventually(lambda: _ready(cluster, "liar"), what="liar ready")
     forged: list[p.Message] = [
         p.Accept(**key, seq=0),
         p.CheckedOut(**key, seq=1, sha="0" * 40, pipeline="forged", variants=({"x": "1"},)),
@@ -203,7 +204,7 @@ def test_forged_frames_for_another_runners_job_change_nothing(
     ]
     for message in forged:
         peer.send(message)
-    wait_for(
+    eventually(
         lambda: cluster.health()["bad_frames"] >= before + len(forged),
         what="every forged frame counted",
     )
@@ -233,7 +234,7 @@ def test_claimed_capacity_is_clamped_to_the_ceiling(
     cluster.start_dispatcher(*flags)
     cluster.attach(peer)
     peer.ready("greedy", capacity=4_600_000_000_000_000_000)
-    wait_for(lambda: _ready(cluster, "greedy"), what="greedy ready")
+    eventually(lambda: _ready(cluster, "greedy"), what="greedy ready")
     peer.ready("greedy", capacity=4_600_000_000_000_000_000)  # again: logged once
     time.sleep(0.5)
     runner = _runner(cluster, "greedy")

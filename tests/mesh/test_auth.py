@@ -7,8 +7,6 @@ peer is the real one, so a test cannot pass because nothing works.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +15,12 @@ from typing import Any
 import zmq
 
 from narwhal.mesh import protocol as p
-from tests.conftest import Client, Daemon, Repo
-from tests.dispatcher.cluster import MESH, Cluster, free_port, wait_for
-from tests.keys import MeshKeys
+from tests.support.cluster import MESH, Cluster
+from tests.support.daemons import Client, Daemon, narwhal
+from tests.support.eventually import eventually
+from tests.support.keys import MeshKeys
+from tests.support.ports import free_port
+from tests.support.repos import Repo
 
 MakeRepo = Callable[..., Repo]
 
@@ -27,12 +28,6 @@ MakeRepo = Callable[..., Repo]
 def marker_repo(make_repo: MakeRepo, marker: Path, seconds: float = 0) -> Repo:
     step = f"touch {marker} && sleep {seconds}"
     return make_repo({"narwhal.yml": f"steps:\n  - name: s\n    command: {step!r}\n"})
-
-
-def narwhal(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "narwhal", *args], capture_output=True, text=True, timeout=30
-    )
 
 
 def refused(api: Client) -> dict[str, str]:
@@ -113,7 +108,7 @@ def test_a_rogue_dispatcher_gets_no_ready_and_runs_nothing(
             assert not marker.exists(), name
         # Control: the holder of the server's secret key gets READY and its JOB runs.
         assert rogue_dispatcher(endpoint, repo.path, curve=(keys.server.public, keys.server.secret))
-        wait_for(marker.exists, 10, "the real dispatcher's job")
+        eventually(marker.exists, timeout=10, what="the real dispatcher's job")
     finally:
         assert runner.stop() == 0
 
@@ -128,7 +123,7 @@ def test_an_untrusted_runner_is_refused_until_its_key_is_trusted(
     cluster.start_runner("stranger", 1, keys=cluster.keys.runner("stranger", trusted=False))
     api = cluster.start_dispatcher()
     endpoint = f"tcp://127.0.0.1:{port}"
-    wait_for(lambda: endpoint in refused(api), 10, "the stranger refused")
+    eventually(lambda: endpoint in refused(api), timeout=10, what="the stranger refused")
     assert "not trusted" in refused(api)[endpoint]
     marker = tmp_path / "ran"
     job = api.submit(marker_repo(make_repo, marker))
@@ -166,10 +161,10 @@ def test_a_trusted_key_claiming_another_runner_id_is_refused(
     cluster.start_runner("carol", 1)
     api = cluster.start_dispatcher()
     bob = f"tcp://127.0.0.1:{cluster.ports['bob']}"
-    wait_for(lambda: bob in refused(api), 10, "bob refused")
+    eventually(lambda: bob in refused(api), timeout=10, what="bob refused")
     assert "trusted as 'alice' claims runner id 'bob'" in refused(api)[bob]
     assert api.http.get("/health").json()["bad_frames"] >= 1
-    wait_for(lambda: "carol" in ready(api), 10, "carol ready")
+    eventually(lambda: "carol" in ready(api), timeout=10, what="carol ready")
     marker = tmp_path / "ran"
     job = api.wait(api.submit(marker_repo(make_repo, marker)))
     assert job["runner_id"] == "carol" and set(ready(api)) == {"carol"}
@@ -186,7 +181,7 @@ def test_revoking_a_key_drops_the_runner_requeues_its_job_and_keeps_it_out(
     revoked = narwhal("keys", "revoke", "r1", "--keys-dir", str(cluster.keys.dir))
     assert revoked.returncode == 0, revoked.stderr
     started = time.monotonic()
-    wait_for(lambda: "r1" not in ready(api), 5, "r1 dropped")
+    eventually(lambda: "r1" not in ready(api), timeout=5, what="r1 dropped")
     assert time.monotonic() - started < 5
     record = api.wait(job, {"queued"}, timeout=5)
     assert "revoked" in record["reason"] and record["attempt"] == 2

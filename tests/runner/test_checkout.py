@@ -15,7 +15,7 @@ import pytest
 from narwhal.errors import CheckoutError
 from narwhal.runner import checkout
 from narwhal.runner.checkout import MirrorCache
-from tests.conftest import Repo
+from tests.support.repos import Repo
 
 
 def _checkout(

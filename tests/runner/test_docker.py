@@ -27,7 +27,7 @@ from narwhal.runner.executor import Stop
 from narwhal.runner.job import Context, Outcome, run_pipeline
 from narwhal.runner.masking import Masker
 from narwhal.runner.secret_env import SecretsExecutor
-from tests.runner.conftest import MISSING_IMAGE
+from tests.support.docker import MISSING_IMAGE
 
 SECRET = "hunter2-Sup3r-s3cret"
 

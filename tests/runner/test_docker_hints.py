@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.runner.conftest import MISSING_IMAGE
 from tests.runner.test_docker import config, run
+from tests.support.docker import MISSING_IMAGE
 
 #: What the user is told to do, word for word (README, docs/docker.md).
 HINT = "set image: in narwhal.yml, or run with --executor local"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from narwhal.pipeline import load
 from narwhal.runner.executor import LocalSession, StepResult, Stop
+from tests.support.daemons import alive
+from tests.support.eventually import eventually
 
 
 def _step(commands: str, **extra: str) -> object:
@@ -119,11 +121,4 @@ def test_missing_dependency_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 def _gone(pid: int) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} survived")
+    eventually(lambda: not alive(pid), timeout=5, what=f"process {pid} to end")

@@ -1,4 +1,4 @@
-"""Docker fixtures: a real engine and a busybox image built here, never pulled.
+"""The real Docker engine, and a busybox image built here, never pulled.
 
 The image is a root filesystem of Debian's static busybox (one binary and a
 link per applet), imported with the engine's image import: a few MB, well
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,39 +67,31 @@ def _add_file(tar: tarfile.TarFile, name: str, data: bytes, *, mode: int) -> Non
     tar.addfile(info, io.BytesIO(data))
 
 
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
+def engine() -> Any:
     """A client of the real engine; a missing engine fails the test, never skips it."""
     try:
         client = docker.from_env(timeout=30)
         client.ping()
     except docker.errors.DockerException as e:
         pytest.fail(f"no Docker engine: {e} (scripts/test starts dockerd)")
-    yield client
-    client.close()
+    return client
 
 
-@pytest.fixture(scope="session")
-def busybox_image(docker_client: Any) -> str:
+def ensure_busybox(client: Any) -> str:
     """narwhal-test/busybox, imported once per machine (kept: importing again is a no-op)."""
     try:
-        docker_client.images.get(BUSYBOX_IMAGE)
+        client.images.get(BUSYBOX_IMAGE)
     except docker.errors.ImageNotFound:
         repository, tag = BUSYBOX_IMAGE.split(":")
-        docker_client.api.import_image_from_data(
+        client.api.import_image_from_data(
             busybox_rootfs(), repository=repository, tag=tag, changes=["ENV PATH=/bin"]
         )
     return BUSYBOX_IMAGE
 
 
-@pytest.fixture
-def labelled(docker_client: Any) -> Any:
+def labelled(client: Any, runner_id: str) -> list[str]:
     """What the engine holds with a given runner label: containers and networks."""
-
-    def find(runner_id: str) -> list[str]:
-        selector = {"label": f"narwhal.runner={runner_id}"}
-        containers = docker_client.containers.list(all=True, filters=selector)
-        networks = docker_client.networks.list(filters=selector)
-        return [c.name for c in containers] + [n.name for n in networks]
-
-    return find
+    selector = {"label": f"narwhal.runner={runner_id}"}
+    containers = client.containers.list(all=True, filters=selector)
+    networks = client.networks.list(filters=selector)
+    return [c.name for c in containers] + [n.name for n in networks]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zmq
 
 from narwhal.mesh import protocol as p
-from tests.keys import MeshKeys
+from tests.support.keys import MeshKeys
 
 
 class RawRunner:

@@ -1,30 +1,23 @@
-"""A dispatcher and runners as real ``narwhal`` processes, for chaos tests."""
+"""A dispatcher and runners as real ``narwhal`` processes, for chaos and attack tests."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from narwhal.mesh import protocol as p
-from tests.conftest import Client, Daemon, wait_for_runners
-from tests.keys import MeshKeys
-from tests.mesh.peers import RawRunner
+from tests.support.daemons import Client, Daemon, dispatcher_args, runner_args, wait_for_runners
+from tests.support.keys import MeshKeys
+from tests.support.peers import RawRunner
+from tests.support.ports import free_port
 
 #: Fast liveness for tests: a silent peer is dead after 0.6 s.
 MESH = ["--heartbeat-interval", "0.2", "--liveness", "3"]
+#: The states a job ends in once it ran (a skipped job never reaches a cluster's runner).
 TERMINAL = {"success", "failed", "error", "cancelled", "timed_out"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Cluster:
@@ -49,24 +42,14 @@ class Cluster:
         """``narwhal runner`` NAME; its key is trusted as NAME unless ``keys`` gives other flags."""
         port = self.ports.setdefault(name, free_port())
         runner = Daemon(
-            [
-                "runner",
-                "--discovery",
-                "none",
-                "--listen",
-                f"tcp://127.0.0.1:{port}",
-                "--id",
-                name,
-                "--capacity",
-                str(capacity),
-                "--work-dir",
-                str(self.root / f"work-{name}"),
-                "--cancel-grace",
-                "1",
-                *MESH,
+            runner_args(
+                self.root / f"work-{name}",
+                *["--id", name, "--capacity", str(capacity), "--cancel-grace", "1"],
                 *(keys if keys is not None else self.keys.runner(name)),
                 *extra,
-            ]
+                listen=f"tcp://127.0.0.1:{port}",
+                mesh=MESH,
+            )
         )
         if name in self.runners:
             self.retired.append(self.runners[name])
@@ -74,23 +57,17 @@ class Cluster:
         return runner
 
     def start_dispatcher(self, *extra: str) -> Client:
-        endpoints = [f"tcp://127.0.0.1:{port}" for port in self.ports.values()]
-        args = [
-            "dispatcher",
-            "--discovery",
-            "none",
-            "--http",
-            f"127.0.0.1:{self.http_port}",
-            "--data-dir",
-            str(self.data),
-            *MESH,
+        args = dispatcher_args(
+            self.data,
             *self.keys.dispatcher(),
-        ]
-        for endpoint in endpoints:
-            args += ["--runner", endpoint]
+            *extra,
+            runners=[f"tcp://127.0.0.1:{port}" for port in self.ports.values()],
+            http=f"127.0.0.1:{self.http_port}",
+            mesh=MESH,
+        )
         if self.dispatcher is not None:
             self.retired.append(self.dispatcher)
-        self.dispatcher = Daemon([*args, *extra])
+        self.dispatcher = Daemon(args)
         if self.api is None:
             self.api = Client(self.dispatcher.url)
         return self.api
@@ -126,6 +103,11 @@ class Cluster:
         return str(job["runner_id"])
 
     def db(self) -> sqlite3.Connection:
+        """The SQLite store, read-only: only for what the API does not show (log chunks).
+
+        Invariants that hold for any store are checked through ``Client``
+        and ``tests.support.probe`` instead.
+        """
         db = sqlite3.connect(f"file:{self.data / 'narwhal.db'}?mode=ro", uri=True, timeout=10)
         db.row_factory = sqlite3.Row
         return db
@@ -138,20 +120,3 @@ class Cluster:
                 if daemon.proc.poll() is None:
                     os.kill(daemon.proc.pid, signal.SIGCONT)
                 daemon.stop()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

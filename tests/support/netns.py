@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Client, Daemon
-from tests.keys import MeshKeys
+from tests.support.daemons import Client, Daemon
+from tests.support.keys import MeshKeys
 
 #: The simulated LAN's subnet; it exists only inside the test's namespaces.
 LAN = "10.77.0"
@@ -320,6 +320,11 @@ class LanCluster:
     def listing(self) -> dict[str, Any]:
         assert self.api is not None
         return dict(self.api.http.get("/api/runners").json())
+
+    def describe(self) -> str:
+        """The runner listing and the dispatcher's last log lines, for a failed wait."""
+        logs = "".join(self.dispatcher.stderr_lines[-30:]) if self.dispatcher else ""
+        return f"{self.listing()}\n{logs}"
 
     def close(self) -> None:
         if self.api is not None:
