@@ -24,6 +24,7 @@ from starlette.routing import Route
 from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.guard import JsonError, is_json, parse_json
+from narwhal.dispatcher.mesh import LinkState
 from narwhal.dispatcher.records import STATES, JobRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.dispatcher.tokens import Tokens
@@ -122,14 +123,15 @@ class Api:
         """Open to all, so it says only "ok"; counts and version need a read token."""
         if self.access.refusal(request, "read") is not None:
             return JSONResponse({"status": "ok"})
-        ready = [link for link in self.dispatcher.links() if link.state == "ready"]
+        mesh = self.dispatcher.mesh
+        ready = [peer for peer in mesh.peers() if peer.state == LinkState.READY]
         return JSONResponse(
             {
                 "status": "ok",
                 "version": __version__,
                 "runners": len(ready),
                 "queued": self.dispatcher.queued(),
-                "bad_frames": self.dispatcher.runners.bad_frames,
+                "bad_frames": mesh.stats().bad_frames,
             }
         )
 
@@ -203,10 +205,11 @@ class Api:
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
     async def runners(self, request: Request) -> Response:
-        refused = self.dispatcher.runners.refused.items()
+        mesh = self.dispatcher.mesh
+        refused = mesh.refused.items()
         return JSONResponse(
             {
-                "runners": [link.to_json() for link in self.dispatcher.links()],
+                "runners": [peer.to_json() for peer in mesh.peers()],
                 "refused": [{"endpoint": e, "reason": reason} for e, reason in refused],
             }
         )

@@ -3,7 +3,7 @@
 The browser (``narwhal.mesh.discovery``) reports announcements; this keeps
 the pool in line with them. mDNS only ever says where a runner is:
 
-- a new announcement is a connection (``RunnerPool.connect(source="mdns")``,
+- a new announcement is a connection (``RunnerPool.connect(source=MDNS)``,
   idempotent per endpoint, so a repeated or updated announcement never
   connects twice); the runner is schedulable once its READY arrives, with
   the capacity the READY states;
@@ -34,7 +34,7 @@ import logging
 import time
 
 from narwhal.config import DiscoveryConfig
-from narwhal.dispatcher.links import Link
+from narwhal.dispatcher.mesh import LinkState, Peer, Source
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.errors import NarwhalError
 from narwhal.mesh.announcement import Announcement
@@ -102,10 +102,10 @@ class DiscoveredRunners:
     def _connect(self, runner: Announcement) -> None:
         refusal = self._pool.auth.announced(runner.runner_id, runner.key) if self._pool.auth else ""
         if refusal:
-            self._pool.refuse(runner.endpoint, refusal, "mdns")
+            self._pool.refuse(runner.endpoint, refusal, Source.MDNS)
             return
         try:
-            link = self._pool.connect(runner.endpoint, source="mdns")
+            link = self._pool.connect(runner.endpoint, source=Source.MDNS)
         except NarwhalError as e:  # an endpoint the pool refuses outright
             self._quiet.warning(runner.endpoint, "runner at %s: %s", runner.endpoint, e)
             return
@@ -125,7 +125,7 @@ class DiscoveredRunners:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._pool.mesh.heartbeat_interval)
+            await asyncio.sleep(self._pool.config.heartbeat_interval)
             await self.reconcile(time.monotonic())
 
     def _trust_changed(self) -> None:
@@ -134,7 +134,7 @@ class DiscoveredRunners:
         if auth is None or auth.trust.generation == self._generation:
             return
         self._generation = auth.trust.generation
-        connected = {link.endpoint for link in self._pool.links()}
+        connected = {peer.endpoint for peer in self._pool.peers()}
         for endpoint, runner in self._announced.items():
             if endpoint not in connected and endpoint not in self._pool.refused:
                 self._connect(runner)
@@ -142,8 +142,8 @@ class DiscoveredRunners:
     async def reconcile(self, now: float) -> None:
         """Drop stale endpoints of runners ready elsewhere; retry refused ones that are free."""
         self._trust_changed()
-        links: dict[str, Link] = {link.endpoint: link for link in self._pool.links()}
-        ready = {link.runner_id: link for link in links.values() if link.state == "ready"}
+        links: dict[str, Peer] = {peer.endpoint: peer for peer in self._pool.peers()}
+        ready = {link.runner_id: link for link in links.values() if link.state == LinkState.READY}
         silent, self._silent = self._silent, {}
         for endpoint, runner in list(self._announced.items()):
             holder = ready.get(runner.runner_id)
@@ -151,16 +151,16 @@ class DiscoveredRunners:
             if endpoint in self._pool.key_refused:
                 continue  # until the allow-list changes
             if holder is None:
-                if self._pool.refused.pop(endpoint, None) is not None:
+                if self._pool.retry(endpoint):
                     log.info(
                         "runner id %s is free again: connecting to %s", runner.runner_id, endpoint
                     )
                     self._connect(runner)
                 elif link is None:
                     self._connect(runner)
-            elif holder.endpoint != endpoint and link is not None and link.state != "ready":
+            elif holder.endpoint != endpoint and link is not None and link.state != LinkState.READY:
                 since = silent.get(endpoint, now)
-                if now - since <= self._pool.mesh.dead_after:
+                if now - since <= self._pool.config.dead_after:
                     self._silent[endpoint] = since
                     continue
                 await self._pool.forget(

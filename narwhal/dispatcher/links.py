@@ -1,4 +1,4 @@
-"""The dispatcher's view of each runner connection, and how a runner is chosen.
+"""The dispatcher's view of each runner connection (a ``mesh.Peer``).
 
 A ``Link`` is one outgoing ZeroMQ connection to a runner endpoint under one
 routing alias. Aliases are never reused within a process: libzmq aborts the
@@ -8,19 +8,23 @@ disconnect, so every reconnect gets a new generation number.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from narwhal.dispatcher.mesh import Key, LinkState, Source
 from narwhal.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Reconnect back-off for a runner that does not answer (Paranoid Pirate).
 BACKOFF_MAX = 32.0
+
+#: Bound once: an enum member's attribute lookup costs 8 times a comparison
+#: (Python 3.11), and ``free`` is read for every runner every round.
+_READY = LinkState.READY
 
 
 @dataclass(slots=True)
@@ -42,14 +46,15 @@ class Stream:
 
 @dataclass(slots=True, kw_only=True)
 class Link:
-    """One connection to a runner and the slots it offered on it."""
+    """One connection to a runner and the slots it offered on it.
+
+    Only ``RunnerPool`` changes it; everyone else reads it as a ``Peer``.
+    """
 
     endpoint: str
     alias: bytes
-    #: How the dispatcher learnt of the runner: "static" (--runner, the API)
-    #: or "mdns" (discovery; dropped again when the runner says goodbye).
-    source: str = "static"
-    state: str = "connecting"  # connecting -> ready -> (lost: replaced by a new Link)
+    source: Source = Source.STATIC
+    state: LinkState = LinkState.CONNECTING
     runner_id: str | None = None
     #: The z85 CURVE key its READY was accepted with; every later frame must
     #: carry it (None: no READY yet, or the mesh is not authenticated).
@@ -59,9 +64,9 @@ class Link:
     capacity: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     #: (job id, attempt) pairs this runner holds; one slot each.
-    jobs: set[tuple[int, int]] = field(default_factory=set)
+    jobs: set[Key] = field(default_factory=set)
     #: Job streams on this connection, by (job id, attempt).
-    streams: dict[tuple[int, int], Stream] = field(default_factory=dict)
+    streams: dict[Key, Stream] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = 0.0
     last_seen_wall: float | None = None
@@ -73,7 +78,11 @@ class Link:
 
     @property
     def free(self) -> int:
-        return max(0, self.capacity - len(self.jobs)) if self.state == "ready" else 0
+        return max(0, self.capacity - len(self.jobs)) if self.state == _READY else 0
+
+    @property
+    def held(self) -> set[Key]:
+        return self.jobs
 
     def serves(self, labels: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in labels.items())
@@ -96,55 +105,6 @@ class Link:
             "jobs": sorted(j for j, _ in self.jobs),
             "last_seen": self.last_seen_wall,
         }
-
-
-class Slots:
-    """The free slots of one scheduling round, and which runner takes each job.
-
-    A job goes to the matching runner with the most free slots (ties: the
-    first connected). Runners are ranked once per round in a heap per label
-    set, so a round costs O(runners) plus O(log runners) per job, not a scan
-    of every runner per job (which made 500 runners three times slower
-    than 50).
-    """
-
-    def __init__(self, links: Iterable[Link]) -> None:
-        #: Ready runners with free slots, in connection order, and the free
-        #: slots each has left this round (by the same index).
-        self._links = [link for link in links if link.free]
-        self._free = [link.free for link in self._links]
-        self._left = sum(self._free)
-        #: Per label set: a heap of (-free slots, index), possibly stale.
-        self._ranked: dict[frozenset[tuple[str, str]], list[tuple[int, int]]] = {}
-
-    def __bool__(self) -> bool:
-        return self._left > 0
-
-    def take(self, labels: Mapping[str, str]) -> Link | None:
-        """Reserve a slot for a job with ``labels``; None if no matching runner has one."""
-        key = frozenset(labels.items())
-        heap = self._ranked.get(key)
-        if heap is None:
-            heap = [(-self._free[i], i) for i, k in enumerate(self._links) if k.serves(labels)]
-            heapq.heapify(heap)
-            self._ranked[key] = heap
-        while heap:
-            ranked, i = heap[0]
-            free = self._free[i]
-            if free != -ranked:  # taken from through another label set's heap
-                if free:
-                    heapq.heapreplace(heap, (-free, i))
-                else:
-                    heapq.heappop(heap)
-                continue
-            self._free[i] = free - 1
-            self._left -= 1
-            if free > 1:
-                heapq.heapreplace(heap, (1 - free, i))
-            else:
-                heapq.heappop(heap)
-            return self._links[i]
-        return None
 
 
 class Ceiling:

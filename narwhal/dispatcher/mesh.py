@@ -12,12 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from narwhal.mesh import protocol as p
 
 #: One job attempt: (job id, attempt).
 Key = tuple[int, int]
+
+
+class LinkState(StrEnum):
+    """Where a runner link is: the one home of these names (members are their strings).
+
+    ``connecting`` until the runner's READY, then ``ready``; a link that
+    goes is ``lost`` and replaced by a new one (``connecting`` again).
+    """
+
+    CONNECTING = "connecting"
+    READY = "ready"
+    LOST = "lost"
+
+
+class Source(StrEnum):
+    """How the dispatcher learnt of a runner endpoint."""
+
+    #: Named by an operator (``--runner``, the API): never dropped by mDNS.
+    STATIC = "static"
+    #: Announced on the LAN: dropped again when the runner says goodbye.
+    MDNS = "mdns"
 
 
 class Peer(Protocol):
@@ -30,10 +52,10 @@ class Peer(Protocol):
     def endpoint(self) -> str: ...
 
     @property
-    def source(self) -> str: ...
+    def source(self) -> Source: ...
 
     @property
-    def state(self) -> str: ...
+    def state(self) -> LinkState: ...
 
     @property
     def session(self) -> str | None:
@@ -114,7 +136,7 @@ class Mesh(Protocol):
         """Every runner link, in connection order."""
         ...
 
-    def connect(self, endpoint: str, *, source: str = "static") -> Peer | None:
+    def connect(self, endpoint: str, *, source: Source = Source.STATIC) -> Peer | None:
         """Connect to a runner endpoint (idempotent); None if it is refused."""
         ...
 

@@ -10,9 +10,9 @@ last look (``Explainer``): a queue of 100 000 jobs costs ~35 ms a pass.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-from narwhal.dispatcher.links import Link
+from narwhal.dispatcher.mesh import LinkState, Peer
 from narwhal.dispatcher.records import JobRecord
 
 #: Seconds between two looks at the queue.
@@ -22,24 +22,24 @@ NO_RUNNER = "waiting: no runner connected"
 NO_SLOT = "waiting for a free slot"
 
 
-def why_waiting(ready: list[Link], labels: Mapping[str, str]) -> str:
+def why_waiting(ready: Sequence[Peer], labels: Mapping[str, str]) -> str:
     """The reason a job with ``labels`` waits, or "" if a matching runner has a free slot."""
     if not ready:
         return NO_RUNNER
-    serving = [link for link in ready if link.serves(labels)]
+    serving = [peer for peer in ready if peer.serves(labels)]
     if not serving:
         wanted = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         return f"waiting: no runner offers {wanted}"
-    if not any(link.free for link in serving):
+    if not any(peer.free for peer in serving):
         return NO_SLOT
     return ""  # the next scheduling round takes it
 
 
 def changed_reasons(
-    queue: Iterable[JobRecord], links: Iterable[Link]
+    queue: Iterable[JobRecord], peers: Iterable[Peer]
 ) -> list[tuple[int, int, str]]:
     """``(job id, attempt, reason)`` for each queued job whose waiting reason is new."""
-    ready = [link for link in links if link.state == "ready"]
+    ready = [peer for peer in peers if peer.state == LinkState.READY]
     verdicts: dict[frozenset[tuple[str, str]], str] = {}
     changed = []
     for job in queue:
@@ -59,18 +59,18 @@ class Explainer:
         self._seen: Hashable = None
 
     def look(
-        self, queue: dict[int, JobRecord], links: Iterable[Link]
+        self, queue: dict[int, JobRecord], peers: Iterable[Peer]
     ) -> list[tuple[int, int, str]]:
-        links = list(links)
+        peers = list(peers)
         # Jobs join the queue at its end (new or requeued, then with a new
         # attempt): its length and last entry tell whether it changed.
         last = queue[next(reversed(queue))] if queue else None
         seen = (
             len(queue),
             (last.id, last.attempt) if last is not None else None,
-            tuple((k.alias, k.state, k.free, tuple(k.labels.items())) for k in links),
+            tuple((k.endpoint, k.state, k.free, tuple(k.labels.items())) for k in peers),
         )
         if seen == self._seen:
             return []
         self._seen = seen
-        return changed_reasons(queue.values(), links)
+        return changed_reasons(queue.values(), peers)
