@@ -16,8 +16,10 @@ from pathlib import Path
 
 import msgpack
 import zmq
+import zmq.asyncio
 
 from narwhal.config import DispatcherConfig, MeshConfig, ServerCurve
+from narwhal.daemons.dispatcher import build
 from narwhal.dispatcher.core import Dispatcher
 from tests.support.keys import MeshKeys
 
@@ -42,13 +44,17 @@ async def dispatcher(
             mesh=MeshConfig(heartbeat_interval=heartbeat, liveness=5),
             curve=curve,
         )
-        async with Dispatcher(config) as running:
-            yield running
+        context = zmq.asyncio.Context()
+        try:
+            async with build(config, context) as running:
+                yield running
+        finally:
+            context.term()
 
 
 async def all_ready(dispatcher: Dispatcher, count: int) -> None:
     """Setup, before timing: poll until ``count`` runners sent READY."""
-    while sum(link.state == "ready" for link in dispatcher.links()) < count:  # noqa: ASYNC110
+    while sum(link.state == "ready" for link in dispatcher.mesh.peers()) < count:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
 

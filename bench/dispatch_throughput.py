@@ -41,6 +41,7 @@ from bench.common import (
 from narwhal.config import ServerCurve
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store.base import NewJob
 from narwhal.mesh import protocol as p
 
 
@@ -112,7 +113,7 @@ async def run_noop_jobs(dispatcher: Dispatcher, jobs: int) -> float:
 
     dispatcher.add_listener(on_change)
     started = time.perf_counter()
-    job = {"repo": "/r", "ref": "refs/heads/main", "sha": None, "event": "push", "labels": {}}
+    job = NewJob(repo="/r", ref="refs/heads/main", sha=None, event="push")
     for first in range(0, jobs, 500):
         await dispatcher.submit_many([job] * min(500, jobs - first))
     await asyncio.wait_for(finished.wait(), 300)

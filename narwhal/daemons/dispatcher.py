@@ -41,7 +41,9 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.datadir import DataDirLock
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.guard import Guard, HostPolicy
+from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
+from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
 from narwhal.runner.runner import Runner, executor_for
@@ -49,6 +51,20 @@ from narwhal.runner.runner import Runner, executor_for
 __all__ = ["DRAIN_SECONDS", "HTTP_GRACE", "dispatcher_main", "serve"]
 
 Announce = Callable[[str], None]
+
+
+def build(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> Dispatcher:
+    """The dispatcher ``up`` and ``dispatcher`` run: the SQLite store, the ZeroMQ mesh.
+
+    The caller owns ``context`` and terminates it after the dispatcher closed.
+    """
+    return Dispatcher(dconf, store=SqliteStore(dconf.db_path), mesh=mesh_for(dconf, context))
+
+
+def mesh_for(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> RunnerPool:
+    return RunnerPool(
+        dconf.mesh, context, curve=dconf.curve, max_capacity=dconf.max_runner_capacity
+    )
 
 
 async def dispatcher_main(
@@ -88,9 +104,9 @@ async def serve(
     lock.record(url)
     hurry = hurry or asyncio.Event()
     shutdown = Shutdown()
+    pool = mesh_for(dconf, context)
     async with (
-        # composition: store and mesh injected here
-        Dispatcher(dconf, context=context) as dispatcher,
+        Dispatcher(dconf, store=SqliteStore(dconf.db_path), mesh=pool) as dispatcher,
         contextlib.AsyncExitStack() as extras,
     ):
         served = await serve_parts(dispatcher, dconf, url, extras, shutdown)
@@ -98,13 +114,13 @@ async def serve(
         app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
             # Closed by ``extras``, so browsing stops before the dispatcher does.
-            await extras.enter_async_context(DiscoveredRunners(dconf.discovery, dispatcher.runners))
+            await extras.enter_async_context(DiscoveredRunners(dconf.discovery, pool))
         runner = None
         if rconf is not None:
             # In ``extras`` too: closed (a no-op by then) if ``run_http`` never ran.
             runner = Runner(rconf, context=context, executor=executor_for(rconf))
             await extras.enter_async_context(runner)
-            dispatcher.connect(runner.endpoint)
+            dispatcher.mesh.connect(runner.endpoint)
         # The socket already listens: a client that reads this line can connect.
         announce(
             f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf)}{_executor_part(rconf)}"

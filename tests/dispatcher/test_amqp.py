@@ -32,6 +32,7 @@ from tests.support.broker import (
     take_all,
 )
 from tests.support.daemons import Daemon, auth_headers
+from tests.support.dispatchers import running_dispatcher
 from tests.support.eventually import eventually, eventually_async
 
 
@@ -80,7 +81,7 @@ async def consuming(
 ) -> AsyncIterator[tuple[Dispatcher, AmqpConsumer, Intake]]:
     """A dispatcher (no runners: jobs stay queued) with an AMQP consumer."""
     amqp = AmqpConfig(url=AMQP_URL, queue=queue, prefetch=8, reconnect_max=0.3)
-    async with Dispatcher(DispatcherConfig(data_dir=tmp_path / "data")) as dispatcher:
+    async with running_dispatcher(DispatcherConfig(data_dir=tmp_path / "data")) as dispatcher:
         intake = Intake(dispatcher)
         async with AmqpConsumer(amqp, intake) as consumer:
             async with asyncio.timeout(20):

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -20,11 +21,13 @@ from narwhal import __version__
 from narwhal.config import DiscoveryConfig, DispatcherConfig, MeshConfig, RunnerConfig
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.discovered import DiscoveredRunners
+from narwhal.dispatcher.pool import RunnerPool
 from narwhal.mesh import protocol as p
 from narwhal.mesh.announcement import Announcement
 from narwhal.mesh.discovery import Announcer
 from narwhal.mesh.transport import dealer_socket
 from narwhal.runner.runner import Runner
+from tests.support.dispatchers import running_dispatcher
 from tests.support.eventually import eventually_async
 
 LOOPBACK = ("127.0.0.1",)
@@ -40,12 +43,15 @@ def announcement(runner_id: str, endpoint: str) -> Announcement:
 async def dispatcher(tmp_path: Path) -> AsyncIterator[Dispatcher]:
     conf = DispatcherConfig(data_dir=tmp_path / "data", mesh=MESH)
     discovery = DiscoveryConfig(enabled=True, interfaces=LOOPBACK)
-    async with Dispatcher(conf) as d, DiscoveredRunners(discovery, d.runners):
+    async with (
+        running_dispatcher(conf) as d,
+        DiscoveredRunners(discovery, cast("RunnerPool", d.mesh)),
+    ):
         yield d
 
 
 def states(d: Dispatcher) -> list[tuple[str, str, str]]:
-    return sorted((link.runner_id or "?", link.endpoint, link.state) for link in d.links())
+    return sorted((link.runner_id or "?", link.endpoint, link.state) for link in d.mesh.peers())
 
 
 async def start_runner(stack: AsyncExitStack, tmp_path: Path, runner_id: str) -> Runner:
@@ -80,11 +86,11 @@ def test_a_slow_second_claimant_is_refused_and_a_moved_runner_is_one_runner(
             async with SlowRunner(alpha, delay=0.25) as slow:
                 async with Announcer(announcement(alpha, slow.endpoint), interfaces=LOOPBACK):
                     await eventually_async(
-                        lambda: slow.endpoint in d.runners.refused, what="slow one refused"
+                        lambda: slow.endpoint in d.mesh.refused, what="slow one refused"
                     )
-                    assert "already connected from" in d.runners.refused[slow.endpoint]
+                    assert "already connected from" in d.mesh.refused[slow.endpoint]
             await eventually_async(
-                lambda: not d.runners.refused, what="the refusal cleared by the goodbye"
+                lambda: not d.mesh.refused, what="the refusal cleared by the goodbye"
             )
 
             # alpha comes back on another port while its old process (no
@@ -95,14 +101,14 @@ def test_a_slow_second_claimant_is_refused_and_a_moved_runner_is_one_runner(
                 Announcer(announcement(alpha, second.endpoint), interfaces=LOOPBACK)
             )
             await eventually_async(
-                lambda: second.endpoint in d.runners.refused, what="the new alpha refused"
+                lambda: second.endpoint in d.mesh.refused, what="the new alpha refused"
             )
             await first_stack.aclose()  # dies: no goodbye
             wanted = [(alpha, second.endpoint, "ready")]
             await eventually_async(
                 lambda: states(d) == wanted, what="one alpha, at its new endpoint"
             )
-            assert not d.runners.refused
+            assert not d.mesh.refused
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from narwhal.config import DispatcherConfig, MeshConfig, RunnerConfig
-from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.runner.runner import Runner
+from tests.support.dispatchers import running_dispatcher
 from tests.support.eventually import eventually_async
 from tests.support.repos import Repo
 
@@ -45,7 +45,7 @@ def test_listeners_get_the_stored_records(make_repo: Callable[..., Repo], tmp_pa
             conf = DispatcherConfig(
                 data_dir=tmp_path / "data", runners=(runner.endpoint,), mesh=MESH
             )
-            async with Dispatcher(conf) as dispatcher:
+            async with running_dispatcher(conf) as dispatcher:
                 dispatcher.add_listener(seen.append)
                 await dispatcher.submit(
                     repo=str(repo.path), ref="refs/heads/main", sha=None, event="push", labels={}

@@ -14,10 +14,10 @@ import pytest
 
 from narwhal.config import DispatcherConfig, ForgeApi, StatusConfig
 from narwhal.dispatcher.amqp import Intake
-from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter, StatusTarget, build_request
 from narwhal.events import CommitEvent
+from tests.support.dispatchers import running_dispatcher
 from tests.support.forge import FakeForge
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
@@ -229,7 +229,7 @@ def test_a_hanging_forge_never_blocks_dispatching(tmp_path: Path) -> None:
         async def main() -> tuple[int, int, int, int]:
             conf = config(url, attempts=3)
             dconf = DispatcherConfig(data_dir=tmp_path / "data", status=conf)
-            async with Dispatcher(dconf) as dispatcher:
+            async with running_dispatcher(dconf) as dispatcher:
                 async with StatusReporter(conf, data_dir=dconf.data_dir, public_url=PUBLIC) as r:
                     dispatcher.add_listener(r.on_job)
                     intake = Intake(dispatcher, r)

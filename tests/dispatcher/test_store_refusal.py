@@ -12,9 +12,9 @@ import pytest
 
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
-from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.tokens import Tokens
+from tests.support.dispatchers import running_dispatcher
 from tests.support.eventually import eventually_async
 from tests.support.standins import standins
 
@@ -27,9 +27,9 @@ def test_assignment_waits_out_a_foreign_write_lock(
             data_dir=tmp_path, mesh=MeshConfig(heartbeat_interval=0.5, liveness=5)
         )
         finished: list[JobRecord] = []
-        async with Dispatcher(config) as dispatcher:
+        async with running_dispatcher(config) as dispatcher:
             dispatcher.add_listener(lambda job: finished.append(job) if job.terminal else None)
-            job = {"repo": "/r", "ref": "refs/heads/main", "event": "push", "labels": {}}
+            job = NewJob(repo="/r", ref="refs/heads/main", sha=None, event="push")
             jobs = await dispatcher.submit_many([job] * 3)
             # Another process holds SQLite's write lock (a real one, not a stub).
             blocker = sqlite3.connect(config.db_path, isolation_level=None)
@@ -39,7 +39,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
                 await asyncio.sleep(1.5)  # the runner is ready; assigning keeps failing
                 states = [(await dispatcher.store.get_job(j.id)).state for j in jobs]
                 assert states == ["queued"] * 3
-                assert all(not link.jobs for link in dispatcher.links())
+                assert all(not peer.held for peer in dispatcher.mesh.peers())
                 blocker.execute("ROLLBACK")
                 await eventually_async(lambda: len(finished) == 3, timeout=5, what="3 finished")
             blocker.close()
@@ -63,7 +63,7 @@ def test_api_answers_503_while_the_store_is_locked(
 ) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         config = DispatcherConfig(data_dir=tmp_path, allow_local_repos=True)
-        async with Dispatcher(config) as dispatcher:
+        async with running_dispatcher(config) as dispatcher:
             tokens = await Tokens.open(dispatcher, env_token="t0ken")
             transport = httpx.ASGITransport(app=build_app(dispatcher, Access(tokens)))
             headers = {"Authorization": "Bearer t0ken"}
