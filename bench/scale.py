@@ -29,7 +29,7 @@ async def measure(endpoints: list[str], jobs: int, idle: float) -> tuple[float, 
     async with dispatcher(heartbeat=1.0) as running:
         before = _rss()
         for endpoint in endpoints:
-            running.connect(endpoint)
+            running.mesh.connect(endpoint)
         await all_ready(running, len(endpoints))
         per_runner = (_rss() - before) / len(endpoints)
         cpu, wall = time.process_time(), time.monotonic()

@@ -13,6 +13,7 @@ import pytest
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
 from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store.base import NewJob
 from narwhal.dispatcher.tokens import Tokens
 from tests.support.dispatchers import running_dispatcher
 from tests.support.eventually import eventually_async
@@ -35,7 +36,7 @@ def test_assignment_waits_out_a_foreign_write_lock(
             blocker = sqlite3.connect(config.db_path, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")
             with standins(1, 2) as (endpoint,):
-                dispatcher.connect(endpoint)
+                dispatcher.mesh.connect(endpoint)
                 await asyncio.sleep(1.5)  # the runner is ready; assigning keeps failing
                 states = [(await dispatcher.store.get_job(j.id)).state for j in jobs]
                 assert states == ["queued"] * 3
