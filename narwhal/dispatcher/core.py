@@ -75,6 +75,7 @@ class Dispatcher:
         #: Says in queued jobs' reasons why they wait (``dispatcher.waiting``).
         self._explainer = Explainer()
         self._wake = asyncio.Event()
+        self.jobs.on_queued = self._wake.set
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
         #: Writes that may wait for the next commit (``write_soon``).
@@ -171,7 +172,6 @@ class Dispatcher:
             return
         changes = self.jobs.begin()
         self.jobs.requeue(changes, job, reason)
-        changes.after_commit(self._wake.set)
         await changes.commit()
 
     # what runners report (called by the mesh)
@@ -310,7 +310,6 @@ class Dispatcher:
     async def _create(self, job: NewJob) -> JobRecord:
         changes = self.jobs.begin()
         created = self.jobs.create(changes, job)
-        changes.after_commit(self._wake.set)
         await changes.commit()
         return created.value[0]
 
@@ -346,7 +345,6 @@ class Dispatcher:
         """Queue many jobs in one store transaction (no ``source_key``)."""
         changes = self.jobs.begin()
         created = self.jobs.create_many(changes, jobs)
-        changes.after_commit(self._wake.set)
         await changes.commit()
         return created.value
 

@@ -123,6 +123,8 @@ class JobTable:
         self.unsure: set[int] = set()
         self._listeners: list[Callable[[JobRecord], None]] = []
         self._watchers: list[Callable[[int], None]] = []
+        #: Called when a job joins the queue (the scheduler looks again).
+        self.on_queued: Callable[[], None] = lambda: None
 
     def begin(self) -> Changes:
         return Changes(self)
@@ -168,6 +170,7 @@ class JobTable:
         elif job.state == JobState.QUEUED:
             self.active.pop(job.id, None)
             self.queue[job.id] = job
+            self.on_queued()
         else:
             self.queue.pop(job.id, None)
             self.active.pop(job.id, None)
@@ -196,6 +199,7 @@ class JobTable:
                 continue
             if job.state == JobState.QUEUED:
                 self.queue[job.id] = job
+                self.on_queued()
             elif job.state in ACTIVE:
                 self.active[job.id] = job
 

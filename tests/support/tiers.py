@@ -68,7 +68,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
     "tests/dispatcher/store/*.py": "integration",
-    "tests/dispatcher/store/test_contract.py::*memory*": "unit",
+    "tests/dispatcher/store/test_contract.py::*[[]memory[]]": "unit",
     "tests/dispatcher/test_tokens.py": "integration",
     "tests/test_cli_repo_arg.py": "system",
     "tests/test_cli_packages.py": "system",
