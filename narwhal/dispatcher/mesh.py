@@ -58,6 +58,11 @@ class Peer(Protocol):
     def state(self) -> LinkState: ...
 
     @property
+    def session(self) -> str | None:
+        """The runner process's session, which a JOB for it names (None before READY)."""
+        ...
+
+    @property
     def capacity(self) -> int: ...
 
     @property
