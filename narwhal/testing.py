@@ -7,23 +7,24 @@ what the dispatcher sent them. Frames reach ``MeshEvents`` the way
 in one ``on_frames`` batch, a DONE's slot released after it was stored, a
 DONE of an attempt that is over ACKed and released without reaching the
 dispatcher, a REJECT's slot released before, job frames outside any stream
-through ``on_stray``. ``RecordingEvents`` is a ``MeshEvents`` that records
-what a mesh reports, for tests of a mesh itself.
+through ``on_stray``.
 
-The real pool is tested over real ZeroMQ sockets too (``tests/mesh``);
-what this fake promises is checked against both.
+The same promises are tested of both, the pool over real ZeroMQ sockets
+(``tests/mesh/test_pool.py``, ``tests/test_testing.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from narwhal.dispatcher.links import check_endpoint
 from narwhal.dispatcher.mesh import Key, LinkState, MeshEvents, MeshStats, Peer, Source
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
+
+F = TypeVar("F", bound=p.StreamMessage)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -65,7 +66,13 @@ class FakePeer:
 
 
 class FakeRunner:
-    """One runner a test plays on a ``FakeMesh``."""
+    """One runner a test plays on a ``FakeMesh``.
+
+    Frames get the next ``seq`` of their stream unless one is given (to
+    play a duplicate or a gap); each call is one batch and returns False if
+    the dispatcher could not store it (``NarwhalError``): nothing of it was
+    acknowledged and the stream is rewound, so calling again resends.
+    """
 
     def __init__(self, mesh: FakeMesh, peer: FakePeer) -> None:
         self.mesh = mesh
@@ -74,9 +81,10 @@ class FakeRunner:
         self.sent: list[p.Message] = []
         #: The highest ``seq`` acknowledged per stream (after it was stored).
         self.acked: dict[Key, int] = {}
+        #: The ``seq`` its next frame of each stream carries.
+        self.next_seq: dict[Key, int] = {}
         #: False: ``send_job`` fails (a full send queue); the stream is open all the same.
         self.reachable = True
-        self._next: dict[Key, int] = {}
 
     @property
     def jobs(self) -> list[p.Job]:
@@ -86,27 +94,30 @@ class FakeRunner:
     def cancels(self) -> list[p.Cancel]:
         return [m for m in self.sent if isinstance(m, p.Cancel)]
 
-    def _seq(self, key: Key, seq: int | None) -> int:
-        if seq is None:
-            seq = self._next.get(key, 0)
-        self._next[key] = seq + 1
-        return seq
+    def _frame(self, cls: type[F], key: Key, seq: int | None, **fields: Any) -> F:
+        seq = self.next_seq.get(key, 0) if seq is None else seq
+        self.next_seq[key] = seq + 1
+        return cls(job_id=key[0], attempt=key[1], seq=seq, **fields)
 
     async def ready(
         self, *, active: tuple[tuple[int, ...], ...] = (), session: str | None = None
     ) -> p.Ready:
-        """Say READY (again); ``active``: ``(job id, attempt, next seq)`` it still runs."""
+        """Say READY (again); ``active``: ``(job id, attempt, next seq)`` it still runs.
+
+        A new ``session`` is a restarted runner: it is lost (as the pool
+        reconnects to it afresh); ``add_runner`` brings it back.
+        """
         for entry in active:
             if len(entry) == 3:
-                self._next[(entry[0], entry[1])] = entry[2]
-        return await self.mesh._ready(self, active, session)
+                self.next_seq[(entry[0], entry[1])] = entry[2]
+        return await self.mesh.say_ready(self, active, session)
 
     async def send(self, *messages: p.Message) -> bool:
         """Send ``messages`` as one batch; False if the dispatcher could not store it."""
-        return await self.mesh._deliver(self, messages)
+        return await self.mesh.deliver(self, messages)
 
     async def accept(self, key: Key, *, seq: int | None = None) -> bool:
-        return await self.send(p.Accept(job_id=key[0], attempt=key[1], seq=self._seq(key, seq)))
+        return await self.send(self._frame(p.Accept, key, seq))
 
     async def checked_out(
         self,
@@ -117,50 +128,31 @@ class FakeRunner:
         variants: tuple[dict[str, str], ...] = (),
         seq: int | None = None,
     ) -> bool:
-        frame = p.CheckedOut(
-            job_id=key[0],
-            attempt=key[1],
-            seq=self._seq(key, seq),
-            sha=sha,
-            pipeline=pipeline,
-            variants=variants,
-        )
-        return await self.send(frame)
+        fields = {"sha": sha, "pipeline": pipeline, "variants": variants}
+        return await self.send(self._frame(p.CheckedOut, key, seq, **fields))
 
     async def step(
         self, key: Key, index: int, name: str, status: str = "success", *, seq: int | None = None
     ) -> bool:
         """A step started and finished (two frames, one batch)."""
-        started = p.StepStarted(
-            job_id=key[0], attempt=key[1], seq=self._seq(key, seq), index=index, name=name
-        )
-        finished = p.StepFinished(
-            job_id=key[0],
-            attempt=key[1],
-            seq=self._seq(key, None),
-            index=index,
-            name=name,
-            status=status,
-            exit_code=0 if status == "success" else 1,
+        started = self._frame(p.StepStarted, key, seq, index=index, name=name)
+        exit_code = 0 if status == "success" else 1
+        finished = self._frame(
+            p.StepFinished,
+            key,
+            None,
+            **{"index": index, "name": name, "status": status, "exit_code": exit_code},
             duration=0.0,
         )
         return await self.send(started, finished)
 
     async def log(self, key: Key, data: bytes, *, seq: int | None = None) -> bool:
-        frame = p.Log(job_id=key[0], attempt=key[1], seq=self._seq(key, seq), data=data)
-        return await self.send(frame)
+        return await self.send(self._frame(p.Log, key, seq, data=data))
 
     async def done(
         self, key: Key, status: str = "success", reason: str = "", *, seq: int | None = None
     ) -> bool:
-        frame = p.Done(
-            job_id=key[0],
-            attempt=key[1],
-            seq=self._seq(key, seq),
-            status=status,
-            reason=reason,
-            duration=0.0,
-        )
+        frame = self._frame(p.Done, key, seq, status=status, reason=reason, duration=0.0)
         return await self.send(frame)
 
     async def reject(self, key: Key, reason: str = "busy") -> bool:
@@ -168,7 +160,7 @@ class FakeRunner:
 
     async def lose(self, reason: str = "lost") -> None:
         """The runner goes (killed, silent, said goodbye): what it held is reported lost."""
-        await self.mesh._lose(self, reason)
+        await self.mesh.lose(self, reason)
 
 
 class FakeMesh:
@@ -178,7 +170,7 @@ class FakeMesh:
         self._events: MeshEvents | None = None
         self._peers: list[FakePeer] = []
         self.runners: dict[str, FakeRunner] = {}
-        self._by_peer: dict[int, FakeRunner] = {}
+        self._by_peer: dict[FakePeer, FakeRunner] = {}
         self._refused: dict[str, str] = {}
         self.bad_frames = 0
         self.closed = False
@@ -206,7 +198,7 @@ class FakeMesh:
         peer.runner_id, peer.capacity, peer.labels = runner_id, capacity, dict(labels or {})
         runner = FakeRunner(self, peer)
         self.runners[runner_id] = runner
-        self._by_peer[id(peer)] = runner
+        self._by_peer[peer] = runner
         await runner.ready()
         return runner
 
@@ -268,7 +260,7 @@ class FakeMesh:
     def send_job(self, peer: Peer, job: p.Job) -> bool:
         runner = self._runner(peer)
         runner.peer.streams[(job.job_id, job.attempt)] = [0, True]
-        runner._next[(job.job_id, job.attempt)] = 0
+        runner.next_seq[(job.job_id, job.attempt)] = 0
         if not runner.reachable:
             return False
         runner.sent.append(job)
@@ -282,7 +274,7 @@ class FakeMesh:
     def cancel(self, peer: Peer, key: Key, reason: str) -> None:
         self._runner(peer).sent.append(p.Cancel(job_id=key[0], attempt=key[1], reason=reason))
 
-    # how frames are delivered (as RunnerPool does)
+    # what FakeRunner calls: frames delivered as RunnerPool delivers them
 
     def _find(self, endpoint: str) -> FakePeer | None:
         return next((peer for peer in self._peers if peer.endpoint == endpoint), None)
@@ -298,9 +290,9 @@ class FakeMesh:
         return peer
 
     def _runner(self, peer: Peer) -> FakeRunner:
-        return self._by_peer[id(self._own(peer))]
+        return self._by_peer[self._own(peer)]
 
-    async def _ready(
+    async def say_ready(
         self, runner: FakeRunner, active: tuple[tuple[int, ...], ...], session: str | None
     ) -> p.Ready:
         peer = runner.peer
@@ -314,13 +306,13 @@ class FakeMesh:
             active=active,
         )
         if peer.state == LinkState.READY and ready.session != peer.session:
-            await self._lose(runner, f"runner {ready.runner_id} restarted")
+            await self.lose(runner, f"runner {ready.runner_id} restarted")
             return ready
         peer.state, peer.session, peer.version = LinkState.READY, ready.session, ready.version
         await self.events.on_ready(peer, ready)
         return ready
 
-    async def _deliver(self, runner: FakeRunner, messages: Sequence[p.Message]) -> bool:
+    async def deliver(self, runner: FakeRunner, messages: Sequence[p.Message]) -> bool:
         peer = runner.peer
         batch: list[tuple[Peer, p.Message]] = []
         for message in messages:
@@ -370,7 +362,7 @@ class FakeMesh:
                 key = (message.job_id, message.attempt)  # type: ignore[attr-defined]
                 if seq is not None and key in peer.streams:
                     peer.streams[key][0] = min(peer.streams[key][0], seq)
-                    runner._next[key] = min(runner._next.get(key, seq), seq)
+                    runner.next_seq[key] = min(runner.next_seq.get(key, seq), seq)
             return False
         done = []
         for _, message in batch:
@@ -384,7 +376,7 @@ class FakeMesh:
             self.release(peer, *done)
         return True
 
-    async def _lose(self, runner: FakeRunner, reason: str) -> None:
+    async def lose(self, runner: FakeRunner, reason: str) -> None:
         peer = runner.peer
         if peer in self._peers:
             self._peers.remove(peer)
@@ -393,47 +385,3 @@ class FakeMesh:
         peer.held.clear()
         self.events.on_released()
         await self.events.on_lost(peer, held, reason)
-
-
-class RecordingEvents:
-    """A ``MeshEvents`` that records each report, in order, in ``log``.
-
-    ``stray``: what ``on_stray`` answers; ``fail``: raised by the next
-    ``on_frames`` (then cleared), as a store that refuses a write would.
-    """
-
-    def __init__(self, *, stray: bool = True) -> None:
-        self.stray = stray
-        self.fail: NarwhalError | None = None
-        self.log: list[tuple[Any, ...]] = []
-        self.released = 0
-        #: Per ``on_frames`` call: each frame, with whether its runner then held its slot.
-        self.batches: list[list[tuple[Peer, p.Message, bool]]] = []
-
-    async def on_ready(self, peer: Peer, ready: p.Ready) -> None:
-        self.log.append(("ready", peer.runner_id, ready.active))
-
-    async def on_frames(self, frames: list[tuple[Peer, p.Message]]) -> None:
-        if self.fail is not None:
-            error, self.fail = self.fail, None
-            self.log.append(("refused", len(frames)))
-            raise error
-        self.batches.append(
-            [(peer, m, (m.job_id, m.attempt) in peer.held) for peer, m in frames]  # type: ignore[attr-defined]
-        )
-        self.log.append(("frames", [m.KIND for _, m in frames]))
-
-    async def on_stray(self, peer: Peer, message: p.Message) -> bool:
-        self.log.append(("stray", message.KIND, self.stray))
-        return self.stray
-
-    async def on_lost(self, peer: Peer, held: Sequence[Key], reason: str) -> None:
-        self.log.append(("lost", peer.runner_id, list(held), reason))
-
-    def on_released(self) -> None:
-        self.released += 1
-        self.log.append(("released",))
-
-    def kinds(self) -> list[str]:
-        """The reports so far, by name."""
-        return [entry[0] for entry in self.log]

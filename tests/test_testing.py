@@ -13,8 +13,9 @@ from narwhal.dispatcher.placement import MostFree
 from narwhal.dispatcher.waiting import NO_SLOT, changed_reasons
 from narwhal.errors import ConfigError, StoreError
 from narwhal.mesh import protocol as p
-from narwhal.testing import FakeMesh, FakeRunner, RecordingEvents
+from narwhal.testing import FakeMesh, FakeRunner
 from tests.dispatcher.test_placement import job
+from tests.mesh.events import RecordingEvents
 
 KEY = (7, 1)
 

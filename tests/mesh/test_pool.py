@@ -24,7 +24,7 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.errors import StoreError
 from narwhal.mesh import protocol as p
 from narwhal.supervise import spawn
-from narwhal.testing import RecordingEvents
+from tests.mesh.events import RecordingEvents
 from tests.mesh.peers import RawRunner
 
 #: A raw runner sends no heartbeats: long enough for a test to run (a fast
