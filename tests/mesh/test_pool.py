@@ -19,7 +19,8 @@ import zmq.asyncio
 
 from narwhal.config import MeshConfig
 from narwhal.dispatcher.links import Link
-from narwhal.dispatcher.mesh import LinkState, Mesh
+from narwhal.dispatcher.liveness import silence
+from narwhal.dispatcher.mesh import LinkState, Mesh, Source
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.errors import StoreError
 from narwhal.mesh import protocol as p
@@ -84,11 +85,13 @@ async def pool(config: MeshConfig = MESH) -> AsyncIterator[tuple[RunnerPool, Rec
         ctx.term()
 
 
-async def ready(mesh: RunnerPool, raw: RawRunner, runner_id: str = "r1", **kw: int) -> Link:
+async def ready(
+    mesh: RunnerPool, raw: RawRunner, runner_id: str = "r1", source: Source = Source.STATIC
+) -> Link:
     """Connect to ``raw`` and have it say READY; the ready link."""
-    mesh.connect(raw.endpoint)
+    mesh.connect(raw.endpoint, source=source)
     hello = await recv(raw, p.Hello)
-    raw.ready(runner_id, session="s-" + runner_id, capacity=kw.get("capacity", 2))
+    raw.ready(runner_id, session="s-" + runner_id, capacity=2)
     await until(lambda: any(k.state == LinkState.READY for k in mesh.peers()), "READY")
     assert hello.session
     return mesh.peers()[0]
@@ -342,3 +345,33 @@ def test_reports_before_attach_fail_loudly() -> None:
             ctx.term()
 
     asyncio.run(main())
+
+
+def test_a_goodbye_drops_a_discovered_runner_and_reports_what_it_held() -> None:
+    async def main() -> None:
+        raw = RawRunner()
+        try:
+            async with pool() as (mesh, events):
+                link = await ready(mesh, raw, source=Source.MDNS)
+                assert link.source == Source.MDNS
+                mesh.reserve(link, KEY)
+                await mesh.forget(raw.endpoint, "runner r1 said goodbye")
+                assert events.log[-2:] == [
+                    ("released",),
+                    ("lost", "r1", [KEY], "runner r1 said goodbye"),
+                ]
+                assert mesh.peers() == [] and link.held == set()
+        finally:
+            raw.close()
+
+    asyncio.run(main())
+
+
+def test_silence_is_death_sooner_once_the_connection_dropped() -> None:
+    link = Link(endpoint="tcp://127.0.0.1:9", alias=b"1", state=LinkState.READY)
+    link.last_seen = 100.0
+    assert silence(link, 102.9, MESH) == ""
+    assert silence(link, 103.5, MESH) == "silent for 3.5s"
+    link.disconnected_at = 101.0
+    assert silence(link, 102.4, MESH) == ""
+    assert silence(link, 102.6, MESH) == "connection closed and silent for 2.6s"
