@@ -132,10 +132,11 @@ class Connections:
         self.key_refused[endpoint] = source
 
     def refuse_link(self, link: Link, reason: str, *, tell: bool = True) -> None:
-        """Disconnect ``link`` for its key; it is lost once the batch is settled.
+        """Disconnect ``link`` for its key.
 
-        ``tell``: the runner completed a handshake, so it can be told why
-        (without one it never was ready, so it held nothing to report).
+        ``tell``: the runner completed a handshake, so it can be told why;
+        the link is then reported lost once the batch is settled. A link
+        refused at the handshake is dropped without a report.
         """
         self.refuse(link.endpoint, reason, link.source)
         if tell:

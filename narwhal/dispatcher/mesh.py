@@ -59,7 +59,7 @@ class Peer(Protocol):
 
     @property
     def session(self) -> str | None:
-        """The runner process's session (None until READY)."""
+        """The runner process's session, which a JOB for it names (None before READY)."""
         ...
 
     @property

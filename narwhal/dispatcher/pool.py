@@ -173,12 +173,6 @@ class RunnerPool:
                 await self._lost(link, reason)
         self._conns.retry(endpoint)
 
-    async def check_liveness(self, now: float) -> None:
-        await self._watchdog.check_liveness(now)
-
-    async def check_trust(self, now: float) -> None:
-        await self._watchdog.check_trust(now)
-
     # lost links
 
     async def _lost(self, link: Link, reason: str) -> None:

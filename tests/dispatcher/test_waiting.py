@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from narwhal.dispatcher.links import Link
+from narwhal.dispatcher.mesh import LinkState
 from narwhal.dispatcher.waiting import NO_RUNNER, NO_SLOT, Explainer, changed_reasons
-from tests.dispatcher.test_status import job
+from tests.dispatcher.test_placement import job
 
 
 def _link(n: int, capacity: int, labels: dict[str, str], held: int = 0) -> Link:
-    link = Link(endpoint=f"tcp://127.0.0.1:{9000 + n}", alias=b"%d" % n, state="ready")
+    link = Link(endpoint=f"tcp://127.0.0.1:{9000 + n}", alias=b"%d" % n, state=LinkState.READY)
     link.capacity, link.labels = capacity, labels
     link.jobs = {(100 + i, 1) for i in range(held)}
     return link
@@ -33,7 +34,7 @@ def test_reasons_name_the_missing_labels_or_the_full_runners() -> None:
     ]
     assert changed_reasons(queue, []) == [(n, 1, NO_RUNNER) for n in (1, 2, 3)]
     lost = _link(3, 4, {"gpu": "a100"})
-    lost.state = "connecting"
+    lost.state = LinkState.CONNECTING
     assert changed_reasons(queue[:1], [lost]) == [(1, 1, NO_RUNNER)]
 
 
