@@ -15,7 +15,7 @@ from narwhal.errors import ConfigError, StoreError
 from narwhal.mesh import protocol as p
 from narwhal.testing import FakeMesh, FakeRunner
 from tests.dispatcher.test_placement import job
-from tests.mesh.events import RecordingEvents
+from tests.support.events import RecordingEvents
 
 KEY = (7, 1)
 

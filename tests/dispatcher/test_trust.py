@@ -1,6 +1,6 @@
 """Frames are bound to who sent them: attacks by a connected peer on a real dispatcher.
 
-A raw DEALER (``tests.mesh.peers.RawRunner``) speaks the protocol next to
+A raw DEALER (``tests.support.peers.RawRunner``) speaks the protocol next to
 real ``narwhal runner`` processes and lies: it lists jobs it does not hold,
 forges their frames, claims absurd capacity. None of it may change a job,
 stall the dispatcher or stop its liveness checks.

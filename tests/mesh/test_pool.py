@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -25,8 +25,9 @@ from narwhal.dispatcher.pool import RunnerPool
 from narwhal.errors import StoreError
 from narwhal.mesh import protocol as p
 from narwhal.supervise import spawn
-from tests.mesh.events import RecordingEvents
-from tests.mesh.peers import RawRunner
+from tests.support.events import RecordingEvents
+from tests.support.eventually import eventually_async
+from tests.support.peers import RawRunner
 
 #: A raw runner sends no heartbeats: long enough for a test to run (a fast
 #: one, ``QUICK``, for the tests of a runner that goes).
@@ -35,13 +36,6 @@ QUICK = MeshConfig(heartbeat_interval=0.1, liveness=3, linger_ms=0)
 KEY = (7, 1)
 
 M = TypeVar("M", bound=p.Message)
-
-
-async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def recv(raw: RawRunner, kind: type[M], timeout: float = 5) -> M:
@@ -92,7 +86,9 @@ async def ready(
     mesh.connect(raw.endpoint, source=source)
     hello = await recv(raw, p.Hello)
     raw.ready(runner_id, session="s-" + runner_id, capacity=2)
-    await until(lambda: any(k.state == LinkState.READY for k in mesh.peers()), "READY")
+    await eventually_async(
+        lambda: any(k.state == LinkState.READY for k in mesh.peers()), what="READY"
+    )
     assert hello.session
     return mesh.peers()[0]
 
@@ -166,7 +162,9 @@ def test_a_batch_the_store_refuses_is_not_acked_and_is_taken_again_when_resent()
                 events.fail = StoreError("disk full")
                 done = p.Done(job_id=7, attempt=1, seq=0, status="success", reason="", duration=0)
                 raw.send(done)
-                await until(lambda: ("refused", 1) in events.log, "the refused batch")
+                await eventually_async(
+                    lambda: ("refused", 1) in events.log, what="the refused batch"
+                )
                 await quiet(raw, p.Ack)
                 assert link.held == {KEY} and mesh.tracks(link, KEY)  # nothing was stored
                 raw.send(done)  # the runner resends from its first unacknowledged frame
@@ -231,12 +229,12 @@ def test_a_reject_frees_the_slot_before_the_dispatcher_hears_of_it() -> None:
                 mesh.send_job(link, job(link))
                 await recv(raw, p.Job)
                 raw.send(p.Reject(job_id=7, attempt=1, reason="no docker"))
-                await until(lambda: events.batches, "the REJECT handed over")
+                await eventually_async(lambda: events.batches, what="the REJECT handed over")
                 assert frames(events) == [("reject", False)]
                 assert events.kinds()[-2:] == ["released", "frames"]
                 assert not mesh.tracks(link, KEY) and mesh.holder(KEY) is None
                 raw.send(p.Reject(job_id=7, attempt=1, reason="again"))  # held no more
-                await until(lambda: mesh.stats().bad_frames == 1, "a bad frame")
+                await eventually_async(lambda: mesh.stats().bad_frames == 1, what="a bad frame")
                 assert len(events.batches) == 1
         finally:
             raw.close()
@@ -252,7 +250,7 @@ def test_a_lost_runner_frees_its_slots_then_reports_what_it_held() -> None:
             mesh.reserve(link, (9, 2))
             mesh.adopt(link, KEY, next_seq=0, live=True)
             raw.close()
-            await until(lambda: "lost" in events.kinds(), "the runner lost")
+            await eventually_async(lambda: "lost" in events.kinds(), what="the runner lost")
             lost = events.log[events.kinds().index("lost")]
             assert lost[:3] == ("lost", "r1", [KEY, (9, 2)]) and "lost: " in lost[3]
             assert events.kinds()[events.kinds().index("lost") - 1] == "released"
@@ -273,7 +271,7 @@ def test_stray_frames_are_acked_if_settled_and_counted_bad_if_not() -> None:
                 assert (await recv(raw, p.Ack)).streams == ((3, 1, 0),)
                 events.stray = False
                 raw.send(p.Accept(job_id=4, attempt=1, seq=0))
-                await until(lambda: mesh.stats().bad_frames == 1, "a bad frame")
+                await eventually_async(lambda: mesh.stats().bad_frames == 1, what="a bad frame")
                 await quiet(raw, p.Ack)
                 assert events.log[-2:] == [("stray", "accept", True), ("stray", "accept", False)]
         finally:

@@ -39,7 +39,9 @@ RANK = {name: rank for rank, name in enumerate(TIER_NAMES)}
 TIERS: dict[str, str] = {
     # unit: pure code on values and fakes
     "tests/dispatcher/test_guard.py": "unit",
-    "tests/dispatcher/test_links.py": "unit",
+    "tests/dispatcher/test_placement.py": "unit",
+    "tests/dispatcher/test_state_machine.py": "unit",
+    "tests/test_testing.py": "unit",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
     "tests/mesh/test_trust.py": "unit",
@@ -77,6 +79,7 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_discovery.py": "integration",
     "tests/mesh/test_transport.py": "integration",
     "tests/mesh/test_zap.py": "integration",
+    "tests/mesh/test_pool.py": "integration",
     "tests/runner/test_checkout.py": "integration",
     # runs the tools (base64, xxd, openssl ...) whose output must be masked
     "tests/runner/test_masking.py": "integration",
