@@ -44,7 +44,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     S.RUNNING: frozenset({S.QUEUED} | TERMINAL),
 }
 
-#: One state move for ``SqliteStore.move``: job id, attempt, target state,
+#: One state move of a ``store.base.Moves`` write: job id, attempt, target state,
 #: reason, and the runner that holds the job (recorded in its history).
 Move = tuple[int, int, str, str, str | None]
 
@@ -84,10 +84,10 @@ class JobRecord(NamedTuple):
         return self.state in TERMINAL
 
     def moved(self, to: str, reason: str, runner_id: str | None, at: float) -> JobRecord:
-        """This job as ``SqliteStore.move`` left it after a move to ``to`` at ``at``.
+        """This job as a ``Moves`` write leaves it after a move to ``to`` at ``at``.
 
         Not for requeues (``to == "queued"`` changes the attempt): those go
-        through ``SqliteStore.transition``, which reads the row back.
+        through a ``Transition`` write, which reads the row back.
         """
         return JobRecord(
             id=self.id,
