@@ -54,7 +54,7 @@ def _error(message: str, status: int) -> JSONResponse:
 
 
 class Shutdown:
-    """What open log streams learn of a shutdown (``narwhal.daemons.dispatcher.serve`` sets both events).
+    """What open log streams learn of a shutdown (``daemons.dispatcher.serve`` sets both).
 
     ``begun``: narwhal is shutting down; a stream whose job ends from now on
     says so in its last line. ``ending``: streams still open end now, with a
