@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,12 @@ class Cluster:
     def close(self) -> None:
         if self.api is not None:
             self.api.close()
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.proc.poll() is not None:
+            # It died under the test (no one stopped it yet): say how, in the
+            # failure report, instead of leaving only "connection refused".
+            tail = "".join(dispatcher.stderr_lines[-40:])
+            print(f"dispatcher exited {dispatcher.proc.returncode}:\n{tail}", file=sys.stderr)
         for daemon in [*self.runners.values(), self.dispatcher, *self.retired]:
             if daemon is not None:
                 if daemon.proc.poll() is None:
