@@ -52,6 +52,30 @@ class NewJob:
     source_key: str | None = None
     fork_of: str | None = None
 
+    def record(self, job_id: int, at: float) -> JobRecord:
+        """The job as created with id ``job_id`` at ``at`` (what reading its row back gives)."""
+        return JobRecord(
+            id=job_id,
+            repo=self.repo,
+            ref=self.ref,
+            sha=self.sha,
+            event=self.event,
+            labels=dict(self.labels),
+            matrix=dict(self.matrix) if self.matrix is not None else None,
+            parent_id=self.parent_id,
+            pipeline=None,
+            state="queued",
+            reason=self.reason,
+            attempt=1,
+            runner_id=None,
+            cancel_requested=False,
+            created_at=at,
+            updated_at=at,
+            started_at=None,
+            finished_at=None,
+            fork_of=self.fork_of,
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobQuery:

@@ -154,27 +154,7 @@ class MemoryStore:
         if new.source_key is not None and new.source_key in self._source_keys:
             return self._jobs[self._source_keys[new.source_key]], False
         now = time.time()
-        job = JobRecord(
-            id=self._next_id,
-            repo=new.repo,
-            ref=new.ref,
-            sha=new.sha,
-            event=new.event,
-            labels=dict(new.labels),
-            matrix=dict(new.matrix) if new.matrix is not None else None,
-            parent_id=new.parent_id,
-            pipeline=None,
-            state="queued",
-            reason=new.reason,
-            attempt=1,
-            runner_id=None,
-            cancel_requested=False,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
-            fork_of=new.fork_of,
-        )
+        job = new.record(self._next_id, now)
         self._next_id += 1
         self._set(self._jobs, job.id, job)
         if new.source_key is not None:

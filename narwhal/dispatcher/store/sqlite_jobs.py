@@ -167,36 +167,11 @@ def create_jobs(db: sqlite3.Connection, write: CreateJobs) -> list[JobRecord]:
         chunk = write.jobs[start : start + _BULK_ROWS]
         params = [value for job in chunk for value in _job_params(job, now)]
         ids = sorted(row[0] for row in cursor.execute(_bulk_insert_sql(len(chunk)), params))
-        records += [_new_record(job_id, job, now) for job_id, job in zip(ids, chunk, strict=True)]
+        records += [job.record(job_id, now) for job_id, job in zip(ids, chunk, strict=True)]
     db.executemany(
         _INSERT_TRANSITIONS, [(job.id, 1, "queued", job.reason, None, now) for job in records]
     )
     return records
-
-
-def _new_record(job_id: int, job: NewJob, now: float) -> JobRecord:
-    """The record reading the new row back would give."""
-    return JobRecord(
-        id=job_id,
-        repo=job.repo,
-        ref=job.ref,
-        sha=job.sha,
-        event=job.event,
-        labels=dict(job.labels),
-        matrix=dict(job.matrix) if job.matrix is not None else None,
-        parent_id=job.parent_id,
-        pipeline=None,
-        state="queued",
-        reason=job.reason,
-        attempt=1,
-        runner_id=None,
-        cancel_requested=False,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
-        fork_of=job.fork_of,
-    )
 
 
 # moving jobs
