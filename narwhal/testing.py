@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from narwhal.dispatcher.links import check_endpoint
+from narwhal.dispatcher.links import check_endpoint, runner_json
 from narwhal.dispatcher.mesh import Key, LinkState, MeshEvents, MeshStats, Peer, Source
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
@@ -51,18 +51,7 @@ class FakePeer:
         return all(self.labels.get(k) == v for k, v in labels.items())
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.runner_id,
-            "endpoint": self.endpoint,
-            "source": self.source,
-            "state": self.state,
-            "capacity": self.capacity,
-            "free": self.free,
-            "labels": self.labels,
-            "version": self.version,
-            "jobs": sorted(j for j, _ in self.held),
-            "last_seen": None,
-        }
+        return runner_json(self, self.version, None)
 
 
 class FakeRunner:

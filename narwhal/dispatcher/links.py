@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from narwhal.dispatcher.mesh import Key, LinkState, Source
+from narwhal.dispatcher.mesh import Key, LinkState, Peer, Source
 from narwhal.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,18 +93,23 @@ class Link:
         self.disconnected_at = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.runner_id,
-            "endpoint": self.endpoint,
-            "source": self.source,
-            "state": self.state,
-            "capacity": self.capacity,
-            "free": self.free,
-            "labels": self.labels,
-            "version": self.version,
-            "jobs": sorted(j for j, _ in self.jobs),
-            "last_seen": self.last_seen_wall,
-        }
+        return runner_json(self, self.version, self.last_seen_wall)
+
+
+def runner_json(peer: Peer, version: str | None, last_seen: float | None) -> dict[str, Any]:
+    """A runner as the API shows it (``GET /api/runners``), for any ``Peer``."""
+    return {
+        "id": peer.runner_id,
+        "endpoint": peer.endpoint,
+        "source": peer.source,
+        "state": peer.state,
+        "capacity": peer.capacity,
+        "free": peer.free,
+        "labels": peer.labels,
+        "version": version,
+        "jobs": sorted(j for j, _ in peer.held),
+        "last_seen": last_seen,
+    }
 
 
 class Ceiling:
