@@ -32,7 +32,7 @@ from narwhal.dispatcher.jobs import JobTable
 from narwhal.dispatcher.mesh import Key, Mesh, Peer
 from narwhal.dispatcher.placement import MostFree, Placement
 from narwhal.dispatcher.records import JobRecord, JobState
-from narwhal.dispatcher.recovery import Recovery
+from narwhal.dispatcher.recovery import STORE_RETRY, Recovery
 from narwhal.dispatcher.store.base import AddEndpoint, JobQuery, JobStore, NewJob, Write
 from narwhal.dispatcher.vault import Vault, load_key
 from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
@@ -43,9 +43,6 @@ from narwhal.pipeline import MAX_COMBINATIONS
 from narwhal.supervise import spawn
 
 log = logging.getLogger(__name__)
-
-#: Seconds before scheduling again after the store refused a write.
-STORE_RETRY = 1.0
 
 
 class Conflict(NarwhalError):
@@ -258,9 +255,9 @@ class Dispatcher:
     def _send_jobs(self, picked: list[tuple[JobRecord, Peer]]) -> None:
         for job, peer in picked:
             assigned = self.jobs.active.get(job.id)
-            if assigned is None or assigned.attempt != job.attempt:  # cancelled meanwhile
+            # Not assigned after all (the store fenced it off): memory dropped it.
+            if assigned is None or assigned.attempt != job.attempt:
                 self.mesh.release(peer, (job.id, job.attempt))
-                self.jobs.queue.pop(job.id, None)
                 continue
             self._dispatch(peer, assigned)
 

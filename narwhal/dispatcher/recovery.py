@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds between retries of a requeue the store refused.
+#: Seconds before retrying what the store refused (a requeue, an assignment).
 STORE_RETRY = 1.0
 
 
