@@ -16,6 +16,10 @@ from narwhal.forges import FORGES, ForgeName
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
 DEFAULT_AGENT_PORT = 8472
+#: The dashboard (``narwhal backend``, and ``narwhal up``'s).
+DEFAULT_BACKEND_PORT = 8473
+#: The metrics feed's PUB socket (its snapshot ROUTER takes the next port).
+DEFAULT_METRICS_PORT = 8474
 DEFAULT_AMQP_QUEUE = "narwhal.commits"
 #: What ``--executor`` takes: ``auto`` is settled to docker (when a Docker
 #: engine answers) or local when the runner starts (``daemons.executors``).
@@ -49,6 +53,9 @@ class ServerCurve:
     public_key: bytes
     secret_key: bytes = field(repr=False)
     runners_dir: Path
+    #: The metrics feed's allow-list: public keys of the backends that may
+    #: subscribe (``narwhal keys trust --subscriber``). None: nobody.
+    subscribers_dir: Path | None = None
     #: Seconds between looks at ``runners_dir`` for trusted or revoked keys.
     poll_interval: float = 1.0
 
@@ -192,6 +199,12 @@ class DispatcherConfig:
     curve: ServerCurve | None = None
     #: Accept jobs for ``file://`` URLs and absolute paths (``--allow-local-repos``).
     allow_local_repos: bool = False
+    #: The metrics feed for backends: ``tcp://HOST:PORT`` binds its PUB socket
+    #: there and its snapshot ROUTER on PORT + 1 (``mesh.feed``). None: off.
+    metrics: str | None = None
+    #: Prometheus ``/metrics``: also label job counters by repository
+    #: (``--metrics-per-repo``; off by default, for cardinality).
+    metrics_per_repo: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -245,6 +258,38 @@ class RunnerConfig:
     curve: RunnerCurve | None = None
     #: Clone ``file://`` URLs and absolute paths (``--allow-local-repos``).
     allow_local_repos: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberCurve:
+    """A backend's CurveZMQ side on the metrics feed: its key pair and the
+    dispatcher key it pins (the same server key runners pin)."""
+
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendConfig:
+    """Everything ``narwhal backend`` (the dashboard) needs."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = DEFAULT_BACKEND_PORT
+    #: The dispatcher's metrics feed (``DispatcherConfig.metrics``).
+    metrics: str = f"tcp://127.0.0.1:{DEFAULT_METRICS_PORT}"
+    #: The dispatcher's REST API, read for history and used for cancel/resubmit.
+    api: str = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+    #: A read token for the API (history, logs). Browsers bring their own
+    #: token for what changes anything (cancel, resubmit).
+    api_token: str | None = field(default=None, repr=False)
+    #: Reads of the dashboard without signing in (``--public-read``).
+    public_read: bool = False
+    #: CurveZMQ on the feed. None: unauthenticated (``--insecure``).
+    curve: SubscriberCurve | None = None
+    #: Seconds without any feed message (beats come every second) before
+    #: the backend takes a new snapshot.
+    feed_timeout: float = 3.0
 
 
 def default_data_dir() -> Path:
