@@ -1,0 +1,75 @@
+// Pieces several pages share: the jobs table, a polite message, a section.
+
+import { badge, h, jobPath, link, runnerPath } from "./dom.js";
+import { ago, jobDuration, refName, repoName, shortSha } from "./format.js";
+
+/** The matrix values of a job as "PY=3.12 DB=sqlite". */
+export function matrixText(matrix) {
+  if (!matrix) return "";
+  return Object.entries(matrix).map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+/** What a job is, in one short line: its pipeline name or matrix values. */
+function jobWhat(job) {
+  const parts = [];
+  if (job.pipeline) parts.push(job.pipeline);
+  const matrix = matrixText(job.matrix);
+  if (matrix && !(job.pipeline || "").includes(matrix)) parts.push(matrix);
+  return parts.join(" · ");
+}
+
+export function jobRow(job, now) {
+  const row = h("tr", { "data-job": job.id, class: `job-row st-row-${job.state}` },
+    h("td", { class: "num" }, link(jobPath(job.id), `#${job.id}`)),
+    h("td", {}, badge(job.state)),
+    h("td", { class: "repo", title: job.repo }, repoName(job.repo)),
+    h("td", { class: "ref", title: job.ref }, refName(job.ref)),
+    h("td", { class: "mono" }, shortSha(job.sha)),
+    h("td", { class: "what" }, jobWhat(job)),
+    h("td", {}, job.runner_id ? link(runnerPath(job.runner_id), job.runner_id) : "—"),
+    h("td", { class: "when", title: String(job.created_at) }, ago(job.created_at, now)),
+    h("td", { class: "num" }, jobDuration(job, now)));
+  if (job.reason) row.title = job.reason;
+  return row;
+}
+
+const HEADS = ["Job", "State", "Repository", "Branch", "Commit", "Pipeline", "Runner", "Created",
+  "Duration"];
+
+/** A table of jobs (already one page: never more than the caller's page size). */
+export function jobsTable(jobs, { empty = "No jobs." } = {}) {
+  const now = Date.now() / 1000;
+  const body = h("tbody", {}, jobs.map((job) => jobRow(job, now)));
+  if (!jobs.length) {
+    body.append(h("tr", {}, h("td", { colspan: HEADS.length, class: "muted" }, empty)));
+  }
+  return h("table", { class: "jobs" },
+    h("thead", {}, h("tr", {}, HEADS.map((t) => h("th", {}, t)))), body);
+}
+
+/** A message for people: kind "error" (polite), "info" or "ok". */
+export function message(kind, text, ...more) {
+  return h("div", { class: `msg msg-${kind}`, role: kind === "error" ? "alert" : "status" },
+    text, ...more);
+}
+
+export function section(title, ...children) {
+  return h("section", { class: "card" }, h("h2", {}, title), ...children);
+}
+
+/** Calls fn at most once per animation frame however often it is asked to. */
+export function throttled(fn) {
+  let frame = 0;
+  const run = () => {
+    frame = 0;
+    fn();
+  };
+  const ask = () => {
+    if (!frame) frame = requestAnimationFrame(run);
+  };
+  ask.cancel = () => {
+    if (frame) cancelAnimationFrame(frame);
+    frame = 0;
+  };
+  return ask;
+}

@@ -1,0 +1,104 @@
+// A job's log that keeps up with thousands of lines: lines wait in a queue and are
+// drawn once per animation frame in one DocumentFragment (a bounded number per
+// frame, so a flood never freezes the page); at most MAX_LINES stay in the page,
+// the earliest give way and a link to the full log says so.
+
+import { AnsiParser, installPalette, renderSegments } from "./ansi.js";
+import { h } from "./dom.js";
+
+export const MAX_LINES = 20000;
+const PER_FRAME = 2000;
+
+export class LogView {
+  constructor({ fullLogHref, maxLines = MAX_LINES }) {
+    installPalette();
+    this.maxLines = maxLines;
+    this.parser = new AnsiParser();
+    this.pending = [];
+    this.hidden = 0;
+    this.number = 0;
+    this.frame = 0;
+    this.follow = true;
+    this.count = h("span", { class: "hidden-count" });
+    this.notice = h("div", { class: "log-notice", hidden: true }, this.count, " — ",
+      h("a", { href: fullLogHref, target: "_blank", rel: "noopener" }, "full log"));
+    this.lines = h("div", { class: "log-lines" });
+    this.empty = h("div", { class: "log-empty" }, "No output yet.");
+    this.el = h("div", { class: "log", role: "log", "aria-live": "off" },
+      this.notice, this.empty, this.lines);
+    this.el.addEventListener("scroll", () => {
+      const el = this.el;
+      this.follow = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+    });
+  }
+
+  /** Lines arrived; reset: they replace everything shown. */
+  add(lines, reset = false) {
+    if (reset) this.clear();
+    for (const line of lines) this.pending.push(String(line));
+    // Lines that would be dropped right after being drawn are counted, not drawn.
+    const over = this.pending.length - this.maxLines;
+    if (over > 0) {
+      // Parsed all the same: their colours carry on to the lines after them.
+      for (const text of this.pending.splice(0, over)) this.parser.segments(text);
+      this.number += over;
+      this.dropped(over);
+    }
+    if (!this.frame && this.pending.length) {
+      this.frame = requestAnimationFrame(() => this.draw());
+    }
+  }
+
+  clear() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    this.pending = [];
+    this.hidden = 0;
+    this.number = 0;
+    this.parser.reset();
+    this.lines.replaceChildren();
+    this.notice.hidden = true;
+    this.empty.hidden = false;
+  }
+
+  draw() {
+    this.frame = 0;
+    const batch = this.pending.splice(0, PER_FRAME);
+    const fragment = document.createDocumentFragment();
+    for (const text of batch) {
+      this.number += 1;
+      const line = document.createElement("div");
+      line.className = "ln";
+      line.dataset.n = String(this.number);
+      renderSegments(line, this.parser.segments(text));
+      fragment.append(line);
+    }
+    this.lines.append(fragment);
+    this.empty.hidden = this.number === 0;
+    const excess = this.lines.childElementCount - this.maxLines;
+    if (excess > 0) {
+      for (let i = 0; i < excess; i++) this.lines.firstElementChild.remove();
+      this.dropped(excess);
+    }
+    if (this.follow) this.el.scrollTop = this.el.scrollHeight;
+    if (this.pending.length) this.frame = requestAnimationFrame(() => this.draw());
+  }
+
+  /** Lines not shown any more (or never): counted in the notice. */
+  dropped(n) {
+    this.hidden += n;
+    this.count.textContent = `${this.hidden.toLocaleString()} earlier lines hidden`;
+    this.notice.hidden = false;
+  }
+
+  /** Lines in the page now. */
+  get shown() {
+    return this.lines.childElementCount;
+  }
+
+  destroy() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    this.pending = [];
+  }
+}
