@@ -18,33 +18,38 @@ function jobWhat(job) {
   return parts.join(" · ");
 }
 
-export function jobRow(job, now) {
-  const row = h("tr", { "data-job": job.id, class: `job-row st-row-${job.state}` },
-    h("td", { class: "num" }, link(jobPath(job.id), `#${job.id}`)),
-    h("td", {}, badge(job.state)),
-    h("td", { class: "repo", title: job.repo }, repoName(job.repo)),
-    h("td", { class: "ref", title: job.ref }, refName(job.ref)),
-    h("td", { class: "mono" }, shortSha(job.sha)),
-    h("td", { class: "what" }, jobWhat(job)),
-    h("td", {}, job.runner_id ? link(runnerPath(job.runner_id), job.runner_id) : "—"),
-    h("td", { class: "when", title: String(job.created_at) }, ago(job.created_at, now)),
-    h("td", { class: "num" }, jobDuration(job, now)));
+const COLUMNS = {
+  id: ["Job", (job) => h("td", { class: "num" }, link(jobPath(job.id), `#${job.id}`))],
+  state: ["State", (job) => h("td", {}, badge(job.state))],
+  repo: ["Repository", (job) => h("td", { class: "repo", title: job.repo }, repoName(job.repo))],
+  ref: ["Branch", (job) => h("td", { class: "ref", title: job.ref }, refName(job.ref))],
+  sha: ["Commit", (job) => h("td", { class: "mono" }, shortSha(job.sha))],
+  what: ["Pipeline", (job) => h("td", { class: "what" }, jobWhat(job))],
+  runner: ["Runner", (job) => h("td", {},
+    job.runner_id ? link(runnerPath(job.runner_id), job.runner_id) : "—")],
+  created: ["Created", (job, now) => h("td", { class: "when" }, ago(job.created_at, now))],
+  took: ["Duration", (job, now) => h("td", { class: "num" }, jobDuration(job, now))],
+};
+const FULL = Object.keys(COLUMNS);
+const COMPACT = ["id", "state", "what", "runner", "took"];
+
+export function jobRow(job, now, columns = FULL) {
+  const row = h("tr", { "data-job": job.id, class: "job-row" },
+    columns.map((c) => COLUMNS[c][1](job, now)));
   if (job.reason) row.title = job.reason;
   return row;
 }
 
-const HEADS = ["Job", "State", "Repository", "Branch", "Commit", "Pipeline", "Runner", "Created",
-  "Duration"];
-
 /** A table of jobs (already one page: never more than the caller's page size). */
-export function jobsTable(jobs, { empty = "No jobs." } = {}) {
+export function jobsTable(jobs, { empty = "No jobs.", compact = false } = {}) {
+  const columns = compact ? COMPACT : FULL;
   const now = Date.now() / 1000;
-  const body = h("tbody", {}, jobs.map((job) => jobRow(job, now)));
+  const body = h("tbody", {}, jobs.map((job) => jobRow(job, now, columns)));
   if (!jobs.length) {
-    body.append(h("tr", {}, h("td", { colspan: HEADS.length, class: "muted" }, empty)));
+    body.append(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, empty)));
   }
   return h("table", { class: "jobs" },
-    h("thead", {}, h("tr", {}, HEADS.map((t) => h("th", {}, t)))), body);
+    h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, COLUMNS[c][0])))), body);
 }
 
 /** A message for people: kind "error" (polite), "info" or "ok". */

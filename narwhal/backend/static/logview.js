@@ -74,7 +74,7 @@ export class LogView {
       fragment.append(line);
     }
     this.lines.append(fragment);
-    this.empty.hidden = this.number === 0;
+    this.empty.hidden = this.number > 0;
     const excess = this.lines.childElementCount - this.maxLines;
     if (excess > 0) {
       for (let i = 0; i < excess; i++) this.lines.firstElementChild.remove();

@@ -40,13 +40,14 @@ class JobPage {
     fill(ctx.root, h("div", { class: "job-page" },
       this.head, this.notice,
       h("div", { class: "job-grid" },
-        section("Steps", this.steps.el),
-        h("div", { class: "side" }, section("Attempts", this.history),
-          section("Matrix", this.family))),
-      h("section", { class: "card log-card" },
-        h("h2", {}, "Log", h("a", { href: logPath(id), class: "small", target: "_blank",
-          rel: "noopener" }, "full log")),
-        this.log.el)));
+        h("div", { class: "job-side" },
+          section("Steps", this.steps.el),
+          section("Attempts", this.history),
+          section("Matrix", this.family)),
+        h("section", { class: "card log-card" },
+          h("h2", {}, "Log", h("a", { href: logPath(id), class: "small", target: "_blank",
+            rel: "noopener" }, "full log")),
+          this.log.el))));
     document.title = `Narwhal — job #${id}`;
   }
 
@@ -207,7 +208,7 @@ class JobPage {
 
   renderSiblings() {
     const others = this.siblings.filter((j) => j.id !== this.id).sort((a, b) => a.id - b.id);
-    fill(this.family, others.length ? jobsTable(others)
+    fill(this.family, others.length ? jobsTable(others, { compact: true })
       : h("p", { class: "muted" }, "Not part of a matrix."));
   }
 
@@ -224,5 +225,5 @@ class JobPage {
 }
 
 function fact(name, value, cls = "") {
-  return [h("dt", {}, name), h("dd", { class: cls }, value)];
+  return h("div", { class: `fact ${cls}` }, h("dt", {}, name), h("dd", {}, value));
 }

@@ -91,5 +91,5 @@ function renderHead(el, r, id) {
 }
 
 function fact(name, value, cls = "") {
-  return [h("dt", {}, name), h("dd", { class: cls }, value)];
+  return h("div", { class: `fact ${cls}` }, h("dt", {}, name), h("dd", {}, value));
 }
