@@ -7,7 +7,11 @@ import { AnsiParser, installPalette, renderSegments } from "./ansi.js";
 import { h } from "./dom.js";
 
 export const MAX_LINES = 20000;
-const PER_FRAME = 2000;
+/** Milliseconds of drawing per frame (at least MIN_LINES lines), so input stays responsive. */
+const BUDGET = 10;
+const MIN_LINES = 100;
+/** Lines per block: the page lays out only the blocks in view (content-visibility). */
+const CHUNK = 200;
 
 export class LogView {
   constructor({ fullLogHref, maxLines = MAX_LINES }) {
@@ -17,10 +21,11 @@ export class LogView {
     this.pending = [];
     this.hidden = 0;
     this.number = 0;
+    this.count = 0;
     this.frame = 0;
     this.follow = true;
-    this.count = h("span", { class: "hidden-count" });
-    this.notice = h("div", { class: "log-notice", hidden: true }, this.count, " — ",
+    this.said = h("span", { class: "hidden-count" });
+    this.notice = h("div", { class: "log-notice", hidden: true }, this.said, " — ",
       h("a", { href: fullLogHref, target: "_blank", rel: "noopener" }, "full log"));
     this.lines = h("div", { class: "log-lines" });
     this.empty = h("div", { class: "log-empty" }, "No output yet.");
@@ -55,6 +60,7 @@ export class LogView {
     this.pending = [];
     this.hidden = 0;
     this.number = 0;
+    this.count = 0;
     this.parser.reset();
     this.lines.replaceChildren();
     this.notice.hidden = true;
@@ -63,37 +69,69 @@ export class LogView {
 
   draw() {
     this.frame = 0;
-    const batch = this.pending.splice(0, PER_FRAME);
-    const fragment = document.createDocumentFragment();
-    for (const text of batch) {
+    const until = performance.now() + BUDGET;
+    let chunk = this.lines.lastElementChild;
+    let room = chunk ? CHUNK - chunk.childElementCount : 0;
+    let fragment = document.createDocumentFragment();
+    let drawn = 0;
+    while (drawn < this.pending.length && (drawn < MIN_LINES || drawn % 20 || performance.now() < until)) {
+      const text = this.pending[drawn];
+      drawn += 1;
+      if (room === 0) {
+        if (chunk) chunk.append(fragment);
+        chunk = this.lines.appendChild(h("div", { class: "chunk" }));
+        fragment = document.createDocumentFragment();
+        room = CHUNK;
+      }
       this.number += 1;
       const line = document.createElement("div");
       line.className = "ln";
       line.dataset.n = String(this.number);
       renderSegments(line, this.parser.segments(text));
       fragment.append(line);
+      room -= 1;
     }
-    this.lines.append(fragment);
+    if (chunk) chunk.append(fragment);
+    this.pending.splice(0, drawn);
+    this.count += drawn;
     this.empty.hidden = this.number > 0;
-    const excess = this.lines.childElementCount - this.maxLines;
-    if (excess > 0) {
-      for (let i = 0; i < excess; i++) this.lines.firstElementChild.remove();
-      this.dropped(excess);
-    }
+    this.trim();
     if (this.follow) this.el.scrollTop = this.el.scrollHeight;
     if (this.pending.length) this.frame = requestAnimationFrame(() => this.draw());
+  }
+
+  /** Drop the earliest lines beyond the cap: whole chunks, and part of the first one. */
+  trim() {
+    let excess = this.count - this.maxLines;
+    if (excess <= 0) return;
+    this.count -= excess;
+    this.dropped(excess);
+    while (excess > 0) {
+      const first = this.lines.firstElementChild;
+      const n = first.childElementCount;
+      if (n <= excess) {
+        first.remove();
+        excess -= n;
+      } else {
+        const range = document.createRange();
+        range.setStartBefore(first.firstElementChild);
+        range.setEndAfter(first.children[excess - 1]);
+        range.deleteContents();
+        excess = 0;
+      }
+    }
   }
 
   /** Lines not shown any more (or never): counted in the notice. */
   dropped(n) {
     this.hidden += n;
-    this.count.textContent = `${this.hidden.toLocaleString()} earlier lines hidden`;
+    this.said.textContent = `${this.hidden.toLocaleString()} earlier lines hidden`;
     this.notice.hidden = false;
   }
 
   /** Lines in the page now. */
   get shown() {
-    return this.lines.childElementCount;
+    return this.count;
   }
 
   destroy() {
