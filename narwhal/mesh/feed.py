@@ -269,7 +269,7 @@ def decode_update(frames: Sequence[bytes]) -> Update:
         raise ProtocolError(f"{topic.decode()}: items must be a list")
     if cls is None:
         if items:
-            raise ProtocolError(f"{topic.decode()} carries no items")
+            raise ProtocolError(f"{topic.decode()}: carries no items")
         return Update(topic=topic, epoch=epoch, seq=seq, items=())
     return Update(topic=topic, epoch=epoch, seq=seq, items=tuple(_build(cls, i) for i in items))
 
