@@ -54,7 +54,11 @@ class Access:
     async def session(self, connection: HTTPConnection) -> Session | None:
         """The request's live session; its token checked again when that is due."""
         session = self.sessions.get(connection.cookies.get(COOKIE))
-        if session is not None and self.sessions.due(session) and not await self.still_good(session):
+        if (
+            session is not None
+            and self.sessions.due(session)
+            and not await self.still_good(session)
+        ):
             return None
         return session
 

@@ -152,8 +152,9 @@ class History:
             answer = await self.upstream.post(f"/api/jobs/{job_id}/{action}", session.token)
         except ApiError as e:
             if e.status == 403:
-                raise ApiError(403, f"this token may only read: to {what}, sign in with a token "
-                               "of scope write") from None
+                raise ApiError(
+                    403, f"this token may only read: to {what}, sign in with a token of scope write"
+                ) from None
             if e.status == 401:
                 self.access.sessions.drop(session)
                 raise ApiError(401, "your token is no longer valid: sign in again") from None

@@ -95,7 +95,9 @@ class Hub:
             return
         self.dropped += 1
         self.peers.discard(peer)
-        log.info("closing a websocket whose browser does not read (%d messages waiting)", peer.limit)
+        log.info(
+            "closing a websocket whose browser does not read (%d messages waiting)", peer.limit
+        )
         peer.close("too slow: the browser did not read its messages")
 
     def broadcast(self, text: str) -> None:

@@ -10,48 +10,48 @@ gap, a dispatcher restart) goes to every browser as a fresh ``state``.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from narwhal.backend.hub import Hub, encode
 from narwhal.backend.runners import RunnerHistory
-from narwhal.mesh.feed import RunnerView, Update
-
-
-def plain(item: Any) -> Any:
-    """A feed record as a JSON map (nested records and tuples as maps and lists)."""
-    return dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item
+from narwhal.mesh.feed import RunnerView, Update, to_map
+from narwhal.mesh.replica import Replica
 
 
 class Live:
     """The replica's state as JSON, and its updates fanned out (module docstring)."""
 
-    def __init__(self, hub: Hub, history: RunnerHistory | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        replica: Replica,
+        feed_status: Callable[[], dict[str, Any]],
+        history: RunnerHistory | None = None,
+    ) -> None:
         self.hub = hub
-        self.history = history or RunnerHistory()
-        self.replica: Any = None
-
-    def attach(self, replica: Any) -> None:
-        """The replica the subscriber keeps up to date."""
         self.replica = replica
+        self._feed_status = feed_status
+        self.history = history or RunnerHistory()
 
-    # what the subscriber tells
+    # what the subscriber tells, once the replica applied it
 
     def on_snapshot(self) -> None:
         """The replica starts over from a snapshot: every browser gets the state again."""
-        for runner in self._runners():
+        for runner in self.replica.runners.values():
             self._record(runner)
         self.hub.broadcast(self.state_message())
 
     def on_update(self, update: Update) -> None:
-        if update.topic == b"runner":
+        if update.topic == RunnerView.TOPIC:
             for runner in update.items:
                 self._record(runner)
-        if not update.items:  # a beat: nothing for the page
+        if not update.items:
             return
-        message = {"type": "update", "topic": update.topic.decode(), "items": []}
-        message["items"] = [plain(item) for item in update.items]
-        self.hub.broadcast(encode(message))
+        items = [to_map(item) for item in update.items]
+        self.hub.broadcast(
+            encode({"type": "update", "topic": update.topic.decode(), "items": items})
+        )
 
     def _record(self, runner: RunnerView) -> None:
         if runner.id is not None:
@@ -61,43 +61,15 @@ class Live:
     # what the page asks
 
     def state(self) -> dict[str, Any]:
-        """``GET /api/state`` (docs/backend.md)."""
-        replica = self.replica
-        return {
-            "runners": [plain(r) for r in self._runners()],
-            "jobs": [plain(j) for j in _values(getattr(replica, "jobs", None))],
-            "steps": [plain(s) for s in _values(getattr(replica, "steps", None))],
-            "queue": plain(getattr(replica, "queue", None)),
-            "stats": plain(getattr(replica, "stats", None)),
-            "feed": self.feed_status(),
-        }
+        """``GET /api/state`` (docs/backend.md): the replica's maps and the feed's status."""
+        return self.replica.render() | {"feed": self._feed_status()}
 
     def state_message(self) -> str:
         return encode({"type": "state", "state": self.state()})
 
-    def feed_status(self) -> dict[str, Any]:
-        replica = self.replica
-        return {
-            "connected": bool(getattr(replica, "connected", False)),
-            "epoch": getattr(replica, "epoch", "") or "",
-            "seq": getattr(replica, "seq", 0) or 0,
-            "gaps": getattr(replica, "gaps", 0) or 0,
-            "missed": getattr(replica, "missed", 0) or 0,
-        }
-
     def runner(self, runner_id: str) -> dict[str, Any] | None:
-        for runner in self._runners():
+        """The feed's view of a runner, by id (None: not connected now)."""
+        for runner in self.replica.runners.values():
             if runner.id == runner_id:
-                return dict(plain(runner))
+                return to_map(runner)
         return None
-
-    def _runners(self) -> list[RunnerView]:
-        return list(_values(getattr(self.replica, "runners", None)))
-
-
-def _values(found: Any) -> list[Any]:
-    if found is None:
-        return []
-    if isinstance(found, dict):
-        return list(found.values())
-    return list(found)

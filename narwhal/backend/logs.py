@@ -77,7 +77,9 @@ class LogFollower:
         self.peers.add(peer)
         kept = list(self._kept)
         if self._cut:
-            kept.insert(0, f"[{self._cut} earlier lines are not shown: /api/jobs/{self.job_id}/log]")
+            kept.insert(
+                0, f"[{self._cut} earlier lines are not shown: /api/jobs/{self.job_id}/log]"
+            )
         batches = [kept[i : i + BATCH_LINES] for i in range(0, len(kept), BATCH_LINES)] or [[]]
         for n, batch in enumerate(batches):
             self.hub.send(peer, self._message(batch, reset=n == 0))

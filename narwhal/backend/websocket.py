@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -111,7 +112,7 @@ class Sockets:
                 return
             self._handle(peer, viewer, message)
 
-    def _handle(self, peer: Peer, viewer: Viewer, message: dict[str, Any]) -> None:
+    def _handle(self, peer: Peer, viewer: Viewer, message: Mapping[str, Any]) -> None:
         try:
             kind, job_id = parse_message(message.get("text"))
         except BadMessage as e:

@@ -39,6 +39,7 @@ RANK = {name: rank for rank, name in enumerate(TIER_NAMES)}
 TIERS: dict[str, str] = {
     # unit: pure code on values and fakes
     "tests/dispatcher/test_guard.py": "unit",
+    "tests/backend/test_parts.py": "unit",
     "tests/dispatcher/test_placement.py": "unit",
     "tests/dispatcher/test_state_machine.py": "unit",
     "tests/dispatcher/test_feed_events.py": "unit",
@@ -67,6 +68,7 @@ TIERS: dict[str, str] = {
     ),
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
+    "tests/backend/test_app.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
@@ -89,6 +91,7 @@ TIERS: dict[str, str] = {
     "tests/runner/test_process.py": "integration",
     # system: real daemons, Docker, RabbitMQ, network namespaces
     "tests/agent/test_app.py": "system",
+    "tests/backend/test_cli_backend.py": "system",
     "tests/agent/test_cli_agent.py": "system",
     "tests/agent/test_e2e.py": "system",
     "tests/agent/test_forge_deliveries.py": "system",
