@@ -29,7 +29,10 @@ NOISY = f"""\
 steps:
   - name: noisy
     commands:
-      - i=0; while [ $i -lt {LINES} ]; do printf 'line %d ' $i; printf 'part two\\n'; i=$((i+1)); done; printf 'last-partial'
+      - >-
+        i=0; while [ $i -lt {LINES} ];
+        do printf 'line %d ' $i; printf 'part two\\n'; i=$((i+1)); done;
+        printf 'last-partial'
 """
 EXPECTED = [f"line {i} part two" for i in range(LINES)] + ["last-partial"]
 SLEEPY = """\
