@@ -102,6 +102,11 @@ def test_sign_in_sessions_and_public_read(tmp_path: Path) -> None:
                 assert (await browser.get("/session")).json()["signed_in"] is True
                 assert (await browser.delete("/session")).status_code == 200
                 assert (await browser.get("/api/state")).status_code == 401
+            async with signed_in(served, await up.token("read", "revoked")) as revoked:
+                assert (await up.http.delete("/api/tokens/revoked")).status_code == 200
+                gone = await revoked.get("/api/jobs")  # the dispatcher refuses it now
+                assert gone.status_code == 401 and "sign in again" in gone.json()["error"]
+                assert (await revoked.get("/api/state")).status_code == 401  # session ended
             async with running_backend(up, public_read=True, api_token=read) as public:
                 async with public.client() as anyone:
                     assert (await anyone.get("/api/state")).status_code == 200
