@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from narwhal.backend.access import Access, Viewer
 from narwhal.backend.history import MAX_ID
@@ -26,6 +27,8 @@ from narwhal.backend.hub import Hub, Peer, encode
 from narwhal.backend.live import Live
 from narwhal.backend.logs import Followers
 from narwhal.httpguard import JsonError, parse_json
+
+log = logging.getLogger(__name__)
 
 #: Largest message a browser may send (uvicorn refuses larger frames itself too).
 MAX_MESSAGE = 64 * 1024
@@ -100,9 +103,12 @@ class Sockets:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in ended:
+            if isinstance(outcome, OSError | WebSocketDisconnect):
+                peer.close("gone")  # the browser went away while it was sent something
+            elif isinstance(outcome, Exception):
+                log.error("websocket: %r", outcome, exc_info=outcome)
 
     async def _read(self, websocket: WebSocket, peer: Peer, viewer: Viewer) -> None:
         while True:
