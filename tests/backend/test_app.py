@@ -35,6 +35,13 @@ steps:
         printf 'last-partial'
 """
 EXPECTED = [f"line {i} part two" for i in range(LINES)] + ["last-partial"]
+#: A step that prints BULK lines of a kB.
+BULK = 1000
+BULKY = f"""\
+steps:
+  - name: bulky
+    command: head -c {BULK * 1000} /dev/zero | tr '\\0' x | fold -w 1000; echo; printf 'last-partial'
+"""
 SLEEPY = """\
 steps:
   - name: sleepy
@@ -313,23 +320,30 @@ def test_a_browser_that_does_not_read_is_closed_without_slowing_the_others(
     tmp_path: Path,
 ) -> None:
     async def scenario(tmp_path: Path) -> None:
-        async with running_up(tmp_path) as up, running_backend(up, socket_queue=20) as served:
+        async with (
+            running_up(tmp_path) as up,
+            running_backend(up, socket_queue=20, send_buffer=16384) as served,
+        ):
             async with signed_in(served, await up.token("read")) as browser:
                 stuck = await socket_for(served, browser, receive_buffer=4096)
                 reading = await socket_for(served, browser)
                 try:
-                    job_id = await up.submit(await repo_with(tmp_path, NOISY))
-                    await stuck.send({"type": "follow", "job_id": job_id})
+                    job_id = await up.submit(await repo_with(tmp_path, BULKY))
                     await reading.send({"type": "follow", "job_id": job_id})
+                    await stuck.send({"type": "follow", "job_id": job_id})
+                    # Each is answered with an error, queued for a browser that never reads.
+                    with contextlib.suppress(ConnectionError):
+                        for _ in range(3000):
+                            await stuck.send({"type": "dance"})
                     lines = await _followed_lines(reading, job_id)
-                    assert [line for line in lines if line.startswith("line ")] == EXPECTED[:-1]
-                    assert served.backend.hub.dropped == 1
+                    assert lines[-BULK - 1 :] == ["x" * 1000] * BULK + ["last-partial"]
+                    await eventually_async(
+                        lambda: served.backend.hub.dropped == 1, what="the stuck socket closed"
+                    )
                     assert len(served.backend.hub.peers) == 1
-                    try:  # what the kernel held for it, then the end
+                    with contextlib.suppress(Closed):  # what the kernel held for it, then the end
                         while True:
                             await stuck.receive(timeout=10)
-                    except Closed:
-                        pass
                 finally:
                     await stuck.close()
                     await reading.close()

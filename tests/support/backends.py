@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +120,16 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def running_backend(up: Up, **config: object) -> AsyncIterator[Served]:
-    """A backend on a free port, reading ``up``'s feed and API (``config``: BackendConfig's)."""
+async def running_backend(
+    up: Up, *, send_buffer: int | None = None, **config: object
+) -> AsyncIterator[Served]:
+    """A backend on a free port, reading ``up``'s feed and API (``config``: BackendConfig's).
+
+    ``send_buffer``: the kernel's send buffer of each connection (SO_SNDBUF,
+    which accepted sockets inherit from the listening one), fixed instead of
+    growing to megabytes, so that a browser that does not read is noticed
+    after kilobytes.
+    """
     bconf = BackendConfig(
         http_port=0,
         metrics=up.feed,
@@ -129,6 +138,8 @@ async def running_backend(up: Up, **config: object) -> AsyncIterator[Served]:
         **config,  # type: ignore[arg-type]
     )
     sock = listen("127.0.0.1", 0)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     port = sock.getsockname()[1]
     stop = asyncio.Event()
     context = zmq.asyncio.Context()
