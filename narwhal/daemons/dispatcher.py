@@ -32,7 +32,8 @@ from starlette.types import ASGIApp
 
 from narwhal.agent.app import Webhooks, webhook_routes
 from narwhal.agent.publisher import AmqpPublisher
-from narwhal.config import DispatcherConfig, RunnerConfig
+from narwhal.config import BackendConfig, DispatcherConfig, RunnerConfig
+from narwhal.daemons.backend import start_dashboard
 from narwhal.daemons.executors import resolved
 from narwhal.daemons.signals import on, two_signals
 from narwhal.dispatcher.amqp import DirectSink, Intake
@@ -44,6 +45,7 @@ from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.pool import RunnerPool
 from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
 from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.tokens import TOKEN_FILE
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
 from narwhal.runner.runner import Runner, executor_for
@@ -68,7 +70,11 @@ def mesh_for(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> RunnerPoo
 
 
 async def dispatcher_main(
-    dconf: DispatcherConfig, rconf: RunnerConfig | None, lock: DataDirLock, announce: Announce
+    dconf: DispatcherConfig,
+    rconf: RunnerConfig | None,
+    lock: DataDirLock,
+    announce: Announce,
+    dashboard: BackendConfig | None = None,
 ) -> None:
     """``narwhal dispatcher`` (``rconf`` None) or ``narwhal up``, until a signal."""
     stop, hurry = two_signals()
@@ -76,7 +82,16 @@ async def dispatcher_main(
         rconf = await resolved(rconf)
     ctx = zmq.asyncio.Context()
     try:
-        await serve(dconf, rconf, context=ctx, lock=lock, stop=stop, hurry=hurry, announce=announce)
+        await serve(
+            dconf,
+            rconf,
+            context=ctx,
+            lock=lock,
+            stop=stop,
+            hurry=hurry,
+            announce=announce,
+            dashboard=dashboard,
+        )
     finally:
         ctx.term()
 
@@ -90,12 +105,14 @@ async def serve(
     stop: asyncio.Event,
     announce: Announce,
     hurry: asyncio.Event | None = None,
+    dashboard: BackendConfig | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then shut down (``hurry``: at once; module docstring).
 
     ``lock``: the data dir's, held by the caller (``datadir.hold``) since
     before anything was written into the data dir. ``rconf``: ``narwhal
-    up``'s embedded runner, its executor already resolved.
+    up``'s embedded runner, its executor already resolved. ``dashboard``:
+    ``up``'s dashboard, on its own address (``daemons.backend``).
     """
     sock = listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
@@ -121,9 +138,18 @@ async def serve(
             runner = Runner(rconf, context=context, executor=executor_for(rconf))
             await extras.enter_async_context(runner)
             dispatcher.mesh.connect(runner.endpoint)
+        board = await start_dashboard(
+            dashboard,
+            feed=getattr(getattr(served, "publisher", None), "endpoint", None),
+            api=url,
+            token_file=dconf.data_dir / TOKEN_FILE,
+            context=context,
+            extras=extras,
+        )
         # The socket already listens: a client that reads this line can connect.
         announce(
-            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf)}{_executor_part(rconf)}"
+            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf)}"
+            f"{_executor_part(rconf)}{board}"
         )
 
         async def closing() -> None:

@@ -39,8 +39,10 @@ RANK = {name: rank for rank, name in enumerate(TIER_NAMES)}
 TIERS: dict[str, str] = {
     # unit: pure code on values and fakes
     "tests/dispatcher/test_guard.py": "unit",
+    "tests/backend/test_parts.py": "unit",
     "tests/dispatcher/test_placement.py": "unit",
     "tests/dispatcher/test_state_machine.py": "unit",
+    "tests/dispatcher/test_feed_events.py": "unit",
     "tests/test_testing.py": "unit",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
@@ -67,6 +69,7 @@ TIERS: dict[str, str] = {
     ),
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
+    "tests/backend/test_app.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
@@ -91,6 +94,7 @@ TIERS: dict[str, str] = {
     "tests/agent/test_app.py": "system",
     # headless Chromium (Debian's) driving the dashboard of a real `narwhal up`
     "tests/backend/test_browser.py": "system",
+    "tests/backend/test_cli_backend.py": "system",
     "tests/agent/test_cli_agent.py": "system",
     "tests/agent/test_e2e.py": "system",
     "tests/agent/test_forge_deliveries.py": "system",
