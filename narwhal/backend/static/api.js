@@ -79,6 +79,7 @@ export const api = {
   runner: (id) => get(`/api/runners/${encodeURIComponent(String(id))}`),
   cancel: (id) => post(`/api/jobs/${Number(id)}/cancel`),
   resubmit: (id) => post(`/api/jobs/${Number(id)}/resubmit`),
+  session: () => get("/session"),
   signIn: (token) => post("/session", { token }),
   signOut: () => del("/session"),
 };

@@ -32,6 +32,7 @@ class App {
         this.socket = st;
         this.showStatus();
       },
+      onClose: () => this.checkSession(),
     });
     this.router = new Router((route) => this.show(route));
     this.store.listen((topic) => {
@@ -80,6 +81,21 @@ class App {
     document.body.classList.remove("signed-out");
     this.feed.open();
     this.router.dispatch();
+    this.checkSession();
+  }
+
+  /** After a socket closed: a session that ended (revoked token, restart) asks for sign-in. */
+  async checkSession() {
+    let session;
+    try {
+      session = await api.session();
+    } catch {
+      return; // the server is away: the socket's back-off goes on
+    }
+    document.getElementById("sign-out").hidden = !session.signed_in;
+    if (!session.signed_in && !session.public_read && this.page) {
+      this.signIn("Your session ended; sign in again.");
+    }
   }
 
   received(msg) {

@@ -32,6 +32,8 @@ const COLUMNS = {
 };
 const FULL = Object.keys(COLUMNS);
 const COMPACT = ["id", "state", "what", "runner", "took"];
+/** Matrix siblings: the API gives their id, state, matrix and attempt only. */
+const SIBLING = ["id", "state", "what"];
 
 export function jobRow(job, now, columns = FULL) {
   const row = h("tr", { "data-job": job.id, class: "job-row" },
@@ -41,8 +43,8 @@ export function jobRow(job, now, columns = FULL) {
 }
 
 /** A table of jobs (already one page: never more than the caller's page size). */
-export function jobsTable(jobs, { empty = "No jobs.", compact = false } = {}) {
-  const columns = compact ? COMPACT : FULL;
+export function jobsTable(jobs, { empty = "No jobs.", compact = false, siblings = false } = {}) {
+  const columns = siblings ? SIBLING : compact ? COMPACT : FULL;
   const now = Date.now() / 1000;
   const body = h("tbody", {}, jobs.map((job) => jobRow(job, now, columns)));
   if (!jobs.length) {

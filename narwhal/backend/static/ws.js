@@ -9,10 +9,12 @@ export class Feed {
   /**
    * onMessage(msg): every message from the server.
    * onStatus({open, retryIn}): the socket's state, for the header's indicator.
+   * onClose(code): a socket closed (1008: too slow, or the session ended).
    */
-  constructor({ onMessage, onStatus, url }) {
+  constructor({ onMessage, onStatus, onClose, url }) {
     this.onMessage = onMessage;
     this.onStatus = onStatus || (() => {});
+    this.onClose = onClose || (() => {});
     this.url = url || defaultUrl();
     this.delay = FIRST_DELAY;
     this.socket = null;
@@ -36,10 +38,12 @@ export class Feed {
       if (this.followed !== null) this.send({ type: "follow", job_id: this.followed });
     });
     socket.addEventListener("message", (event) => this.received(event.data));
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      if (!this.closed) this.retry();
+      if (this.closed) return;
+      this.retry();
+      this.onClose(event.code);
     });
   }
 

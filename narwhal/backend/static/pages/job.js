@@ -208,7 +208,7 @@ class JobPage {
 
   renderSiblings() {
     const others = this.siblings.filter((j) => j.id !== this.id).sort((a, b) => a.id - b.id);
-    fill(this.family, others.length ? jobsTable(others, { compact: true })
+    fill(this.family, others.length ? jobsTable(others, { siblings: true })
       : h("p", { class: "muted" }, "Not part of a matrix."));
   }
 

@@ -26,7 +26,7 @@ export function mount(ctx, route) {
     try {
       const answer = await api.runner(id);
       if (!alive) return;
-      view = answer.runner || answer;
+      view = answer.runner; // null while the runner is not connected
       fill(graph, slotsGraph(answer.history || []));
       fill(jobs, jobsTable(recentJobs(answer), { empty: "No job ran here yet." }));
       drawHead();
@@ -68,7 +68,7 @@ function recentJobs(answer) {
 
 function renderHead(el, r, id) {
   if (!r) {
-    fill(el, h("h1", {}, `Runner ${id}`), h("p", { class: "muted" }, "Not known to the feed."));
+    fill(el, h("h1", {}, `Runner ${id}`), h("p", { class: "muted" }, "Not connected now."));
     return;
   }
   const used = Math.max(0, r.capacity - r.free);
