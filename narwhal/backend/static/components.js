@@ -24,7 +24,9 @@ const COLUMNS = {
   repo: ["Repository", (job) => h("td", { class: "repo", title: job.repo }, repoName(job.repo))],
   ref: ["Branch", (job) => h("td", { class: "ref", title: job.ref }, refName(job.ref))],
   sha: ["Commit", (job) => h("td", { class: "mono" }, shortSha(job.sha))],
-  what: ["Pipeline", (job) => h("td", { class: "what" }, jobWhat(job))],
+  what: ["Pipeline", (job, now, step) => h("td", { class: "what" }, jobWhat(job),
+    step && job.state === "running" && step.status === "running"
+      ? h("span", { class: "current-step" }, step.name) : null)],
   runner: ["Runner", (job) => h("td", {},
     job.runner_id ? link(runnerPath(job.runner_id), job.runner_id) : "—")],
   created: ["Created", (job, now) => h("td", { class: "when" }, ago(job.created_at, now))],
@@ -35,18 +37,21 @@ const COMPACT = ["id", "state", "what", "runner", "took"];
 /** Matrix siblings: the API gives their id, state, matrix and attempt only. */
 const SIBLING = ["id", "state", "what"];
 
-export function jobRow(job, now, columns = FULL) {
+/** One job as a row; step: its current step when known (the overview's live store). */
+export function jobRow(job, now, columns = FULL, step = null) {
   const row = h("tr", { "data-job": job.id, class: "job-row" },
-    columns.map((c) => COLUMNS[c][1](job, now)));
+    columns.map((c) => COLUMNS[c][1](job, now, step)));
   if (job.reason) row.title = job.reason;
   return row;
 }
 
 /** A table of jobs (already one page: never more than the caller's page size). */
-export function jobsTable(jobs, { empty = "No jobs.", compact = false, siblings = false } = {}) {
+export function jobsTable(jobs, { empty = "No jobs.", compact = false, siblings = false,
+  current = null } = {}) {
   const columns = siblings ? SIBLING : compact ? COMPACT : FULL;
   const now = Date.now() / 1000;
-  const body = h("tbody", {}, jobs.map((job) => jobRow(job, now, columns)));
+  const body = h("tbody", {},
+    jobs.map((job) => jobRow(job, now, columns, current ? current.get(job.id) : null)));
   if (!jobs.length) {
     body.append(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, empty)));
   }

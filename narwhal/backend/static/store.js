@@ -17,6 +17,8 @@ export class Store {
     this.queue = { queued: 0, active: 0, oldest: null };
     this.stats = { started_at: 0, jobs_total: {}, minutes: [] };
     this.feed = { connected: false };
+    /** Job id -> its current step (the feed's StepView), for live jobs. */
+    this.current = new Map();
     this.listeners = new Set();
     this.loaded = false;
   }
@@ -37,6 +39,7 @@ export class Store {
     this.queue = state.queue || this.queue;
     this.stats = state.stats || this.stats;
     this.feed = state.feed || this.feed;
+    this.current = new Map((state.steps || []).map((st) => [st.job_id, st]));
     this.loaded = true;
     this.emit("state", []);
   }
@@ -46,6 +49,8 @@ export class Store {
     if (topic === "job") {
       for (const job of items) this.jobs.set(job.id, job);
       this.prune();
+    } else if (topic === "step") {
+      for (const step of items) this.current.set(step.job_id, step);
     } else if (topic === "runner") {
       for (const runner of items) this.runners.set(runnerKey(runner), runner);
     } else if (topic === "queue" && items.length) {
@@ -60,7 +65,10 @@ export class Store {
     const ended = [...this.jobs.values()].filter((j) => isEnded(j.state));
     if (ended.length <= KEEP_ENDED) return;
     ended.sort((a, b) => b.id - a.id);
-    for (const job of ended.slice(KEEP_ENDED)) this.jobs.delete(job.id);
+    for (const job of ended.slice(KEEP_ENDED)) {
+      this.jobs.delete(job.id);
+      this.current.delete(job.id);
+    }
   }
 
   /** Runners still there, ready ones first, then by id. */

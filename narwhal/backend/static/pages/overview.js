@@ -38,7 +38,8 @@ function render(root, store) {
     h("div", { class: "overview-grid" },
       section("Runners", runners(store.runnerList())),
       section("Recent jobs", h("div", { class: "table-box" },
-        jobsTable(store.recentJobs(RECENT), { empty: "No jobs yet." })),
+        jobsTable(store.recentJobs(RECENT), { empty: "No jobs yet.",
+          current: store.current })),
       h("p", { class: "more" }, link("/jobs", "All jobs →")))));
 }
 
@@ -85,7 +86,8 @@ function oldest(queue, now) {
     link(jobPath(job.id), `#${job.id}`),
     h("span", { class: "repo" }, repoName(job.repo)),
     h("span", { class: "ref" }, refName(job.ref)),
-    h("span", { class: "waited" }, `for ${duration(now - job.created_at)}`),
+    h("span", { class: "waited" },
+      now - job.created_at < 1 ? "just queued" : `for ${duration(now - job.created_at)}`),
     h("span", { class: "reason" }, job.reason || "waiting"));
 }
 
