@@ -15,6 +15,7 @@ from narwhal.settings import (
     SECRET_VARIABLES,
     agent_config,
     dispatcher_config,
+    embedded_backend,
     embedded_runner,
     runner_config,
 )
@@ -53,6 +54,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         if args.command == "up":
             rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
             rconf = embedded_runner(dconf, rconf)
+            embedded_backend(dconf)  # the dashboard's key, trusted on the metrics feed
         scrub_secrets()
         asyncio.run(dispatcher_main(dconf, rconf, lock, announce))
     return 0
