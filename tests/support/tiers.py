@@ -84,6 +84,7 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_transport.py": "integration",
     "tests/mesh/test_zap.py": "integration",
     "tests/dispatcher/test_publisher.py": "integration",
+    "tests/mesh/test_subscriber.py": "integration",
     "tests/mesh/test_pool.py": "integration",
     "tests/runner/test_checkout.py": "integration",
     # runs the tools (base64, xxd, openssl ...) whose output must be masked
