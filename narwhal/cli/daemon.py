@@ -15,6 +15,7 @@ from narwhal.settings import (
     SECRET_VARIABLES,
     agent_config,
     dispatcher_config,
+    embedded_backend,
     embedded_runner,
     runner_config,
 )
@@ -62,7 +63,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         if args.command == "up":
             rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
             rconf = embedded_runner(dconf, rconf)
-            dashboard = up_dashboard(args, None, public_read=dconf.public_read)
+            # The dashboard's key, trusted on the metrics feed.
+            curve = embedded_backend(dconf)
+            dashboard = up_dashboard(args, curve, public_read=dconf.public_read)
         scrub_secrets()
         asyncio.run(dispatcher_main(dconf, rconf, lock, announce, dashboard))
     return 0

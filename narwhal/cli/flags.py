@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from narwhal.config import (
     DEFAULT_BACKEND_PORT,
+    DEFAULT_METRICS_PORT,
     EXECUTORS,
     AgentConfig,
     AmqpConfig,
@@ -97,9 +98,16 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
     )
     mesh_flags(p)
     p.add_argument(
+        "--metrics",
+        metavar="tcp://HOST:PORT",
+        default=env("METRICS"),
+        help="the metrics feed for backends: PUB on PORT, snapshots on PORT + 1; none: off "
+        f"(default: off; up: tcp://127.0.0.1:{DEFAULT_METRICS_PORT}; NARWHAL_METRICS)",
+    )
+    p.add_argument(
         "--keys-dir",
         default=None,
-        help="CURVE keys: server.key(_secret) and runners/ (default DATA_DIR/keys; "
+        help="CURVE keys: server.key(_secret), runners/ and subscribers/ (default DATA_DIR/keys; "
         "NARWHAL_KEYS_DIR)",
     )
     insecure_flag(p)

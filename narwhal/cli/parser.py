@@ -171,13 +171,21 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     gen.add_argument("--name", default=None, help="file name without suffix (default: hostname)")
     add = actions.add_parser("trust", help="let the runner holding FILE's key in, as --id")
     add.add_argument("file", metavar="FILE", help="the runner's public key file (NAME.key)")
-    add.add_argument("--id", required=True, help="the one runner id this key may use")
+    add.add_argument(
+        "--id", help="the one runner id this key may use (a subscriber's: a name, default NAME)"
+    )
     add.add_argument("--labels", help="k=v,k=v pinned for it: replace what the runner claims")
+    _subscriber_flag(add, "FILE is a backend's key: let it read the metrics feed")
     _where(add)
     rm = actions.add_parser("revoke", help="drop runner ID's key; its link closes within seconds")
     rm.add_argument("runner_id", metavar="ID")
+    _subscriber_flag(rm, "ID is a subscriber's name (narwhal keys list shows them)")
     _where(rm)
-    _where(actions.add_parser("list", help="the dispatcher's key and the trusted runners"))
+    _where(actions.add_parser("list", help="the dispatcher's key, trusted runners and subscribers"))
+
+
+def _subscriber_flag(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--subscriber", action="store_true", help=text)
 
 
 def _where(p: argparse.ArgumentParser) -> None:

@@ -11,8 +11,9 @@ running jobs drain for ``--drain-timeout``, then are cancelled and
 reported) and let the dispatcher record those reports (up to
 ``DRAIN_SECONDS``); end the log streams still open with a last line saying
 why; give other requests in flight ``HTTP_GRACE``; stop browsing mDNS,
-close the webhook publisher, the AMQP consumer and the status reporter
-(which sends what it has for a few seconds), close the dispatcher; the
+close the webhook publisher, the AMQP consumer, the status reporter
+(which sends what it has for a few seconds) and the metrics feed's
+publisher, close the dispatcher; the
 caller then releases the data directory's lock. ``hurry`` (the second
 signal) cuts the waits short: no more draining, steps get SIGKILL at once,
 requests in flight are cancelled; the jobs are still reported, so they end
@@ -126,7 +127,9 @@ async def serve(
         Dispatcher(dconf, store=SqliteStore(dconf.db_path), mesh=pool) as dispatcher,
         contextlib.AsyncExitStack() as extras,
     ):
-        served = await serve_parts(dispatcher, dconf, url, extras, shutdown)
+        served = await serve_parts(
+            dispatcher, dconf, url, extras, shutdown, metrics_fallback=rconf is not None
+        )
         app = await _with_webhooks(served.api, served.intake, dconf, extras)
         app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
@@ -140,7 +143,7 @@ async def serve(
             dispatcher.mesh.connect(runner.endpoint)
         board = await start_dashboard(
             dashboard,
-            feed=getattr(getattr(served, "publisher", None), "endpoint", None),
+            feed=served.publisher.endpoint if served.publisher is not None else None,
             api=url,
             token_file=dconf.data_dir / TOKEN_FILE,
             context=context,
@@ -148,7 +151,7 @@ async def serve(
         )
         # The socket already listens: a client that reads this line can connect.
         announce(
-            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf)}"
+            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf, served.publisher)}"
             f"{_executor_part(rconf)}{board}"
         )
 

@@ -63,10 +63,16 @@ log = logging.getLogger(__name__)
 
 #: The zap_domain of the feed's sockets.
 ZAP_DOMAIN = "narwhal-feed"
-#: A snapshot request is one short frame; anything longer cuts the peer off.
-MAX_REQUEST_BYTES = 256
+#: A snapshot request is one short frame; anything longer cuts the peer off. CURVE's
+#: handshake commands count too (with 256, INITIATE was cut off: measured).
+MAX_REQUEST_BYTES = 4096
 #: Snapshot replies queued per requester before the next one is dropped.
 ROUTER_SNDHWM = 4
+#: Messages queued per subscriber before the PUB drops that subscriber's next
+#: ones. A message is at most ``MAX_ITEMS`` items (some 400 KB at the most),
+#: shared by every subscriber's queue, so a stuck subscriber holds 400 MB at
+#: the very worst; a healthy one reads each flush's few messages at once.
+SEND_HWM = 1000
 #: Tries at a free pair of ports (PUB, PUB + 1) for port 0 or a fallback.
 BIND_TRIES = 20
 
@@ -89,7 +95,7 @@ class Publisher:
         curve: ServerCurve | None = None,
         flush_interval: float = 0.05,
         beat_interval: float = 1.0,
-        send_hwm: int = 10_000,
+        send_hwm: int = SEND_HWM,
         max_flush_items: int = 20_000,
         linger_ms: int = 0,
         fallback: bool = False,

@@ -14,7 +14,9 @@
    drops them and starts again). No answer within ``timeout``, a
    malformed one, or silence on the SUB: it tries again after a back-off
    (``backoff`` doubling to ``max_backoff``), for as long as it is asked
-   for updates.
+   for updates; after silence, on a new SUB socket (libzmq does not retry
+   a connection whose CURVE handshake was refused, so a key trusted later
+   would never be tried again).
 3. It drops the kept messages the snapshot covers (same epoch, ``seq`` up
    to the snapshot's), then yields the rest and what follows.
 
@@ -67,6 +69,10 @@ class _Resync(Exception):
     """The snapshot under way cannot be used: start again (after a back-off)."""
 
 
+class _Silent(_Resync):
+    """The SUB heard nothing: start again on a new socket."""
+
+
 class Subscriber:
     """Follows one dispatcher's metrics feed (``tcp://HOST:PORT``)."""
 
@@ -100,6 +106,8 @@ class Subscriber:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._quiet = QuietLog(log)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sub: zmq.asyncio.Socket | None = None
 
     def status(self) -> dict[str, Any]:
         """The ``feed`` part of the backend's ``GET /api/state``."""
@@ -117,16 +125,15 @@ class Subscriber:
         """A ``Snapshot``, then ``Update``s in order; a new ``Snapshot`` after each gap.
 
         Never ends by itself: the caller stops it (``aclose``, or cancelling
-        the task that iterates), which closes its sockets.
+        the task that iterates), which closes its sockets. One iteration at
+        a time per subscriber.
         """
-        ctx = self._context or zmq.asyncio.Context()
-        sub = self._socket(ctx, zmq.SUB)
+        if self._ctx is not None:
+            raise RuntimeError("Subscriber.updates() is already being iterated")
+        self._ctx = self._context or zmq.asyncio.Context()
         try:
-            sub.setsockopt(zmq.RCVHWM, self._hwm)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(self.endpoint)
             while True:
-                snapshot, kept = await self._sync(ctx, sub)
+                snapshot, kept = await self._sync()
                 yield snapshot
                 for update in kept:
                     if not self._in_order(update):
@@ -134,20 +141,35 @@ class Subscriber:
                     if update.topic != _BEAT:
                         yield update
                 else:
-                    while (received := await self._receive(sub)) is not None:
+                    while (received := await self._receive()) is not None:
                         if received.topic != _BEAT:
                             yield received
                 self.connected = False
         finally:
             self.connected = False
-            sub.close(0)
+            self._close_sub()
             if self._context is None:
-                ctx.term()
+                self._ctx.term()
+            self._ctx = None
+
+    def _open_sub(self) -> zmq.asyncio.Socket:
+        if self._sub is None:
+            self._sub = self._socket(zmq.SUB)
+            self._sub.setsockopt(zmq.RCVHWM, self._hwm)
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self._sub.connect(self.endpoint)
+        return self._sub
+
+    def _close_sub(self) -> None:
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
 
     # following
 
-    async def _receive(self, sub: zmq.asyncio.Socket) -> Update | None:
+    async def _receive(self) -> Update | None:
         """The next message if it follows the last one; None: a gap (counted)."""
+        sub = self._open_sub()
         try:
             async with asyncio.timeout(self.timeout):
                 frames = await sub.recv_multipart()
@@ -181,30 +203,29 @@ class Subscriber:
 
     # syncing
 
-    async def _sync(
-        self, ctx: zmq.asyncio.Context, sub: zmq.asyncio.Socket
-    ) -> tuple[Snapshot, list[Update]]:
+    async def _sync(self) -> tuple[Snapshot, list[Update]]:
         """A snapshot and the messages kept since it was asked for (module docstring)."""
         delay = self._backoff
         while True:
             try:
-                return await self._try_sync(ctx, sub)
+                return await self._try_sync(self._open_sub())
+            except _Silent as e:
+                # libzmq does not reconnect a client whose CURVE handshake was
+                # refused (measured, 4.3.5): a new socket makes a new attempt.
+                self._close_sub()
+                self._quiet.warning(self.endpoint, "metrics feed %s: %s", self.endpoint, e)
             except _Resync as e:
-                self._quiet.warning(
-                    f"sync {self.endpoint}", "metrics feed %s: %s", self.endpoint, e
-                )
+                self._quiet.warning(self.endpoint, "metrics feed %s: %s", self.endpoint, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
 
-    async def _try_sync(
-        self, ctx: zmq.asyncio.Context, sub: zmq.asyncio.Socket
-    ) -> tuple[Snapshot, list[Update]]:
+    async def _try_sync(self, sub: zmq.asyncio.Socket) -> tuple[Snapshot, list[Update]]:
         if not await sub.poll(self.timeout * 1000):
-            raise _Resync(f"nothing heard for {self.timeout:g} s (not up, or our key refused?)")
+            raise _Silent(f"nothing heard for {self.timeout:g} s (not up, or our key refused?)")
         with contextlib.suppress(zmq.Again):
             while True:  # heard before the request: older than the snapshot
                 _recv_now(sub)
-        dealer = self._socket(ctx, zmq.DEALER)
+        dealer = self._socket(zmq.DEALER)
         try:
             dealer.connect(self.snapshot_endpoint)
             # A DEALER that connects queues at once; the send completes at once too.
@@ -252,8 +273,9 @@ class Subscriber:
                     self.missed += len(kept)
                     raise _Resync(f"more than {self._buffer_limit} messages before the snapshot")
 
-    def _socket(self, ctx: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
-        sock = ctx.socket(kind)
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        assert self._ctx is not None  # noqa: S101 - only while updates() runs
+        sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FEED_BYTES + 1024)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self._max_backoff * 1000))

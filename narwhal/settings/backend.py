@@ -19,7 +19,7 @@ from narwhal.config import (
     SubscriberCurve,
 )
 from narwhal.errors import ConfigError
-from narwhal.settings.values import env, host_port, http_url, positive, secret
+from narwhal.settings.values import env, feed_endpoint, host_port, http_url, positive, secret
 
 
 def backend_config(args: argparse.Namespace) -> BackendConfig:
@@ -74,13 +74,3 @@ def up_dashboard(
         api_port = host_port(args.http, DEFAULT_HTTP_PORT)[1]
         host, port = "127.0.0.1", DEFAULT_BACKEND_PORT if api_port else 0
     return BackendConfig(http_host=host, http_port=port, public_read=public_read, curve=curve)
-
-
-def feed_endpoint(flag: str, text: str) -> str | None:
-    """``tcp://HOST:PORT``; ``none`` or ``off``: None."""
-    if text.strip().lower() in ("", "none", "off"):
-        return None
-    head, sep, port = text.rpartition(":")
-    if not head.startswith("tcp://") or len(head) <= 6 or not port.isdigit() or int(port) > 65534:
-        raise ConfigError(f"{flag}: expected tcp://HOST:PORT, got {text!r}")
-    return text

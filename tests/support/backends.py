@@ -91,7 +91,7 @@ async def running_up(tmp_path: Path, *, public_read: bool = False) -> AsyncItera
                 await asyncio.sleep(0.02)
         api = re.search(r"http://\S+", lines[0])
         feed = re.search(r"metrics feed on (tcp://\S+)", lines[0])
-        assert api, lines[0]
+        assert api and feed, lines[0]
         async with httpx.AsyncClient(
             base_url=api.group(0), headers=auth_headers(API_TOKEN), timeout=30
         ) as http:

@@ -46,6 +46,9 @@ TIERS: dict[str, str] = {
     "tests/test_testing.py": "unit",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
+    "tests/mesh/test_feed.py": "unit",
+    "tests/mesh/test_subscriber_replica.py": "unit",
+    "tests/dispatcher/test_feed_state.py": "unit",
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
     "tests/test_pipeline.py": "unit",
@@ -83,6 +86,8 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_discovery.py": "integration",
     "tests/mesh/test_transport.py": "integration",
     "tests/mesh/test_zap.py": "integration",
+    "tests/dispatcher/test_publisher.py": "integration",
+    "tests/mesh/test_subscriber.py": "integration",
     "tests/mesh/test_pool.py": "integration",
     "tests/runner/test_checkout.py": "integration",
     # runs the tools (base64, xxd, openssl ...) whose output must be masked

@@ -92,15 +92,18 @@ class WsClient:
             headers.append((b"cookie", cookie.encode()))
         await self._write(self.conn.send(Request(host=host, target=path, extra_headers=headers)))
         status = None
-        while True:
+        accepted = False
+        while not accepted:
             for event in await self._events():
-                if isinstance(event, AcceptConnection):
-                    return
-                if isinstance(event, RejectConnection):
+                if accepted:  # what came with the answer: the first messages
+                    await self._handle(event)
+                elif isinstance(event, AcceptConnection):
+                    accepted = True
+                elif isinstance(event, RejectConnection):
                     status = event.status_code
                     if not event.has_body:
                         raise Refused(status)
-                if isinstance(event, RejectData) and event.body_finished:
+                elif isinstance(event, RejectData) and event.body_finished:
                     raise Refused(status or 0)
 
     async def _write(self, data: bytes) -> None:
