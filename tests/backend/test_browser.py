@@ -227,9 +227,13 @@ def _lines(page: Any) -> list[str]:
     return list(page.eval_on_selector_all(".log .ln", "els => els.map(e => e.textContent)"))
 
 
+#: The memory line of the step that allocates (runners send samples every few seconds).
+STREAM_MEMORY = '.step:has(.step-name:text-is("stream")) figure.usage path.mem'
+
+
 def _points(page: Any) -> int:
-    found = page.locator("figure.usage path.mem")
-    return int(found.first.get_attribute("data-points") or 0) if found.count() else 0
+    found = page.locator(STREAM_MEMORY)
+    return int(found.get_attribute("data-points") or 0) if found.count() else 0
 
 
 @pytest.mark.timeout(300)
@@ -285,11 +289,12 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
     assert page.locator(".log span.f208").count()
 
     # The resource graph draws, grows, and says the peak in human units.
-    expect(page.locator("figure.usage path.mem")).to_have_count(1, timeout=20_000)
+    expect(page.locator(STREAM_MEMORY)).to_have_count(1, timeout=20_000)
     first = _points(page)
-    eventually(lambda: _points(page) > max(first, 2), timeout=15, what="more usage samples")
-    assert page.locator("figure.usage path.mem").get_attribute("d").count("L") >= 2
-    caption = page.locator("figure.usage .mem-key").text_content() or ""
+    eventually(lambda: _points(page) > max(first, 2), timeout=30, what="more usage samples")
+    assert (page.locator(STREAM_MEMORY).get_attribute("d") or "").count("L") >= 2
+    stream = page.locator('.step:has(.step-name:text-is("stream"))')
+    caption = stream.locator("figure.usage .mem-key").text_content() or ""
     peak = re.fullmatch(r"peak (\d+(?:\.\d+)?) (MiB|GiB)( of .+)?", caption)
     assert peak, caption
     assert float(peak.group(1)) * (1024 if peak.group(2) == "GiB" else 1) >= 64, caption
@@ -299,7 +304,7 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
     expect(page.locator(".runner", has_text="local")).to_contain_text("1 used")
     page.screenshot(path=str(IMAGES / "dashboard-overview.png"))
     page.goto(f"{board}/jobs/{slow}")
-    expect(page.locator("figure.usage path.mem")).to_have_count(1)
+    expect(page.locator(STREAM_MEMORY)).to_have_count(1)
     expect(page.locator(".log .ln").nth(20)).to_be_attached(timeout=20_000)
     page.screenshot(path=str(IMAGES / "dashboard-job.png"))
 
