@@ -319,7 +319,7 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
 
     # A hostile log line is text too.
     page.goto(f"{board}/jobs/{xss_job}")
-    expect(page.locator(".log .ln", has_text=XSS)).to_have_count(1)
+    expect(page.locator(".log .ln").get_by_text(XSS, exact=True)).to_have_count(1)
     page.goto(f"{board}/jobs?state=failed")
     expect(page.locator("tr.job-row")).to_have_count(1)
     expect(page.locator("tr.job-row")).to_contain_text(f"#{ended[2]}")
