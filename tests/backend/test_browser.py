@@ -249,7 +249,8 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
     hostile = _branch(web, XSS_BRANCH, {"narwhal.yml": XSS_PIPELINE})
     tools = _repo(git_dir, "acme-tools", {"narwhal.yml": FAILING})
     service = _repo(git_dir, "acme-api", {"narwhal.yml": SLOW, "emit.py": EMIT})
-    ended = [api.submit(web), api.submit(web, ref=login), api.submit(tools)]
+    main = "refs/heads/main"
+    ended = [api.submit(web, ref=main), api.submit(web, ref=login), api.submit(tools, ref=main)]
     xss_job = api.submit(web, ref=hostile)
     for job_id in [*ended, xss_job]:
         api.wait(job_id)
@@ -266,8 +267,8 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
     expect(runner).to_contain_text("ready")
     assert "token" not in page.url
     # Jobs submitted now appear without a reload.
-    waiting = api.submit(web, labels={"gpu": "a100"})
-    slow = api.submit(service)
+    waiting = api.submit(web, ref=main, labels={"gpu": "a100"})
+    slow = api.submit(service, ref=main)
     expect(page.locator(f'tr[data-job="{slow}"]')).to_contain_text("running", timeout=20_000)
     expect(page.locator(f'tr[data-job="{waiting}"]')).to_contain_text("queued")
     expect(page.locator(".oldest")).to_contain_text("no runner offers gpu=a100")

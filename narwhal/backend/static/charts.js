@@ -64,10 +64,7 @@ export function peakText(usage) {
 /** A step's samples [[seconds, cpu cores, memory bytes], ...] as two lines. */
 export function resourceGraph(usage) {
   const H = 120;
-  // One sample is a level, drawn across the graph.
-  const given = usage.samples || [];
-  const samples = given.length === 1 ? [given[0], [Math.max(1, given[0][0]), ...given[0].slice(1)]]
-    : given;
+  const samples = usage.samples || [];
   const tMax = Math.max(1, ...samples.map((p) => p[0]));
   const memPeak = Math.max(1, usage.peak_memory || 0, ...samples.map((p) => p[2]));
   const cpuPeak = Math.max(0.05, usage.peak_cpu || 0, ...samples.map((p) => p[1]));
@@ -78,8 +75,8 @@ export function resourceGraph(usage) {
   const cpu = samples.map((p) => [x(p[0]), H - (p[1] / cpuTop) * H]);
   const parts = [
     s("path", { class: "mem-area", d: area(mem, H) }),
-    s("path", { class: "mem", d: pathOf(mem), "data-points": given.length }),
-    s("path", { class: "cpu", d: pathOf(cpu), "data-points": given.length }),
+    s("path", { class: "mem", d: pathOf(mem), "data-points": samples.length }),
+    s("path", { class: "cpu", d: pathOf(cpu), "data-points": samples.length }),
   ];
   const limit = usage.memory_limit;
   if (limit && limit <= memTop) {

@@ -34,6 +34,8 @@ const COLUMNS = {
 };
 const FULL = Object.keys(COLUMNS);
 const COMPACT = ["id", "state", "what", "runner", "took"];
+/** The overview's latest jobs: no commit, so the table fits beside the runners. */
+const RECENT = ["id", "state", "repo", "ref", "what", "runner", "created", "took"];
 /** Matrix siblings: the API gives their id, state, matrix and attempt only. */
 const SIBLING = ["id", "state", "what"];
 
@@ -47,8 +49,8 @@ export function jobRow(job, now, columns = FULL, step = null) {
 
 /** A table of jobs (already one page: never more than the caller's page size). */
 export function jobsTable(jobs, { empty = "No jobs.", compact = false, siblings = false,
-  current = null } = {}) {
-  const columns = siblings ? SIBLING : compact ? COMPACT : FULL;
+  recent = false, current = null } = {}) {
+  const columns = siblings ? SIBLING : compact ? COMPACT : recent ? RECENT : FULL;
   const now = Date.now() / 1000;
   const body = h("tbody", {},
     jobs.map((job) => jobRow(job, now, columns, current ? current.get(job.id) : null)));

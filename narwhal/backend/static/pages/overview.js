@@ -39,7 +39,7 @@ function render(root, store) {
       section("Runners", runners(store.runnerList())),
       section("Recent jobs", h("div", { class: "table-box" },
         jobsTable(store.recentJobs(RECENT), { empty: "No jobs yet.",
-          current: store.current })),
+          recent: true, current: store.current })),
       h("p", { class: "more" }, link("/jobs", "All jobs →")))));
 }
 

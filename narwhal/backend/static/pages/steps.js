@@ -2,7 +2,7 @@
 // share of the longest step, and under each step that was measured its CPU and
 // memory graph. Kept as a model that feed updates change (step and usage topics).
 
-import { resourceGraph, share } from "../charts.js";
+import { peakText, resourceGraph, share } from "../charts.js";
 import { badge, fill, h } from "../dom.js";
 import { duration } from "../format.js";
 
@@ -80,7 +80,15 @@ function stepRow(st, took, longest) {
       h("span", { class: "step-exit mono" }, exit),
       h("span", { class: "step-time" }, st.status === "skipped" ? "—" : duration(took)),
       h("div", { class: "bar-track" }, bar)),
-    st.usage && st.usage.samples && st.usage.samples.length ? resourceGraph(st.usage) : null);
+    usageOf(st));
+}
+
+/** A graph from two samples on; one sample (a step of a moment) says its peak only. */
+function usageOf(st) {
+  const samples = st.usage && st.usage.samples ? st.usage.samples : [];
+  if (samples.length > 1) return resourceGraph(st.usage);
+  if (samples.length === 1) return h("div", { class: "usage-line muted" }, peakText(st.usage));
+  return null;
 }
 
 function barKind(status) {
