@@ -85,7 +85,8 @@ export class LogView {
       }
       this.number += 1;
       const line = document.createElement("div");
-      line.className = "ln";
+      // Narwhal's own lines (a step starts, a job ends) stand out from the steps' output.
+      line.className = text.startsWith("--- ") ? "ln mark" : "ln";
       line.dataset.n = String(this.number);
       renderSegments(line, this.parser.segments(text));
       fragment.append(line);
