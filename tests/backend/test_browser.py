@@ -38,21 +38,43 @@ WALL = {"width": 1920, "height": 1080}
 Up = Callable[..., tuple[Daemon, Client]]
 
 
+class Chromium:
+    """Debian's Chromium under Playwright, started by the test's first call.
+
+    Started from the test body, not in a fixture's setup, so a missing browser
+    or Playwright makes the test FAIL (a setup error would read as not run).
+    """
+
+    def __init__(self) -> None:
+        self._playwright: Any = None
+        self._browser: Any = None
+
+    def __call__(self) -> Any:
+        if self._browser is None:
+            try:
+                from playwright.sync_api import sync_playwright
+            except ImportError as e:
+                pytest.fail(f"Playwright for Python is missing ({e}): pip install -e '.[test]'")
+            if not os.access(CHROMIUM, os.X_OK):
+                pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test does)")
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+        if self._playwright is not None:
+            self._playwright.stop()
+
+
 @pytest.fixture
-def browser() -> Iterator[Any]:
-    """Chromium from Debian, started by Playwright; fails (never skips) when either is missing."""
+def chromium() -> Iterator[Chromium]:
+    launcher = Chromium()
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        pytest.fail(f"Playwright for Python is missing ({e}): pip install -e '.[test]'")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test does)")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+        yield launcher
+    finally:
+        launcher.close()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -93,8 +115,10 @@ async () => {
 """
 
 
-def test_ansi_colours_become_classes_and_other_escapes_go(browser: Any, static_site: str) -> None:
-    page = browser.new_page()
+def test_ansi_colours_become_classes_and_other_escapes_go(
+    chromium: Chromium, static_site: str
+) -> None:
+    page = chromium().new_page()
     page.goto(static_site + "/")
     got = page.evaluate(ANSI_CASES)
     seg = lambda *pairs: [{"text": t, "cls": c} for t, c in pairs]  # noqa: E731
@@ -146,8 +170,10 @@ async (total) => {
 """
 
 
-def test_the_log_view_draws_in_frames_and_caps_the_page(browser: Any, static_site: str) -> None:
-    page = browser.new_page()
+def test_the_log_view_draws_in_frames_and_caps_the_page(
+    chromium: Chromium, static_site: str
+) -> None:
+    page = chromium().new_page()
     page.goto(static_site + "/")
     got = page.evaluate(LOG_FLOOD, 50_000)
     assert 100 <= got["firstFrame"] < 5000, "a frame draws a batch, not all 5,000 lines"
@@ -238,8 +264,9 @@ def _points(page: Any) -> int:
 
 @pytest.mark.timeout(300)
 def test_the_dashboard_follows_a_job_live_and_cancels_it(
-    browser: Any, narwhal_up: Up, tmp_path: Path
+    chromium: Chromium, narwhal_up: Up, tmp_path: Path
 ) -> None:
+    browser = chromium()
     expect = _expect()
     daemon, api = narwhal_up("--capacity", "3")
     board, token = _sign_in_link(daemon)
