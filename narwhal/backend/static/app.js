@@ -176,6 +176,4 @@ function themeToggle() {
 }
 
 themeToggle();
-const app = new App();
-window.narwhal = app; // for a look from the browser's console
-app.start();
+new App().start();
