@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from narwhal.dispatcher.jobs import Changes, JobTable
 from narwhal.dispatcher.mesh import Peer
-from narwhal.dispatcher.store.base import AppendLog, StepFinished, StepStarted
+from narwhal.dispatcher.store.base import (
+    AppendLog,
+    AppendUsage,
+    StepFinished,
+    StepStarted,
+    UsageSample,
+)
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
 
@@ -33,8 +39,28 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
                 message.pipeline,
                 message.variants,
             )
+        elif isinstance(message, p.Usage):
+            _record_usage(changes, message)
         else:
             _record_output(table, changes, message)
+
+
+def _record_usage(changes: Changes, message: p.Usage) -> None:
+    """A running step's samples: stored, then told to the feed (no follower waits for them)."""
+    # Decoded as floats; memory was checked to be whole bytes.
+    samples: tuple[UsageSample, ...] = tuple(
+        (t, cpu, int(memory)) for t, cpu, memory in message.samples
+    )
+    write = AppendUsage(
+        job_id=message.job_id,
+        attempt=message.attempt,
+        seq=message.seq,
+        index=message.index,
+        samples=samples,
+        memory_limit=message.memory_limit,
+    )
+    changes.add(write)
+    # Feed: changes.after_commit(lambda: feed.publish(UsageSampled(...write's fields...)))
 
 
 def _record_output(table: JobTable, changes: Changes, message: p.Message) -> None:

@@ -44,6 +44,7 @@ TIERS: dict[str, str] = {
     "tests/test_testing.py": "unit",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
+    "tests/dispatcher/store/test_thinning.py": "unit",
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
     "tests/test_pipeline.py": "unit",
