@@ -7,7 +7,7 @@ acknowledges them only once it is committed.
 
 from __future__ import annotations
 
-from narwhal.dispatcher.feed import Event, LogAppended, StepChanged
+from narwhal.dispatcher.feed import Event, LogAppended, StepChanged, UsageSampled
 from narwhal.dispatcher.jobs import Changes, JobTable
 from narwhal.dispatcher.mesh import Peer
 from narwhal.dispatcher.store.base import (
@@ -41,12 +41,12 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
                 message.variants,
             )
         elif isinstance(message, p.Usage):
-            _record_usage(changes, message)
+            _record_usage(table, changes, message)
         else:
             _record_output(table, changes, message)
 
 
-def _record_usage(changes: Changes, message: p.Usage) -> None:
+def _record_usage(table: JobTable, changes: Changes, message: p.Usage) -> None:
     """A running step's samples: stored, then told to the feed (no follower waits for them)."""
     # Decoded as floats; memory was checked to be whole bytes.
     samples: tuple[UsageSample, ...] = tuple(
@@ -61,7 +61,8 @@ def _record_usage(changes: Changes, message: p.Usage) -> None:
         memory_limit=message.memory_limit,
     )
     changes.add(write)
-    # Feed: changes.after_commit(lambda: feed.publish(UsageSampled(...write's fields...)))
+    event = UsageSampled(write.job_id, write.attempt, write.index, samples, write.memory_limit)
+    changes.after_commit(lambda: table.feed.publish(event))
 
 
 def _record_output(table: JobTable, changes: Changes, message: p.Message) -> None:

@@ -126,6 +126,8 @@ class StepMeter:
         self._task: asyncio.Task[None] | None = None
         self._last_cpu = 0.0
         self._last_at = self._start
+        #: The most memory a sample had, thinned out or not.
+        self._most = 0
         self._failed = False
 
     @property
@@ -178,9 +180,21 @@ class StepMeter:
         cpu = used / elapsed if elapsed > 0 and used > 0 else 0.0
         self._last_cpu, self._last_at = reading.cpu, now
         memory = reading.memory
-        if memory is None:  # all ended: what was in use at the sample before, or the peak
-            memory = self._samples.kept[-1][2] if self._samples.kept else reading.peak
+        if memory is None:
+            memory = self._ended(reading.peak)
+        self._most = max(self._most, memory)
         self._samples.add((round(now - self._start, 3), round(cpu, 3), memory))
+
+    def _ended(self, peak: int) -> int:
+        """Memory of a sample taken once all the step's processes ended.
+
+        Their peak if no sample saw that much (it came and went between two,
+        or before the first), so the step's peak is right; else what the
+        sample before had, so the graph does not jump at its end.
+        """
+        if peak > self._most or not self._samples.kept:
+            return peak
+        return self._samples.kept[-1][2]
 
     async def _tick(self) -> None:
         delay = self.interval / 2

@@ -48,6 +48,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/store/test_thinning.py": "unit",
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
+    "tests/runner/test_usage.py": "unit",
     "tests/test_pipeline.py": "unit",
     "tests/test_pipeline_echo.py": "unit",
     "tests/test_redact.py": "unit",
@@ -88,6 +89,7 @@ TIERS: dict[str, str] = {
     "tests/runner/test_executor.py": "integration",
     "tests/runner/test_job.py": "integration",
     "tests/runner/test_process.py": "integration",
+    "tests/runner/test_probes.py": "integration",
     # system: real daemons, Docker, RabbitMQ, network namespaces
     "tests/agent/test_app.py": "system",
     "tests/agent/test_cli_agent.py": "system",
