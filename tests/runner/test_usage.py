@@ -32,6 +32,7 @@ from narwhal.runner.usage import (
     Unmetered,
     meter_for,
 )
+from tests.support.eventually import eventually_async
 
 MiB = 1 << 20
 
@@ -184,8 +185,7 @@ def test_when_every_process_ended_the_memory_before_or_the_peak_is_kept() -> Non
         probe = FakeProbe(memory=50 * MiB)
         meter = _meter(sent, probe, interval=0.2, exact=False)
         meter.watch(probe, memory_limit=None)
-        while not meter.samples:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: meter.samples, timeout=5, what="a first sample")
         await asyncio.sleep(0.1)  # half way to the next: the last sample is not skipped
         probe.memory, probe.peak = None, peak
         await meter.last()
