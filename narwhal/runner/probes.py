@@ -37,6 +37,8 @@ from narwhal.runner.usage import Reading
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: Times a container's cgroup is looked for before its probe gives up.
+_SEARCHES = 3
 #: Nothing there to read: a process or a cgroup that just went.
 _GONE = (FileNotFoundError, ProcessLookupError)
 
@@ -173,9 +175,13 @@ class CgroupProbe:
         self._pid = pid
         self._proc = proc
         self._files: _Files | None = None
+        self._searches = 0
 
     def read(self) -> Reading | None:
         if self._files is None:
+            if self._searches >= _SEARCHES:
+                return None  # not on this host's cgroup mounts: no engine call every second
+            self._searches += 1
             self._files = self._find()
             if self._files is None:
                 return None

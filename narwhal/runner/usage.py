@@ -197,6 +197,7 @@ class StepMeter:
         return self._samples.kept[-1][2]
 
     async def _tick(self) -> None:
+        await self._baseline()
         delay = self.interval / 2
         sent_at = self._clock()
         while self._probe is not None:
@@ -206,6 +207,19 @@ class StepMeter:
                 await self._send()
                 sent_at = self._clock()
             delay = self.interval
+
+    async def _baseline(self) -> None:
+        """Where the step's CPU counter stands as it starts (a container's already
+        holds its start-up); kept as no sample. Without it, it counts from zero."""
+        if self._probe is None:
+            return
+        try:
+            reading = await asyncio.to_thread(self._probe.read)
+        except Exception as e:  # as any other read: no figure, that is all
+            self._complain(e)
+            return
+        if reading is not None:
+            self._last_cpu, self._last_at = reading.cpu, self._clock()
 
     async def _send(self) -> None:
         new = self._samples.unsent()

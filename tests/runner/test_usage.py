@@ -345,6 +345,10 @@ def test_a_cgroup_elsewhere_is_found_through_the_init_process(tmp_path: Path) ->
     assert probe.read() == Reading(cpu=0.5, memory=4096)
     assert probe.read() == Reading(cpu=0.5, memory=4096) and asked == ["pid"]  # found once
     assert CgroupProbe(CID, proc=proc).read() is None  # no pid to ask: nothing to read
+    gone: list[int] = []
+    lost = CgroupProbe(CID, pid=lambda: gone.append(4343) or 4343, proc=proc)  # no such process
+    assert [lost.read() for _ in range(10)] == [None] * 10
+    assert len(gone) == 3  # it gives up: no engine call every second
 
 
 def test_a_removed_cgroup_is_nothing_to_read(tmp_path: Path) -> None:
