@@ -56,7 +56,16 @@ def stat_usage(data: bytes) -> tuple[int, float, int]:
 
 
 class GroupProbe:
-    """The processes of one process group (see the module docstring)."""
+    """The processes of one process group (see the module docstring).
+
+    Only the first read looks at every process. A process joins the group
+    only by being forked from a member (the group is a session of its own,
+    and ``setpgid`` cannot cross sessions), and a new process gets a process
+    id the last listing did not have, so later reads look at the members
+    and the new ids only: on a machine of a hundred processes, a tenth of
+    the cost. (A process id used again within one interval, after the
+    kernel went round its whole range, is missed until the next step.)
+    """
 
     def __init__(
         self,
@@ -67,20 +76,25 @@ class GroupProbe:
     ) -> None:
         self._pgid = pgid
         self._leader = leader
-        self._proc = proc
+        self._proc = str(proc)
+        self._listed: set[str] = set()
+        self._members: set[str] = set()
 
     def read(self) -> Reading | None:
-        cpu, memory, found = 0.0, 0, False
-        for name in os.listdir(self._proc):
-            if not name.isdigit():
-                continue
+        listed = {name for name in os.listdir(self._proc) if name.isdigit()}
+        candidates = (listed - self._listed) | (self._members & listed)
+        self._listed = listed
+        self._members = set()
+        cpu, memory = 0.0, 0
+        for name in candidates:
             try:
-                with open(self._proc / name / "stat", "rb") as f:
-                    pgid, used, rss = stat_usage(f.read())
+                pgid, used, rss = stat_usage(_read(f"{self._proc}/{name}/stat"))
             except (*_GONE, ValueError, IndexError):  # gone meanwhile (or a torn read)
                 continue
             if pgid == self._pgid:
-                cpu, memory, found = cpu + used, memory + rss, True
+                self._members.add(name)
+                cpu, memory = cpu + used, memory + rss
+        found = bool(self._members)
         ended = self._leader()
         if ended is None:
             return Reading(cpu=cpu, memory=memory) if found else None
@@ -88,6 +102,15 @@ class GroupProbe:
         cpu += ended.ru_utime + ended.ru_stime
         peak = ended.ru_maxrss * 1024  # Linux gives KiB
         return Reading(cpu=cpu, memory=memory if found else None, peak=peak)
+
+
+def _read(path: str) -> bytes:
+    """A small pseudo-file's bytes with one open, read and close: no buffered file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 16384)  # memory.stat is the longest: about 1 KiB
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,22 +162,28 @@ class _Files:
 
     def read(self) -> Reading:
         if self.cpu.name == "cpu.stat":
-            cpu = _field(self.cpu.read_text(), "usage_usec") / 1e6
+            cpu = _field(_read(str(self.cpu)), b"usage_usec") / 1e6
         else:  # cpuacct.usage: nanoseconds
-            cpu = int(self.cpu.read_text()) / 1e9
-        used = int(self.memory.read_text())
-        stat = self.memory_stat.read_text()
+            cpu = int(_read(str(self.cpu))) / 1e9
+        used = int(_read(str(self.memory)))
+        stat = _read(str(self.memory_stat))
         # v2 names it inactive_file; v1 total_inactive_file (with the children's).
-        key = "inactive_file" if self.memory.name == "memory.current" else "total_inactive_file"
+        key = b"inactive_file" if self.memory.name == "memory.current" else b"total_inactive_file"
         return Reading(cpu=cpu, memory=max(0, used - _field(stat, key)))
 
 
-def _field(text: str, key: str) -> int:
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    return 0
+def _field(text: bytes, key: bytes) -> int:
+    """A ``key value`` line's value (0 if absent)."""
+    prefix = key + b" "
+    if text.startswith(prefix):
+        start = len(prefix)
+    else:
+        at = text.find(b"\n" + prefix)
+        if at < 0:
+            return 0
+        start = at + 1 + len(prefix)
+    end = text.find(b"\n", start)
+    return int(text[start : end if end >= 0 else len(text)])
 
 
 class CgroupProbe:

@@ -145,11 +145,7 @@ class StepMeter:
     async def last(self) -> None:
         await self._stop_ticking()
         probe, self._probe = self._probe, None
-        if probe is None:
-            return
-        # A sample just taken says all there is: a last one right after it
-        # would divide a clock tick of CPU time by a few milliseconds.
-        if not self._samples.kept or self._clock() - self._last_at >= self.interval / 4:
+        if probe is not None:
             await self.sample(probe)
 
     async def close(self) -> None:
@@ -175,9 +171,15 @@ class StepMeter:
     def _keep(self, reading: Reading, now: float) -> None:
         elapsed = now - self._last_at
         used = reading.cpu - self._last_cpu
-        # Less than before: a process whose time was counted left the group
-        # unwaited for. The interval then counts as idle.
-        cpu = used / elapsed if elapsed > 0 and used > 0 else 0.0
+        if self._samples.kept and elapsed < self.interval / 4:
+            # A last sample just after a timed one: /proc counts CPU time in
+            # clock ticks, too coarse to divide by a few milliseconds. The
+            # rate before stands; the memory is what this sample adds.
+            cpu = self._samples.kept[-1][1]
+        else:
+            # Less than before: a process whose time was counted left the
+            # group unwaited for. The interval then counts as idle.
+            cpu = used / elapsed if elapsed > 0 and used > 0 else 0.0
         self._last_cpu, self._last_at = reading.cpu, now
         memory = reading.memory
         if memory is None:

@@ -164,6 +164,25 @@ def test_a_step_shorter_than_one_interval_still_gets_its_last_sample() -> None:
     assert samples[0][1] == 1.0
 
 
+def test_a_last_sample_right_after_a_timed_one_keeps_the_rate_before() -> None:
+    async def main() -> list[Sample]:
+        sent, probe = Sent(), FakeProbe(cores=1.0, memory=10 * MiB)
+        meter = _meter(sent, probe, interval=1.0, exact=False)
+        meter.watch(probe, memory_limit=None)
+        await eventually_async(
+            lambda: meter.samples, timeout=5, interval=0.01, what="a first sample"
+        )
+        # Whatever CPU this few milliseconds shows (a clock tick's worth is
+        # a spike of cores), the rate measured before stands.
+        probe.cores, probe.memory = 1000.0, 30 * MiB
+        await meter.last()
+        await meter.close()
+        return sent.samples
+
+    first, last = asyncio.run(main())
+    assert last[1] == first[1] and last[2] == 30 * MiB and last[0] > first[0]
+
+
 def test_a_failing_probe_means_no_sample_and_nothing_else() -> None:
     async def main() -> tuple[Sent, FakeProbe]:
         sent, probe = Sent(), FakeProbe()
