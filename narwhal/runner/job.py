@@ -158,8 +158,10 @@ async def _run_step(
         except ExecutorError as e:
             await reporter.output(f"{e}\n".encode())
             result = StepResult(status="error", exit_code=None, duration=0.0, reason=str(e))
-        finally:
-            await meter.close()  # its last samples go before the step's end
+        except BaseException:
+            meter.drop()  # cancelled (or a bug): nothing more is sent, nothing waits
+            raise
+        await meter.close()  # its last samples go before the step's end
     outcome = StepOutcome(
         index=index,
         name=step.name,

@@ -148,8 +148,14 @@ class StepMeter:
         if probe is not None:
             await self.sample(probe)
 
+    def drop(self) -> None:
+        """The step was cancelled: stop sampling at once; what was not sent stays unsent."""
+        self._probe = None
+        if self._task is not None:
+            self._task.cancel()
+
     async def close(self) -> None:
-        """The step is over: stop sampling and send what was not sent. Never raises."""
+        """The step is over: stop sampling, send what was not sent. Raises only CancelledError."""
         await self._stop_ticking()
         self._probe = None
         await self._send()
@@ -254,6 +260,9 @@ class Unmetered:
         pass
 
     async def last(self) -> None:
+        pass
+
+    def drop(self) -> None:
         pass
 
     async def close(self) -> None:

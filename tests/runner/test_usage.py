@@ -227,20 +227,29 @@ def test_when_every_process_ended_the_memory_before_or_the_peak_is_kept() -> Non
     assert [m for _, _, m in short.samples] == [80 * MiB]
 
 
-def test_a_meter_never_watched_sends_nothing_and_unmetered_does_nothing() -> None:
-    async def main() -> Sent:
-        sent = Sent()
+def test_a_meter_never_watched_or_dropped_sends_nothing_and_unmetered_does_nothing() -> None:
+    async def main() -> tuple[Sent, Sent, int]:
+        sent, dropped = Sent(), Sent()
         meter = _meter(sent, FakeProbe())
         await meter.last()
         await meter.close()
+        probe = FakeProbe()
+        cancelled = _meter(dropped, probe, interval=0.02, send_every=10.0)
+        cancelled.watch(probe, memory_limit=None)
+        await asyncio.sleep(0.1)
+        cancelled.drop()  # the step's task was cancelled: stop at once, send nothing
+        reads = probe.reads
+        await asyncio.sleep(0.1)
         nothing = meter_for(None, 0)
         assert isinstance(nothing, Unmetered)
         nothing.watch(FakeProbe(), memory_limit=None)
         await nothing.last()
+        nothing.drop()
         await nothing.close()
-        return sent
+        return sent, dropped, probe.reads - reads
 
-    assert asyncio.run(main()).frames == []
+    sent, dropped, reads_after = asyncio.run(main())
+    assert sent.frames == [] and dropped.frames == [] and reads_after <= 1
 
 
 # the probes' parsing, on this process's own /proc
