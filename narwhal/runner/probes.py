@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,16 @@ class GroupProbe:
         self._proc = str(proc)
         self._listed: set[str] = set()
         self._members: set[str] = set()
+        # A read of a cancelled timer may still run on its thread when the
+        # last one starts: the listing and the members are read and
+        # replaced together.
+        self._lock = threading.Lock()
 
     def read(self) -> Reading | None:
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> Reading | None:
         listed = {name for name in os.listdir(self._proc) if name.isdigit()}
         candidates = (listed - self._listed) | (self._members & listed)
         self._listed = listed

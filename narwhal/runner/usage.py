@@ -226,7 +226,7 @@ class StepMeter:
         except Exception as e:  # as any other read: no figure, that is all
             self._complain(e)
             return
-        if reading is not None:
+        if reading is not None and reading.memory is not None:  # None: over already
             self._last_cpu, self._last_at = reading.cpu, self._clock()
 
     async def _send(self) -> None:
