@@ -42,6 +42,8 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_placement.py": "unit",
     "tests/dispatcher/test_state_machine.py": "unit",
     "tests/test_testing.py": "unit",
+    "tests/test_metrics.py": "unit",
+    "tests/test_metrics.py::test_promtool_*": "integration",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
     "tests/mesh/test_trust.py": "unit",
