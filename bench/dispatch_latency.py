@@ -15,6 +15,7 @@ import asyncio
 import time
 
 from bench.common import all_ready, dispatcher, exit_on_sigterm, machine, percentile, standins
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 
 
@@ -31,7 +32,7 @@ async def measure(endpoints: list[str], rate: float, seconds: float) -> list[flo
                 if len(latencies) == total:
                     finished.set()
 
-        running.add_listener(on_change)
+        running.feed.subscribe(on_jobs(on_change))
         start = time.monotonic()
         for i in range(total):
             # A steady rate: wait for this job's slot in the schedule.

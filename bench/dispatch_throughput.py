@@ -40,6 +40,7 @@ from bench.common import (
 )
 from narwhal.config import ServerCurve
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import NewJob
 from narwhal.mesh import protocol as p
@@ -111,7 +112,7 @@ async def run_noop_jobs(dispatcher: Dispatcher, jobs: int) -> float:
             if done == jobs:
                 finished.set()
 
-    dispatcher.add_listener(on_change)
+    dispatcher.feed.subscribe(on_jobs(on_change))
     started = time.perf_counter()
     job = NewJob(repo="/r", ref="refs/heads/main", sha=None, event="push")
     for first in range(0, jobs, 500):

@@ -7,6 +7,7 @@ acknowledges them only once it is committed.
 
 from __future__ import annotations
 
+from narwhal.dispatcher.feed import Event, LogAppended, StepChanged
 from narwhal.dispatcher.jobs import Changes, JobTable
 from narwhal.dispatcher.mesh import Peer
 from narwhal.dispatcher.store.base import AppendLog, StepFinished, StepStarted
@@ -38,13 +39,15 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
 
 
 def _record_output(table: JobTable, changes: Changes, message: p.Message) -> None:
-    """A log chunk or a step's start or end: no state change, followers are told."""
+    """A log chunk or a step's start or end: no state change; the feed hears of it."""
+    event: Event
     if isinstance(message, p.Log):
         changes.add(
             AppendLog(
                 job_id=message.job_id, attempt=message.attempt, seq=message.seq, data=message.data
             )
         )
+        event = LogAppended(message.job_id, message.attempt, message.seq, len(message.data))
     elif isinstance(message, p.StepStarted):
         changes.add(
             StepStarted(
@@ -54,6 +57,16 @@ def _record_output(table: JobTable, changes: Changes, message: p.Message) -> Non
                 name=message.name,
                 at=changes.at,
             )
+        )
+        event = StepChanged(
+            message.job_id,
+            message.attempt,
+            message.index,
+            message.name,
+            "running",
+            None,
+            None,
+            changes.at,
         )
     elif isinstance(message, p.StepFinished):
         changes.add(
@@ -67,7 +80,16 @@ def _record_output(table: JobTable, changes: Changes, message: p.Message) -> Non
                 duration=message.duration,
             )
         )
+        event = StepChanged(
+            message.job_id,
+            message.attempt,
+            message.index,
+            message.name,
+            message.status,
+            message.exit_code,
+            message.duration,
+            changes.at,
+        )
     else:
         raise NarwhalError(f"unexpected {message.KIND} frame")
-    job_id = message.job_id
-    changes.after_commit(lambda: table.touched(job_id))
+    changes.after_commit(lambda: table.feed.publish(event))

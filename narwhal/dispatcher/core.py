@@ -28,6 +28,8 @@ from typing import Any
 
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.batch import record_frames
+from narwhal.dispatcher.feed import Feed
+from narwhal.dispatcher.gauges import GAUGE_INTERVAL, Gauges
 from narwhal.dispatcher.jobs import JobTable
 from narwhal.dispatcher.mesh import Key, Mesh, Peer
 from narwhal.dispatcher.placement import MostFree, Placement
@@ -64,9 +66,12 @@ class Dispatcher:
         self.store = store
         self.mesh = mesh
         self.placement = placement or MostFree()
-        self.jobs = JobTable(store, max_attempts=config.max_attempts)
+        #: Everything that happens, for whoever wants to know (``dispatcher.feed``).
+        self.feed = Feed()
+        self.jobs = JobTable(store, feed=self.feed, max_attempts=config.max_attempts)
         self.watchers = Watchers()
-        self.jobs.on_touched(self.watchers.notify)
+        self.feed.subscribe(self.watchers.on_event)
+        self._gauges = Gauges(self.feed, self.jobs)
         self._recovery = Recovery(self)
         self._vault: Vault | None = None
         #: Says in queued jobs' reasons why they wait (``dispatcher.waiting``).
@@ -105,6 +110,7 @@ class Dispatcher:
         spawn(self._tasks, "dispatcher store loop", self.store.maintain)
         spawn(self._tasks, "dispatcher explain loop", self._explain_loop)
         spawn(self._tasks, "dispatcher write loop", self._soon_loop)
+        spawn(self._tasks, "dispatcher gauge loop", self._gauge_loop)
         self._wake.set()
 
     async def aclose(self) -> None:
@@ -148,15 +154,12 @@ class Dispatcher:
             except StoreError as e:
                 log.warning("cannot record %d deferred write(s): %s", len(writes), e)
 
+    async def _gauge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL)
+            self._gauges.look(self.mesh.peers())
+
     # job state
-
-    def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
-        """Call ``listener(job)`` after every committed state change and new job.
-
-        Listeners run on the event loop and must not block: hand slow work
-        (forge status calls, metrics) to a task or queue of their own.
-        """
-        self.jobs.add_listener(listener)
 
     async def requeue(self, key: Key, reason: str) -> None:
         """A job attempt no runner holds any more goes back to the queue (or ends)."""
@@ -175,6 +178,7 @@ class Dispatcher:
 
     async def on_ready(self, peer: Peer, ready: p.Ready) -> None:
         await self._recovery.on_ready(peer, ready)
+        self._gauges.joined(peer)
         self._wake.set()
 
     async def on_stray(self, peer: Peer, message: p.Message) -> bool:
@@ -196,6 +200,7 @@ class Dispatcher:
 
     async def on_lost(self, peer: Peer, held: Sequence[Key], reason: str) -> None:
         """The runner behind ``peer`` is gone: its jobs go back to the queue."""
+        self._gauges.left(peer, reason)
         for key in sorted(held):
             await self._recovery.requeue_or_retry(key, reason)
 

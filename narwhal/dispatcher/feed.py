@@ -12,9 +12,9 @@ A consumer that raises is logged and the others still hear the event, so a
 broken consumer never stops dispatching.
 
 Runner events come from the mesh's callbacks (joined, left) and from the
-gauge tick (``Feed.tick``, about twice a second), which reports runners whose
-load changed and the queue's depth, so a burst of thousands of slot changes
-a second costs one comparison per runner per tick, not one event each.
+dispatcher's gauges (``gauges``, about twice a second), which report runners
+whose load changed and the queue's depth, so a burst of thousands of slot
+changes a second costs one comparison per runner per look, not one event each.
 """
 
 from __future__ import annotations
@@ -125,6 +125,16 @@ Event = (
     | QueueDepth
 )
 Consumer = Callable[[Event], None]
+
+
+def on_jobs(callback: Callable[[JobRecord], None]) -> Consumer:
+    """A consumer that hands ``callback`` each job created or moved, and nothing else."""
+
+    def consume(event: Event) -> None:
+        if type(event) is JobChanged:
+            callback(event.job)
+
+    return consume
 
 
 class Feed:

@@ -6,8 +6,8 @@ their journal. Nothing else changes a job: each operation (create, assign,
 accept, checked out, cancel, requeue, finish) records its write in the
 current ``Changes`` (a unit of work) and the record it predicts; once the
 unit is committed, memory takes the records the store accepted and the
-listeners hear of them. A unit the store refuses changes nothing, in the
-store or here.
+dispatcher's ``Feed`` hears of them (``JobChanged``, ``JobUpdated``). A
+unit the store refuses changes nothing, in the store or here.
 
 The store still has the last word on every move (its fenced UPDATE checks
 the attempt, the holder and the allowed moves): a move it fences off that
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from narwhal.dispatcher.feed import Feed, JobChanged, JobUpdated
 from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, JobState, Move
 from narwhal.dispatcher.store.base import (
     CreateJob,
@@ -112,8 +113,9 @@ class Changes:
 class JobTable:
     """Queued and active jobs, and every change made to any job."""
 
-    def __init__(self, store: JobStore, *, max_attempts: int) -> None:
+    def __init__(self, store: JobStore, *, feed: Feed, max_attempts: int) -> None:
         self.store = store
+        self.feed = feed
         self.max_attempts = max_attempts
         #: Queued jobs in submission order (dicts keep insertion order).
         self.queue: dict[int, JobRecord] = {}
@@ -121,8 +123,6 @@ class JobTable:
         self.active: dict[int, JobRecord] = {}
         #: Jobs memory was wrong about: read back after the commit that showed it.
         self.unsure: set[int] = set()
-        self._listeners: list[Callable[[JobRecord], None]] = []
-        self._watchers: list[Callable[[int], None]] = []
         #: Called when a job joins the queue (the scheduler looks again).
         self.on_queued: Callable[[], None] = lambda: None
 
@@ -151,19 +151,15 @@ class JobTable:
 
     # telling others
 
-    def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
-        self._listeners.append(listener)
-
-    def on_touched(self, watcher: Callable[[int], None]) -> None:
-        """Call ``watcher(job_id)`` whenever a job's row, log or steps changed."""
-        self._watchers.append(watcher)
-
     def touched(self, job_id: int) -> None:
-        for watcher in self._watchers:
-            watcher(job_id)
+        """A committed change of a job's row that is not a state change."""
+        self.feed.publish(JobUpdated(job_id, self.get(job_id)))
 
-    def changed(self, job: JobRecord) -> None:
-        """A committed change of ``job``: memory takes it, then listeners hear of it."""
+    def changed(self, job: JobRecord, *, new: bool = False) -> None:
+        """A committed change of ``job``: memory takes it, then the feed hears of it."""
+        held = None if new else self.get(job.id)
+        # A job memory did not hold (read back from the store): its old state is not known.
+        before = None if new else (held.state if held is not None else "")
         if job.state in ACTIVE:
             self.queue.pop(job.id, None)
             self.active[job.id] = job
@@ -174,12 +170,7 @@ class JobTable:
         else:
             self.queue.pop(job.id, None)
             self.active.pop(job.id, None)
-        self.touched(job.id)
-        for listener in self._listeners:
-            try:
-                listener(job)
-            except Exception:  # one broken listener must not stop dispatching
-                log.exception("job listener %r failed", listener)
+        self.feed.publish(JobChanged(job, before))
 
     def forget(self, job_id: int) -> None:
         """Memory was wrong about this job: drop it (it is read back when needed)."""
@@ -212,7 +203,7 @@ class JobTable:
         def settle() -> None:
             record, new = created.value
             if new:
-                self.changed(record)
+                self.changed(record, new=True)
 
         changes.after_commit(settle)
         return created
@@ -222,7 +213,7 @@ class JobTable:
 
         def settle() -> None:
             for record in created.value:
-                self.changed(record)
+                self.changed(record, new=True)
 
         changes.after_commit(settle)
         return created
@@ -339,7 +330,7 @@ class JobTable:
         self.touched(updated.id)
 
     def set_reasons(self, changes: Changes, reasons: Sequence[tuple[int, int, str]]) -> None:
-        """Say why queued jobs wait (not a state change: no listener hears of it)."""
+        """Say why queued jobs wait (not a state change: a ``JobUpdated`` each)."""
         changes.add(SetReasons(reasons=reasons))
 
         def settle() -> None:

@@ -19,6 +19,7 @@ from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.api import Access, Shutdown, build_app
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.redact import redacted
@@ -53,7 +54,7 @@ async def serve_parts(
     if dconf.status.forges:
         reporter = StatusReporter(dconf.status, data_dir=dconf.data_dir, public_url=url)
         await extras.enter_async_context(reporter)
-        dispatcher.add_listener(reporter.on_job)
+        dispatcher.feed.subscribe(on_jobs(reporter.on_job))
     intake = Intake(dispatcher, reporter)
     if dconf.amqp is not None:
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))

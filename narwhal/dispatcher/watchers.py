@@ -1,8 +1,14 @@
-"""Who waits for a job to change: log followers of the REST API."""
+"""Who waits for a job to change: log followers of the REST API.
+
+A consumer of the dispatcher's ``Feed``: any event about a job (its state,
+its row, a step, a log chunk) wakes whoever watches that job.
+"""
 
 from __future__ import annotations
 
 import asyncio
+
+from narwhal.dispatcher.feed import Event, JobChanged
 
 
 class Watchers:
@@ -26,3 +32,14 @@ class Watchers:
     def notify(self, job_id: int) -> None:
         for event in self._events.get(job_id, ()):
             event.set()
+
+    def on_event(self, event: Event) -> None:
+        """The ``Feed`` consumer."""
+        if not self._events:
+            return
+        if isinstance(event, JobChanged):
+            self.notify(event.job.id)
+        else:
+            job_id = getattr(event, "job_id", None)
+            if job_id is not None:
+                self.notify(job_id)

@@ -232,8 +232,12 @@ def decode_update(frames: Sequence[bytes]) -> Update:
         raise ProtocolError(f"unknown feed topic {topic[:40]!r}")
     epoch, seq, items = _header(frames[1])
     cls = TOPICS[topic]
-    if not isinstance(items, list) or (cls is None and items):
+    if not isinstance(items, list):
         raise ProtocolError(f"{topic.decode()}: items must be a list")
+    if cls is None:
+        if items:
+            raise ProtocolError(f"{topic.decode()}: carries no items")
+        return Update(topic=topic, epoch=epoch, seq=seq, items=())
     return Update(topic=topic, epoch=epoch, seq=seq, items=tuple(_build(cls, i) for i in items))
 
 

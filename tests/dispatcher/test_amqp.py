@@ -19,6 +19,7 @@ import pytest
 from narwhal.config import AmqpConfig, DispatcherConfig
 from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.events import REASON_HEADER, CommitEvent, encode
@@ -203,7 +204,7 @@ def test_broker_lost_between_commit_and_ack_redelivers_without_duplicate(
                     cut.set()
                     stop_broker()
 
-            dispatcher.add_listener(cut_before_ack)
+            dispatcher.feed.subscribe(on_jobs(cut_before_ack))
             await publish(queue, [encode(event(1))])
             await asyncio.wait_for(cut.wait(), 20)
             await asyncio.to_thread(start_broker)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from narwhal.config import DispatcherConfig, MeshConfig, RunnerConfig
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.runner.runner import Runner
 from tests.support.dispatchers import running_dispatcher
@@ -46,7 +47,7 @@ def test_listeners_get_the_stored_records(make_repo: Callable[..., Repo], tmp_pa
                 data_dir=tmp_path / "data", runners=(runner.endpoint,), mesh=MESH
             )
             async with running_dispatcher(conf) as dispatcher:
-                dispatcher.add_listener(seen.append)
+                dispatcher.feed.subscribe(on_jobs(seen.append))
                 await dispatcher.submit(
                     repo=str(repo.path), ref="refs/heads/main", sha=None, event="push", labels={}
                 )

@@ -17,6 +17,7 @@ import pytest
 
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.core import Conflict, Dispatcher
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import ACTIVE, JobRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.dispatcher.store.memory import MemoryStore
@@ -68,7 +69,7 @@ def test_a_job_runs_to_success_and_every_change_is_heard_after_it_is_stored(
     async def scenario(d: Dispatcher, mesh: FakeMesh, store: MemoryStore) -> None:
         heard: list[tuple[str, int]] = []
         # A listener hears of a change only once its commit is made.
-        d.add_listener(lambda job: heard.append((job.state, store.commits)))
+        d.feed.subscribe(on_jobs(lambda job: heard.append((job.state, store.commits))))
         runner = await mesh.add_runner("r1", capacity=1)
         job = await submit(d)
         [key] = await sent_jobs(runner, 1)

@@ -14,6 +14,7 @@ import pytest
 
 from narwhal.config import DispatcherConfig, ForgeApi, StatusConfig
 from narwhal.dispatcher.amqp import Intake
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.status import StatusReporter, StatusTarget, build_request
 from narwhal.events import CommitEvent
@@ -231,7 +232,7 @@ def test_a_hanging_forge_never_blocks_dispatching(tmp_path: Path) -> None:
             dconf = DispatcherConfig(data_dir=tmp_path / "data", status=conf)
             async with running_dispatcher(dconf) as dispatcher:
                 async with StatusReporter(conf, data_dir=dconf.data_dir, public_url=PUBLIC) as r:
-                    dispatcher.add_listener(r.on_job)
+                    dispatcher.feed.subscribe(on_jobs(r.on_job))
                     intake = Intake(dispatcher, r)
                     for n in range(50):
                         await intake.accept(commit_event(n, sha=f"{n:040x}"))

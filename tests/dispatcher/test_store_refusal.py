@@ -12,6 +12,7 @@ import pytest
 
 from narwhal.config import DispatcherConfig, MeshConfig
 from narwhal.dispatcher.api import Access, build_app
+from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import NewJob
 from narwhal.dispatcher.tokens import Tokens
@@ -29,7 +30,9 @@ def test_assignment_waits_out_a_foreign_write_lock(
         )
         finished: list[JobRecord] = []
         async with running_dispatcher(config) as dispatcher:
-            dispatcher.add_listener(lambda job: finished.append(job) if job.terminal else None)
+            dispatcher.feed.subscribe(
+                on_jobs(lambda job: finished.append(job) if job.terminal else None)
+            )
             job = NewJob(repo="/r", ref="refs/heads/main", sha=None, event="push")
             jobs = await dispatcher.submit_many([job] * 3)
             # Another process holds SQLite's write lock (a real one, not a stub).

@@ -41,6 +41,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_guard.py": "unit",
     "tests/dispatcher/test_placement.py": "unit",
     "tests/dispatcher/test_state_machine.py": "unit",
+    "tests/dispatcher/test_feed_events.py": "unit",
     "tests/test_testing.py": "unit",
     "tests/test_metrics.py": "unit",
     "tests/test_metrics.py::test_promtool_*": "integration",
