@@ -161,10 +161,13 @@ def test_a_failing_callback_empties_its_metric_only(caplog: pytest.LogCaptureFix
     registry.gauge("fine", "Fine.").set(4)
     with caplog.at_level(logging.ERROR, logger="narwhal.metrics"):
         text = registry.render()
-    assert (
-        text
-        == "# HELP broken Broken.\n# TYPE broken gauge\n# HELP fine Fine.\n# TYPE fine gauge\nfine 4\n"
-    )
+    assert text.splitlines() == [
+        "# HELP broken Broken.",
+        "# TYPE broken gauge",
+        "# HELP fine Fine.",
+        "# TYPE fine gauge",
+        "fine 4",
+    ]
     assert "broken: collecting failed" in caplog.text
 
 
