@@ -347,6 +347,12 @@ class Registry:
     def get(self, name: str) -> Metric | None:
         return self._metrics.get(name)
 
+    def daemon_info(self, version: str) -> None:
+        """``narwhal_up`` and ``narwhal_build_info{version}``, first in every daemon's metrics."""
+        self.gauge("narwhal_up", "1 while this daemon serves.").set(1)
+        info = self.gauge("narwhal_build_info", "Always 1; the version running.", ["version"])
+        info.labels(version).set(1)
+
     def render(self) -> str:
         """The text format 0.0.4 exposition of every metric."""
         lines: list[str] = []

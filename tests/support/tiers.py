@@ -44,6 +44,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_feed_events.py": "unit",
     "tests/test_testing.py": "unit",
     "tests/test_metrics.py": "unit",
+    "tests/dispatcher/test_metrics.py": "unit",
     "tests/test_metrics.py::test_promtool_*": "integration",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
