@@ -73,6 +73,13 @@ MAX_REPOS = 500
 _SLACK = 1000
 
 PENDING_REASONS = ("no_runner", "no_label", "no_slot", "other")
+# Plain strings: comparing with an enum member (looked up on its class) costs
+# several times more, on the path every job move takes.
+_QUEUED, _ASSIGNED, _RUNNING = (
+    JobState.QUEUED.value,
+    JobState.ASSIGNED.value,
+    JobState.RUNNING.value,
+)
 
 
 def pending_reason(reason: str) -> str:
@@ -96,8 +103,8 @@ class DispatcherMetrics:
         self._dispatcher = dispatcher
         self._per_repo = per_repo
         self._max_repos = max_repos
-        #: When each queued job was queued, and each assigned job assigned.
-        self._queued_at: dict[int, float] = {}
+        #: When each requeued job was requeued, and each assigned job assigned.
+        self._requeued_at: dict[int, float] = {}
         self._assigned_at: dict[int, float] = {}
         self.registry.daemon_info(__version__)
         self._add_job_metrics()
@@ -118,10 +125,9 @@ class DispatcherMetrics:
         r = self.registry
         labels = ["state", "repo"] if self._per_repo else ["state"]
         self._jobs = r.counter("narwhal_jobs_total", "Jobs that ended, by terminal state.", labels)
-        #: The hot path's children: by state, or by (state, repository URL).
+        #: The hot path's children: by state, or by repository URL then state.
         self._ended: dict[str, CounterChild] = {}
-        self._ended_in: dict[tuple[str, str], CounterChild] = {}
-        self._repos: set[str] = set()
+        self._ended_in: dict[str, dict[str, CounterChild]] = {}
         if not self._per_repo:
             self._ended = {state: self._jobs.labels(state) for state in sorted(TERMINAL)}
         r.collected("narwhal_jobs_queued", "Jobs waiting in the queue.", self._queued)
@@ -174,18 +180,24 @@ class DispatcherMetrics:
     # what the feed says
 
     def on_event(self, event: Event) -> None:
-        """The ``Feed`` consumer: only job moves count, and cost a few dict operations."""
+        """The ``Feed`` consumer: only job moves count, each for a dict operation or two.
+
+        A job's first attempt waits from its creation, which its record
+        says; only a requeue's time and an assignment's are kept until the
+        job runs (``bench/metrics_cost.py`` has the cost per event).
+        """
         if type(event) is not JobChanged:
             return
         job = event.job
         state = job.state
-        if state == JobState.QUEUED:
-            self._queued_at[job.id] = job.updated_at
-            self._assigned_at.pop(job.id, None)
-        elif state == JobState.ASSIGNED:
+        if state == _ASSIGNED:
             self._assigned_at[job.id] = job.updated_at
-        elif state == JobState.RUNNING:
+        elif state == _RUNNING:
             self._started(job)
+        elif state == _QUEUED:
+            if event.before is not None:  # requeued: its wait starts again now
+                self._requeued_at[job.id] = job.updated_at
+                self._assigned_at.pop(job.id, None)
         else:
             self._ended_job(job, event.before)
 
@@ -193,31 +205,39 @@ class DispatcherMetrics:
         started = job.started_at or job.updated_at
         assigned = self._assigned_at.pop(job.id, None)
         if assigned is not None:
-            self._dispatched.observe(max(0.0, started - assigned))
-        queued = self._queued_at.pop(job.id, None)
-        if queued is None and job.attempt == 1:
-            queued = job.created_at
+            latency = started - assigned
+            self._dispatched.observe(latency if latency > 0 else 0.0)
+        if job.attempt == 1:
+            queued: float | None = job.created_at
+        else:  # unknown if it was requeued before this dispatcher started
+            queued = self._requeued_at.pop(job.id, None)
         if queued is not None:
-            self._waited.observe(max(0.0, started - queued))
+            wait = started - queued
+            self._waited.observe(wait if wait > 0 else 0.0)
 
     def _ended_job(self, job: JobRecord, before: str | None) -> None:
-        self._queued_at.pop(job.id, None)
-        self._assigned_at.pop(job.id, None)
+        if before != _RUNNING:  # the start took them already
+            self._assigned_at.pop(job.id, None)
+            if self._requeued_at:
+                self._requeued_at.pop(job.id, None)
         if self._per_repo:
-            child = self._ended_in.get((job.state, job.repo)) or self._repo_child(job)
+            by_state = self._ended_in.get(job.repo)
+            child = (by_state and by_state.get(job.state)) or self._repo_child(job)
         else:
             child = self._ended.get(job.state) or self._jobs.labels(job.state)
         child.inc()
-        if before == JobState.RUNNING and job.started_at is not None and job.finished_at:
-            self._ran.observe(max(0.0, job.finished_at - job.started_at))
+        if before == _RUNNING and job.started_at is not None and job.finished_at:
+            ran = job.finished_at - job.started_at
+            self._ran.observe(ran if ran > 0 else 0.0)
 
     def _repo_child(self, job: JobRecord) -> CounterChild:
-        """The first end of a (state, repository): its child, labelled without credentials."""
-        if len(self._repos) < self._max_repos:
-            self._repos.add(job.repo)
-        label = redacted(job.repo) if job.repo in self._repos else "other"
-        child = self._jobs.labels(job.state, label)
-        self._ended_in[(job.state, job.repo)] = child
+        """The first end of a (repository, state): its child, labelled without credentials."""
+        by_state = self._ended_in.get(job.repo)
+        if by_state is None:
+            known = len(self._ended_in) < self._max_repos
+            by_state = self._ended_in.setdefault(job.repo if known else "", {})
+        label = redacted(job.repo) if job.repo in self._ended_in else "other"
+        child = by_state[job.state] = self._jobs.labels(job.state, label)
         return child
 
     def status_result(self, forge: str, result: str) -> None:
@@ -274,8 +294,8 @@ class DispatcherMetrics:
 
     def _prune(self, live: int) -> None:
         """Forget start times of jobs memory no longer holds (dropped without an end heard)."""
-        if len(self._queued_at) + len(self._assigned_at) <= live + _SLACK:
+        if len(self._requeued_at) + len(self._assigned_at) <= live + _SLACK:
             return
         jobs = self._dispatcher.jobs
-        self._queued_at = {k: v for k, v in self._queued_at.items() if k in jobs.queue}
+        self._requeued_at = {k: v for k, v in self._requeued_at.items() if k in jobs.queue}
         self._assigned_at = {k: v for k, v in self._assigned_at.items() if k in jobs.active}

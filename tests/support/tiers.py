@@ -70,8 +70,10 @@ TIERS: dict[str, str] = {
     ),
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
+    "tests/agent/test_agent_metrics.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
+    "tests/dispatcher/test_metrics_endpoint.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
     "tests/dispatcher/store/*.py": "integration",
     "tests/dispatcher/store/test_contract.py::*[[]memory[]]": "unit",
