@@ -50,7 +50,9 @@ at all on a later one (its requeue time is not known).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from operator import attrgetter
 
 from narwhal import __version__
 from narwhal.dispatcher.core import Dispatcher
@@ -73,6 +75,7 @@ MAX_REPOS = 500
 _SLACK = 1000
 
 PENDING_REASONS = ("no_runner", "no_label", "no_slot", "other")
+_reason = attrgetter("reason")
 # Plain strings: comparing with an enum member (looked up on its class) costs
 # several times more, on the path every job move takes.
 _QUEUED, _ASSIGNED, _RUNNING = (
@@ -256,12 +259,11 @@ class DispatcherMetrics:
 
     def _pending(self) -> Iterable[Sample]:
         counts = dict.fromkeys(PENDING_REASONS, 0)
-        kinds: dict[str, str] = {}  # reasons repeat: one verdict per distinct text
-        for job in self._dispatcher.jobs.queue.values():
-            kind = kinds.get(job.reason)
-            if kind is None:
-                kind = kinds[job.reason] = pending_reason(job.reason)
-            counts[kind] += 1
+        # Counted in C by reason text (few distinct ones), then by kind: a
+        # queue of 100 000 jobs is a few milliseconds of the scrape.
+        by_text = Counter(map(_reason, self._dispatcher.jobs.queue.values()))
+        for reason, n in by_text.items():
+            counts[pending_reason(reason)] += n
         return [((kind,), n) for kind, n in counts.items()]
 
     def _runners(self) -> Iterable[Sample]:
