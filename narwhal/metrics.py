@@ -296,14 +296,13 @@ class Collected:
 
     def samples(self) -> Iterable[str]:
         try:
-            collected = list(self._collect())
-        except Exception:  # one broken callback must not fail the whole scrape
+            return [
+                f"{self.name}{label_text(self.labelnames, values)} {format_value(value)}"
+                for values, value in self._collect()
+            ]
+        except Exception:  # one broken callback (or sample) must not fail the whole scrape
             log.exception("metric %s: collecting failed", self.name)
             return []
-        return [
-            f"{self.name}{label_text(self.labelnames, values)} {format_value(value)}"
-            for values, value in collected
-        ]
 
 
 Metric = Counter | Gauge | Histogram | Collected

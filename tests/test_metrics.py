@@ -158,17 +158,21 @@ def test_a_failing_callback_empties_its_metric_only(caplog: pytest.LogCaptureFix
         raise RuntimeError("gone")
 
     registry.collected("broken", "Broken.", broken)
+    registry.collected("short", "Short.", lambda: [((), 1)], labels=["state"])
     registry.gauge("fine", "Fine.").set(4)
     with caplog.at_level(logging.ERROR, logger="narwhal.metrics"):
         text = registry.render()
     assert text.splitlines() == [
         "# HELP broken Broken.",
         "# TYPE broken gauge",
+        "# HELP short Short.",
+        "# TYPE short gauge",
         "# HELP fine Fine.",
         "# TYPE fine gauge",
         "fine 4",
     ]
     assert "broken: collecting failed" in caplog.text
+    assert "short: collecting failed" in caplog.text  # a sample without its label
 
 
 def test_gauges_go_both_ways_and_counters_only_up() -> None:
