@@ -30,19 +30,26 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp
 
-from narwhal.agent.app import Webhooks, webhook_routes
+from narwhal.agent.app import Webhooks, count_webhooks, webhook_routes
 from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import DispatcherConfig, RunnerConfig
 from narwhal.daemons.executors import resolved
 from narwhal.daemons.signals import on, two_signals
-from narwhal.dispatcher.amqp import DirectSink, Intake
+from narwhal.dispatcher.amqp import DirectSink
 from narwhal.dispatcher.api import Shutdown
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.datadir import DataDirLock
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.pool import RunnerPool
-from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
+from narwhal.dispatcher.server import (
+    DRAIN_SECONDS,
+    HTTP_GRACE,
+    Served,
+    drain,
+    parts_line,
+    serve_parts,
+)
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
@@ -110,7 +117,7 @@ async def serve(
         contextlib.AsyncExitStack() as extras,
     ):
         served = await serve_parts(dispatcher, dconf, url, extras, shutdown)
-        app = await _with_webhooks(served.api, served.intake, dconf, extras)
+        app = await _with_webhooks(served, dconf, extras)
         app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
             # Closed by ``extras``, so browsing stops before the dispatcher does.
@@ -136,20 +143,22 @@ async def serve(
 
 
 async def _with_webhooks(
-    api: ASGIApp, intake: Intake, dconf: DispatcherConfig, extras: contextlib.AsyncExitStack
+    served: Served, dconf: DispatcherConfig, extras: contextlib.AsyncExitStack
 ) -> ASGIApp:
     """``narwhal up``: the agent's webhook endpoints next to the API.
 
     They publish to RabbitMQ when ``amqp`` is set (the publisher closes
-    before the consumer), else hand events straight to the dispatcher.
+    before the consumer), else hand events straight to the dispatcher; their
+    answers are counted in the dispatcher's ``/metrics``.
     """
     if dconf.webhooks is None:
-        return api
-    sink: Sink = DirectSink(intake)
+        return served.api
+    sink: Sink = DirectSink(served.intake)
     if dconf.amqp is not None:
         sink = await extras.enter_async_context(AmqpPublisher(dconf.amqp))
-    routes = webhook_routes(Webhooks(dconf.webhooks, sink))
-    return Starlette(routes=[*routes, Mount("", app=api)])
+    on_answer = count_webhooks(served.metrics.registry)
+    routes = webhook_routes(Webhooks(dconf.webhooks, sink, on_answer=on_answer))
+    return Starlette(routes=[*routes, Mount("", app=served.api)])
 
 
 def _executor_part(rconf: RunnerConfig | None) -> str:

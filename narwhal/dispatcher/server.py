@@ -20,6 +20,7 @@ from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.api import Access, Shutdown, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import on_jobs
+from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.redact import redacted
@@ -32,10 +33,11 @@ HTTP_GRACE = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What the dispatcher serves: its REST API, and where commit events go in."""
+    """What the dispatcher serves: its REST API, where commit events go in, its metrics."""
 
     api: ASGIApp
     intake: Intake
+    metrics: DispatcherMetrics
 
 
 async def serve_parts(
@@ -50,17 +52,22 @@ async def serve_parts(
     ``url`` is the API's own address: the links in commit statuses point
     there unless ``status.public_url`` says otherwise.
     """
+    metrics = DispatcherMetrics(dispatcher, per_repo=dconf.metrics_per_repo)
+    extras.callback(metrics.close)
     reporter = None
     if dconf.status.forges:
-        reporter = StatusReporter(dconf.status, data_dir=dconf.data_dir, public_url=url)
+        reporter = StatusReporter(
+            dconf.status, data_dir=dconf.data_dir, public_url=url, on_result=metrics.status_result
+        )
         await extras.enter_async_context(reporter)
         dispatcher.feed.subscribe(on_jobs(reporter.on_job))
     intake = Intake(dispatcher, reporter)
     if dconf.amqp is not None:
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
     tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
-    api = build_app(dispatcher, Access(tokens, public_read=dconf.public_read), shutdown)
-    return Served(api=api, intake=intake)
+    access = Access(tokens, public_read=dconf.public_read)
+    api = build_app(dispatcher, access, shutdown, metrics.registry)
+    return Served(api=api, intake=intake, metrics=metrics)
 
 
 def parts_line(dconf: DispatcherConfig) -> str:
