@@ -184,11 +184,15 @@ class Api:
         job_id = _job_id(request)
         job = await self.dispatcher.store.get_job(job_id)
         steps = await self.dispatcher.store.steps(job_id, job.attempt)
+        usage = await self.dispatcher.store.usage(job_id, job.attempt)
         history = await self.dispatcher.store.transitions(job_id)
         return JSONResponse(
             {
                 **job.to_json(),
-                "steps": [s.to_json() for s in steps],
+                "steps": [
+                    {**s.to_json(), "usage": u.to_json() if (u := usage.get(s.index)) else None}
+                    for s in steps
+                ],
                 "transitions": [t.to_json() for t in history],  # reasons redacted
             }
         )
