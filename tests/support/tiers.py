@@ -72,6 +72,7 @@ TIERS: dict[str, str] = {
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
     "tests/backend/test_app.py": "integration",
+    "tests/backend/test_logs.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
