@@ -2,15 +2,17 @@
 
 ``up`` adds the agent's webhook endpoints next to the API (publishing to
 RabbitMQ when ``amqp`` is set, else handing events straight to the
-dispatcher) and a runner in the same process, with the executor
-``executors`` picks.
+dispatcher), a runner in the same process, with the executor
+``executors`` picks, and the dashboard on its own address
+(``daemons.backend``), subscribed to ``up``'s own metrics feed.
 
 Shutdown order (``stop``, the first SIGINT or SIGTERM): refuse new HTTP
 connections (open log streams keep streaming); close the local runner (its
 running jobs drain for ``--drain-timeout``, then are cancelled and
 reported) and let the dispatcher record those reports (up to
 ``DRAIN_SECONDS``); end the log streams still open with a last line saying
-why; give other requests in flight ``HTTP_GRACE``; stop browsing mDNS,
+why; give other requests in flight ``HTTP_GRACE``; close ``up``'s
+dashboard (its websockets, its HTTP server, its feed subscriber); stop browsing mDNS,
 close the webhook publisher, the AMQP consumer, the status reporter
 (which sends what it has for a few seconds) and the metrics feed's
 publisher, close the dispatcher; the
