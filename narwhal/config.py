@@ -294,6 +294,9 @@ class BackendConfig:
     #: Seconds without any feed message (beats come every second) before
     #: the backend takes a new snapshot.
     feed_timeout: float = 3.0
+    #: Messages waiting for one browser's websocket before it is closed (a
+    #: browser that does not read must not hold memory or slow the others).
+    socket_queue: int = 1000
 
 
 def default_data_dir() -> Path:

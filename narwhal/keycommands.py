@@ -1,8 +1,9 @@
 """``narwhal keys``: make key pairs, trust and revoke runner keys, list what is trusted.
 
 A dispatcher's keys live in its keys directory (``--keys-dir``, default
-``DATA_DIR/keys``): ``server.key`` / ``server.key_secret`` and the trusted
-runners in ``runners/``. Running dispatchers notice a change within about a
+``DATA_DIR/keys``): ``server.key`` / ``server.key_secret``, the trusted
+runners in ``runners/`` and the metrics feed's subscribers (backends) in
+``subscribers/`` (``--subscriber``). Running dispatchers notice a change within about a
 second; nothing needs a restart. The flags are the CLI's (``cli.parser``),
 which loads this module (and pyzmq, which makes the keys) only for
 ``narwhal keys``.
@@ -17,7 +18,8 @@ from pathlib import Path
 from narwhal.config import default_data_dir
 from narwhal.errors import ConfigError
 from narwhal.mesh.keys import PUBLIC_SUFFIX, generate, read_public, write_pair
-from narwhal.mesh.trust import parse_labels, revoke, scan, trust
+from narwhal.mesh.subscriber_keys import SUBSCRIBER, revoke_subscriber, trust_subscriber
+from narwhal.mesh.trust import parse_labels, revoke, scan, signature, trust
 from narwhal.settings import SERVER_KEY, env
 
 
@@ -60,7 +62,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _trust(args: argparse.Namespace) -> int:
-    key = read_public(Path(args.file).expanduser()).key
+    path = Path(args.file).expanduser()
+    key = read_public(path).key
+    if args.subscriber:
+        name = args.id or path.name.removesuffix(PUBLIC_SUFFIX)
+        trusted = trust_subscriber(keys_dir(args) / "subscribers", key, name)
+        _out(f"trusted subscriber {name} (key {key.decode()}) on the metrics feed: {trusted}")
+        return 0
+    if not args.id:
+        raise ConfigError("narwhal keys trust FILE needs --id RUNNER_ID (or --subscriber)")
     labels = parse_labels(args.labels) if args.labels is not None else None
     path = trust(keys_dir(args) / "runners", key, args.id, labels)
     pinned = f" with labels pinned to {args.labels!r}" if labels is not None else ""
@@ -69,6 +79,10 @@ def _trust(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    if args.subscriber:
+        removed = revoke_subscriber(keys_dir(args) / "subscribers", args.runner_id)
+        _out(f"revoked subscriber {args.runner_id}: removed {removed}")
+        return 0
     for path in revoke(keys_dir(args) / "runners", args.runner_id):
         _out(f"revoked runner {args.runner_id}: removed {path}")
     return 0
@@ -92,4 +106,16 @@ def _list(args: argparse.Namespace) -> int:
         _out(f"runner {entry.runner_id} {entry.key.decode()}{labels} ({entry.path.name})")
     for problem in listing.problems:
         _out(f"refused {problem}")
+    _list_subscribers(directory / "subscribers")
     return 0
+
+
+def _list_subscribers(directory: Path) -> None:
+    for name, *_ in signature(directory):
+        try:
+            public = read_public(directory / name)
+        except ConfigError as e:
+            _out(f"refused {e}")
+            continue
+        shown = public.metadata.get(SUBSCRIBER) or name.removesuffix(PUBLIC_SUFFIX)
+        _out(f"subscriber {shown} {public.key.decode()} ({name})")

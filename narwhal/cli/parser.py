@@ -8,7 +8,9 @@ from narwhal import __version__
 from narwhal.cli.flags import (
     address_of,
     amqp_flags,
+    backend_flags,
     client_flags,
+    dashboard_flag,
     discovery_flags,
     dispatcher_flags,
     docker_flags,
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     runner_flags(up, listen=False)
     secret_flags(up, "secret", "webhook secret; serves /webhooks/FORGE")
     local_repos_flag(up, default="on")
+    dashboard_flag(up)
 
     dispatcher = sub.add_parser("dispatcher", help="run the dispatcher and its REST API")
     dispatcher_flags(dispatcher)
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     runner_key_flags(runner)
     discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
     local_repos_flag(runner, default="off")
+
+    backend_flags(sub.add_parser("backend", help="serve the dashboard of a dispatcher"))
 
     _keys_parser(sub)
 
@@ -166,13 +171,21 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     gen.add_argument("--name", default=None, help="file name without suffix (default: hostname)")
     add = actions.add_parser("trust", help="let the runner holding FILE's key in, as --id")
     add.add_argument("file", metavar="FILE", help="the runner's public key file (NAME.key)")
-    add.add_argument("--id", required=True, help="the one runner id this key may use")
+    add.add_argument(
+        "--id", help="the one runner id this key may use (a subscriber's: a name, default NAME)"
+    )
     add.add_argument("--labels", help="k=v,k=v pinned for it: replace what the runner claims")
+    _subscriber_flag(add, "FILE is a backend's key: let it read the metrics feed")
     _where(add)
     rm = actions.add_parser("revoke", help="drop runner ID's key; its link closes within seconds")
     rm.add_argument("runner_id", metavar="ID")
+    _subscriber_flag(rm, "ID is a subscriber's name (narwhal keys list shows them)")
     _where(rm)
-    _where(actions.add_parser("list", help="the dispatcher's key and the trusted runners"))
+    _where(actions.add_parser("list", help="the dispatcher's key, trusted runners and subscribers"))
+
+
+def _subscriber_flag(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--subscriber", action="store_true", help=text)
 
 
 def _where(p: argparse.ArgumentParser) -> None:

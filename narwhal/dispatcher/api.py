@@ -174,7 +174,13 @@ class Api:
         before = _int(q.get("before"), "before", default=None, low=1)
         parent = _int(q.get("parent"), "parent", default=None, low=1)
         query = JobQuery(
-            states=tuple(states), repo=q.get("repo"), parent=parent, before=before, limit=limit
+            states=tuple(states),
+            repo=q.get("repo"),
+            refs=_refs(q.getlist("ref")),
+            runner=_runner(q.get("runner")),
+            parent=parent,
+            before=before,
+            limit=limit,
         )
         jobs = await self.dispatcher.store.list_jobs(query)
         nxt = jobs[-1].id if len(jobs) == limit else None
@@ -341,6 +347,22 @@ def _int(raw: str | None, name: str, *, default: int | None, low: int, high: int
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise BadRequest(f"{name}: expected an integer from {low} to {high}")
     return int(raw)
+
+
+def _refs(refs: list[str]) -> tuple[str, ...]:
+    """``ref=`` filters (repeatable: a job of any of them); each a valid git ref."""
+    if len(refs) > 10:
+        raise BadRequest("ref: at most 10 of them")
+    try:
+        return tuple(check_ref(ref) for ref in refs)
+    except RepoError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _runner(runner: str | None) -> str | None:
+    if runner is not None and not (0 < len(runner) <= 200 and runner.isprintable()):
+        raise BadRequest("runner: expected a runner id")
+    return runner
 
 
 def _job_id(request: Request) -> int:

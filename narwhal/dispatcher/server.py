@@ -1,7 +1,8 @@
 """The dispatcher's own parts around its core: REST API, commit intake, statuses.
 
 Optional parts, from the config: the AMQP consumer of commit events
-(``amqp``) and the commit status reporter (``status.forges``). Composing
+(``amqp``), the commit status reporter (``status.forges``) and the metrics
+feed's publisher (``metrics``). Composing
 them with the rest of a daemon (the HTTP server, mDNS discovery, the
 webhook endpoints of ``narwhal up`` and its embedded runner) is
 ``narwhal.daemons``'s: this package never imports the agent or the runner.
@@ -21,6 +22,7 @@ from narwhal.dispatcher.api import Access, Shutdown, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.metrics import DispatcherMetrics
+from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.redact import redacted
@@ -38,6 +40,7 @@ class Served:
     api: ASGIApp
     intake: Intake
     metrics: DispatcherMetrics
+    publisher: Publisher | None = None
 
 
 async def serve_parts(
@@ -46,14 +49,28 @@ async def serve_parts(
     url: str,
     extras: contextlib.AsyncExitStack,
     shutdown: Shutdown,
+    *,
+    metrics_fallback: bool = False,
 ) -> Served:
     """Start the optional parts (closed by ``extras``, in reverse) and build the API.
 
     ``url`` is the API's own address: the links in commit statuses point
-    there unless ``status.public_url`` says otherwise.
+    there unless ``status.public_url`` says otherwise. ``metrics_fallback``:
+    the feed binds free ports if its own are taken (``narwhal up``).
     """
     metrics = DispatcherMetrics(dispatcher, per_repo=dconf.metrics_per_repo)
     extras.callback(metrics.close)
+    publisher = None
+    if dconf.metrics is not None:
+        publisher = Publisher(
+            dconf.metrics, dispatcher.feed, curve=dconf.curve, fallback=metrics_fallback
+        )
+        jobs = dispatcher.jobs
+        publisher.seed(
+            [*jobs.queue.values(), *jobs.active.values()],
+            [peer.to_json() for peer in dispatcher.mesh.peers()],
+        )
+        await extras.enter_async_context(publisher)
     reporter = None
     if dconf.status.forges:
         reporter = StatusReporter(
@@ -67,13 +84,15 @@ async def serve_parts(
     tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
     access = Access(tokens, public_read=dconf.public_read)
     api = build_app(dispatcher, access, shutdown, metrics.registry)
-    return Served(api=api, intake=intake, metrics=metrics)
+    return Served(api=api, intake=intake, metrics=metrics, publisher=publisher)
 
 
-def parts_line(dconf: DispatcherConfig) -> str:
+def parts_line(dconf: DispatcherConfig, publisher: Publisher | None = None) -> str:
     """The optional parts, for the line a daemon prints once it listens."""
     # Each part starts with a space: the API URL must stay a word of its own.
     line = ""
+    if publisher is not None:
+        line += f" + metrics feed on {publisher.endpoint}"
     if dconf.webhooks is not None:
         line += f" + webhooks at /webhooks/{{{','.join(dconf.webhooks.forges())}}}"
     if dconf.amqp is not None:

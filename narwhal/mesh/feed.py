@@ -10,7 +10,12 @@ The ZeroMQ guide's Clone pattern, for a state that is a handful of maps
   publisher's life (new at each start), ``seq`` counts its messages from 1,
   across all topics, without gaps. Items are the maps of the topic's record
   below; a message holds the changes of one flush (about 50 ms), one item
-  per job or runner at most (its latest view).
+  per job, step or runner at most (its latest view); log notices of one job
+  are merged (the last ``seq``, the sizes summed), usage samples of one step
+  joined. A flush with many changes (a burst of thousands of jobs) sends
+  them in several messages of at most ``MAX_ITEMS`` items each, and a
+  publisher may spread a very large burst over a few flushes, so that no
+  flush holds its event loop for long.
 - A subscriber joining late connects its SUB first (buffering what comes),
   then asks the ROUTER for a snapshot: request ``[b"snapshot"]``, reply
   ``[b"snapshot", msgpack([FEED_VERSION, epoch, seq, state])]`` where
@@ -22,6 +27,10 @@ The ZeroMQ guide's Clone pattern, for a state that is a handful of maps
   the missed messages and takes a new snapshot.
 - ``beat`` messages (no items) go out every second when nothing else did, so
   a subscriber also learns of a gap or a restart while the dispatcher is idle.
+- The publisher publishes what it holds before it answers a snapshot
+  request, so a snapshot is exactly the state after message ``seq``. A
+  ``stats`` message also goes out when a new minute starts.
+- Requests other than ``[b"snapshot"]`` are counted and get no answer.
 
 A PUB socket drops at its high-water mark without telling the sender, so a
 stuck subscriber costs the dispatcher nothing; the drops are counted where
@@ -52,6 +61,10 @@ MAX_FEED_BYTES = 32 << 20
 SNAPSHOT_QUEUED = 50
 SNAPSHOT_ENDED = 50
 SNAPSHOT_REQUEST = b"snapshot"
+#: Items in one PUB message at most; a flush with more sends several.
+MAX_ITEMS = 1000
+#: A job in any other state has ended (``JobView.state``).
+LIVE_STATES = frozenset({"queued", "assigned", "running"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,10 +230,30 @@ def _plain(item: Any) -> dict[str, Any]:
     return out
 
 
+def to_map(item: Any) -> dict[str, Any]:
+    """A record (``JobView`` ...) as its wire map: JSON-able, nested records as maps."""
+    return _plain(item)
+
+
 def encode_update(topic: bytes, epoch: str, seq: int, items: Sequence[Any]) -> list[bytes]:
     """The two frames of one PUB message."""
-    body = msgpack.packb([FEED_VERSION, epoch, seq, [_plain(i) for i in items]], use_bin_type=True)
-    return [topic, body]
+    return encode_maps(topic, epoch, seq, [_plain(i) for i in items])
+
+
+def encode_maps(
+    topic: bytes, epoch: str, seq: int, items: Sequence[Mapping[str, Any]]
+) -> list[bytes]:
+    """Like ``encode_update``, for items already given as the records' maps.
+
+    The publisher's hot path: it keeps views as maps and builds no record
+    objects per change (``decode_update`` checks every field on the other side).
+    """
+    return [topic, msgpack.packb([FEED_VERSION, epoch, seq, items], use_bin_type=True)]
+
+
+def fields_of(cls: type[Any]) -> tuple[str, ...]:
+    """The wire fields of a record class (``JobView`` ...), in order."""
+    return _SCHEMA.names[cls]
 
 
 def decode_update(frames: Sequence[bytes]) -> Update:
@@ -242,11 +275,13 @@ def decode_update(frames: Sequence[bytes]) -> Update:
 
 
 def encode_snapshot(epoch: str, seq: int, state: Snapshot) -> list[bytes]:
+    """The reply to a snapshot request: ``state`` is the state after message ``seq``."""
     body = msgpack.packb([FEED_VERSION, epoch, seq, _plain(state)], use_bin_type=True)
     return [SNAPSHOT_REQUEST, body]
 
 
 def decode_snapshot(frames: Sequence[bytes]) -> tuple[str, int, Snapshot]:
+    """A snapshot reply as ``(epoch, seq, state)``; anything malformed raises ``ProtocolError``."""
     if len(frames) != 2 or bytes(frames[0]) != SNAPSHOT_REQUEST:
         raise ProtocolError("not a snapshot reply")
     epoch, seq, state = _header(frames[1])

@@ -64,7 +64,8 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _signature(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+def signature(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """The key files of ``directory`` (names, mtimes, sizes, inodes): what a poll compares."""
     found = []
     try:
         with os.scandir(directory) as it:
@@ -75,7 +76,7 @@ def _signature(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
     except FileNotFoundError:
         return ()
     except OSError as e:
-        raise ConfigError(f"cannot read the trusted runner keys in {directory}: {e}") from None
+        raise ConfigError(f"cannot read the trusted keys in {directory}: {e}") from None
     return tuple(sorted(found))
 
 
@@ -91,16 +92,16 @@ def _entry(path: Path) -> Entry:
 
 def scan(directory: Path, known: tuple[tuple[str, int, int, int], ...] = ()) -> Listing | None:
     """The directory's entries; None when nothing changed since ``known`` (a signature)."""
-    signature = _signature(directory)
-    if known and signature == known:
+    listed = signature(directory)
+    if known and listed == known:
         return None
     entries, problems = [], []
-    for name, *_ in signature:
+    for name, *_ in listed:
         try:
             entries.append(_entry(directory / name))
         except NarwhalError as e:
             problems.append(str(e))
-    return _unique(entries, problems, signature)
+    return _unique(entries, problems, listed)
 
 
 def _unique(
@@ -206,7 +207,7 @@ def trust(
 def revoke(directory: Path, runner_id: str) -> list[Path]:
     """Remove every file that trusts a key as ``runner_id``; the files removed."""
     removed = []
-    for name, *_ in _signature(directory):
+    for name, *_ in signature(directory):
         path = directory / name
         try:
             entry = _entry(path)

@@ -18,8 +18,10 @@ from narwhal.settings.daemons import (
 )
 from narwhal.settings.discovery import dispatcher_discovery, runner_discovery
 from narwhal.settings.keys import (
+    EMBEDDED_BACKEND_KEY,
     EMBEDDED_RUNNER_KEY,
     SERVER_KEY,
+    embedded_backend,
     embedded_runner,
     runner_curve,
     server_curve,
@@ -36,6 +38,7 @@ from narwhal.settings.values import (
 )
 
 __all__ = [
+    "EMBEDDED_BACKEND_KEY",
     "EMBEDDED_RUNNER_KEY",
     "SECRET_VARIABLES",
     "SERVER_KEY",
@@ -46,6 +49,7 @@ __all__ = [
     "dispatcher_config",
     "dispatcher_discovery",
     "docker_options",
+    "embedded_backend",
     "embedded_runner",
     "env",
     "host_port",

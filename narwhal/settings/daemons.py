@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from narwhal.config import (
     DEFAULT_AGENT_PORT,
     DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
     AgentConfig,
     AmqpConfig,
     DiscoveryConfig,
@@ -41,6 +42,7 @@ from narwhal.settings.keys import keys_dir, runner_curve, server_curve
 from narwhal.settings.values import (
     allow_local_repos,
     directory,
+    feed_endpoint,
     host_port,
     http_url,
     memory_size,
@@ -78,7 +80,15 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         discovery=dispatcher_discovery(args, host),
         curve=None if args.insecure else server_curve(keys_dir(args)),
         allow_local_repos=allow_local_repos(args),
+        metrics=metrics_endpoint(args),
     )
+
+
+def metrics_endpoint(args: argparse.Namespace) -> str | None:
+    """``--metrics``: off by default for ``dispatcher``, on loopback for ``up``."""
+    if args.metrics is not None:
+        return feed_endpoint("--metrics", args.metrics)
+    return f"tcp://127.0.0.1:{DEFAULT_METRICS_PORT}" if args.command == "up" else None
 
 
 def _has_password(url: str) -> bool:

@@ -17,6 +17,7 @@ from narwhal.config import (
     RunnerConfig,
     RunnerCurve,
     ServerCurve,
+    SubscriberCurve,
 )
 from narwhal.errors import ConfigError
 from narwhal.settings.values import directory, env
@@ -28,6 +29,8 @@ SERVER_KEY = "server"
 
 
 EMBEDDED_RUNNER_KEY = "local-runner"
+#: ``narwhal up``'s own backend: its key pair in ``DATA_DIR/keys``.
+EMBEDDED_BACKEND_KEY = "backend"
 
 
 def keys_dir(args: argparse.Namespace) -> Path:
@@ -36,13 +39,15 @@ def keys_dir(args: argparse.Namespace) -> Path:
 
 
 def server_curve(keys_dir: Path) -> ServerCurve:
-    """The dispatcher's key pair (made at first start) and its trusted runners' directory."""
+    """The dispatcher's key pair (made at first start), its trusted runners' and
+    subscribers' directories."""
     from narwhal.mesh.keys import load_or_create
 
     pair, created = load_or_create(keys_dir, SERVER_KEY)
-    runners = keys_dir / "runners"
+    runners, subscribers = keys_dir / "runners", keys_dir / "subscribers"
     try:
         runners.mkdir(parents=True, exist_ok=True)
+        subscribers.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--keys-dir {keys_dir}: {e}") from None
     if created:
@@ -51,7 +56,12 @@ def server_curve(keys_dir: Path) -> ServerCurve:
             keys_dir,
             keys_dir / f"{SERVER_KEY}.key",
         )
-    return ServerCurve(public_key=pair.public, secret_key=pair.secret, runners_dir=runners)
+    return ServerCurve(
+        public_key=pair.public,
+        secret_key=pair.secret,
+        runners_dir=runners,
+        subscribers_dir=subscribers,
+    )
 
 
 def embedded_runner(dconf: DispatcherConfig, rconf: RunnerConfig) -> RunnerConfig:
@@ -72,6 +82,21 @@ def embedded_runner(dconf: DispatcherConfig, rconf: RunnerConfig) -> RunnerConfi
         public_key=pair.public, secret_key=pair.secret, server_key=dconf.curve.public_key
     )
     return dataclasses.replace(rconf, curve=curve)
+
+
+def embedded_backend(dconf: DispatcherConfig) -> SubscriberCurve | None:
+    """``narwhal up``'s own backend: ``DATA_DIR/keys/backend.key(_secret)``, trusted as a
+    subscriber of the metrics feed without asking; None without CurveZMQ."""
+    if dconf.curve is None or dconf.curve.subscribers_dir is None:
+        return None
+    from narwhal.mesh.keys import load_or_create
+    from narwhal.mesh.subscriber_keys import trust_subscriber
+
+    pair, _ = load_or_create(dconf.data_dir / "keys", EMBEDDED_BACKEND_KEY)
+    trust_subscriber(dconf.curve.subscribers_dir, pair.public, EMBEDDED_BACKEND_KEY)
+    return SubscriberCurve(
+        public_key=pair.public, secret_key=pair.secret, server_key=dconf.curve.public_key
+    )
 
 
 def runner_curve(args: argparse.Namespace, runner_id: str, work_dir: Path) -> RunnerCurve | None:

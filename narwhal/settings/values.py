@@ -33,6 +33,16 @@ def host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def feed_endpoint(flag: str, text: str) -> str | None:
+    """``tcp://HOST:PORT`` (port 0: a free pair of ports); ``none`` or ``off``: None."""
+    if text.strip().lower() in ("", "none", "off"):
+        return None
+    head, sep, port = text.rpartition(":")
+    if not head.startswith("tcp://") or len(head) <= 6 or not port.isdigit() or int(port) > 65534:
+        raise ConfigError(f"{flag}: expected tcp://HOST:PORT (PORT + 1 is taken too), got {text!r}")
+    return text
+
+
 def parse_labels(text: str) -> dict[str, str]:
     labels = {}
     for item in filter(None, (part.strip() for part in text.split(","))):

@@ -53,6 +53,13 @@ def test_dispatch_throughput_tiny() -> None:
     assert "narwhal/ceiling ratio:" in out and "narwhal/celery ratio:" in out
 
 
+def test_feed_tiny() -> None:
+    out = bench("feed", "--jobs", "300", "--runners", "2", "--subscribers", "2", "--rounds", "1")
+    assert out.strip().splitlines()[-1].startswith("feed_ratio: ")
+    assert figure(out, "feed_without") > 0 and figure(out, "feed_with_subscribers") > 0
+    assert figure(out, "feed_subscribers_in_sync") == 2, out
+
+
 def test_dispatch_latency_tiny() -> None:
     out = bench("dispatch_latency", "--rate", "100", "--seconds", "1")
     for name in ("dispatch_latency_p50", "dispatch_latency_p95", "dispatch_latency_p99"):

@@ -39,6 +39,7 @@ RANK = {name: rank for rank, name in enumerate(TIER_NAMES)}
 TIERS: dict[str, str] = {
     # unit: pure code on values and fakes
     "tests/dispatcher/test_guard.py": "unit",
+    "tests/backend/test_parts.py": "unit",
     "tests/dispatcher/test_placement.py": "unit",
     "tests/dispatcher/test_state_machine.py": "unit",
     "tests/dispatcher/test_feed_events.py": "unit",
@@ -49,6 +50,9 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
     "tests/dispatcher/store/test_thinning.py": "unit",
+    "tests/mesh/test_feed.py": "unit",
+    "tests/mesh/test_subscriber_replica.py": "unit",
+    "tests/dispatcher/test_feed_state.py": "unit",
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
     "tests/runner/test_usage.py": "unit",
@@ -73,6 +77,8 @@ TIERS: dict[str, str] = {
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
     "tests/agent/test_agent_metrics.py": "integration",
+    "tests/backend/test_app.py": "integration",
+    "tests/backend/test_logs.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_usage.py": "integration",
@@ -88,6 +94,8 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_discovery.py": "integration",
     "tests/mesh/test_transport.py": "integration",
     "tests/mesh/test_zap.py": "integration",
+    "tests/dispatcher/test_publisher.py": "integration",
+    "tests/mesh/test_subscriber.py": "integration",
     "tests/mesh/test_pool.py": "integration",
     "tests/runner/test_checkout.py": "integration",
     # runs the tools (base64, xxd, openssl ...) whose output must be masked
@@ -98,6 +106,7 @@ TIERS: dict[str, str] = {
     "tests/runner/test_probes.py": "integration",
     # system: real daemons, Docker, RabbitMQ, network namespaces
     "tests/agent/test_app.py": "system",
+    "tests/backend/test_cli_backend.py": "system",
     "tests/agent/test_cli_agent.py": "system",
     "tests/agent/test_e2e.py": "system",
     "tests/agent/test_forge_deliveries.py": "system",
@@ -123,6 +132,7 @@ TIERS: dict[str, str] = {
     "tests/test_secrets.py": "system",
     "tests/test_up.py": "system",
     "tests/test_up_announce.py": "system",
+    "tests/test_metrics_feed.py": "system",
 }
 
 

@@ -88,6 +88,10 @@ class JobQuery:
 
     states: tuple[str, ...] = ()
     repo: str | None = None
+    #: Jobs of any of these refs (``refs/heads/main``, ``main``); empty: all.
+    refs: tuple[str, ...] = ()
+    #: Jobs this runner holds or last held.
+    runner: str | None = None
     #: The matrix jobs this job spawned.
     parent: int | None = None
     before: int | None = None

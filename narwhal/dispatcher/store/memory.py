@@ -291,6 +291,8 @@ class MemoryStore:
                 (query.parent is None or job.parent_id == query.parent)
                 and (not query.states or job.state in query.states)
                 and (query.repo is None or job.repo == query.repo)
+                and (not query.refs or job.ref in query.refs)
+                and (query.runner is None or job.runner_id == query.runner)
                 and (query.before is None or job.id < query.before)
             ):
                 found.append(job)

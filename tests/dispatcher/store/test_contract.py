@@ -296,6 +296,20 @@ def test_listing(store: Driven) -> None:
     assert [j.id for j in store.list_jobs(JobQuery(limit=None, states=tuple(TERMINAL)))] == [child]
 
 
+def test_listing_by_ref_and_runner(store: Driven) -> None:
+    main, dev, short = store.job().id, store.job(ref="refs/heads/dev").id, store.job(ref="dev").id
+    assert [j.id for j in store.list_jobs(JobQuery(refs=("refs/heads/dev",)))] == [dev]
+    assert [j.id for j in store.list_jobs(JobQuery(refs=("dev", "refs/heads/dev")))] == [short, dev]
+    assert store.list_jobs(JobQuery(refs=("refs/heads/nope",))) == []
+    store.one(_move(main, "assigned", "to r1", "r1"))
+    store.one(_move(dev, "assigned", "to r2", "r2"))
+    store.one(_move(dev, "running", "started"))
+    assert [j.id for j in store.list_jobs(JobQuery(runner="r1"))] == [main]
+    assert [j.id for j in store.list_jobs(JobQuery(runner="r2", refs=("refs/heads/dev",)))] == [dev]
+    assert store.list_jobs(JobQuery(runner="r1", states=("running",))) == []
+    assert store.list_jobs(JobQuery(runner="r3")) == []
+
+
 def test_find_active_is_the_oldest_unfinished_job_of_a_commit(store: Driven) -> None:
     done = store.job(sha="abc").id
     store.one(_move(done, "cancelled", "x"))
