@@ -4,8 +4,9 @@ The feed's subscriber (``mesh.subscriber``) keeps a ``Replica`` of the
 dispatcher's state; ``Live`` reads it for ``GET /api/state`` and the
 websocket's first message, and hears of each update once the replica
 applied it: every update goes to every browser as it came (``update``),
-runner updates also feed the runners' load history, and a new snapshot (a
-gap, a dispatcher restart) goes to every browser as a fresh ``state``.
+runner updates also feed the runners' load history, job updates tell the
+log followers of new attempts, and a new snapshot (a gap, a dispatcher
+restart) goes to every browser as a fresh ``state``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from narwhal.backend.hub import Hub, encode
+from narwhal.backend.logs import Followers
 from narwhal.backend.runners import RunnerHistory
-from narwhal.mesh.feed import RunnerView, Update, to_map
+from narwhal.mesh.feed import JobView, RunnerView, Update, to_map
 from narwhal.mesh.replica import Replica
 
 
@@ -27,11 +29,13 @@ class Live:
         hub: Hub,
         replica: Replica,
         feed_status: Callable[[], dict[str, Any]],
+        followers: Followers,
         history: RunnerHistory | None = None,
     ) -> None:
         self.hub = hub
         self.replica = replica
         self._feed_status = feed_status
+        self.followers = followers
         self.history = history or RunnerHistory()
 
     # what the subscriber tells, once the replica applied it
@@ -40,12 +44,18 @@ class Live:
         """The replica starts over from a snapshot: every browser gets the state again."""
         for runner in self.replica.runners.values():
             self._record(runner)
+        for job_id in self.followers.followed():
+            if (job := self.replica.job(job_id)) is not None:
+                self.followers.job_changed(job.id, job.attempt)
         self.hub.broadcast(self.state_message())
 
     def on_update(self, update: Update) -> None:
         if update.topic == RunnerView.TOPIC:
             for runner in update.items:
                 self._record(runner)
+        elif update.topic == JobView.TOPIC:
+            for job in update.items:
+                self.followers.job_changed(job.id, job.attempt)
         if not update.items:
             return
         items = [to_map(item) for item in update.items]

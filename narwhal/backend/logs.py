@@ -8,10 +8,10 @@ current attempt's lines (the last ``KEEP_BYTES`` of them), so a browser
 that starts following later gets them all at once, in a message with
 ``reset`` set. It stops when the last browser stops following.
 
-The dispatcher's stream says where a new attempt starts with a line
-``--- attempt N``; a step could print that line too, so a follower believes
-it only once the dispatcher's job record says the job is at attempt N or
-later (asked at most once a second). Then it starts over: the new attempt's
+A new attempt is learnt from the feed (``Followers.job_changed``: the
+job's view with a higher ``attempt``), not from the ``--- attempt N`` line
+the dispatcher's stream puts before it, which a step could print as well:
+the follower then opens the stream again, at the new attempt, and its
 lines replace the old ones (``reset``). A stream that breaks (the
 dispatcher restarted) is opened again after a back-off, and what it replays
 replaces what was shown; a stream that ends while the job has not ended
@@ -21,10 +21,7 @@ replaces what was shown; a stream that ends while the job has not ended
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
-import time
 from collections import deque
 from typing import Any
 
@@ -43,7 +40,6 @@ KEEP_BYTES = 8 << 20
 IDLE_REOPEN = 300.0
 #: Jobs followed at once, by all browsers together.
 MAX_FOLLOWED = 200
-_MARKER = re.compile(r"(.*)--- attempt ([0-9]{1,9})", re.DOTALL)
 #: Refusals that another try would only repeat.
 _FINAL = frozenset({400, 401, 403, 404})
 
@@ -67,14 +63,18 @@ class LogFollower:
         self._pending: list[str] = []
         self._reset = False
         self._timer: asyncio.TimerHandle | None = None
-        self._checked_at = 0.0
 
     # browsers
 
     def add(self, peer: Peer) -> None:
-        """A browser starts following: everything kept so far, as a reset."""
+        """A browser starts following: everything kept so far, as a reset.
+
+        (Before the first stream has started, the reset it starts with is enough.)
+        """
         self.flush()
         self.peers.add(peer)
+        if not self.attempt:
+            return
         kept = list(self._kept)
         if self._cut:
             kept.insert(
@@ -124,9 +124,9 @@ class LogFollower:
         ) as response:
             async for chunk in response.aiter_bytes():
                 for line in splitter.feed(chunk):
-                    await self._line(line)
+                    self._line(line)
         for line in splitter.flush():
-            await self._line(line)
+            self._line(line)
         self.flush()
         job = await self.upstream.get(f"/api/jobs/{self.job_id}", self.token)
         return isinstance(job, dict) and job.get("state") in ENDED
@@ -140,32 +140,13 @@ class LogFollower:
         self._reset = True
         self._schedule()
 
-    async def _line(self, line: str) -> None:
-        if "--- attempt " in line and await self._new_attempt(line):
-            return
+    def _line(self, line: str) -> None:
         self._keep(line)
         self._pending.append(line)
         if len(self._pending) >= BATCH_LINES:
             self.flush()
         else:
             self._schedule()
-
-    async def _new_attempt(self, line: str) -> bool:
-        """Whether ``line`` is the dispatcher's mark of a new attempt (then start it)."""
-        match = _MARKER.fullmatch(line)
-        if match is None or int(match.group(2)) <= self.attempt:
-            return False
-        now = time.monotonic()
-        if now - self._checked_at < 1.0:
-            return False
-        self._checked_at = now
-        job = await self.upstream.get(f"/api/jobs/{self.job_id}", self.token)
-        if _attempt(job) < int(match.group(2)):
-            return False
-        if match.group(1):  # the old attempt's last line, cut off without a newline
-            self._pending.append(match.group(1))
-        self._start(int(match.group(2)))
-        return True
 
     def _keep(self, line: str) -> None:
         self._kept.append(line)
@@ -223,6 +204,8 @@ class Followers:
         self.token = token
         self._followers: dict[int, LogFollower] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: Tasks cancelled and not yet ended (closing their stream).
+        self._ending: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._followers)
@@ -239,10 +222,28 @@ class Followers:
                 return f"too many logs followed at once ({MAX_FOLLOWED}); try again later"
             follower = LogFollower(job_id, self.upstream, self.token or token, self.hub)
             self._followers[job_id] = follower
-            self._tasks[job_id] = asyncio.create_task(follower.run(), name=f"log-{job_id}")
+            self._start(follower)
         follower.add(peer)
         peer.following = job_id
         return None
+
+    def job_changed(self, job_id: int, attempt: int) -> None:
+        """The feed's view of a job: a new attempt of a followed job opens its stream again."""
+        follower = self._followers.get(job_id)
+        # attempt 0: the follower has not asked yet which attempt it streams.
+        if follower is None or follower.ended or not 0 < follower.attempt < attempt:
+            return
+        self._cancel(self._tasks.pop(job_id))
+        self._start(follower)
+
+    def _cancel(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    def _start(self, follower: LogFollower) -> None:
+        task = asyncio.create_task(follower.run(), name=f"log-{follower.job_id}")
+        self._tasks[follower.job_id] = task
 
     def unfollow(self, peer: Peer) -> None:
         job_id, peer.following = peer.following, None
@@ -255,13 +256,12 @@ class Followers:
 
     def _stop(self, job_id: int) -> None:
         self._followers.pop(job_id).stop()
-        task = self._tasks.pop(job_id)
-        task.cancel()
+        self._cancel(self._tasks.pop(job_id))
+
+    def followed(self) -> list[int]:
+        return list(self._followers)
 
     async def aclose(self) -> None:
-        tasks = list(self._tasks.values())
         for job_id in list(self._followers):
             self._stop(job_id)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._ending, return_exceptions=True)

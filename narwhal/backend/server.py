@@ -67,8 +67,8 @@ class Backend:
         self.subscriber = Subscriber(
             config.metrics, curve=config.curve, context=context, timeout=config.feed_timeout
         )
-        self.live = Live(self.hub, self.replica, self.subscriber.status)
         self.followers = Followers(self.upstream, self.hub, config.api_token)
+        self.live = Live(self.hub, self.replica, self.subscriber.status, self.followers)
         self.app: ASGIApp = build_app(
             access=self.access,
             history=History(self.access, self.upstream, self.live),

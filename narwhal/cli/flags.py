@@ -87,6 +87,13 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         help="jobs, logs and runners readable without a token (NARWHAL_PUBLIC_READ=1)",
     )
     p.add_argument(
+        "--metrics-per-repo",
+        action="store_true",
+        default=env("METRICS_PER_REPO", "") in ("1", "true", "yes"),
+        help="label GET /metrics job counts by repository too: one series per repository "
+        "(NARWHAL_METRICS_PER_REPO=1)",
+    )
+    p.add_argument(
         "--max-attempts",
         default=env("MAX_ATTEMPTS", default_of(DispatcherConfig, "max_attempts")),
         help="attempts before a job whose runner was lost ends in error",

@@ -2,15 +2,17 @@
 
 ``up`` adds the agent's webhook endpoints next to the API (publishing to
 RabbitMQ when ``amqp`` is set, else handing events straight to the
-dispatcher) and a runner in the same process, with the executor
-``executors`` picks.
+dispatcher), a runner in the same process, with the executor
+``executors`` picks, and the dashboard on its own address
+(``daemons.backend``), subscribed to ``up``'s own metrics feed.
 
 Shutdown order (``stop``, the first SIGINT or SIGTERM): refuse new HTTP
 connections (open log streams keep streaming); close the local runner (its
 running jobs drain for ``--drain-timeout``, then are cancelled and
 reported) and let the dispatcher record those reports (up to
 ``DRAIN_SECONDS``); end the log streams still open with a last line saying
-why; give other requests in flight ``HTTP_GRACE``; stop browsing mDNS,
+why; give other requests in flight ``HTTP_GRACE``; close ``up``'s
+dashboard (its websockets, its HTTP server, its feed subscriber); stop browsing mDNS,
 close the webhook publisher, the AMQP consumer, the status reporter
 (which sends what it has for a few seconds) and the metrics feed's
 publisher, close the dispatcher; the
@@ -31,20 +33,27 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp
 
-from narwhal.agent.app import Webhooks, webhook_routes
+from narwhal.agent.app import Webhooks, count_webhooks, webhook_routes
 from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import BackendConfig, DispatcherConfig, RunnerConfig
 from narwhal.daemons.backend import start_dashboard
 from narwhal.daemons.executors import resolved
 from narwhal.daemons.signals import on, two_signals
-from narwhal.dispatcher.amqp import DirectSink, Intake
+from narwhal.dispatcher.amqp import DirectSink
 from narwhal.dispatcher.api import Shutdown
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.datadir import DataDirLock
 from narwhal.dispatcher.discovered import DiscoveredRunners
 from narwhal.dispatcher.guard import Guard, HostPolicy
 from narwhal.dispatcher.pool import RunnerPool
-from narwhal.dispatcher.server import DRAIN_SECONDS, HTTP_GRACE, drain, parts_line, serve_parts
+from narwhal.dispatcher.server import (
+    DRAIN_SECONDS,
+    HTTP_GRACE,
+    Served,
+    drain,
+    parts_line,
+    serve_parts,
+)
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.tokens import TOKEN_FILE
 from narwhal.events import Sink
@@ -130,7 +139,7 @@ async def serve(
         served = await serve_parts(
             dispatcher, dconf, url, extras, shutdown, metrics_fallback=rconf is not None
         )
-        app = await _with_webhooks(served.api, served.intake, dconf, extras)
+        app = await _with_webhooks(served, dconf, extras)
         app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
         if dconf.discovery.enabled:
             # Closed by ``extras``, so browsing stops before the dispatcher does.
@@ -165,20 +174,22 @@ async def serve(
 
 
 async def _with_webhooks(
-    api: ASGIApp, intake: Intake, dconf: DispatcherConfig, extras: contextlib.AsyncExitStack
+    served: Served, dconf: DispatcherConfig, extras: contextlib.AsyncExitStack
 ) -> ASGIApp:
     """``narwhal up``: the agent's webhook endpoints next to the API.
 
     They publish to RabbitMQ when ``amqp`` is set (the publisher closes
-    before the consumer), else hand events straight to the dispatcher.
+    before the consumer), else hand events straight to the dispatcher; their
+    answers are counted in the dispatcher's ``/metrics``.
     """
     if dconf.webhooks is None:
-        return api
-    sink: Sink = DirectSink(intake)
+        return served.api
+    sink: Sink = DirectSink(served.intake)
     if dconf.amqp is not None:
         sink = await extras.enter_async_context(AmqpPublisher(dconf.amqp))
-    routes = webhook_routes(Webhooks(dconf.webhooks, sink))
-    return Starlette(routes=[*routes, Mount("", app=api)])
+    on_answer = count_webhooks(served.metrics.registry)
+    routes = webhook_routes(Webhooks(dconf.webhooks, sink, on_answer=on_answer))
+    return Starlette(routes=[*routes, Mount("", app=served.api)])
 
 
 def _executor_part(rconf: RunnerConfig | None) -> str:

@@ -6,7 +6,10 @@ built: a job's record is kept as the job table made it (the same object,
 no copy), and turned into its wire map (redacted as the API redacts it)
 only when a flush or a snapshot needs it. Changes are kept by key (a job,
 a step, a runner), so a job that moved four times between two flushes is
-published once, in its latest state.
+published once, in its latest state. Where a job stands (live, ended,
+counted) is settled when it is taken for a flush, once per flush rather
+than once per move: the dispatcher's hot path publishes four events per
+job.
 
 Held for a snapshot: runners by endpoint (gone ones dropped), the live
 jobs (queued and active; the snapshot takes the active ones and the oldest
@@ -58,10 +61,17 @@ MINUTES = 60
 Map = dict[str, Any]
 
 
+#: Fields of a job record that are not on the wire (``fork_of``); every
+#: ``JobView`` field is one of the record's (a test says so).
+_NOT_SHOWN = tuple(name for name in JobRecord._fields if name not in JOB_FIELDS)
+
+
 def job_map(job: JobRecord) -> Map:
     """A job's wire map: ``JobRecord.to_json`` (repo and reason redacted), feed fields only."""
     shown = job.to_json()
-    return {name: shown[name] for name in JOB_FIELDS}
+    for name in _NOT_SHOWN:
+        del shown[name]
+    return shown
 
 
 def runner_map(runner: Mapping[str, Any], *, gone: str | None = None) -> Map:
@@ -125,17 +135,21 @@ class FeedState:
             self.runners[runner["endpoint"]] = runner_map(runner)
 
     def _job_changed(self, event: JobChanged) -> None:
-        job = event.job
-        self._jobs[job.id] = job
+        self._jobs[event.job.id] = event.job
+
+    def _settle(self, job: JobRecord) -> JobRecord:
+        """Where ``job`` (taken for a flush) stands now: live, or ended and counted once."""
         if job.state not in TERMINAL:
             self.live[job.id] = job
-            return
+            return job
         self.live.pop(job.id, None)
         self.steps.pop(job.id, None)
+        if self.ended.pop(job.id, None) is None:
+            self._count(job.state)
         self.ended[job.id] = job
         if len(self.ended) > SNAPSHOT_ENDED:
             del self.ended[next(iter(self.ended))]
-        self._count(job.state)
+        return job
 
     def _count(self, state: str) -> None:
         self.jobs_total[state] = self.jobs_total.get(state, 0) + 1
@@ -149,11 +163,9 @@ class FeedState:
         self._stats_changed = True
 
     def _job_updated(self, event: JobUpdated) -> None:
-        job = event.job
-        if job is None or job.state in TERMINAL:
-            return
-        self.live[job.id] = job
-        self._jobs[job.id] = job
+        # None: not in the dispatcher's memory (it ended); nothing new to show.
+        if event.job is not None:
+            self._jobs[event.job.id] = event.job
 
     def _step_changed(self, event: StepChanged) -> None:
         step = {
@@ -167,7 +179,7 @@ class FeedState:
             "at": event.at,
         }
         self._steps[event.job_id, event.attempt, event.index] = step
-        if event.job_id in self.live:
+        if event.job_id not in self.ended:  # a live job's (the snapshot checks)
             self.steps[event.job_id] = step
 
     def _log_appended(self, event: LogAppended) -> None:
@@ -234,7 +246,7 @@ class FeedState:
         left = limit
         for topic, changes, build in (
             (RunnerView.TOPIC, self._runners, _same),
-            (JobView.TOPIC, self._jobs, job_map),
+            (JobView.TOPIC, self._jobs, self._job_map),
             (StepView.TOPIC, self._steps, _same),
             (LogView.TOPIC, self._logs, _same),
             (UsageView.TOPIC, self._usage, _same),
@@ -251,6 +263,9 @@ class FeedState:
             self._stats_changed, self._minute = False, minute
             taken.append((StatsView.TOPIC, [self._stats_map()]))
         return taken
+
+    def _job_map(self, job: JobRecord) -> Map:
+        return job_map(self._settle(job))
 
     def _queue_map(self) -> Map:
         depth = self._depth
@@ -300,7 +315,9 @@ class FeedState:
                 jobs_total=stats["jobs_total"],
                 minutes=tuple(tuple(m) for m in stats["minutes"]),
             ),
-            steps=tuple(StepView(**step) for step in self.steps.values()),
+            steps=tuple(
+                StepView(**step) for job_id, step in self.steps.items() if job_id in self.live
+            ),
         )
 
     @staticmethod

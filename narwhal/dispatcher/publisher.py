@@ -43,7 +43,7 @@ import zmq
 import zmq.asyncio
 
 from narwhal.config import ServerCurve
-from narwhal.dispatcher.feed import Event, Feed
+from narwhal.dispatcher.feed import Feed
 from narwhal.dispatcher.feedstate import FeedState
 from narwhal.dispatcher.records import JobRecord
 from narwhal.errors import ConfigError
@@ -157,7 +157,7 @@ class Publisher:
         except BaseException:
             self._close_sockets()
             raise
-        self._unsubscribe = self._feed.subscribe(self._on_event)
+        self._unsubscribe = self._feed.subscribe(self.state.apply)
         self._last_sent = time.monotonic()
         spawn(self._tasks, "metrics feed flush", self._flush_loop)
         spawn(self._tasks, "metrics feed snapshots", self._snapshot_loop)
@@ -239,9 +239,6 @@ class Publisher:
             self._ctx = None
 
     # publishing
-
-    def _on_event(self, event: Event) -> None:
-        self.state.apply(event)
 
     async def _flush_loop(self) -> None:
         while True:

@@ -170,12 +170,18 @@ class Subscriber:
     async def _receive(self) -> Update | None:
         """The next message if it follows the last one; None: a gap (counted)."""
         sub = self._open_sub()
-        try:
-            async with asyncio.timeout(self.timeout):
-                frames = await sub.recv_multipart()
-        except TimeoutError:
-            self._gap(f"silent for {self.timeout:g} s")
-            return None
+        while True:
+            # poll, not a timeout around recv: a recv cancelled just after it
+            # completed loses its message, and a process that got no CPU for a
+            # while finds its messages waiting, which is not silence.
+            if not await sub.poll(self.timeout * 1000) and not _waiting(sub):
+                self._gap(f"silent for {self.timeout:g} s")
+                return None
+            try:
+                frames = _recv_now(sub)
+                break
+            except zmq.Again:
+                continue
         try:
             update = decode_update(frames)
         except ProtocolError as e:
@@ -257,6 +263,9 @@ class Subscriber:
                 self._keep(sub, kept)
             if dealer in ready:
                 return await dealer.recv_multipart(), kept
+        if _waiting(dealer):  # it came while this process had no CPU
+            self._keep(sub, kept)
+            return _recv_now(dealer), kept
         raise _Resync(f"no snapshot from {self.snapshot_endpoint} within {self.timeout:g} s")
 
     def _keep(self, sub: zmq.asyncio.Socket, kept: list[Update]) -> None:
@@ -290,3 +299,7 @@ def _recv_now(sock: zmq.asyncio.Socket) -> list[bytes]:
     """A message that is waiting, or ``zmq.Again`` (an asyncio socket completes it at once)."""
     future = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(zmq.NOBLOCK))
     return future.result()
+
+
+def _waiting(sock: zmq.asyncio.Socket) -> bool:
+    return bool(cast("int", sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

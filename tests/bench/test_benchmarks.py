@@ -53,6 +53,13 @@ def test_dispatch_throughput_tiny() -> None:
     assert "narwhal/ceiling ratio:" in out and "narwhal/celery ratio:" in out
 
 
+def test_feed_tiny() -> None:
+    out = bench("feed", "--jobs", "300", "--runners", "2", "--subscribers", "2", "--rounds", "1")
+    assert out.strip().splitlines()[-1].startswith("feed_ratio: ")
+    assert figure(out, "feed_without") > 0 and figure(out, "feed_with_subscribers") > 0
+    assert figure(out, "feed_subscribers_in_sync") == 2, out
+
+
 def test_dispatch_latency_tiny() -> None:
     out = bench("dispatch_latency", "--rate", "100", "--seconds", "1")
     for name in ("dispatch_latency_p50", "dispatch_latency_p95", "dispatch_latency_p99"):
@@ -77,7 +84,26 @@ def test_docker_overhead_tiny() -> None:
     assert figure(out, "docker_overhead_ratio") > 0
 
 
+def test_usage_overhead_tiny() -> None:
+    out = bench("usage_overhead", "--samples", "20")
+    for name in ("usage_group_probe_us", "usage_group_first_us", "usage_cgroup_probe_us"):
+        assert figure(out, name) > 0
+    assert figure(out, "usage_meter_us") >= figure(out, "usage_meter_loop_us") > 0
+
+
 def test_trivial_job_tiny() -> None:
     out = bench("trivial_job", "--jobs", "3", "--burst", "5")
     assert figure(out, "trivial_job_p50") > 0
     assert figure(out, "trivial_job_throughput") > 0
+
+
+def test_metrics_cost_tiny() -> None:
+    out = bench(
+        "metrics_cost",
+        *["--jobs", "200", "--rounds", "1", "--queued", "100", "--runners", "3"],
+        *["--throughput-jobs", "200", "--throughput-rounds", "1"],
+    )
+    for name in ("metrics_cost_per_job_changed_us", "metrics_cost_per_job_changed_per_repo_us"):
+        assert figure(out, name) > 0
+    assert figure(out, "metrics_scrape_ms") > 0
+    assert figure(out, "metrics_throughput_ratio") > 0

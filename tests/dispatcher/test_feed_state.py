@@ -13,6 +13,7 @@ from narwhal.dispatcher.feed import (
     UsageSampled,
 )
 from narwhal.dispatcher.feedstate import MAX_SAMPLES, FeedState, job_map
+from narwhal.dispatcher.records import JobRecord
 from narwhal.mesh import feed as f
 from tests.support.feeds import job_life, record, runner_json
 
@@ -27,6 +28,12 @@ class Clock:
 
 def taken(state: FeedState) -> dict[bytes, list[dict[str, object]]]:
     return dict(state.take(1 << 30))
+
+
+def snapshot(state: FeedState) -> f.Snapshot:
+    """As the publisher takes one: after publishing every change."""
+    taken(state)
+    return state.snapshot()
 
 
 def test_a_job_that_moved_four_times_is_one_item_in_its_latest_state() -> None:
@@ -44,6 +51,10 @@ def test_nothing_is_pending_until_something_happens() -> None:
     assert not state.pending and state.take(10) == []
     state.apply(QueueDepth(1, 0, None))
     assert state.pending
+
+
+def test_every_job_view_field_is_a_record_field() -> None:
+    assert set(f.fields_of(f.JobView)) <= set(JobRecord._fields)
 
 
 def test_job_views_are_redacted_like_the_api() -> None:
@@ -86,7 +97,7 @@ def test_steps_are_one_item_per_step() -> None:
         (0, "success"),
         (1, "running"),
     ]
-    assert state.snapshot().steps[0].index == 1, "a live job's current step"
+    assert snapshot(state).steps[0].index == 1, "a live job's current step"
 
 
 def test_a_runner_that_left_is_published_gone_and_dropped_from_the_snapshot() -> None:
@@ -99,7 +110,7 @@ def test_a_runner_that_left_is_published_gone_and_dropped_from_the_snapshot() ->
         ("tcp://h:1", "gone", "no heartbeat"),
         ("tcp://h:2", "ready", ""),
     ]
-    (left,) = state.snapshot().runners
+    (left,) = snapshot(state).runners
     assert left.endpoint == "tcp://h:2" and left.jobs == (3,)
 
 
@@ -111,7 +122,7 @@ def test_the_snapshot_holds_active_jobs_the_oldest_queued_and_the_last_ended() -
         state.apply(JobChanged(record(i, "running"), "assigned"))
     for i in range(11, 81):
         state.apply(JobChanged(record(i, "failed"), "queued"))
-    jobs = state.snapshot().jobs
+    jobs = snapshot(state).jobs
     running = [j.id for j in jobs if j.state == "running"]
     queued = [j.id for j in jobs if j.state == "queued"]
     ended = [j.id for j in jobs if j.state == "failed"]
@@ -127,7 +138,7 @@ def test_only_the_oldest_queued_go_into_a_snapshot() -> None:
     state = FeedState()
     for i in range(1, 201):
         state.apply(JobChanged(record(i), None))
-    assert [j.id for j in state.snapshot().jobs] == list(range(1, f.SNAPSHOT_QUEUED + 1))
+    assert [j.id for j in snapshot(state).jobs] == list(range(1, f.SNAPSHOT_QUEUED + 1))
 
 
 def test_the_queue_is_the_latest_depth_told() -> None:
@@ -156,6 +167,7 @@ def test_stats_count_ended_jobs_by_state_and_minute() -> None:
     state = FeedState(clock=clock)
     for i, end in enumerate(["success", "success", "failed"]):
         state.apply(JobChanged(record(i, end), "running"))
+    taken(state)  # counted when published
     clock.now += 60
     state.apply(JobChanged(record(9, "success"), "running"))
     (stats,) = taken(state)[b"stats"]
@@ -204,7 +216,20 @@ def test_a_snapshot_encodes_and_decodes() -> None:
     state.apply(JobChanged(record(2, "running", matrix={"PY": "3.12"}), "assigned"))
     state.apply(StepChanged(2, 1, 0, "a", "running", None, None, 1.0))
     state.apply(RunnerChanged(runner_json("tcp://h:1", jobs=(2,)), joined=True))
-    snap = state.snapshot()
-    assert f.decode_snapshot(f.encode_snapshot("e", 3, snap)) == ("e", 3, snap)
     for topic, items in state.take(100):
         assert len(f.decode_update(f.encode_maps(topic, "e", 4, items)).items) == len(items)
+    snap = state.snapshot()
+    assert len(snap.jobs) == 2 and len(snap.steps) == 1 and len(snap.runners) == 1
+    assert f.decode_snapshot(f.encode_snapshot("e", 3, snap)) == ("e", 3, snap)
+
+
+def test_a_job_published_ended_twice_is_counted_once() -> None:
+    state = FeedState()
+    done = record(1, "success")
+    state.apply(JobChanged(done, "running"))
+    taken(state)
+    state.apply(JobChanged(done, "running"))
+    again = taken(state)
+    assert b"stats" not in again, "nothing counted: no stats message"
+    assert [j["id"] for j in again[b"job"]] == [1]
+    assert state.jobs_total == {"success": 1} and list(state.ended) == [1]

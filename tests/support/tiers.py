@@ -44,13 +44,18 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_state_machine.py": "unit",
     "tests/dispatcher/test_feed_events.py": "unit",
     "tests/test_testing.py": "unit",
+    "tests/test_metrics.py": "unit",
+    "tests/dispatcher/test_metrics.py": "unit",
+    "tests/test_metrics.py::test_promtool_*": "integration",
     "tests/dispatcher/test_waiting.py": "unit",
     "tests/mesh/test_protocol.py": "unit",
+    "tests/dispatcher/store/test_thinning.py": "unit",
     "tests/mesh/test_feed.py": "unit",
     "tests/mesh/test_subscriber_replica.py": "unit",
     "tests/dispatcher/test_feed_state.py": "unit",
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
+    "tests/runner/test_usage.py": "unit",
     "tests/test_pipeline.py": "unit",
     "tests/test_pipeline_echo.py": "unit",
     "tests/test_redact.py": "unit",
@@ -72,9 +77,13 @@ TIERS: dict[str, str] = {
     ),
     # integration: in process, real SQLite, ZeroMQ, HTTP on loopback, git and step processes
     "tests/agent/test_webhook_tags.py": "integration",
+    "tests/agent/test_agent_metrics.py": "integration",
     "tests/backend/test_app.py": "integration",
+    "tests/backend/test_logs.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
+    "tests/dispatcher/test_usage.py": "integration",
+    "tests/dispatcher/test_metrics_endpoint.py": "integration",
     "tests/dispatcher/test_status.py": "integration",
     "tests/dispatcher/store/*.py": "integration",
     "tests/dispatcher/store/test_contract.py::*[[]memory[]]": "unit",
@@ -95,6 +104,7 @@ TIERS: dict[str, str] = {
     "tests/runner/test_executor.py": "integration",
     "tests/runner/test_job.py": "integration",
     "tests/runner/test_process.py": "integration",
+    "tests/runner/test_probes.py": "integration",
     # system: real daemons, Docker, RabbitMQ, network namespaces
     "tests/agent/test_app.py": "system",
     # headless Chromium (Debian's) driving the dashboard of a real `narwhal up`
@@ -112,6 +122,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_trust.py": "system",
     "tests/mesh/test_auth.py": "system",
     "tests/runner/test_docker.py": "system",
+    "tests/runner/test_docker_usage.py": "system",
     "tests/runner/test_docker_hints.py": "system",
     "tests/test_access.py": "system",
     "tests/test_cli.py": "system",
@@ -124,6 +135,7 @@ TIERS: dict[str, str] = {
     "tests/test_secrets.py": "system",
     "tests/test_up.py": "system",
     "tests/test_up_announce.py": "system",
+    "tests/test_metrics_feed.py": "system",
 }
 
 
