@@ -64,6 +64,7 @@ TIERS: dict[str, str] = {
     "tests/test_support.py": "unit",
     "tests/test_support.py::test_the_leak_check_names_a_child_process_*": "integration",
     "tests/agent/test_webhooks.py": "unit",
+    "tests/backend/test_static.py": "unit",
     "tests/agent/test_webhooks.py::test_*import*": "integration",
     "tests/test_repos.py": "unit",
     "tests/test_repos.py::test_refs_git_accepts": "integration",
@@ -106,6 +107,8 @@ TIERS: dict[str, str] = {
     "tests/runner/test_probes.py": "integration",
     # system: real daemons, Docker, RabbitMQ, network namespaces
     "tests/agent/test_app.py": "system",
+    # headless Chromium (Debian's) driving the dashboard of a real `narwhal up`
+    "tests/backend/test_browser.py": "system",
     "tests/backend/test_cli_backend.py": "system",
     "tests/agent/test_cli_agent.py": "system",
     "tests/agent/test_e2e.py": "system",
