@@ -232,6 +232,8 @@ def test_history_filters_job_pages_and_the_runner_page(tmp_path: Path) -> None:
                     html = await browser.get(route)
                     assert html.status_code == 200 and "text/html" in html.headers["content-type"]
                     assert html.headers["x-frame-options"] == "DENY"
+                    policy = html.headers["content-security-policy"]
+                    assert "script-src 'self'" in policy and "unsafe" not in policy
 
     run(scenario, tmp_path)
 

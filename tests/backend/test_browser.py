@@ -286,6 +286,8 @@ def test_the_dashboard_follows_a_job_live_and_cancels_it(
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    # The content security policy refusing anything the page does shows here.
+    page.on("console", lambda m: problems.append(m.text) if "Content Security" in m.text else None)
     page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
 
     # Signed in from the printed link, which leaves the address at once.
