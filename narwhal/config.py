@@ -233,6 +233,10 @@ class RunnerConfig:
     #: dispatcher is away.
     stream_frames: int = 256
     stream_bytes: int = 4 << 20
+    #: Seconds between samples of a running step's CPU and memory, and
+    #: between the USAGE frames that carry them.
+    usage_interval: float = 1.0
+    usage_send_every: float = 5.0
     mesh: MeshConfig = field(default_factory=MeshConfig)
     #: Docker executor: the engine (None: DOCKER_HOST or the local socket).
     docker_host: str | None = None
@@ -290,6 +294,9 @@ class BackendConfig:
     #: Seconds without any feed message (beats come every second) before
     #: the backend takes a new snapshot.
     feed_timeout: float = 3.0
+    #: Messages waiting for one browser's websocket before it is closed (a
+    #: browser that does not read must not hold memory or slow the others).
+    socket_queue: int = 1000
 
 
 def default_data_dir() -> Path:

@@ -1,7 +1,7 @@
 """Serving an ASGI app with uvicorn inside a daemon's own event loop.
 
-Shared by the dispatcher's API and the agent's webhooks (a leaf module: the
-agent never imports the dispatcher).
+Shared by the dispatcher's API, the agent's webhooks and the dashboard (a
+leaf module: the agent and the backend never import the dispatcher).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from starlette.types import ASGIApp
 
 #: Seconds requests in flight still get once shutdown is hurried.
 HURRIED_GRACE = 1.0
+#: Largest websocket message a browser may send (the dashboard's are tiny).
+WS_MAX_SIZE = 64 * 1024
 
 
 class HttpServer(uvicorn.Server):
@@ -64,7 +66,16 @@ async def run_http(
     are cancelled.
     ``closing`` runs even when the server failed.
     """
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    # wsproto, named: the one websocket implementation the project installs
+    # and tests (uvicorn's "auto" would switch to another one if installed).
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ws="wsproto",
+        ws_max_size=WS_MAX_SIZE,
+    )
     server = HttpServer(config)
     http = asyncio.create_task(server.serve(sockets=[sock]))
     try:

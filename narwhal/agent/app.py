@@ -27,6 +27,7 @@ from narwhal.agent.webhooks import READERS, Forge, Ignored, Pong, WebhookError, 
 from narwhal.config import WebhookConfig
 from narwhal.errors import RepoError
 from narwhal.events import CommitEvent, EventError, Sink, Unavailable
+from narwhal.metrics import CONTENT_TYPE, Registry
 from narwhal.repos import check_repo
 
 log = logging.getLogger(__name__)
@@ -121,21 +122,52 @@ def _answer(code: int, **body: object) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-class Webhooks:
-    """Request handlers for every forge that has a secret configured."""
+#: Told of every webhook answer: the forge's name and the HTTP status code.
+OnAnswer = Callable[[str, int], None]
 
-    def __init__(self, config: WebhookConfig, sink: Sink) -> None:
+
+def count_webhooks(registry: Registry) -> OnAnswer:
+    """``narwhal_webhooks_total{forge,answer}`` in ``registry``, and the hook that counts it.
+
+    ``answer`` is the status code: the handlers answer a handful of codes
+    (module docstring), so the label stays bounded.
+    """
+    counter = registry.counter(
+        "narwhal_webhooks_total",
+        "Webhook deliveries answered, by forge and HTTP status code.",
+        ["forge", "answer"],
+    )
+
+    def on_answer(forge: str, status: int) -> None:
+        counter.labels(forge, str(status)).inc()
+
+    return on_answer
+
+
+class Webhooks:
+    """Request handlers for every forge that has a secret configured.
+
+    ``on_answer`` hears each answer (``count_webhooks``): the daemon that
+    serves the handlers decides where the count is shown.
+    """
+
+    def __init__(
+        self, config: WebhookConfig, sink: Sink, *, on_answer: OnAnswer | None = None
+    ) -> None:
         self.config = config
         self.dedupe = Deduper(
             sink, remember=config.remember_deliveries, window=config.remember_bodies_for
         )
         self.counts: dict[str, int] = {}
+        self._on_answer = on_answer
 
     def handler(self, forge: Forge) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             response = await self._handle(forge, request)
             key = f"{forge.name} {response.status_code}"
             self.counts[key] = self.counts.get(key, 0) + 1
+            if self._on_answer is not None:
+                self._on_answer(forge.name, response.status_code)
             return response
 
         return handle
@@ -208,13 +240,29 @@ def webhook_routes(webhooks: Webhooks) -> list[Route]:
     ]
 
 
-def build_app(webhooks: Webhooks, *, health: Callable[[], dict[str, object]]) -> Starlette:
-    """The standalone agent's ASGI app: webhook endpoints and ``GET /health``."""
+def build_app(
+    webhooks: Webhooks,
+    *,
+    health: Callable[[], dict[str, object]],
+    metrics: Registry | None = None,
+) -> Starlette:
+    """The standalone agent's ASGI app: webhook endpoints, ``GET /health`` and ``GET /metrics``.
+
+    Both are open, as the agent has no tokens: they say only what a
+    forge's delivery page shows anyway (answers counted by forge and code).
+    """
 
     async def health_route(request: Request) -> Response:
         return JSONResponse({"status": "ok", **health(), "webhooks": webhooks.counts})
 
     routes = [*webhook_routes(webhooks), Route("/health", health_route, methods=["GET"])]
+    if metrics is not None:
+        registry = metrics
+
+        async def metrics_route(request: Request) -> Response:
+            return Response(registry.render(), media_type=CONTENT_TYPE)
+
+        routes.append(Route("/metrics", metrics_route, methods=["GET"]))
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
 

@@ -11,10 +11,12 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from narwhal.agent.app import Webhooks, build_app
+from narwhal import __version__
+from narwhal.agent.app import Webhooks, build_app, count_webhooks
 from narwhal.agent.publisher import AmqpPublisher
 from narwhal.config import AgentConfig
 from narwhal.httpserver import listen, run_http
+from narwhal.metrics import Registry
 from narwhal.redact import redacted
 
 
@@ -39,12 +41,14 @@ async def _serve(
     announce: Callable[[str], None],
 ) -> None:
     async with AmqpPublisher(config.amqp) as publisher:
-        webhooks = Webhooks(config.webhooks, publisher)
+        metrics = Registry()
+        metrics.daemon_info(__version__)
+        webhooks = Webhooks(config.webhooks, publisher, on_answer=count_webhooks(metrics))
 
         def health() -> dict[str, object]:
             return {"broker": "connected" if publisher.connected else "disconnected"}
 
-        app = build_app(webhooks, health=health)
+        app = build_app(webhooks, health=health, metrics=metrics)
         enabled = config.webhooks.forges()
         announce(
             f"narwhal agent: webhooks on {url_of(sock)} ({', '.join(enabled)}),"

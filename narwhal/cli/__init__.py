@@ -1,4 +1,4 @@
-"""The ``narwhal`` command: daemons (up, dispatcher, runner, agent) and client commands.
+"""The ``narwhal`` command: daemons (up, dispatcher, runner, agent, backend) and client commands.
 
 Flags are defined in ``parser`` and ``flags`` and turned into config objects
 by ``narwhal.settings``; the daemons are put together by ``narwhal.daemons``.
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:  # a refused secret flag
         print(f"narwhal: {e}", file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 2
-    daemon = args.command in ("up", "dispatcher", "runner", "agent")
+    daemon = args.command in ("up", "dispatcher", "runner", "agent", "backend")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

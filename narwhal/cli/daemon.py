@@ -19,6 +19,7 @@ from narwhal.settings import (
     embedded_runner,
     runner_config,
 )
+from narwhal.settings.backend import up_dashboard
 
 
 def announce(line: str) -> None:
@@ -44,17 +45,27 @@ def run_daemon(args: argparse.Namespace) -> int:
 
         asyncio.run(runner_main(runner_config(args), announce))
         return 0
+    if args.command == "backend":
+        from narwhal.daemons.backend import backend_main
+        from narwhal.settings.backend import backend_config
+
+        bconf = backend_config(args)
+        scrub_secrets()
+        asyncio.run(backend_main(bconf, announce))
+        return 0
     from narwhal.daemons.dispatcher import dispatcher_main
     from narwhal.dispatcher import datadir
 
     # Locked before anything writes into it (keys, the embedded runner's trust).
     with datadir.hold(Path(args.data_dir).expanduser()) as lock:
         dconf = dispatcher_config(args)
-        rconf = None
+        rconf = dashboard = None
         if args.command == "up":
             rconf = runner_config(args, listen="tcp://127.0.0.1:*", default_id="local")
             rconf = embedded_runner(dconf, rconf)
-            embedded_backend(dconf)  # the dashboard's key, trusted on the metrics feed
+            # The dashboard's key, trusted on the metrics feed.
+            curve = embedded_backend(dconf)
+            dashboard = up_dashboard(args, curve, public_read=dconf.public_read)
         scrub_secrets()
-        asyncio.run(dispatcher_main(dconf, rconf, lock, announce))
+        asyncio.run(dispatcher_main(dconf, rconf, lock, announce, dashboard))
     return 0

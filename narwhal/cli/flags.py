@@ -12,10 +12,12 @@ import os
 from collections.abc import Sequence
 
 from narwhal.config import (
+    DEFAULT_BACKEND_PORT,
     DEFAULT_METRICS_PORT,
     EXECUTORS,
     AgentConfig,
     AmqpConfig,
+    BackendConfig,
     DispatcherConfig,
     MeshConfig,
     RunnerConfig,
@@ -26,7 +28,7 @@ from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.settings import default_of, env
 
 
-def address_of(config: type[AgentConfig] | type[DispatcherConfig]) -> str:
+def address_of(config: type[AgentConfig] | type[DispatcherConfig] | type[BackendConfig]) -> str:
     """The default ``HOST:PORT`` of a daemon's HTTP side."""
     return f"{default_of(config, 'http_host')}:{default_of(config, 'http_port')}"
 
@@ -83,6 +85,13 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=env("PUBLIC_READ", "") in ("1", "true", "yes"),
         help="jobs, logs and runners readable without a token (NARWHAL_PUBLIC_READ=1)",
+    )
+    p.add_argument(
+        "--metrics-per-repo",
+        action="store_true",
+        default=env("METRICS_PER_REPO", "") in ("1", "true", "yes"),
+        help="label GET /metrics job counts by repository too: one series per repository "
+        "(NARWHAL_METRICS_PER_REPO=1)",
     )
     p.add_argument(
         "--max-attempts",
@@ -313,4 +322,64 @@ def client_flags(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=env("DATA_DIR", str(default_data_dir())),
         help="the local dispatcher's data dir, whose admin.token is used (NARWHAL_DATA_DIR)",
+    )
+
+
+def backend_flags(p: argparse.ArgumentParser) -> None:
+    """``narwhal backend``: the dashboard, from a dispatcher's feed and API."""
+    p.add_argument(
+        "--http",
+        default=env("BACKEND_HTTP", address_of(BackendConfig)),
+        help="dashboard address HOST:PORT; port 0 picks a free one (NARWHAL_BACKEND_HTTP)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="tcp://HOST:PORT",
+        default=env("METRICS", default_of(BackendConfig, "metrics")),
+        help="the dispatcher's metrics feed (its --metrics; NARWHAL_METRICS)",
+    )
+    p.add_argument(
+        "--api",
+        metavar="URL",
+        default=env("API", default_of(BackendConfig, "api")),
+        help="the dispatcher's REST API, for history, logs, cancel and resubmit (NARWHAL_API)",
+    )
+    secret_file_flag(p, "api-token", "a read token of the API, for public-read viewers and logs")
+    p.add_argument(
+        "--public-read",
+        action="store_true",
+        default=env("PUBLIC_READ", "") in ("1", "true", "yes"),
+        help="the dashboard is readable without signing in (NARWHAL_PUBLIC_READ=1)",
+    )
+    p.add_argument(
+        "--feed-timeout",
+        default=env("FEED_TIMEOUT", default_of(BackendConfig, "feed_timeout")),
+        help="seconds of silence on the feed before a new snapshot (NARWHAL_FEED_TIMEOUT)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this backend's key pair on the feed (NAME.key, beside NAME.key_secret; NARWHAL_KEY)",
+    )
+    p.add_argument(
+        "--dispatcher-key",
+        metavar="FILE",
+        help="the dispatcher's public key, its server.key (NARWHAL_DISPATCHER_KEY)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", "") == "1",
+        help="no CurveZMQ on the feed (NARWHAL_INSECURE=1)",
+    )
+
+
+def dashboard_flag(p: argparse.ArgumentParser) -> None:
+    """``narwhal up --dashboard``."""
+    p.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        default=env("DASHBOARD"),
+        help=f"where up serves the dashboard (default 127.0.0.1:{DEFAULT_BACKEND_PORT}, any free "
+        "port when --http's is 0); none: no dashboard (NARWHAL_DASHBOARD)",
     )

@@ -8,7 +8,9 @@ from narwhal import __version__
 from narwhal.cli.flags import (
     address_of,
     amqp_flags,
+    backend_flags,
     client_flags,
+    dashboard_flag,
     discovery_flags,
     dispatcher_flags,
     docker_flags,
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     runner_flags(up, listen=False)
     secret_flags(up, "secret", "webhook secret; serves /webhooks/FORGE")
     local_repos_flag(up, default="on")
+    dashboard_flag(up)
 
     dispatcher = sub.add_parser("dispatcher", help="run the dispatcher and its REST API")
     dispatcher_flags(dispatcher)
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     runner_key_flags(runner)
     discovery_flags(runner, default="mdns", what="announce this runner on the LAN")
     local_repos_flag(runner, default="off")
+
+    backend_flags(sub.add_parser("backend", help="serve the dashboard of a dispatcher"))
 
     _keys_parser(sub)
 

@@ -25,11 +25,13 @@ from narwhal import __version__
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.guard import JsonError, is_json, parse_json
 from narwhal.dispatcher.mesh import LinkState
+from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.records import STATES, JobRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
 from narwhal.follow import SHUTDOWN_LINE
+from narwhal.metrics import CONTENT_TYPE, Registry
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 
@@ -114,10 +116,13 @@ def _guard(handler: Handler, access: Access, scope: str | None) -> Handler:
 class Api:
     """Request handlers for one dispatcher."""
 
-    def __init__(self, dispatcher: Dispatcher, access: Access, shutdown: Shutdown) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, access: Access, shutdown: Shutdown, metrics: Registry
+    ) -> None:
         self.dispatcher = dispatcher
         self.access = access
         self.shutdown = shutdown
+        self.registry = metrics
 
     async def health(self, request: Request) -> Response:
         """Open to all, so it says only "ok"; counts and version need a read token."""
@@ -134,6 +139,10 @@ class Api:
                 "bad_frames": mesh.stats().bad_frames,
             }
         )
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' scrape (``dispatcher.metrics`` lists the names)."""
+        return Response(self.registry.render(), media_type=CONTENT_TYPE)
 
     async def submit(self, request: Request) -> Response:
         body = await _json(request)
@@ -165,7 +174,13 @@ class Api:
         before = _int(q.get("before"), "before", default=None, low=1)
         parent = _int(q.get("parent"), "parent", default=None, low=1)
         query = JobQuery(
-            states=tuple(states), repo=q.get("repo"), parent=parent, before=before, limit=limit
+            states=tuple(states),
+            repo=q.get("repo"),
+            refs=_refs(q.getlist("ref")),
+            runner=_runner(q.get("runner")),
+            parent=parent,
+            before=before,
+            limit=limit,
         )
         jobs = await self.dispatcher.store.list_jobs(query)
         nxt = jobs[-1].id if len(jobs) == limit else None
@@ -175,11 +190,15 @@ class Api:
         job_id = _job_id(request)
         job = await self.dispatcher.store.get_job(job_id)
         steps = await self.dispatcher.store.steps(job_id, job.attempt)
+        usage = await self.dispatcher.store.usage(job_id, job.attempt)
         history = await self.dispatcher.store.transitions(job_id)
         return JSONResponse(
             {
                 **job.to_json(),
-                "steps": [s.to_json() for s in steps],
+                "steps": [
+                    {**s.to_json(), "usage": u.to_json() if (u := usage.get(s.index)) else None}
+                    for s in steps
+                ],
                 "transitions": [t.to_json() for t in history],  # reasons redacted
             }
         )
@@ -246,15 +265,26 @@ def _cancelled(job: JobRecord) -> dict[str, Any]:
 
 
 def build_app(
-    dispatcher: Dispatcher, access: Access, shutdown: Shutdown | None = None
+    dispatcher: Dispatcher,
+    access: Access,
+    shutdown: Shutdown | None = None,
+    metrics: Registry | None = None,
 ) -> Starlette:
-    """The ASGI app of one dispatcher's API (put ``guard.Guard`` in front of it)."""
+    """The ASGI app of one dispatcher's API (put ``guard.Guard`` in front of it).
+
+    ``metrics``: what ``GET /metrics`` renders (by default a ``DispatcherMetrics``
+    of its own, as the dispatcher's config says).
+    """
     # Imported here: secrets_api builds on this module's helpers.
     from narwhal.dispatcher.secrets_api import secret_routes
 
-    api = Api(dispatcher, access, shutdown or Shutdown())
+    if metrics is None:
+        per_repo = dispatcher.config.metrics_per_repo
+        metrics = DispatcherMetrics(dispatcher, per_repo=per_repo).registry
+    api = Api(dispatcher, access, shutdown or Shutdown(), metrics)
     routes: list[RouteSpec] = [
         ("/health", api.health, "GET", None),
+        ("/metrics", api.metrics, "GET", "read"),
         ("/api/jobs", api.list_jobs, "GET", "read"),
         ("/api/jobs", api.submit, "POST", "write"),
         ("/api/jobs/{id}", api.get_job, "GET", "read"),
@@ -317,6 +347,22 @@ def _int(raw: str | None, name: str, *, default: int | None, low: int, high: int
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise BadRequest(f"{name}: expected an integer from {low} to {high}")
     return int(raw)
+
+
+def _refs(refs: list[str]) -> tuple[str, ...]:
+    """``ref=`` filters (repeatable: a job of any of them); each a valid git ref."""
+    if len(refs) > 10:
+        raise BadRequest("ref: at most 10 of them")
+    try:
+        return tuple(check_ref(ref) for ref in refs)
+    except RepoError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _runner(runner: str | None) -> str | None:
+    if runner is not None and not (0 < len(runner) <= 200 and runner.isprintable()):
+        raise BadRequest("runner: expected a runner id")
+    return runner
 
 
 def _job_id(request: Request) -> int:

@@ -7,10 +7,16 @@ acknowledges them only once it is committed.
 
 from __future__ import annotations
 
-from narwhal.dispatcher.feed import Event, LogAppended, StepChanged
+from narwhal.dispatcher.feed import Event, LogAppended, StepChanged, UsageSampled
 from narwhal.dispatcher.jobs import Changes, JobTable
 from narwhal.dispatcher.mesh import Peer
-from narwhal.dispatcher.store.base import AppendLog, StepFinished, StepStarted
+from narwhal.dispatcher.store.base import (
+    AppendLog,
+    AppendUsage,
+    StepFinished,
+    StepStarted,
+    UsageSample,
+)
 from narwhal.errors import NarwhalError
 from narwhal.mesh import protocol as p
 
@@ -34,8 +40,29 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
                 message.pipeline,
                 message.variants,
             )
+        elif isinstance(message, p.Usage):
+            _record_usage(table, changes, message)
         else:
             _record_output(table, changes, message)
+
+
+def _record_usage(table: JobTable, changes: Changes, message: p.Usage) -> None:
+    """A running step's samples: stored, then told to the feed (no follower waits for them)."""
+    # Decoded as floats; memory was checked to be whole bytes.
+    samples: tuple[UsageSample, ...] = tuple(
+        (t, cpu, int(memory)) for t, cpu, memory in message.samples
+    )
+    write = AppendUsage(
+        job_id=message.job_id,
+        attempt=message.attempt,
+        seq=message.seq,
+        index=message.index,
+        samples=samples,
+        memory_limit=message.memory_limit,
+    )
+    changes.add(write)
+    event = UsageSampled(write.job_id, write.attempt, write.index, samples, write.memory_limit)
+    changes.after_commit(lambda: table.feed.publish(event))
 
 
 def _record_output(table: JobTable, changes: Changes, message: p.Message) -> None:

@@ -21,6 +21,7 @@ from narwhal.dispatcher.amqp import AmqpConsumer, Intake
 from narwhal.dispatcher.api import Access, Shutdown, build_app
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import on_jobs
+from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.status import StatusReporter
 from narwhal.dispatcher.tokens import Tokens
@@ -34,10 +35,11 @@ HTTP_GRACE = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What the dispatcher serves: its REST API, and where commit events go in."""
+    """What the dispatcher serves: its REST API, where commit events go in, its metrics."""
 
     api: ASGIApp
     intake: Intake
+    metrics: DispatcherMetrics
     publisher: Publisher | None = None
 
 
@@ -56,6 +58,8 @@ async def serve_parts(
     there unless ``status.public_url`` says otherwise. ``metrics_fallback``:
     the feed binds free ports if its own are taken (``narwhal up``).
     """
+    metrics = DispatcherMetrics(dispatcher, per_repo=dconf.metrics_per_repo)
+    extras.callback(metrics.close)
     publisher = None
     if dconf.metrics is not None:
         publisher = Publisher(
@@ -69,15 +73,18 @@ async def serve_parts(
         await extras.enter_async_context(publisher)
     reporter = None
     if dconf.status.forges:
-        reporter = StatusReporter(dconf.status, data_dir=dconf.data_dir, public_url=url)
+        reporter = StatusReporter(
+            dconf.status, data_dir=dconf.data_dir, public_url=url, on_result=metrics.status_result
+        )
         await extras.enter_async_context(reporter)
         dispatcher.feed.subscribe(on_jobs(reporter.on_job))
     intake = Intake(dispatcher, reporter)
     if dconf.amqp is not None:
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
     tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
-    api = build_app(dispatcher, Access(tokens, public_read=dconf.public_read), shutdown)
-    return Served(api=api, intake=intake, publisher=publisher)
+    access = Access(tokens, public_read=dconf.public_read)
+    api = build_app(dispatcher, access, shutdown, metrics.registry)
+    return Served(api=api, intake=intake, metrics=metrics, publisher=publisher)
 
 
 def parts_line(dconf: DispatcherConfig, publisher: Publisher | None = None) -> str:

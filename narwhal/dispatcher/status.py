@@ -32,6 +32,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,10 +246,21 @@ class _Lane:
 
 
 class StatusReporter:
-    """Posts commit statuses for jobs whose commits came from a forge webhook."""
+    """Posts commit statuses for jobs whose commits came from a forge webhook.
 
-    def __init__(self, config: StatusConfig, *, data_dir: Path, public_url: str) -> None:
+    ``on_result(forge, "sent" | "failed")`` hears how each post ended (for the metrics).
+    """
+
+    def __init__(
+        self,
+        config: StatusConfig,
+        *,
+        data_dir: Path,
+        public_url: str,
+        on_result: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_result = on_result or (lambda forge, result: None)
         self.public_url = config.public_url or public_url
         self.book = TargetBook(data_dir / "statuses.db")
         self._client: httpx.AsyncClient | None = None
@@ -342,18 +354,22 @@ class StatusReporter:
         delay = self.config.backoff
         for attempt in range(1, self.config.attempts + 1):
             verdict, wait = await self._post(request, job)
-            if verdict == "sent":
-                self.sent += 1
-                return
-            if verdict == "refused":
-                self.failed += 1
+            if verdict != "retry":
+                self._count(target.forge, "sent" if verdict == "sent" else "failed")
                 return
             if attempt == self.config.attempts or job.id in lane.pending:
                 break  # out of tries, or a newer state replaces this one
             await asyncio.sleep(max(delay, wait))
             delay = min(delay * 2, self.config.backoff_max)
         if job.id not in lane.pending:
+            self._count(target.forge, "failed")
+
+    def _count(self, forge: str, result: str) -> None:
+        if result == "sent":
+            self.sent += 1
+        else:
             self.failed += 1
+        self._on_result(forge, result)
 
     async def _post(self, request: StatusRequest, job: JobRecord) -> tuple[str, float]:
         """Send once: ("sent" | "refused" | "retry", seconds the forge asks to wait)."""

@@ -20,6 +20,8 @@ EXPLAIN_INTERVAL = 1.0
 
 NO_RUNNER = "waiting: no runner connected"
 NO_SLOT = "waiting for a free slot"
+#: Followed by the labels no ready runner offers.
+NO_LABEL = "waiting: no runner offers"
 
 
 def why_waiting(ready: Sequence[Peer], labels: Mapping[str, str]) -> str:
@@ -29,7 +31,7 @@ def why_waiting(ready: Sequence[Peer], labels: Mapping[str, str]) -> str:
     serving = [peer for peer in ready if peer.serves(labels)]
     if not serving:
         wanted = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        return f"waiting: no runner offers {wanted}"
+        return f"{NO_LABEL} {wanted}"
     if not any(peer.free for peer in serving):
         return NO_SLOT
     return ""  # the next scheduling round takes it

@@ -1,4 +1,4 @@
-"""Wire protocol v3 between the dispatcher (ROUTER) and runners (DEALER).
+"""Wire protocol v4 between the dispatcher (ROUTER) and runners (DEALER).
 
 This docstring is the protocol's one description; docs/ARCHITECTURE.md
 links here. The codec below is one of the parts of Narwhal that work well:
@@ -21,10 +21,13 @@ frame). The receiver counts and logs a frame that fails (at most once per
 peer per interval) and never answers it, so two confused peers cannot feed
 each other.
 
-``PROTOCOL_VERSION`` is 3. 2: JOB carries ``secrets`` (a v1 runner's strict
+``PROTOCOL_VERSION`` is 4. 2: JOB carries ``secrets`` (a v1 runner's strict
 decoding refuses the field). 3: DONE may say ``skipped`` and the dispatcher
 may send REFUSED (a v2 dispatcher refuses that status, so it would never
-store the job's end). Runners also announce it on mDNS (``protocol=3``).
+store the job's end). 4: runners send USAGE in job streams (a v3 dispatcher
+would count it a bad frame and, the stream's ``seq`` then having a gap it
+waits for, never store the rest of the job). Runners also announce it on
+mDNS (``protocol=4``).
 
 Conversation, in order (D: dispatcher, R: runner)::
 
@@ -34,7 +37,7 @@ Conversation, in order (D: dispatcher, R: runner)::
     JOB(job_id, attempt, runner_session, repo, ref, sha, event, matrix, timeout, secrets) ->
                                   <-  ACCEPT | REJECT
                                   <-  CHECKED_OUT(sha, pipeline, variants)
-                                  <-  STEP_STARTED, LOG*, STEP_FINISHED   per step
+                                  <-  STEP_STARTED, (LOG | USAGE)*, STEP_FINISHED   per step
                                   <-  DONE(status, reason, duration, steps)
     ACK([job_id, attempt, seq]*)  ->                 once the frames are stored
     CANCEL(job_id, attempt, reason) ->               any time
@@ -74,7 +77,13 @@ The frames:
   matrix combination when JOB had no ``matrix``; an empty ``pipeline``: the
   commit is known but its narwhal.yml could not be read, the job ends in
   error next); STEP_STARTED (``index``, ``name``); LOG (``data``, at most
-  ``MAX_LOG_CHUNK`` bytes, masked); STEP_FINISHED (``index``, ``name``,
+  ``MAX_LOG_CHUNK`` bytes, masked); USAGE (``index``, the running step's;
+  ``samples``, at most ``MAX_USAGE_SAMPLES`` ``[seconds since the step
+  started, CPU cores in use over the interval before, memory bytes in use]``
+  triples, finite and never negative, memory a whole number, each frame the
+  samples taken since the one before; ``memory_limit``, the step's limit in
+  bytes, None: none; sent every few seconds while the step runs and once
+  at its end, before STEP_FINISHED); STEP_FINISHED (``index``, ``name``,
   ``status`` in ``STEP_STATUSES``, ``exit_code``, None when the step never ran
   or was killed, ``duration``); DONE, the last frame (``status``, ``reason``,
   ``duration``, ``steps``: a ``StepOutcome`` per step). Each carries ``job_id``,
@@ -129,7 +138,7 @@ from narwhal.mesh.schema import Invalid, Schema
 from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
 #: The history of the versions: the module docstring.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
 MAX_FRAME_BYTES = 1 << 20
@@ -137,6 +146,11 @@ MAX_FRAME_BYTES = 1 << 20
 MAX_LOG_CHUNK = 64 * 1024
 #: Longest REFUSED reason either side sends or accepts.
 MAX_REFUSAL_CHARS = 500
+#: Most samples one USAGE frame carries (also what a runner keeps per step).
+MAX_USAGE_SAMPLES = 600
+#: Every value of a sample is below this (memory bytes fit a signed 64-bit
+#: integer as a float does, and infinity is refused).
+_SAMPLE_MAX = float(2**62)
 
 #: Terminal job statuses a runner may report in DONE.
 DONE_STATUSES = frozenset({"success", "failed", "error", "cancelled", "timed_out", "skipped"})
@@ -282,6 +296,24 @@ class StepStarted(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Usage(Message):
+    """CPU and memory of the running step ``index``, sampled by the runner.
+
+    ``samples``: ``[seconds since the step started, CPU cores in use over
+    the interval before, memory bytes]`` each, the ones taken since the
+    previous USAGE; ``memory_limit``: the step's limit in bytes (None: none).
+    """
+
+    KIND: ClassVar[str] = "usage"
+    job_id: int
+    attempt: int
+    seq: int
+    index: int
+    samples: tuple[tuple[float, ...], ...]
+    memory_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepFinished(Message):
     """A step ended; ``exit_code`` is None when it never ran or was killed."""
 
@@ -355,6 +387,7 @@ MESSAGES: tuple[type[Message], ...] = (
     CheckedOut,
     Log,
     StepStarted,
+    Usage,
     StepFinished,
     Done,
     Ack,
@@ -363,12 +396,13 @@ MESSAGES: tuple[type[Message], ...] = (
 )
 
 #: Runner-to-dispatcher frames that belong to a job stream (carry ``seq``).
-StreamMessage = Accept | CheckedOut | Log | StepStarted | StepFinished | Done
+StreamMessage = Accept | CheckedOut | Log | StepStarted | Usage | StepFinished | Done
 STREAM_MESSAGES: tuple[type[Message], ...] = (
     Accept,
     CheckedOut,
     Log,
     StepStarted,
+    Usage,
     StepFinished,
     Done,
 )
@@ -449,6 +483,25 @@ def _check_sizes(message: Message) -> None:
         _check_secrets(message.secrets)
     if isinstance(message, Refused) and len(message.reason) > MAX_REFUSAL_CHARS:
         raise ProtocolError(f"refused.reason: longer than {MAX_REFUSAL_CHARS} characters")
+    if isinstance(message, Usage):
+        _check_usage(message)
+
+
+def _check_usage(message: Usage) -> None:
+    """Samples the store and a graph can take as they are: bounded, finite, not negative."""
+    if message.index < 0:
+        raise ProtocolError("usage.index: must not be negative")
+    if len(message.samples) > MAX_USAGE_SAMPLES:
+        raise ProtocolError(f"usage.samples: more than {MAX_USAGE_SAMPLES} samples")
+    if message.memory_limit is not None and message.memory_limit <= 0:
+        raise ProtocolError("usage.memory_limit: must be positive")
+    for i, sample in enumerate(message.samples):
+        if len(sample) != 3:
+            raise ProtocolError(f"usage.samples[{i}]: expected [seconds, cpu, memory]")
+        if not all(0 <= value < _SAMPLE_MAX for value in sample):  # NaN fails this too
+            raise ProtocolError(f"usage.samples[{i}]: values must be finite and not negative")
+        if not sample[2].is_integer():
+            raise ProtocolError(f"usage.samples[{i}]: memory must be a whole number of bytes")
 
 
 def _check_secrets(secrets: Mapping[str, str]) -> None:
@@ -463,6 +516,7 @@ def _check_secrets(secrets: Mapping[str, str]) -> None:
 __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_LOG_CHUNK",
+    "MAX_USAGE_SAMPLES",
     "MESSAGES",
     "PROTOCOL_VERSION",
     "STREAM_MESSAGES",
@@ -483,6 +537,7 @@ __all__ = [
     "StepOutcome",
     "StepStarted",
     "StreamMessage",
+    "Usage",
     "decode",
     "encode",
 ]

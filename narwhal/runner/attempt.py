@@ -36,6 +36,7 @@ from narwhal.runner.masking import mask_text
 from narwhal.runner.reporter import FrameReporter
 from narwhal.runner.secret_env import for_job
 from narwhal.runner.stream import JobStream
+from narwhal.runner.usage import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ class AttemptRunner:
             stop=stop,
             context=context,
             default_timeout=job.timeout or self.config.default_timeout,
+            sampling=Sampling(
+                send=reporter.usage,
+                interval=self.config.usage_interval,
+                send_every=self.config.usage_send_every,
+            ),
         )
 
     async def _checkout(self, job: p.Job, workspace: Path) -> str:

@@ -58,6 +58,8 @@ from narwhal.runner.docker_spec import (
     isolation,
 )
 from narwhal.runner.executor import Output, StepResult, Stop
+from narwhal.runner.probes import CgroupProbe
+from narwhal.runner.usage import UNMETERED, Meter
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class DockerSession:
         output: Output,
         stop: Stop,
         timeout: float | None,
+        usage: Meter = UNMETERED,
     ) -> StepResult:
         started = time.monotonic()
         container = await self._create_step(step, env)
@@ -206,7 +209,12 @@ class DockerSession:
             follower = Follower(container, stream)
             await call(container.start)
             pump = asyncio.create_task(follower.pump(output))
+            limit = capped(step.resources, self._config).memory
+            usage.watch(
+                CgroupProbe(container.id, pid=lambda: _init_pid(container)), memory_limit=limit
+            )
             ended = await race(pump, stop, timeout)
+            await usage.last()
             if ended != "exited":
                 await self._terminate(container, pump, stop)
             await pump
@@ -312,6 +320,16 @@ class DockerSession:
         except (ExecutorError, tarfile.TarError, IndexError):
             pass  # the generic message names the dependencies too
         return f"step {step.name!r}: {text}"
+
+
+def _init_pid(container: Container) -> int | None:
+    """The container's init process as the engine says (blocking: the probe's thread)."""
+    try:
+        container.reload()
+    except ENGINE_ERRORS:
+        return None
+    pid = container.attrs.get("State", {}).get("Pid")
+    return pid if isinstance(pid, int) else None
 
 
 def _result(

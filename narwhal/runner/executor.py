@@ -9,6 +9,9 @@ implements the two, and nothing that runs jobs changes.
 ``LocalExecutor`` runs the step's commands with ``sh -e`` in the job's
 workspace, in a process group of its own, so that a timeout or a cancel can
 stop everything the step started (SIGTERM, a grace period, then SIGKILL).
+
+A session also tells the step's ``usage`` meter what to measure once the
+step's processes run (``usage.Meter``): here the process group.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import MAX_LOG_CHUNK
 from narwhal.pipeline import Pipeline, Step
 from narwhal.runner import process
+from narwhal.runner.probes import GroupProbe
+from narwhal.runner.usage import UNMETERED, Meter
 
 Output = Callable[[bytes], Awaitable[None]]
 
@@ -89,7 +94,11 @@ class StepResult:
 
 
 class Session(Protocol):
-    """Runs the steps of one job, in order, sharing one workspace."""
+    """Runs the steps of one job, in order, sharing one workspace.
+
+    ``usage`` is told what to measure once the step's processes run, and
+    asked for a last sample before they are stopped or removed.
+    """
 
     async def run_step(
         self,
@@ -99,6 +108,7 @@ class Session(Protocol):
         output: Output,
         stop: Stop,
         timeout: float | None,
+        usage: Meter = UNMETERED,
     ) -> StepResult: ...
 
 
@@ -200,6 +210,7 @@ class LocalSession:
         output: Output,
         stop: Stop,
         timeout: float | None,
+        usage: Meter = UNMETERED,
     ) -> StepResult:
         started = time.monotonic()
         full_env = self._base_env | dict(env)
@@ -231,6 +242,7 @@ class LocalSession:
         finally:
             os.close(gate)
         pump = asyncio.create_task(_pump(child, output))
+        usage.watch(GroupProbe(child.pid, leader=lambda: child.rusage), memory_limit=None)
         record = self._workspace.with_name(self._workspace.name + ".pgid")
         try:
             try:
@@ -240,6 +252,7 @@ class LocalSession:
             finally:
                 os.close(opener)  # unopened (we failed, or were killed): the step exits
             ended = await _wait(child, stop, timeout)
+            await usage.last()
             if ended != "exited":
                 await self._terminate(child, stop)
             # Whatever the step left running in the background goes with it.

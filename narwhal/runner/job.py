@@ -2,7 +2,8 @@
 
 Shared by the runner daemon and ``narwhal exec``: both hand in a ``Reporter``
 that receives step boundaries and output, the daemon sending them as frames,
-``exec`` printing them.
+``exec`` printing them. The daemon also hands in ``Sampling``: each step's
+CPU and memory are measured while it runs (``usage``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import StepOutcome
 from narwhal.pipeline import Pipeline, Step
 from narwhal.runner.executor import Executor, Session, StepResult, Stop
+from narwhal.runner.usage import Sampling, meter_for
 
 
 class Reporter(Protocol):
@@ -77,6 +79,7 @@ async def run_pipeline(
     stop: Stop,
     context: Context,
     default_timeout: float | None = None,
+    sampling: Sampling | None = None,
 ) -> Outcome:
     """Run the steps in order; the first failure skips the rest."""
     if not pipeline.when.matches(branch=context.branch, event=context.event):
@@ -107,7 +110,7 @@ async def run_pipeline(
                     outcome = _skipped(index, step)
                 else:
                     outcome, result = await _run_step(
-                        index, step, pipeline, session, tail, stop, context, deadline
+                        index, step, pipeline, session, tail, stop, context, deadline, sampling
                     )
                     status, reason = _fold(status, step, result, budget)
                     if result.status in _STOPPED:
@@ -132,6 +135,7 @@ async def _run_step(
     stop: Stop,
     context: Context,
     deadline: float | None,
+    sampling: Sampling | None,
 ) -> tuple[StepOutcome, StepResult]:
     await reporter.step_started(index, step)
     await reporter.output(f"--- step {index + 1}/{len(pipeline.steps)}: {step.name}\n".encode())
@@ -146,17 +150,18 @@ async def _run_step(
         # The combination's values are variables of every step too, as users
         # of other CIs' matrices expect; ``env`` may still override them.
         env: Mapping[str, str] = context.env() | dict(pipeline.variant) | dict(step.env)
+        meter = meter_for(sampling, index)
         try:
             result = await session.run_step(
-                step,
-                env=env,
-                output=reporter.output,
-                stop=stop,
-                timeout=timeout,
+                step, env=env, output=reporter.output, stop=stop, timeout=timeout, usage=meter
             )
         except ExecutorError as e:
             await reporter.output(f"{e}\n".encode())
             result = StepResult(status="error", exit_code=None, duration=0.0, reason=str(e))
+        except BaseException:
+            meter.drop()  # cancelled (or a bug): nothing more is sent, nothing waits
+            raise
+        await meter.close()  # its last samples go before the step's end
     outcome = StepOutcome(
         index=index,
         name=step.name,

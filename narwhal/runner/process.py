@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -39,6 +40,9 @@ class Child:
         self._open = {fd for fd in (stdout, stderr) if fd is not None}
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
+        #: What the process and the children it waited for used (``wait4``),
+        #: once reaped; None before, or where a thread waits (no pidfd).
+        self.rusage: resource.struct_rusage | None = None
         self._pidfd = _pidfd(popen.pid)
         if self._pidfd is not None:
             self._loop.add_reader(self._pidfd, self._reap)
@@ -116,7 +120,11 @@ class Child:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
-        self._settle(self._popen.wait())
+        if self._popen.returncode is None:  # not reaped by Popen's own poll meanwhile
+            # wait4, not Popen.wait: the same reaping, with what the process used.
+            _, status, self.rusage = os.wait4(self.pid, 0)
+            self._popen.returncode = os.waitstatus_to_exitcode(status)
+        self._settle(self._popen.returncode)
 
     def _wait_in_thread(self) -> None:
         code = self._popen.wait()

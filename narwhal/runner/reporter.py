@@ -1,4 +1,4 @@
-"""A job's step boundaries and output, put on its job stream as frames.
+"""A job's step boundaries, output and steps' usage, put on its job stream as frames.
 
 Every byte of output goes through the job's ``Masker`` first, so a secret
 never leaves the runner, also when it is split between two reads.
@@ -12,6 +12,7 @@ from narwhal.mesh import protocol as p
 from narwhal.pipeline import Step
 from narwhal.runner.masking import Masker
 from narwhal.runner.stream import JobStream
+from narwhal.runner.usage import Sample
 
 
 class FrameReporter:
@@ -59,6 +60,28 @@ class FrameReporter:
 
     def _log(self, chunk: bytes) -> Callable[[int], p.Message]:
         return lambda seq: p.Log(job_id=self._job, attempt=self._attempt, seq=seq, data=chunk)
+
+    async def usage(
+        self, index: int, samples: tuple[Sample, ...], memory_limit: int | None
+    ) -> None:
+        """A running step's new samples (``usage.Sampling.send``), in frames of at most
+        ``MAX_USAGE_SAMPLES``."""
+        for start in range(0, len(samples), p.MAX_USAGE_SAMPLES):
+            await self._stream.put(
+                self._usage(index, samples[start : start + p.MAX_USAGE_SAMPLES], memory_limit)
+            )
+
+    def _usage(
+        self, index: int, samples: tuple[Sample, ...], memory_limit: int | None
+    ) -> Callable[[int], p.Message]:
+        return lambda seq: p.Usage(
+            job_id=self._job,
+            attempt=self._attempt,
+            seq=seq,
+            index=index,
+            samples=samples,
+            memory_limit=memory_limit,
+        )
 
     async def step_finished(self, outcome: p.StepOutcome) -> None:
         await self._stream.put(

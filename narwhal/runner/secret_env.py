@@ -15,6 +15,7 @@ from pathlib import Path
 
 from narwhal.pipeline import Pipeline, Step
 from narwhal.runner.executor import Executor, Output, Session, StepResult, Stop
+from narwhal.runner.usage import UNMETERED, Meter
 
 
 def for_job(executor: Executor, secrets: Mapping[str, str]) -> Executor:
@@ -75,7 +76,13 @@ class _SecretsSession:
         output: Output,
         stop: Stop,
         timeout: float | None,
+        usage: Meter = UNMETERED,
     ) -> StepResult:
         return await self._inner.run_step(
-            step, env={**env, **self._secrets}, output=output, stop=stop, timeout=timeout
+            step,
+            env={**env, **self._secrets},
+            output=output,
+            stop=stop,
+            timeout=timeout,
+            usage=usage,
         )

@@ -70,6 +70,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         runners=tuple(getattr(args, "runner", None) or ()),
         api_token=secret(args, "api-token"),
         public_read=bool(args.public_read),
+        metrics_per_repo=bool(args.metrics_per_repo),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
         max_runner_capacity=int(positive(int, "--max-runner-capacity", args.max_runner_capacity)),
         mesh=_mesh(args),

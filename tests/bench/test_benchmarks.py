@@ -84,7 +84,26 @@ def test_docker_overhead_tiny() -> None:
     assert figure(out, "docker_overhead_ratio") > 0
 
 
+def test_usage_overhead_tiny() -> None:
+    out = bench("usage_overhead", "--samples", "20")
+    for name in ("usage_group_probe_us", "usage_group_first_us", "usage_cgroup_probe_us"):
+        assert figure(out, name) > 0
+    assert figure(out, "usage_meter_us") >= figure(out, "usage_meter_loop_us") > 0
+
+
 def test_trivial_job_tiny() -> None:
     out = bench("trivial_job", "--jobs", "3", "--burst", "5")
     assert figure(out, "trivial_job_p50") > 0
     assert figure(out, "trivial_job_throughput") > 0
+
+
+def test_metrics_cost_tiny() -> None:
+    out = bench(
+        "metrics_cost",
+        *["--jobs", "200", "--rounds", "1", "--queued", "100", "--runners", "3"],
+        *["--throughput-jobs", "200", "--throughput-rounds", "1"],
+    )
+    for name in ("metrics_cost_per_job_changed_us", "metrics_cost_per_job_changed_per_repo_us"):
+        assert figure(out, name) > 0
+    assert figure(out, "metrics_scrape_ms") > 0
+    assert figure(out, "metrics_throughput_ratio") > 0

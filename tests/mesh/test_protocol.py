@@ -1,4 +1,4 @@
-"""Wire protocol v2: every message round-trips, everything malformed is refused."""
+"""Wire protocol v4: every message round-trips, everything malformed is refused."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ SAMPLES: list[p.Message] = [
     ),
     p.Log(job_id=1, attempt=1, seq=2, data=b"\x00\xffbinary ok\n"),
     p.StepStarted(job_id=1, attempt=1, seq=3, index=0, name="test"),
+    p.Usage(
+        job_id=1,
+        attempt=1,
+        seq=4,
+        index=0,
+        samples=((0.5, 1.25, 52_428_800), (1.5, 0.0, 0)),
+        memory_limit=64 << 20,
+    ),
     p.StepFinished(
         job_id=1,
         attempt=1,
@@ -127,6 +135,39 @@ def test_done_may_say_skipped_and_a_refusal_is_bounded() -> None:
     assert p.decode(_frame("refused", {"reason": "x" * p.MAX_REFUSAL_CHARS})) is not None
     with pytest.raises(ProtocolError, match="refused.reason: longer than"):
         p.decode(_frame("refused", {"reason": "x" * (p.MAX_REFUSAL_CHARS + 1)}))
+
+
+_USAGE = {"job_id": 1, "attempt": 1, "seq": 3, "index": 0}
+
+
+def test_usage_round_trips_memory_as_whole_bytes_and_a_full_frame_is_small() -> None:
+    full = [[float(i), 1.5, 2**40 + i] for i in range(p.MAX_USAGE_SAMPLES)]
+    frame = _frame("usage", {**_USAGE, "samples": full, "memory_limit": None})
+    message = p.decode(frame)
+    assert isinstance(message, p.Usage) and message.memory_limit is None
+    assert message.samples[-1] == (599.0, 1.5, 2**40 + 599)
+    assert len(frame) < p.MAX_FRAME_BYTES // 20  # one frame never crowds the window
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"samples": [[0.5, 1.0]]}, r"usage.samples\[0\]: expected \[seconds, cpu, memory\]"),
+        ({"samples": [[0.5, 1.0, 3, 4]]}, "expected"),
+        ({"samples": [[0.5, -0.1, 3]]}, "finite and not negative"),
+        ({"samples": [[float("nan"), 1.0, 3]]}, "finite and not negative"),
+        ({"samples": [[1.0, float("inf"), 3]]}, "finite and not negative"),
+        ({"samples": [[1.0, 1.0, 2.0**63]]}, "finite and not negative"),
+        ({"samples": [[1.0, 1.0, 3.5]]}, "memory must be a whole number"),
+        ({"samples": [[1.0, "1", 3]]}, "expected float, got str"),
+        ({"samples": [[0.0, 0.0, 0]] * (p.MAX_USAGE_SAMPLES + 1)}, "more than 600 samples"),
+        ({"samples": [], "memory_limit": 0}, "memory_limit: must be positive"),
+        ({"samples": [], "index": -1}, "usage.index: must not be negative"),
+    ],
+)
+def test_bad_usage_is_refused(body: dict[str, Any], error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        p.decode(_frame("usage", {**_USAGE, **body}))
 
 
 def test_messages_are_frozen() -> None:
@@ -305,6 +346,9 @@ _values = st.recursive(
                 "variants",
                 "capacity",
                 "name",
+                "index",
+                "samples",
+                "memory_limit",
             ]
         ),
         _values,

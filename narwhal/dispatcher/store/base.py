@@ -31,6 +31,11 @@ T = TypeVar("T")
 #: What the store says of a job a runner's READY lists (``JobStore.holders``).
 Holding = Literal["held", "stale"]
 
+#: Most CPU and memory samples kept per step; more are thinned evenly.
+MAX_STEP_SAMPLES = 600
+#: ``(seconds since the step started, CPU cores in use, memory bytes)``.
+UsageSample = tuple[float, float, int]
+
 
 # what writes carry
 
@@ -83,6 +88,10 @@ class JobQuery:
 
     states: tuple[str, ...] = ()
     repo: str | None = None
+    #: Jobs of any of these refs (``refs/heads/main``, ``main``); empty: all.
+    refs: tuple[str, ...] = ()
+    #: Jobs this runner holds or last held.
+    runner: str | None = None
     #: The matrix jobs this job spawned.
     parent: int | None = None
     before: int | None = None
@@ -113,6 +122,74 @@ class SecretRow:
     ciphertext: bytes
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    """A step's CPU and memory samples as stored, and the peaks of all ever sent.
+
+    The peaks are kept apart from the samples: thinning may drop the sample
+    that held one. ``seq`` is the job stream's last USAGE frame taken, so a
+    frame resent after a reconnect adds nothing twice.
+    """
+
+    samples: tuple[UsageSample, ...]
+    peak_memory: int
+    peak_cpu: float
+    memory_limit: int | None
+    seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``docs/backend.md``, "Steps' resources"."""
+        return {
+            "samples": [list(sample) for sample in self.samples],
+            "peak_memory": self.peak_memory,
+            "peak_cpu": self.peak_cpu,
+            "memory_limit": self.memory_limit,
+        }
+
+    @staticmethod
+    def appended(old: UsageRecord | None, write: AppendUsage) -> UsageRecord | None:
+        """The record with ``write``'s samples; None when ``write`` was taken already."""
+        if old is not None and write.seq <= old.seq:
+            return None
+        samples = thinned((*(old.samples if old else ()), *write.samples))
+        peak_memory = max((s[2] for s in write.samples), default=0)
+        peak_cpu = max((s[1] for s in write.samples), default=0.0)
+        limit = write.memory_limit
+        if old is not None:
+            peak_memory, peak_cpu = max(peak_memory, old.peak_memory), max(peak_cpu, old.peak_cpu)
+            limit = limit if limit is not None else old.memory_limit
+        return UsageRecord(
+            samples=samples,
+            peak_memory=peak_memory,
+            peak_cpu=peak_cpu,
+            memory_limit=limit,
+            seq=write.seq,
+        )
+
+
+def thinned(samples: tuple[UsageSample, ...]) -> tuple[UsageSample, ...]:
+    """At most ``MAX_STEP_SAMPLES``, spread evenly over the step's time.
+
+    Over the bound, about half stay: the first, the last, and between them
+    one per stretch of twice the mean spacing. For samples taken at a
+    steady interval that is every other one, as the runner thins its own
+    (and then doubles its interval); by time rather than by position, the
+    stored samples stay even also where the two sides thinned at other
+    moments.
+    """
+    while len(samples) > MAX_STEP_SAMPLES:
+        gap = (samples[-1][0] - samples[0][0]) / (MAX_STEP_SAMPLES // 2)
+        kept = [samples[0]]
+        for sample in samples[1:-1]:
+            # Three quarters of the gap: timer jitter must not skip two in a row.
+            if sample[0] - kept[-1][0] >= 0.75 * gap:
+                kept.append(sample)
+        kept.append(samples[-1])
+        # All at one time (no spacing to go by): by position instead.
+        samples = tuple(kept) if len(kept) < len(samples) else samples[::2]
+    return samples
 
 
 # the writes: one frozen dataclass each, so a misspelt field fails mypy
@@ -221,6 +298,23 @@ class StepFinished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AppendUsage:
+    """CPU and memory samples of step ``index`` (a USAGE frame, ``seq`` its number).
+
+    Appended to the step's; at most ``MAX_STEP_SAMPLES`` are kept (thinned
+    evenly); a frame resent after a reconnect (``seq`` not above the last
+    one taken) is ignored. ``memory_limit`` None keeps the one known.
+    """
+
+    job_id: int
+    attempt: int
+    seq: int
+    index: int
+    samples: tuple[UsageSample, ...]
+    memory_limit: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AddEndpoint:
     """A runner endpoint added at run time, connected again after a restart."""
 
@@ -277,6 +371,7 @@ Write = (
     | AppendLog
     | StepStarted
     | StepFinished
+    | AppendUsage
     | AddEndpoint
     | PutToken
     | DeleteToken
@@ -315,6 +410,10 @@ class JobStore(Protocol):
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]: ...
 
     async def steps(self, job_id: int, attempt: int) -> list[StepRecord]: ...
+
+    async def usage(self, job_id: int, attempt: int) -> dict[int, UsageRecord]:
+        """The steps' samples of one attempt, by step index (steps without any are absent)."""
+        ...
 
     async def transitions(self, job_id: int) -> list[TransitionRecord]: ...
 

@@ -3,7 +3,8 @@
 It keeps the same rules as ``sqlite_jobs`` (the fence: attempt, allowed
 moves from ``records.ALLOWED``, the holder; a requeue starts the next
 attempt, unheld; history rows; ``source_key`` dedupe; the checkout rule; log
-chunks kept by ``seq``; steps upserted), and the contract suite
+chunks kept by ``seq``; steps upserted; steps' samples appended, thinned and
+deduplicated by ``seq``), and the contract suite
 (tests/dispatcher/store/test_contract.py) checks both against the same
 assertions. ``apply`` is all or nothing like a transaction: every change is
 recorded in an undo list, played back if a write fails. ``refuse`` makes
@@ -29,6 +30,7 @@ from narwhal.dispatcher.records import (
 )
 from narwhal.dispatcher.store.base import (
     AppendLog,
+    AppendUsage,
     CreateJob,
     CreateJobs,
     Holding,
@@ -43,6 +45,7 @@ from narwhal.dispatcher.store.base import (
     StepStarted,
     TokenRow,
     Transition,
+    UsageRecord,
     Write,
 )
 from narwhal.dispatcher.store.memory_tables import MemoryTables, SideWrite, Undo
@@ -51,7 +54,7 @@ from narwhal.errors import NotFound, StoreError
 _QUEUED_OR_ACTIVE = frozenset({"queued"} | ACTIVE)
 
 #: The writes ``_make`` leaves to ``_make_other``.
-_OtherWrite = AppendLog | StepStarted | StepFinished | SideWrite
+_OtherWrite = AppendLog | StepStarted | StepFinished | AppendUsage | SideWrite
 
 
 class MemoryStore:
@@ -65,6 +68,7 @@ class MemoryStore:
         self._history: dict[int, tuple[TransitionRecord, ...]] = {}
         self._steps: dict[tuple[int, int, int], StepRecord] = {}
         self._logs: dict[tuple[int, int, int], bytes] = {}
+        self._usage: dict[tuple[int, int, int], UsageRecord] = {}
         self._undo = Undo()
         self._tables = MemoryTables(self._undo)
         self._refusal: str | None = None
@@ -145,6 +149,11 @@ class MemoryStore:
                 self._set(self._steps, (write.job_id, write.attempt, write.index), step)
             case StepFinished():
                 self._step_finished(write)
+            case AppendUsage():
+                key = (write.job_id, write.attempt, write.index)
+                record = UsageRecord.appended(self._usage.get(key), write)
+                if record is not None:  # None: a frame resent after a reconnect
+                    self._set(self._usage, key, record)
             case _:
                 self._tables.make(write)
 
@@ -282,6 +291,8 @@ class MemoryStore:
                 (query.parent is None or job.parent_id == query.parent)
                 and (not query.states or job.state in query.states)
                 and (query.repo is None or job.repo == query.repo)
+                and (not query.refs or job.ref in query.refs)
+                and (query.runner is None or job.runner_id == query.runner)
                 and (query.before is None or job.id < query.before)
             ):
                 found.append(job)
@@ -295,6 +306,9 @@ class MemoryStore:
 
     async def transitions(self, job_id: int) -> list[TransitionRecord]:
         return list(self._history.get(job_id, ()))
+
+    async def usage(self, job_id: int, attempt: int) -> dict[int, UsageRecord]:
+        return {i: u for (j, a, i), u in self._usage.items() if (j, a) == (job_id, attempt)}
 
     async def read_log(self, job_id: int, attempt: int, after: int = -1) -> list[tuple[int, bytes]]:
         chunks = [

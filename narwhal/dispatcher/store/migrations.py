@@ -113,6 +113,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("the tables of jobs, history, steps, logs, endpoints, secrets, tokens", _TABLES),
     # The repository whose fork policy decides a pull request's secrets.
     ("jobs.fork_of", ("ALTER TABLE jobs ADD COLUMN fork_of TEXT",)),
+    # Steps' CPU and memory samples (sqlite_usage): a table of their own, not
+    # columns of ``steps``, so reading a job's steps never drags them along.
+    (
+        "usage",
+        (
+            """CREATE TABLE usage (
+                job_id INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                idx INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                samples TEXT NOT NULL,
+                peak_memory INTEGER NOT NULL,
+                peak_cpu REAL NOT NULL,
+                memory_limit INTEGER,
+                PRIMARY KEY (job_id, attempt, idx)
+            )""",
+        ),
+    ),
 )
 
 LATEST = len(MIGRATIONS)

@@ -19,7 +19,8 @@ Two connections, each used from one place only:
 
 The SQL lives beside this module: ``sqlite_jobs`` (job writes, with the
 fenced UPDATE that enforces the state rules), ``sqlite_reads``,
-``sqlite_tables`` (side tables), ``migrations`` (the schema, versioned).
+``sqlite_tables`` (side tables), ``sqlite_usage`` (steps' samples),
+``migrations`` (the schema, versioned).
 sqlite3's errors become ``StoreError`` here and nowhere else.
 """
 
@@ -38,9 +39,11 @@ from narwhal.dispatcher.records import JobRecord, StepRecord, TransitionRecord
 from narwhal.dispatcher.store import sqlite_jobs as jobs
 from narwhal.dispatcher.store import sqlite_reads as reads
 from narwhal.dispatcher.store import sqlite_tables as tables
+from narwhal.dispatcher.store import sqlite_usage as usage
 from narwhal.dispatcher.store.base import (
     AddEndpoint,
     AppendLog,
+    AppendUsage,
     CreateJob,
     CreateJobs,
     DeleteSecret,
@@ -60,6 +63,7 @@ from narwhal.dispatcher.store.base import (
     TokenRow,
     TouchToken,
     Transition,
+    UsageRecord,
     Write,
 )
 from narwhal.dispatcher.store.migrations import migrate
@@ -84,6 +88,7 @@ CHECKPOINT_INTERVAL = 1.0
 #: The writes ``_make_job`` leaves to ``_make_other``.
 _OtherWrite = (
     RequestCancel
+    | AppendUsage
     | AddEndpoint
     | PutToken
     | DeleteToken
@@ -185,6 +190,9 @@ class SqliteStore:
 
     async def transitions(self, job_id: int) -> list[TransitionRecord]:
         return await self._read(reads.transitions, job_id)
+
+    async def usage(self, job_id: int, attempt: int) -> dict[int, UsageRecord]:
+        return await self._read(usage.usage, job_id, attempt)
 
     async def read_log(self, job_id: int, attempt: int, after: int = -1) -> list[tuple[int, bytes]]:
         return await self._read(reads.read_log, job_id, attempt, after)
@@ -292,6 +300,8 @@ def _make_other(db: sqlite3.Connection, write: _OtherWrite) -> None:
     match write:
         case RequestCancel():
             jobs.request_cancel(db, write)
+        case AppendUsage():  # a few a minute per running step: not among the hot ones
+            usage.append_usage(db, write)
         case AddEndpoint():
             tables.add_endpoint(db, write)
         case PutToken():

@@ -31,6 +31,12 @@ def list_jobs(db: sqlite3.Connection, query: JobQuery) -> list[JobRecord]:
     if query.repo is not None:
         where.append("repo = ?")
         args.append(query.repo)
+    if query.refs:
+        where.append(f"ref IN ({', '.join('?' * len(query.refs))})")
+        args.extend(query.refs)
+    if query.runner is not None:
+        where.append("runner_id = ?")
+        args.append(query.runner)
     if query.before is not None:
         where.append("id < ?")
         args.append(query.before)

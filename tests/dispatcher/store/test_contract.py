@@ -12,8 +12,10 @@ import pytest
 
 from narwhal.dispatcher.records import TERMINAL
 from narwhal.dispatcher.store.base import (
+    MAX_STEP_SAMPLES,
     AddEndpoint,
     AppendLog,
+    AppendUsage,
     CreateJob,
     CreateJobs,
     DeleteSecret,
@@ -35,6 +37,7 @@ from narwhal.dispatcher.store.base import (
     Transition,
 )
 from narwhal.errors import NotFound, StoreError
+from narwhal.runner.usage import Samples
 from tests.dispatcher.store.standin import Driven
 
 
@@ -293,6 +296,20 @@ def test_listing(store: Driven) -> None:
     assert [j.id for j in store.list_jobs(JobQuery(limit=None, states=tuple(TERMINAL)))] == [child]
 
 
+def test_listing_by_ref_and_runner(store: Driven) -> None:
+    main, dev, short = store.job().id, store.job(ref="refs/heads/dev").id, store.job(ref="dev").id
+    assert [j.id for j in store.list_jobs(JobQuery(refs=("refs/heads/dev",)))] == [dev]
+    assert [j.id for j in store.list_jobs(JobQuery(refs=("dev", "refs/heads/dev")))] == [short, dev]
+    assert store.list_jobs(JobQuery(refs=("refs/heads/nope",))) == []
+    store.one(_move(main, "assigned", "to r1", "r1"))
+    store.one(_move(dev, "assigned", "to r2", "r2"))
+    store.one(_move(dev, "running", "started"))
+    assert [j.id for j in store.list_jobs(JobQuery(runner="r1"))] == [main]
+    assert [j.id for j in store.list_jobs(JobQuery(runner="r2", refs=("refs/heads/dev",)))] == [dev]
+    assert store.list_jobs(JobQuery(runner="r1", states=("running",))) == []
+    assert store.list_jobs(JobQuery(runner="r3")) == []
+
+
 def test_find_active_is_the_oldest_unfinished_job_of_a_commit(store: Driven) -> None:
     done = store.job(sha="abc").id
     store.one(_move(done, "cancelled", "x"))
@@ -352,6 +369,66 @@ def test_steps(store: Driven) -> None:
         (1, "test", None),
     ]
     assert store.steps(a, 2) == []
+
+
+def _usage(
+    job_id: int, seq: int, samples: list[tuple[float, float, int]], **fields: object
+) -> AppendUsage:
+    base: dict[str, object] = {"attempt": 1, "index": 0, "memory_limit": 64 << 20}
+    return AppendUsage(job_id=job_id, seq=seq, samples=tuple(samples), **(base | fields))  # type: ignore[arg-type]
+
+
+def test_usage_is_appended_per_step_and_a_resent_frame_adds_nothing(store: Driven) -> None:
+    a = store.job().id
+    assert store.usage(a, 1) == {}
+    store.write(
+        _usage(a, 3, [(0.5, 1.5, 100), (1.5, 0.25, 300)]),
+        _usage(a, 4, [(2.5, 0.5, 200)]),
+        _usage(a, 4, [(2.5, 9.0, 9999)]),  # resent after a reconnect
+        _usage(a, 2, [(0.1, 9.0, 9999)]),  # an older frame, replayed
+        _usage(a, 6, [(0.5, 0.1, 50)], index=1, memory_limit=None),
+        _usage(a, 7, [(0.5, 0.1, 50)], attempt=2),
+    )
+    steps = store.usage(a, 1)
+    assert sorted(steps) == [0, 1]
+    first = steps[0]
+    assert first.samples == ((0.5, 1.5, 100), (1.5, 0.25, 300), (2.5, 0.5, 200))
+    assert (first.peak_memory, first.peak_cpu, first.memory_limit) == (300, 1.5, 64 << 20)
+    assert first.to_json() == {
+        "samples": [[0.5, 1.5, 100], [1.5, 0.25, 300], [2.5, 0.5, 200]],
+        "peak_memory": 300,
+        "peak_cpu": 1.5,
+        "memory_limit": 64 << 20,
+    }
+    assert steps[1].memory_limit is None and steps[1].samples == ((0.5, 0.1, 50),)
+    assert list(store.usage(a, 2)) == [0] and store.usage(a, 3) == {}
+    # A frame without a limit keeps the one known.
+    store.one(_usage(a, 8, [(3.5, 0.0, 10)], memory_limit=None))
+    assert store.usage(a, 1)[0].memory_limit == 64 << 20
+
+
+def test_a_long_step_keeps_its_samples_thinned_evenly_and_its_peaks(store: Driven) -> None:
+    a = store.job().id
+    runner = Samples(interval=1.0)  # the runner's side: drops every other, doubles its interval
+    at, seq = 0.0, 0
+    for i in range(4 * MAX_STEP_SAMPLES):
+        at += runner.interval
+        # The peak is in a sample that thinning drops later.
+        runner.add((at, 4.0 if i == 1 else 1.0, 7000 if i == 1 else i))
+        if i % 5 == 4:  # a USAGE frame every 5 samples
+            new = runner.unsent()
+            store.one(_usage(a, seq, list(new)))
+            runner.mark_sent(len(new))
+            seq += 1
+    record = store.usage(a, 1)[0]
+    times = [t for t, _, _ in record.samples]
+    assert MAX_STEP_SAMPLES // 2 <= len(times) <= MAX_STEP_SAMPLES
+    # Up to the end (the runner may have thinned its latest sample out before sending it).
+    assert times == sorted(times) and at - times[-1] <= runner.interval
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) <= 2 * min(gaps), (min(gaps), max(gaps))  # evenly spread over the step
+    assert 2.0 not in times  # the peak's own sample went; the peak stayed
+    assert (record.peak_memory, record.peak_cpu) == (7000, 4.0)
 
 
 # units of work

@@ -92,8 +92,9 @@ def path(tmp_path: Path) -> Path:
 def test_a_new_store_gets_every_migration(path: Path, runner: asyncio.Runner) -> None:
     store = open_store("sqlite", path, runner)
     runner.run(store.store.close())
-    assert _version(path) == LATEST == len(MIGRATIONS) == 2
+    assert _version(path) == LATEST == len(MIGRATIONS) == 3
     assert "fork_of" in _columns(path, "jobs")
+    assert "peak_memory" in _columns(path, "usage")
     again = open_store("sqlite", path, runner)  # reopening runs nothing again
     runner.run(again.store.close())
     assert _version(path) == LATEST
@@ -108,7 +109,7 @@ def test_a_store_from_before_versions_is_recognised(path: Path, runner: asyncio.
         assert store.job().id == 2
     finally:
         runner.run(store.store.close())
-    assert _version(path) == 2
+    assert _version(path) == LATEST
 
 
 def test_an_older_store_gains_the_fork_column(path: Path, runner: asyncio.Runner) -> None:
@@ -122,7 +123,7 @@ def test_an_older_store_gains_the_fork_column(path: Path, runner: asyncio.Runner
         assert store.get_job(fork.id).fork_of == KEY
     finally:
         runner.run(store.store.close())
-    assert _version(path) == 2
+    assert _version(path) == LATEST
 
 
 def test_an_old_store_without_the_side_tables_gains_them(
