@@ -15,7 +15,9 @@ The best of each over ``--rounds`` rounds, and their ratio (target >=
 job (median of the rounds), whose ratio says what the publisher costs the
 dispatcher whatever else runs. Then what the feed did in the last round with subscribers: messages
 published, snapshots served, and the subscribers' gaps and whether they
-ended in sync with the publisher.
+ended in sync with the publisher, and how long after the last job they
+all had its last message (ten subscribers decoding in one Python thread
+lag when the dispatcher runs flat out).
 
 The subscriber process shares the machine's cores with the dispatcher and
 the stand-ins, and ten subscribers decoding every message cost more CPU
@@ -117,11 +119,11 @@ async def with_feed(
             flushing, counted = publisher.flush_seconds, events
             rate = await timed(running, jobs)
             flushing, counted = publisher.flush_seconds - flushing, events - counted
-            await asyncio.sleep(1.0)  # the last flushes, and time to read them
+            await asyncio.sleep(0.2)  # the last flushes
             target = publisher.seq  # beats may follow: in sync is at least this
-            child.stdin.write(b"stop\n")
+            child.stdin.write(f"{target}\n".encode())
             await child.stdin.drain()
-            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            line = await asyncio.wait_for(child.stdout.readline(), 90)
             feed = json.loads(line)
         finally:
             if child.returncode is None:
@@ -158,7 +160,8 @@ async def drop_all(sock: zmq.asyncio.Socket, ready: asyncio.Event) -> None:
 
 
 async def follow(endpoint: str, count: int, raw: bool) -> None:
-    """``count`` subscribers into Replicas, one stuck SUB; stats as JSON on "stop"."""
+    """``count`` subscribers into Replicas, one stuck SUB. Given a ``seq`` on stdin,
+    waits (60 s at most) until every subscriber has it, then prints stats as JSON."""
     ctx = zmq.asyncio.Context()
     stuck = raw_sub(ctx, endpoint, hwm=10)  # never read
     readers = [raw_sub(ctx, endpoint) for _ in range(count if raw else 0)]
@@ -179,8 +182,16 @@ async def follow(endpoint: str, count: int, raw: bool) -> None:
         for event in synced:
             await event.wait()
         print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
-        stats = {
+        target = int(await asyncio.to_thread(sys.stdin.readline))
+        started = time.monotonic()
+        while min((s.seq for s in subs), default=target) < target:
+            if time.monotonic() - started > 60:
+                break
+            await asyncio.sleep(0.05)
+        stats: dict[str, Any] = {
+            "catch_up_s": round(time.monotonic() - started, 2),
+        }
+        stats |= {
             name: sum(getattr(s, name) for s in subs)
             for name in ("gaps", "missed", "malformed", "snapshots")
         }
@@ -241,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"feed_publisher_share: {share:.3f} of the dispatcher's time per job")
     if not args.raw:
         print(f"feed_subscribers_in_sync: {feed['in_sync']} of {args.subscribers}")
+        print(f"feed_catch_up: {feed['catch_up_s']} s after the last job (all {args.subscribers})")
     print(f"# CPU per job, rounds without: {', '.join(f'{c:.0f}' for c in bare_cpu)} us")
     print(f"# CPU per job, rounds with: {', '.join(f'{c:.0f}' for c in fed_cpu)} us")
     cpu_ratio = median(bare_cpu) / median(fed_cpu)
