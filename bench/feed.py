@@ -11,9 +11,13 @@ final state committed), run alternately:
   subscriber there too: a raw SUB socket with RCVHWM 10 that never reads.
 
 The best of each over ``--rounds`` rounds, and their ratio (target >=
-0.9). Then what the feed did in the last round with subscribers: messages
+0.9); and, as the cores are shared, the dispatcher process's CPU time per
+job (median of the rounds), whose ratio says what the publisher costs the
+dispatcher whatever else runs. Then what the feed did in the last round with subscribers: messages
 published, snapshots served, and the subscribers' gaps and whether they
-ended in sync with the publisher.
+ended in sync with the publisher, and how long after the last job they
+all had its last message (ten subscribers decoding in one Python thread
+lag when the dispatcher runs flat out).
 
 The subscriber process shares the machine's cores with the dispatcher and
 the stand-ins, and ten subscribers decoding every message cost more CPU
@@ -35,6 +39,8 @@ import contextlib
 import json
 import os
 import sys
+import time
+from statistics import median
 from typing import Any
 
 import zmq
@@ -42,25 +48,55 @@ import zmq.asyncio
 
 from bench.common import ROOT, all_ready, dispatcher, exit_on_sigterm, machine, standins
 from bench.dispatch_throughput import run_noop_jobs
+from narwhal.dispatcher.core import Dispatcher
+from narwhal.dispatcher.feedstate import FeedState
 from narwhal.dispatcher.publisher import Publisher
 from narwhal.mesh.feed import Snapshot
 from narwhal.mesh.subscriber import Replica, Subscriber
+from tests.support.feeds import job_life
 
 
-async def plain(endpoints: list[str], jobs: int) -> float:
+async def timed(running: Dispatcher, jobs: int) -> tuple[float, float]:
+    """Jobs/s, and this process's CPU time per job in microseconds (every thread:
+    the loop and libzmq's I/O threads)."""
+    cpu = time.process_time()
+    rate = await run_noop_jobs(running, jobs)
+    return rate, (time.process_time() - cpu) / jobs * 1e6
+
+
+def event_cost() -> float:
+    """Microseconds a feed event costs the publisher (``FeedState.apply``), measured
+    on the events of a job's life, apart: timing each event in the run would cost more
+    than the event."""
+    state = FeedState()
+    events = [event for job_id in range(1, 2001) for event in job_life(job_id)]
+    started = time.perf_counter()
+    for event in events:
+        state.apply(event)
+    return (time.perf_counter() - started) / len(events) * 1e6
+
+
+async def plain(endpoints: list[str], jobs: int) -> tuple[float, float]:
     async with dispatcher(endpoints, heartbeat=2.0) as running:
         await all_ready(running, len(endpoints))
-        return await run_noop_jobs(running, jobs)
+        return await timed(running, jobs)
 
 
 async def with_feed(
     endpoints: list[str], jobs: int, args: argparse.Namespace
-) -> tuple[float, dict[str, Any]]:
+) -> tuple[tuple[float, float], dict[str, Any]]:
     """Jobs/s with the publisher and its subscribers; what the feed did."""
     async with (
         dispatcher(endpoints, heartbeat=2.0) as running,
         Publisher("tcp://127.0.0.1:0", running.feed) as publisher,
     ):
+        events = 0
+
+        def count(event: object) -> None:
+            nonlocal events
+            events += 1
+
+        running.feed.subscribe(count)
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -80,11 +116,14 @@ async def with_feed(
             if (await asyncio.wait_for(child.stdout.readline(), 60)).strip() != b"ready":
                 raise RuntimeError("the subscriber process did not start")
             await all_ready(running, len(endpoints))
-            rate = await run_noop_jobs(running, jobs)
-            await asyncio.sleep(1.0)  # the last flushes, and time to read them
-            child.stdin.write(b"stop\n")
+            flushing, counted = publisher.flush_seconds, events
+            rate = await timed(running, jobs)
+            flushing, counted = publisher.flush_seconds - flushing, events - counted
+            await asyncio.sleep(0.2)  # the last flushes
+            target = publisher.seq  # beats may follow: in sync is at least this
+            child.stdin.write(f"{target}\n".encode())
             await child.stdin.drain()
-            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            line = await asyncio.wait_for(child.stdout.readline(), 90)
             feed = json.loads(line)
         finally:
             if child.returncode is None:
@@ -92,10 +131,12 @@ async def with_feed(
                     child.kill()
             await child.wait()
         feed.update(
+            flush_us_per_job=round(flushing / jobs * 1e6, 2),
+            events_per_job=round(counted / jobs, 2),
             published=publisher.published,
             snapshots_served=publisher.snapshots,
             seq=publisher.seq,
-            in_sync=sum(seq == publisher.seq for seq in feed.pop("seqs")),
+            in_sync=sum(seq >= target for seq in feed.pop("seqs")),
         )
         return rate, feed
 
@@ -119,7 +160,8 @@ async def drop_all(sock: zmq.asyncio.Socket, ready: asyncio.Event) -> None:
 
 
 async def follow(endpoint: str, count: int, raw: bool) -> None:
-    """``count`` subscribers into Replicas, one stuck SUB; stats as JSON on "stop"."""
+    """``count`` subscribers into Replicas, one stuck SUB. Given a ``seq`` on stdin,
+    waits (60 s at most) until every subscriber has it, then prints stats as JSON."""
     ctx = zmq.asyncio.Context()
     stuck = raw_sub(ctx, endpoint, hwm=10)  # never read
     readers = [raw_sub(ctx, endpoint) for _ in range(count if raw else 0)]
@@ -140,8 +182,16 @@ async def follow(endpoint: str, count: int, raw: bool) -> None:
         for event in synced:
             await event.wait()
         print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
-        stats = {
+        target = int(await asyncio.to_thread(sys.stdin.readline))
+        started = time.monotonic()
+        while min((s.seq for s in subs), default=target) < target:
+            if time.monotonic() - started > 60:
+                break
+            await asyncio.sleep(0.05)
+        stats: dict[str, Any] = {
+            "catch_up_s": round(time.monotonic() - started, 2),
+        }
+        stats |= {
             name: sum(getattr(s, name) for s in subs)
             for name in ("gaps", "missed", "malformed", "snapshots")
         }
@@ -180,19 +230,35 @@ def main(argv: list[str] | None = None) -> None:
         f" {args.subscribers} {'raw SUB readers' if args.raw else 'subscribers'} + 1 stuck"
         f"{', subscriber process SCHED_IDLE' if args.idle else ''}"
     )
-    bare, fed = [], []
+    bare, fed, bare_cpu, fed_cpu = [], [], [], []
     feed: dict[str, Any] = {}
     for _ in range(args.rounds):
         with standins(args.runners, args.capacity) as endpoints:
-            bare.append(asyncio.run(plain(endpoints, args.jobs)))
+            rate, cpu = asyncio.run(plain(endpoints, args.jobs))
+            bare.append(rate)
+            bare_cpu.append(cpu)
         with standins(args.runners, args.capacity) as endpoints:
-            rate, feed = asyncio.run(with_feed(endpoints, args.jobs, args))
+            (rate, cpu), feed = asyncio.run(with_feed(endpoints, args.jobs, args))
             fed.append(rate)
+            fed_cpu.append(cpu)
     print(f"# rounds without: {', '.join(f'{r:.0f}' for r in bare)} jobs/s")
     print(f"# rounds with: {', '.join(f'{r:.0f}' for r in fed)} jobs/s")
+    middle = median(fed) / median(bare)
+    print(f"# medians: {median(bare):.0f} / {median(fed):.0f} jobs/s = {middle:.2f}")
     print(f"# last round's feed: {json.dumps(feed)}")
+    per_job = feed["flush_us_per_job"] + feed["events_per_job"] * event_cost()
+    share = per_job / (1e6 / max(fed))
+    print(f"feed_publisher_us_per_job: {per_job:.1f} us (flushes, and events at their cost apart)")
+    print(f"feed_publisher_share: {share:.3f} of the dispatcher's time per job")
     if not args.raw:
         print(f"feed_subscribers_in_sync: {feed['in_sync']} of {args.subscribers}")
+        print(f"feed_catch_up: {feed['catch_up_s']} s after the last job (all {args.subscribers})")
+    print(f"# CPU per job, rounds without: {', '.join(f'{c:.0f}' for c in bare_cpu)} us")
+    print(f"# CPU per job, rounds with: {', '.join(f'{c:.0f}' for c in fed_cpu)} us")
+    cpu_ratio = median(bare_cpu) / median(fed_cpu)
+    print(f"feed_cpu_per_job_without: {median(bare_cpu):.1f} us (median)")
+    print(f"feed_cpu_per_job_with: {median(fed_cpu):.1f} us (median)")
+    print(f"feed_cpu_ratio: {cpu_ratio:.2f} (jobs per CPU second, with / without)")
     print(f"feed_without: {max(bare):.0f} jobs/s")
     print(f"feed_with_subscribers: {max(fed):.0f} jobs/s")
     print(f"feed_ratio: {max(fed) / max(bare):.2f} (target >= 0.90)")

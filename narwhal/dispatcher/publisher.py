@@ -24,8 +24,8 @@ dispatcher's key, and a ZAP handler admits the keys found in
 has a ZeroMQ context of its own: libzmq allows one ZAP handler per
 context, and the mesh's is the pool's.
 
-The counters (``published``, ``snapshots``, ``bad_requests``, ``dropped``)
-are plain attributes, for ``/metrics``.
+The counters (``published``, ``snapshots``, ``bad_requests``, ``dropped``,
+``flush_seconds``) are plain attributes, for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class Publisher:
         self.bad_requests = 0
         #: Messages the PUB refused and snapshot replies that could not go.
         self.dropped = 0
+        #: Time spent flushing (building, encoding and sending messages).
+        self.flush_seconds = 0.0
         self._feed = feed
         self._curve = curve
         self._flush_interval = flush_interval
@@ -248,9 +250,11 @@ class Publisher:
     def flush(self, *, limit: int | None = None) -> None:
         """Publish what changed (``limit`` changes at most), or a beat after a silence."""
         if self.state.pending:
+            started = time.perf_counter()
             for topic, items in self.state.take(limit or self._max_items):
                 for start in range(0, len(items), MAX_ITEMS):
                     self._send(topic, items[start : start + MAX_ITEMS])
+            self.flush_seconds += time.perf_counter() - started
         elif time.monotonic() - self._last_sent >= self._beat_interval:
             self._send(_BEAT, [])
 

@@ -10,8 +10,8 @@
    subscription is in place, so nothing published later is missed. What
    it heard so far is dropped: all of it is older than the snapshot.
 2. It asks the snapshot ROUTER, on a fresh DEALER, and keeps what the SUB
-   receives meanwhile (at most ``buffer_limit`` messages: beyond that, it
-   drops them and starts again). No answer within ``timeout``, a
+   receives meanwhile, undecoded (at most ``buffer_limit`` messages and
+   ``buffer_bytes``: beyond that, it drops them and starts again). No answer within ``timeout``, a
    malformed one, or silence on the SUB: it tries again after a back-off
    (``backoff`` doubling to ``max_backoff``), for as long as it is asked
    for updates; after silence, on a new SUB socket (libzmq does not retry
@@ -26,9 +26,10 @@ numbers tell), a malformed message (also counted in ``malformed``), or
 silence longer than ``timeout``. Each is counted in ``gaps`` and answered
 with a new snapshot. Beats are not yielded.
 
-Memory is bounded: the SUB's RCVHWM (libzmq drops beyond it, which shows
-as a gap), the buffer while a snapshot is awaited, ``MAX_FEED_BYTES`` per
-message (libzmq's MAXMSGSIZE cuts a bigger one off).
+Memory is bounded: the SUB's RCVHWM (``receive_hwm`` messages of at most
+``MAX_ITEMS`` items; libzmq drops beyond it, which shows as a gap), the
+buffer while a snapshot is awaited, ``MAX_FEED_BYTES`` per message
+(libzmq's MAXMSGSIZE cuts a bigger one off).
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ class Subscriber:
         curve: SubscriberCurve | None = None,
         context: zmq.asyncio.Context | None = None,
         timeout: float = 3.0,
-        buffer_limit: int = 10_000,
-        receive_hwm: int = 10_000,
+        buffer_limit: int = 1000,
+        buffer_bytes: int = 64 << 20,
+        receive_hwm: int = 1000,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
     ) -> None:
@@ -97,17 +99,21 @@ class Subscriber:
         self.snapshots = 0
         #: Between a snapshot and the next gap.
         self.connected = False
+        #: The epoch and the last ``seq`` taken in (the snapshot's, then each
+        #: message's as it is checked).
         self.epoch = ""
         self.seq = 0
         self._curve = curve
         self._context = context
         self._buffer_limit = buffer_limit
+        self._buffer_bytes = buffer_bytes
         self._hwm = receive_hwm
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._quiet = QuietLog(log)
         self._ctx: zmq.asyncio.Context | None = None
         self._sub: zmq.asyncio.Socket | None = None
+        self._kept_bytes = 0
 
     def status(self) -> dict[str, Any]:
         """The ``feed`` part of the backend's ``GET /api/state``."""
@@ -135,15 +141,12 @@ class Subscriber:
             while True:
                 snapshot, kept = await self._sync()
                 yield snapshot
-                for update in kept:
-                    if not self._in_order(update):
-                        break
-                    if update.topic != _BEAT:
-                        yield update
-                else:
-                    while (received := await self._receive()) is not None:
-                        if received.topic != _BEAT:
-                            yield received
+                updates, in_order = self._replay(kept)
+                for update in updates:
+                    yield update
+                while in_order and (received := await self._receive()) is not None:
+                    if received.topic != _BEAT:
+                        yield received
                 self.connected = False
         finally:
             self.connected = False
@@ -182,13 +185,33 @@ class Subscriber:
                 break
             except zmq.Again:
                 continue
+        update = self._decode(frames)
+        return update if update is not None and self._in_order(update) else None
+
+    def _replay(self, kept: list[list[bytes]]) -> tuple[list[Update], bool]:
+        """What was kept while the snapshot was awaited, past the snapshot, in order
+        (beats left out); False: a gap among them (counted)."""
+        updates: list[Update] = []
+        for frames in kept:
+            update = self._decode(frames)
+            if update is None:
+                return updates, False
+            if update.epoch == self.epoch and update.seq <= self.seq:
+                continue  # the snapshot has it
+            if not self._in_order(update):
+                return updates, False
+            if update.topic != _BEAT:
+                updates.append(update)
+        return updates, True
+
+    def _decode(self, frames: list[bytes]) -> Update | None:
+        """The message; None if malformed (counted, and a gap)."""
         try:
-            update = decode_update(frames)
+            return decode_update(frames)
         except ProtocolError as e:
             self.malformed += 1
             self._gap(f"malformed message: {e}")
             return None
-        return update if self._in_order(update) else None
 
     def _in_order(self, update: Update) -> bool:
         if update.epoch == self.epoch and update.seq == self.seq + 1:
@@ -209,7 +232,7 @@ class Subscriber:
 
     # syncing
 
-    async def _sync(self) -> tuple[Snapshot, list[Update]]:
+    async def _sync(self) -> tuple[Snapshot, list[list[bytes]]]:
         """A snapshot and the messages kept since it was asked for (module docstring)."""
         delay = self._backoff
         while True:
@@ -225,7 +248,7 @@ class Subscriber:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
 
-    async def _try_sync(self, sub: zmq.asyncio.Socket) -> tuple[Snapshot, list[Update]]:
+    async def _try_sync(self, sub: zmq.asyncio.Socket) -> tuple[Snapshot, list[list[bytes]]]:
         if not await sub.poll(self.timeout * 1000):
             raise _Silent(f"nothing heard for {self.timeout:g} s (not up, or our key refused?)")
         with contextlib.suppress(zmq.Again):
@@ -246,13 +269,15 @@ class Subscriber:
             raise _Resync(f"malformed snapshot: {e}") from None
         self.snapshots += 1
         self.epoch, self.seq, self.connected = epoch, seq, True
-        return snapshot, [u for u in kept if u.epoch != epoch or u.seq > seq]
+        return snapshot, kept
 
     async def _await_reply(
         self, dealer: zmq.asyncio.Socket, sub: zmq.asyncio.Socket
-    ) -> tuple[list[bytes], list[Update]]:
-        """The snapshot reply, and the SUB's messages meanwhile (``buffer_limit`` at most)."""
-        kept: list[Update] = []
+    ) -> tuple[list[bytes], list[list[bytes]]]:
+        """The snapshot reply, and the SUB's messages meanwhile, undecoded (the snapshot
+        will tell which are needed): ``buffer_limit`` messages, ``buffer_bytes`` at most."""
+        kept: list[list[bytes]] = []
+        self._kept_bytes = 0
         poller = zmq.asyncio.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(sub, zmq.POLLIN)
@@ -268,19 +293,18 @@ class Subscriber:
             return _recv_now(dealer), kept
         raise _Resync(f"no snapshot from {self.snapshot_endpoint} within {self.timeout:g} s")
 
-    def _keep(self, sub: zmq.asyncio.Socket, kept: list[Update]) -> None:
+    def _keep(self, sub: zmq.asyncio.Socket, kept: list[list[bytes]]) -> None:
         with contextlib.suppress(zmq.Again):
             while True:
-                frames = _recv_now(sub)
-                try:
-                    kept.append(decode_update(frames))
-                except ProtocolError as e:
-                    self.malformed += 1
-                    raise _Resync(f"malformed message: {e}") from None
-                if len(kept) > self._buffer_limit:
+                kept.append(_recv_now(sub))
+                self._kept_bytes += sum(len(part) for part in kept[-1])
+                if len(kept) > self._buffer_limit or self._kept_bytes > self._buffer_bytes:
                     self.gaps += 1
                     self.missed += len(kept)
-                    raise _Resync(f"more than {self._buffer_limit} messages before the snapshot")
+                    raise _Resync(
+                        f"more than {self._buffer_limit} messages or {self._buffer_bytes} bytes"
+                        " before the snapshot"
+                    )
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         assert self._ctx is not None  # noqa: S101 - only while updates() runs

@@ -82,8 +82,10 @@ class Reader:
     async def run(self) -> None:
         async with contextlib.aclosing(self.sub.updates()) as updates:
             async for event in updates:
-                kind = "snapshot" if isinstance(event, f.Snapshot) else event.topic.decode()
-                self.seen.append((kind, self.sub.seq))
+                if isinstance(event, f.Snapshot):
+                    self.seen.append(("snapshot", self.sub.seq))
+                else:
+                    self.seen.append((event.topic.decode(), event.seq))
 
 
 def scenario(
