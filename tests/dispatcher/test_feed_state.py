@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from narwhal.dispatcher.feed import (
     JobChanged,
     JobUpdated,
@@ -55,6 +57,8 @@ def test_nothing_is_pending_until_something_happens() -> None:
 
 def test_every_job_view_field_is_a_record_field() -> None:
     assert set(f.fields_of(f.JobView)) <= set(JobRecord._fields)
+    shown = JobRecord._fields[: len(f.fields_of(f.JobView))]
+    assert set(shown) == set(f.fields_of(f.JobView)), "job_map takes the record's first fields"
 
 
 def test_job_views_are_redacted_like_the_api() -> None:
@@ -63,6 +67,23 @@ def test_job_views_are_redacted_like_the_api() -> None:
     assert "s3cret" not in str(view) and "t0k" not in str(view)
     assert set(view) == set(f.fields_of(f.JobView)), "fork_of is not on the wire"
     assert f.JobView(**view).repo == "https://***@forge.example/x.git"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"repo": "https://user:s3cret@forge.example/x.git"},
+        {"reason": "clone of https://t0k@h/x failed", "fork_of": "forge.example/x"},
+        {"state": "running", "runner_id": "r1", "labels": {"os": "linux"}, "sha": "a" * 40},
+    ],
+)
+def test_a_job_view_is_the_api_view_without_fork_of(changes: dict[str, object]) -> None:
+    job = record(1, **changes)
+    expected = job.to_json()
+    del expected["fork_of"]
+    assert job_map(job) == expected
+    assert list(job_map(job)) == list(expected), "the record's order"
 
 
 def test_log_notices_merge_per_job_keeping_the_last_seq_and_the_sizes_summed() -> None:

@@ -51,6 +51,7 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_protocol.py": "unit",
     "tests/dispatcher/store/test_thinning.py": "unit",
     "tests/mesh/test_feed.py": "unit",
+    "tests/mesh/test_feedcheck.py": "unit",
     "tests/mesh/test_subscriber_replica.py": "unit",
     "tests/dispatcher/test_feed_state.py": "unit",
     "tests/mesh/test_trust.py": "unit",
