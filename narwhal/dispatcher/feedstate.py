@@ -58,6 +58,8 @@ RUNNER_FIELDS = fields_of(RunnerView)
 #: Usage samples of one step kept between two flushes at most.
 MAX_SAMPLES = 600
 MINUTES = 60
+#: New queued jobs one flush shows at most (the newest; see ``FeedState._settle``).
+QUEUED_BURST = 100
 
 Map = dict[str, Any]
 
@@ -144,13 +146,24 @@ class FeedState:
 
     def _settle(self, jobs: list[JobRecord]) -> list[Map]:
         """The views of ``jobs`` (taken for a flush), each settled where it stands now:
-        live, or ended and counted once. One loop for the lot: it runs per job per flush."""
+        live, or ended and counted once. One loop for the lot: it runs per job per flush.
+
+        A burst of new jobs still queued is shown by its newest ``QUEUED_BURST``
+        only: nobody reads thousands of waiting jobs off a wall screen, the
+        queue's depth and oldest job say the rest (``QueueView``), and each job
+        is shown anyway once it moves. In a burst of submissions this halves
+        what every subscriber decodes per job."""
         live, views = self.live, []
+        queued = sum(1 for job in jobs if job.state == JobState.QUEUED)
+        skip = queued - QUEUED_BURST
         for job in jobs:
             if job.state in TERMINAL:
                 self._ended(job)
             else:
                 live[job.id] = job
+                if skip > 0 and job.state == JobState.QUEUED:
+                    skip -= 1
+                    continue
             views.append(job_map(job))
         return views
 

@@ -15,7 +15,9 @@ The ZeroMQ guide's Clone pattern, for a state that is a handful of maps
   joined. A flush with many changes (a burst of thousands of jobs) sends
   them in several messages of at most ``MAX_ITEMS`` items each, and a
   publisher may spread a very large burst over a few flushes, so that no
-  flush holds its event loop for long.
+  flush holds its event loop for long. Of a burst of new jobs still
+  queued, a flush shows only the newest 100 (the queue's depth and its
+  oldest job are in ``queue``; every job is shown once it moves).
 - A subscriber joining late connects its SUB first (buffering what comes),
   then asks the ROUTER for a snapshot: request ``[b"snapshot"]``, reply
   ``[b"snapshot", msgpack([FEED_VERSION, epoch, seq, state])]`` where

@@ -14,7 +14,7 @@ from narwhal.dispatcher.feed import (
     StepChanged,
     UsageSampled,
 )
-from narwhal.dispatcher.feedstate import MAX_SAMPLES, FeedState, job_map
+from narwhal.dispatcher.feedstate import MAX_SAMPLES, QUEUED_BURST, FeedState, job_map
 from narwhal.dispatcher.records import JobRecord
 from narwhal.mesh import feed as f
 from tests.support.feeds import job_life, record, runner_json
@@ -254,3 +254,19 @@ def test_a_job_published_ended_twice_is_counted_once() -> None:
     assert b"stats" not in again, "nothing counted: no stats message"
     assert [j["id"] for j in again[b"job"]] == [1]
     assert state.jobs_total == {"success": 1} and list(state.ended) == [1]
+
+
+def test_a_burst_of_new_queued_jobs_shows_its_newest_and_every_one_once_it_moves() -> None:
+    state = FeedState()
+    for job_id in range(1, QUEUED_BURST + 51):
+        state.apply(JobChanged(record(job_id), None))
+    state.apply(JobChanged(record(2, "assigned", runner_id="r1"), "queued"))
+    shown = taken(state)[b"job"]
+    queued = [j["id"] for j in shown if j["state"] == "queued"]
+    # The newest QUEUED_BURST queued ones, and the one that moved, whatever its age.
+    assert queued == list(range(51, QUEUED_BURST + 51))
+    assert [j["id"] for j in shown if j["state"] == "assigned"] == [2]
+    # Every one is held for the snapshot's live jobs all the same.
+    assert len(state.live) == QUEUED_BURST + 50
+    state.apply(JobChanged(record(1, "assigned", runner_id="r1"), "queued"))
+    assert [j["id"] for j in taken(state)[b"job"]] == [1]
