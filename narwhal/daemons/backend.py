@@ -84,13 +84,19 @@ class Dashboard:
     """
 
     def __init__(
-        self, bconf: BackendConfig, sock: socket.socket, context: zmq.asyncio.Context
+        self,
+        bconf: BackendConfig,
+        sock: socket.socket,
+        context: zmq.asyncio.Context,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.url = url_of(sock)
         self._bconf = bconf
         self._sock = sock
         self._context = context
-        self._stop = asyncio.Event()
+        # ``up``'s own stop: the dashboard stops at the signal, while the API
+        # and the runner drain, instead of adding its shutdown after theirs.
+        self._stop = stop or asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Dashboard:
@@ -133,6 +139,7 @@ async def start_dashboard(
     token_file: Path,
     context: zmq.asyncio.Context,
     extras: contextlib.AsyncExitStack,
+    stop: asyncio.Event | None = None,
 ) -> str:
     """``narwhal up``'s dashboard on ``up``'s own feed and API, read with the admin token.
 
@@ -149,5 +156,5 @@ async def start_dashboard(
         return ""
     sock = dashboard_socket(bconf.http_host, bconf.http_port)
     bconf = dataclasses.replace(bconf, metrics=feed, api=api, api_token=token)
-    board = await extras.enter_async_context(Dashboard(bconf, sock, context))
+    board = await extras.enter_async_context(Dashboard(bconf, sock, context, stop))
     return f" + dashboard at {board.url}/#token={token}"

@@ -157,6 +157,7 @@ async def serve(
             token_file=dconf.data_dir / TOKEN_FILE,
             context=context,
             extras=extras,
+            stop=stop,
         )
         # The socket already listens: a client that reads this line can connect.
         announce(

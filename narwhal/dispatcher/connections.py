@@ -29,6 +29,9 @@ from narwhal.quietlog import QuietLog
 
 log = logging.getLogger(__name__)
 
+#: The most a closing dispatcher waits for frames still queued to runners.
+CLOSE_LINGER_MS = 200
+
 
 class Connections:
     """The links of one ROUTER socket, by alias, in connection order."""
@@ -56,7 +59,11 @@ class Connections:
         self.quiet = QuietLog(log)
 
     def close(self) -> None:
-        self.router.close(self.config.linger_ms)
+        # Frames to connected runners leave within milliseconds; what is still
+        # queued after that is for a runner that is gone (a HELLO queued for
+        # the reconnect of the embedded runner that just stopped), and waiting
+        # out the whole linger for it only made every shutdown a second longer.
+        self.router.close(min(self.config.linger_ms, CLOSE_LINGER_MS))
         if self.auth is not None:
             self.auth.close()
 
