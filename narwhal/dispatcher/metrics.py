@@ -31,6 +31,14 @@ to what ``/metrics`` serves):
 - ``narwhal_webhooks_total{forge,answer}`` counter: Webhook deliveries answered, by
   forge and HTTP status code. Counted by the agent's handlers (``narwhal.agent.app``):
   in ``narwhal up``'s ``/metrics``, and on ``narwhal agent``'s own ``GET /metrics``.
+- ``narwhal_feed_messages_total`` counter: Messages the metrics feed published. Served
+  with ``--metrics`` only, as the next three.
+- ``narwhal_feed_snapshots_total`` counter: Snapshots the metrics feed served to subscribers.
+- ``narwhal_feed_bad_requests_total`` counter: Requests on the feed's snapshot socket that
+  were not snapshot requests.
+- ``narwhal_feed_dropped_total`` counter: Feed messages and snapshot replies that could not
+  be sent. (A PUB drops at a subscriber's high-water mark without telling: those gaps
+  are counted by the subscriber.)
 
 Labels stay bounded: ``state`` is one of the terminal states, ``reason``
 one of ``no_runner`` (no runner connected), ``no_label`` (no ready runner
@@ -51,13 +59,14 @@ at all on a later one (its requeue time is not known).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 
 from narwhal import __version__
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import Event, JobChanged
 from narwhal.dispatcher.mesh import LinkState
+from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.records import TERMINAL, JobRecord, JobState
 from narwhal.dispatcher.waiting import NO_LABEL, NO_RUNNER, NO_SLOT
 from narwhal.metrics import CounterChild, Registry, Sample
@@ -83,6 +92,34 @@ _QUEUED, _ASSIGNED, _RUNNING = (
     JobState.ASSIGNED.value,
     JobState.RUNNING.value,
 )
+
+
+#: The publisher's counters: name, its attribute, HELP.
+_FEED_COUNTERS = (
+    ("narwhal_feed_messages_total", "published", "Messages the metrics feed published."),
+    (
+        "narwhal_feed_snapshots_total",
+        "snapshots",
+        "Snapshots the metrics feed served to subscribers.",
+    ),
+    (
+        "narwhal_feed_bad_requests_total",
+        "bad_requests",
+        "Requests on the feed's snapshot socket that were not snapshot requests.",
+    ),
+    (
+        "narwhal_feed_dropped_total",
+        "dropped",
+        "Feed messages and snapshot replies that could not be sent.",
+    ),
+)
+
+
+def _reader(publisher: Publisher, attribute: str) -> Callable[[], Iterable[Sample]]:
+    def read() -> Iterable[Sample]:
+        return [((), getattr(publisher, attribute))]
+
+    return read
 
 
 def pending_reason(reason: str) -> str:
@@ -179,6 +216,11 @@ class DispatcherMetrics:
             self._bad_frames,
             kind="counter",
         )
+
+    def watch_feed(self, publisher: Publisher) -> None:
+        """Serve the metrics feed's counters too (``--metrics``)."""
+        for name, attribute, help_text in _FEED_COUNTERS:
+            self.registry.collected(name, help_text, _reader(publisher, attribute), kind="counter")
 
     # what the feed says
 

@@ -71,6 +71,7 @@ async def serve_parts(
             [peer.to_json() for peer in dispatcher.mesh.peers()],
         )
         await extras.enter_async_context(publisher)
+        metrics.watch_feed(publisher)
     reporter = None
     if dconf.status.forges:
         reporter = StatusReporter(

@@ -18,9 +18,10 @@ from narwhal.agent.app import count_webhooks
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher import metrics as dispatcher_metrics
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.feed import JobChanged, JobUpdated
+from narwhal.dispatcher.feed import Feed, JobChanged, JobUpdated
 from narwhal.dispatcher.mesh import LinkState
 from narwhal.dispatcher.metrics import DispatcherMetrics, pending_reason
+from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.memory import MemoryStore
 from narwhal.dispatcher.waiting import why_waiting
@@ -254,10 +255,14 @@ def test_commit_status_results_are_counted_per_forge(tmp_path: Path) -> None:
 def test_the_module_docstring_lists_every_metric_with_its_help(tmp_path: Path) -> None:
     _, metrics = unstarted(tmp_path, per_repo=True)
     count_webhooks(metrics.registry)  # what ``narwhal up`` adds
+    feed = Publisher("tcp://127.0.0.1:9", Feed())  # never started: its counters only
+    feed.published, feed.snapshots = 7, 2
+    metrics.watch_feed(feed)
     doc = " ".join((dispatcher_metrics.__doc__ or "").split())
     text = metrics.registry.render()
+    assert "narwhal_feed_messages_total 7" in text and "narwhal_feed_snapshots_total 2" in text
     helps = re.findall(r"^# HELP (\S+) (.*)$", text, re.MULTILINE)
-    assert len(helps) == 15
+    assert len(helps) == 19
     for name, help_text in helps:
         assert f"``{name}" in doc, name
         assert help_text in doc, (name, help_text)
