@@ -26,6 +26,7 @@ from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.memory import MemoryStore
 from narwhal.dispatcher.waiting import why_waiting
 from narwhal.testing import FakeMesh, FakePeer
+from tests.support import feeds
 from tests.support.eventually import eventually_async
 
 _SAMPLE = re.compile(r"^(\S+) (\S+)$")
@@ -43,27 +44,14 @@ def scrape(metrics: DispatcherMetrics) -> dict[str, float]:
 
 
 def record(job_id: int, state: str, **fields: Any) -> JobRecord:
+    """A job record at fixed times (created and last moved at 100.0)."""
     values: dict[str, Any] = {
-        "id": job_id,
         "repo": "https://example.com/a.git",
         "ref": "main",
-        "sha": None,
-        "event": "push",
-        "labels": {},
-        "matrix": None,
-        "parent_id": None,
-        "pipeline": None,
-        "state": state,
-        "reason": "",
-        "attempt": 1,
-        "runner_id": None,
-        "cancel_requested": False,
         "created_at": 100.0,
         "updated_at": 100.0,
-        "started_at": None,
-        "finished_at": None,
     }
-    return JobRecord(**{**values, **fields})
+    return feeds.record(job_id, state, **{**values, **fields})
 
 
 def unstarted(tmp_path: Path, **kw: Any) -> tuple[Dispatcher, DispatcherMetrics]:
