@@ -39,6 +39,8 @@ class FakePeer:
     version: str | None = None
     capacity: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    #: What the runner reports of itself; a test sets it (or ``ready(state=...)``).
+    report: p.RunnerState | None = None
     held: set[Key] = field(default_factory=set)
     #: The next ``seq`` expected per stream, and whether the stream is live.
     streams: dict[Key, list[Any]] = field(default_factory=dict)
@@ -89,17 +91,28 @@ class FakeRunner:
         return cls(job_id=key[0], attempt=key[1], seq=seq, **fields)
 
     async def ready(
-        self, *, active: tuple[tuple[int, ...], ...] = (), session: str | None = None
+        self,
+        *,
+        active: tuple[tuple[int, ...], ...] = (),
+        session: str | None = None,
+        state: p.RunnerState | None = None,
     ) -> p.Ready:
         """Say READY (again); ``active``: ``(job id, attempt, next seq)`` it still runs.
 
         A new ``session`` is a restarted runner: it is lost (as the pool
-        reconnects to it afresh); ``add_runner`` brings it back.
+        reconnects to it afresh); ``add_runner`` brings it back. ``state``:
+        what it reports of itself (kept as the peer's ``report``).
         """
+        if state is not None:
+            self.peer.report = state
         for entry in active:
             if len(entry) == 3:
                 self.next_seq[(entry[0], entry[1])] = entry[2]
         return await self.mesh.say_ready(self, active, session)
+
+    def beat(self, state: p.RunnerState) -> None:
+        """A HEARTBEAT carrying a new ``state``: the pool keeps it as the peer's report."""
+        self.peer.report = state
 
     async def send(self, *messages: p.Message) -> bool:
         """Send ``messages`` as one batch; False if the dispatcher could not store it."""
@@ -293,6 +306,7 @@ class FakeMesh:
             labels=dict(peer.labels),
             version="fake",
             active=active,
+            state=peer.report,
         )
         if peer.state == LinkState.READY and ready.session != peer.session:
             await self.lose(runner, f"runner {ready.runner_id} restarted")

@@ -39,6 +39,9 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
                 message.sha,
                 message.pipeline,
                 message.variants,
+                checkout=message.checkout,
+                cold=message.cold,
+                needs=_needs(message.needs),
             )
         elif isinstance(message, p.Usage):
             _record_usage(table, changes, message)
@@ -120,3 +123,7 @@ def _record_output(table: JobTable, changes: Changes, message: p.Message) -> Non
     else:
         raise NarwhalError(f"unexpected {message.KIND} frame")
     changes.after_commit(lambda: table.feed.publish(event))
+
+
+def _needs(needs: p.Needs | None) -> tuple[int, float | None, int | None] | None:
+    return None if needs is None else (needs.priority, needs.cpus, needs.memory)

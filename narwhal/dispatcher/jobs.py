@@ -37,6 +37,7 @@ from narwhal.dispatcher.store.base import (
     Transition,
     UnitOfWork,
     Write,
+    checkout_applied,
 )
 from narwhal.errors import NotFound
 
@@ -284,23 +285,37 @@ class JobTable:
         sha: str,
         pipeline: str,
         variants: tuple[Mapping[str, str], ...],
+        *,
+        checkout: float | None = None,
+        cold: bool | None = None,
+        needs: tuple[int, float | None, int | None] | None = None,
     ) -> None:
         """Record what a runner checked out; a first checkout of a matrix queues
         a job for each combination after the first, in the same unit, so whoever
-        sees the parent's checkout (or its end) sees its siblings too."""
+        sees the parent's checkout (or its end) sees its siblings too (with the
+        pipeline's priority and resource needs)."""
         record = changes.record(job_id)
-        changes.add(
-            SetCheckout(
-                job_id=job_id, attempt=attempt, sha=sha, pipeline=pipeline, variants=variants
-            )
+        write = SetCheckout(
+            job_id=job_id,
+            attempt=attempt,
+            sha=sha,
+            pipeline=pipeline,
+            variants=variants,
+            checkout=checkout,
+            cold=cold,
+            needs=needs,
         )
+        changes.add(write)
         if record is None or record.attempt != attempt:
             return  # a stale attempt: the store changes nothing either
         first = record.pipeline is None and len(variants) > 1
-        updated = record._replace(
-            sha=sha,
-            pipeline=pipeline or record.pipeline,
-            matrix=record.matrix or (dict(variants[0]) if variants else None),
+        updated = checkout_applied(
+            record._replace(
+                sha=sha,
+                pipeline=pipeline or record.pipeline,
+                matrix=record.matrix or (dict(variants[0]) if variants else None),
+            ),
+            write,
         )
         changes.planned[job_id] = updated
         changes.after_commit(lambda: self._took_checkout(updated))
@@ -318,6 +333,9 @@ class JobTable:
                         parent_id=record.id,
                         reason=f"matrix of job {record.id}",
                         fork_of=record.fork_of,
+                        priority=updated.priority,
+                        cpus=updated.cpus,
+                        memory=updated.memory,
                     ),
                 )
 
@@ -325,7 +343,14 @@ class JobTable:
         held = self.active.get(updated.id)
         if held is not None and held.attempt == updated.attempt:
             self.active[updated.id] = held._replace(
-                sha=updated.sha, pipeline=updated.pipeline, matrix=updated.matrix
+                sha=updated.sha,
+                pipeline=updated.pipeline,
+                matrix=updated.matrix,
+                priority=updated.priority,
+                cpus=updated.cpus,
+                memory=updated.memory,
+                checkout=updated.checkout,
+                cold=updated.cold,
             )
         self.touched(updated.id)
 

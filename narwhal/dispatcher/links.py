@@ -16,6 +16,8 @@ from typing import Any
 
 from narwhal.dispatcher.mesh import Key, LinkState, Peer, Source
 from narwhal.errors import ConfigError
+from narwhal.mesh import protocol as p
+from narwhal.redact import redacted
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class Link:
     version: str | None = None
     capacity: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    #: What the runner last reported of itself (READY, HEARTBEAT).
+    report: p.RunnerState | None = None
     #: (job id, attempt) pairs this runner holds; one slot each.
     jobs: set[Key] = field(default_factory=set)
     #: Job streams on this connection, by (job id, attempt).
@@ -109,6 +113,30 @@ def runner_json(peer: Peer, version: str | None, last_seen: float | None) -> dic
         "version": version,
         "jobs": sorted(j for j, _ in peer.held),
         "last_seen": last_seen,
+        "report": report_json(peer.report),
+    }
+
+
+def report_json(report: p.RunnerState | None) -> dict[str, Any] | None:
+    """A runner's ``RunnerState`` for API answers; mirrors' URLs never show credentials."""
+    if report is None:
+        return None
+    return {
+        "cpus": report.cpus,
+        "load": report.load,
+        "memory_total": report.memory_total,
+        "memory_available": report.memory_available,
+        "disk_free": report.disk_free,
+        "os": report.os,
+        "arch": report.arch,
+        "docker": report.docker,
+        "images": list(report.images),
+        "mirrors": [
+            {"repo": redacted(m.repo), "sha": m.sha, "used_at": m.used_at, "size": m.size}
+            for m in report.mirrors
+        ],
+        "mirror_bytes": report.mirror_bytes,
+        "mirror_limit": report.mirror_limit,
     }
 
 

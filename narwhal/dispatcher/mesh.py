@@ -74,6 +74,11 @@ class Peer(Protocol):
         ...
 
     @property
+    def report(self) -> p.RunnerState | None:
+        """What the runner last said of itself (READY, HEARTBEAT); None: nothing yet."""
+        ...
+
+    @property
     def held(self) -> frozenset[Key] | set[Key]:
         """The job attempts it holds, one slot each."""
         ...

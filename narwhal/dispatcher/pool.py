@@ -242,6 +242,8 @@ class RunnerPool:
         elif isinstance(message, p.Heartbeat):
             if link.state != LinkState.READY or message.session != link.session:
                 self._conns.send(link, p.Hello(session=self._conns.session))
+            elif message.state is not None:
+                link.report = message.state
             return None
         return link, message
 
@@ -306,6 +308,7 @@ class RunnerPool:
         link.session = ready.session
         link.capacity = self.ceiling.clamp(ready.runner_id, ready.capacity)
         link.labels = dict(ready.labels)
+        link.report = ready.state
         link.version = ready.version
         link.backoff = 1.0
         log.info(

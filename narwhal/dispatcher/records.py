@@ -78,6 +78,15 @@ class JobRecord(NamedTuple):
     #: repository it targets, whose fork policy decides its secrets. None
     #: for every other job.
     fork_of: str | None = None
+    #: Higher runs first (API, narwhal.yml's ``priority``; ``protocol.MIN_PRIORITY``..MAX).
+    priority: int = 0
+    #: What its pipeline asks of a runner (the largest ``resources:`` of its
+    #: steps), once a checkout read it, or as the API asked; None: nothing.
+    cpus: float | None = None
+    memory: int | None = None
+    #: Seconds the last checkout took, and whether it cloned the repository cold.
+    checkout: float | None = None
+    cold: bool | None = None
 
     @property
     def terminal(self) -> bool:
@@ -109,6 +118,11 @@ class JobRecord(NamedTuple):
             started_at=at if to == "running" else self.started_at,
             finished_at=at if to in TERMINAL else self.finished_at,
             fork_of=self.fork_of,
+            priority=self.priority,
+            cpus=self.cpus,
+            memory=self.memory,
+            checkout=self.checkout,
+            cold=self.cold,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A runner's announcement is an SRV record (its port), A records (its IPv4
 addresses) and TXT properties::
 
-    id=RUNNER_ID capacity=N labels=k=v,k=v protocol=4 version=0.1.0 [curve=Z85_PUBLIC_KEY]
+    id=RUNNER_ID capacity=N labels=k=v,k=v protocol=5 version=0.1.0 [curve=Z85_PUBLIC_KEY]
 
 Announcements come from anyone on the LAN, so ``parse_announcement`` checks
 every value with explicit limits and raises ``ProtocolError`` for anything

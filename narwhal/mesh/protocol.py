@@ -1,4 +1,4 @@
-"""Wire protocol v4 between the dispatcher (ROUTER) and runners (DEALER).
+"""Wire protocol v5 between the dispatcher (ROUTER) and runners (DEALER).
 
 This docstring is the protocol's one description; docs/ARCHITECTURE.md
 links here. The codec below is one of the parts of Narwhal that work well:
@@ -21,27 +21,30 @@ frame). The receiver counts and logs a frame that fails (at most once per
 peer per interval) and never answers it, so two confused peers cannot feed
 each other.
 
-``PROTOCOL_VERSION`` is 4. 2: JOB carries ``secrets`` (a v1 runner's strict
+``PROTOCOL_VERSION`` is 5. 2: JOB carries ``secrets`` (a v1 runner's strict
 decoding refuses the field). 3: DONE may say ``skipped`` and the dispatcher
 may send REFUSED (a v2 dispatcher refuses that status, so it would never
 store the job's end). 4: runners send USAGE in job streams (a v3 dispatcher
 would count it a bad frame and, the stream's ``seq`` then having a gap it
-waits for, never store the rest of the job). Runners also announce it on
-mDNS (``protocol=4``).
+waits for, never store the rest of the job). 5: READY and HEARTBEAT may
+carry the runner's ``state`` (``RunnerState``), CHECKED_OUT says what the
+checkout cost and what the pipeline asks for, DONE says whose ``fault`` an
+error was (a v4 dispatcher refuses the fields). Runners also announce it
+on mDNS (``protocol=5``).
 
 Conversation, in order (D: dispatcher, R: runner)::
 
     dispatcher                             runner
     HELLO(session)                ->                 first frame on a connection
-                                  <-  READY(runner_id, session, capacity, labels, version, active)
+                          <-  READY(runner_id, session, capacity, labels, version, active, state)
     JOB(job_id, attempt, runner_session, repo, ref, sha, event, matrix, timeout, secrets) ->
                                   <-  ACCEPT | REJECT
-                                  <-  CHECKED_OUT(sha, pipeline, variants)
+                          <-  CHECKED_OUT(sha, pipeline, variants, checkout, cold, fetched, needs)
                                   <-  STEP_STARTED, (LOG | USAGE)*, STEP_FINISHED   per step
-                                  <-  DONE(status, reason, duration, steps)
+                                  <-  DONE(status, reason, duration, steps, fault)
     ACK([job_id, attempt, seq]*)  ->                 once the frames are stored
     CANCEL(job_id, attempt, reason) ->               any time
-    HEARTBEAT(session)            <->                both ways, every interval
+    HEARTBEAT(session, state)     <->                both ways, every interval
     REFUSED(reason)               ->                 then the link is dropped; never answered
 
 The frames:
@@ -59,6 +62,11 @@ The frames:
   acknowledged). A restarted dispatcher recovers its jobs from this list;
   entries for attempts the runner does not hold are ignored (bad frames), and
   an attempt that is over is tracked until its DONE and gets CANCEL.
+  ``state`` (None: not reported) is the runner's ``RunnerState``: CPUs and
+  load, memory, free disk in its work folder, OS and architecture, whether
+  its container engine answers, the images it holds and the repositories
+  warm in its mirror cache (at most ``MAX_IMAGES`` and ``MAX_MIRRORS``, the
+  most recently used first), which placement weighs.
 - JOB (D->R) ``job_id``, ``attempt``; ``runner_session``, the READY session it
   is meant for (a JOB queued for a runner process since restarted is
   refused, never run by accident); ``repo``, ``ref``, ``sha`` (None: the
@@ -75,25 +83,35 @@ The frames:
 - The job stream (R->D): ACCEPT (``seq`` 0: a slot is spent on it);
   CHECKED_OUT (``sha`` checked out, ``pipeline`` its name, ``variants`` every
   matrix combination when JOB had no ``matrix``; an empty ``pipeline``: the
-  commit is known but its narwhal.yml could not be read, the job ends in
-  error next); STEP_STARTED (``index``, ``name``); LOG (``data``, at most
-  ``MAX_LOG_CHUNK`` bytes, masked); USAGE (``index``, the running step's;
-  ``samples``, at most ``MAX_USAGE_SAMPLES`` ``[seconds since the step
-  started, CPU cores in use over the interval before, memory bytes in use]``
-  triples, finite and never negative, memory a whole number, each frame the
-  samples taken since the one before; ``memory_limit``, the step's limit in
-  bytes, None: none; sent every few seconds while the step runs and once
-  at its end, before STEP_FINISHED); STEP_FINISHED (``index``, ``name``,
+  commit is known but its narwhal.yml could not be read, the job ends in error
+  next; ``checkout``, the seconds the checkout took; ``cold``, True when the
+  mirror cache had no copy of the repository and cloned it; ``fetched``, the
+  bytes the mirror grew by; ``needs``, what the pipeline asks of a runner,
+  ``Needs``: its ``priority`` and the largest ``cpus`` and ``memory`` of its
+  ``resources:``, None: nothing read); STEP_STARTED (``index``, ``name``); LOG
+  (``data``, at most ``MAX_LOG_CHUNK`` bytes, masked); USAGE (``index``, the
+  running step's; ``samples``, at most ``MAX_USAGE_SAMPLES`` ``[seconds since
+  the step started, CPU cores in use over the interval before, memory bytes in
+  use]`` triples, finite and never negative, memory a whole number, each frame
+  the samples taken since the one before; ``memory_limit``, the step's limit
+  in bytes, None: none; sent every few seconds while the step runs and once at
+  its end, before STEP_FINISHED); STEP_FINISHED (``index``, ``name``,
   ``status`` in ``STEP_STATUSES``, ``exit_code``, None when the step never ran
   or was killed, ``duration``); DONE, the last frame (``status``, ``reason``,
-  ``duration``, ``steps``: a ``StepOutcome`` per step). Each carries ``job_id``,
-  ``attempt`` and ``seq``.
+  ``duration``, ``steps``: a ``StepOutcome`` per step). Each carries
+  ``job_id``, ``attempt`` and ``seq``.
 - DONE ``status`` is one of ``DONE_STATUSES``: ``success``; ``failed`` (a step
   failed and does not ``allow_failure``); ``error`` (checkout, narwhal.yml,
   the executor or the runner itself failed: ``reason`` says which);
   ``cancelled`` (CANCEL, or the runner shutting down); ``timed_out`` (a step's
   or the pipeline's timeout); ``skipped`` (the pipeline's ``when`` does not
   match the branch or event; every step is ``skipped``). A DONE frees the slot.
+  ``fault`` (one of ``FAULTS``) says, for an ``error``, whether the runner's
+  side failed: ``checkout`` (git, the mirror cache), ``engine`` (the
+  container engine or executor), ``runner`` (the runner itself); "" for
+  every other end, and for an error of the job's own making (its
+  narwhal.yml). Placement quarantines a runner whose jobs keep ending in a
+  fault of its side.
 - ACK (D->R) ``streams``: ``[job_id, attempt, seq]`` triples, each meaning
   "every frame of that job stream up to ``seq`` is stored" (cumulative, like
   TCP). Sent after the frames are durable, one ACK per batch of frames,
@@ -104,7 +122,10 @@ The frames:
   grace period, SIGKILL); its DONE follows as usual. Unknown attempts are
   ignored.
 - HEARTBEAT (D<->R) ``session``: the sender's process id, every heartbeat
-  interval. Any frame counts as a sign of life; a peer silent for the dead
+  interval. A runner's may carry ``state``, a new ``RunnerState``, when it
+  changed enough to matter since the one sent last (load and memory are
+  rounded before comparing, so a steady runner sends none); the
+  dispatcher's never does. Any frame counts as a sign of life; a peer silent for the dead
   interval is lost. A runner that hears a dispatcher session it does not
   know greets it as after a HELLO.
 - REFUSED (D->R) ``reason`` (at most ``MAX_REFUSAL_CHARS``): sent once, just
@@ -138,7 +159,7 @@ from narwhal.mesh.schema import Invalid, Schema
 from narwhal.secret_rules import SECRET_NAME as _SECRET_NAME
 
 #: The history of the versions: the module docstring.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: Largest frame either side accepts; also set as the sockets' MAXMSGSIZE.
 MAX_FRAME_BYTES = 1 << 20
@@ -148,6 +169,13 @@ MAX_LOG_CHUNK = 64 * 1024
 MAX_REFUSAL_CHARS = 500
 #: Most samples one USAGE frame carries (also what a runner keeps per step).
 MAX_USAGE_SAMPLES = 600
+#: Most images and mirror cache entries one ``RunnerState`` lists.
+MAX_IMAGES = 256
+MAX_MIRRORS = 256
+#: Job priorities (API and narwhal.yml) lie within these bounds.
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+#: What ``Done.fault`` may say.
+FAULTS = frozenset({"", "checkout", "engine", "runner"})
 #: Every value of a sample is below this (memory bytes fit a signed 64-bit
 #: integer as a float does, and infinity is refused).
 _SAMPLE_MAX = float(2**62)
@@ -177,11 +205,69 @@ class StepOutcome:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WarmRepo:
+    """One repository in a runner's mirror cache."""
+
+    repo: str
+    #: The commit fetched into it last ("" if not known).
+    sha: str
+    #: When a job last used it (wall clock, seconds).
+    used_at: float
+    #: Bytes it takes on disk.
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerState:
+    """What a runner reports of itself, for placement and the operator.
+
+    Carried in READY and, when it changed, in HEARTBEAT. Every figure is a
+    claim of the runner's: placement weighs it, and a false one costs only
+    that runner's share of the work.
+    """
+
+    cpus: int
+    #: The one-minute load average.
+    load: float
+    memory_total: int
+    memory_available: int
+    #: Bytes free in the runner's work folder.
+    disk_free: int
+    #: ``platform.system().lower()``: linux, darwin, windows.
+    os: str
+    #: Normalised as container engines name it: amd64, arm64, ...
+    arch: str
+    #: Whether the container engine answers (False for the local executor).
+    docker: bool
+    #: Images present in the engine (``repo:tag``), at most ``MAX_IMAGES``.
+    images: tuple[str, ...] = ()
+    #: The mirror cache, most recently used first, at most ``MAX_MIRRORS``.
+    mirrors: tuple[WarmRepo, ...] = ()
+    #: Bytes the mirror cache holds, and its bound.
+    mirror_bytes: int = 0
+    mirror_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Needs:
+    """What a pipeline asks of the runner that takes it (from its narwhal.yml)."""
+
+    priority: int = 0
+    #: The largest ``resources: cpus`` and ``memory`` (bytes) of its steps.
+    cpus: float | None = None
+    memory: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Message):
-    """Liveness signal, both directions; ``session`` names the sender's process."""
+    """Liveness signal, both directions; ``session`` names the sender's process.
+
+    A runner's carries its ``state`` when that changed (None: unchanged).
+    """
 
     KIND: ClassVar[str] = "heartbeat"
     session: str
+    state: RunnerState | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +295,7 @@ class Ready(Message):
     labels: dict[str, str]
     version: str
     active: tuple[tuple[int, ...], ...] = ()
+    state: RunnerState | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +357,13 @@ class CheckedOut(Message):
     sha: str
     pipeline: str
     variants: tuple[dict[str, str], ...] = ()
+    #: Seconds the checkout took; whether the mirror cloned the repository
+    #: afresh; the bytes the mirror grew by.
+    checkout: float = 0.0
+    cold: bool = False
+    fetched: int = 0
+    #: What the pipeline asks of a runner (None: its narwhal.yml was not read).
+    needs: Needs | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,6 +434,8 @@ class Done(Message):
     reason: str
     duration: float
     steps: tuple[StepOutcome, ...] = ()
+    #: For an ``error``: the runner's side that failed (``FAULTS``), else "".
+    fault: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -408,16 +504,18 @@ STREAM_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
-_SCHEMA = Schema((*MESSAGES, StepOutcome))
+_SCHEMA = Schema((*MESSAGES, StepOutcome, WarmRepo, RunnerState, Needs))
 _BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGES}
 #: Field names per class, in order, for encoding without dataclass introspection.
 _NAMES = _SCHEMA.names
 
 
 def _plain(value: Any) -> Any:
-    """A field value msgpack can pack: nested records (StepOutcome) become maps."""
+    """A field value msgpack can pack: nested records (StepOutcome, RunnerState) become maps."""
+    if type(value) in _NAMES:
+        return {n: _plain(getattr(value, n)) for n in _NAMES[type(value)]}
     if isinstance(value, tuple) and value and type(value[0]) in _NAMES:
-        return [{n: getattr(item, n) for n in _NAMES[type(item)]} for item in value]
+        return [_plain(item) for item in value]
     return value
 
 
@@ -468,8 +566,11 @@ def _check_values(message: Message) -> None:
         raise ProtocolError("ack.streams: expected [job_id, attempt, seq] entries")
     if getattr(message, "seq", 0) < 0:
         raise ProtocolError(f"{message.KIND}.seq: must not be negative")
-    if isinstance(message, Done) and message.status not in DONE_STATUSES:
-        raise ProtocolError(f"done.status: unknown status {message.status!r}")
+    if isinstance(message, Done):
+        if message.status not in DONE_STATUSES:
+            raise ProtocolError(f"done.status: unknown status {message.status!r}")
+        if message.fault not in FAULTS:
+            raise ProtocolError(f"done.fault: unknown fault {message.fault!r}")
     if isinstance(message, StepFinished) and message.status not in STEP_STATUSES:
         raise ProtocolError(f"step_finished.status: unknown status {message.status!r}")
     _check_sizes(message)
@@ -485,6 +586,37 @@ def _check_sizes(message: Message) -> None:
         raise ProtocolError(f"refused.reason: longer than {MAX_REFUSAL_CHARS} characters")
     if isinstance(message, Usage):
         _check_usage(message)
+    state = getattr(message, "state", None)
+    if isinstance(message, Ready | Heartbeat) and state is not None:
+        _check_state(state)
+    if isinstance(message, CheckedOut):
+        _check_checkout(message)
+
+
+def _check_state(state: RunnerState) -> None:
+    """A runner's report: bounded lists, figures that are not negative."""
+    if len(state.images) > MAX_IMAGES or len(state.mirrors) > MAX_MIRRORS:
+        raise ProtocolError(f"state: more than {MAX_IMAGES} images or {MAX_MIRRORS} mirrors")
+    counts = (state.cpus, state.memory_total, state.memory_available, state.disk_free)
+    counts += (state.mirror_bytes, state.mirror_limit)
+    if min(counts) < 0 or not 0 <= state.load < _SAMPLE_MAX:
+        raise ProtocolError("state: counts and load must be finite and not negative")
+    if any(m.size < 0 or not 0 <= m.used_at < _SAMPLE_MAX for m in state.mirrors):
+        raise ProtocolError("state.mirrors: sizes and times must not be negative")
+
+
+def _check_checkout(message: CheckedOut) -> None:
+    if not 0 <= message.checkout < _SAMPLE_MAX or message.fetched < 0:
+        raise ProtocolError("checked_out: checkout time and bytes must not be negative")
+    needs = message.needs
+    if needs is None:
+        return
+    if not MIN_PRIORITY <= needs.priority <= MAX_PRIORITY:
+        raise ProtocolError(f"checked_out.needs.priority: outside {MIN_PRIORITY}..{MAX_PRIORITY}")
+    if (needs.cpus is not None and not 0 < needs.cpus < _SAMPLE_MAX) or (
+        needs.memory is not None and needs.memory <= 0
+    ):
+        raise ProtocolError("checked_out.needs: cpus and memory must be positive")
 
 
 def _check_usage(message: Usage) -> None:
@@ -514,8 +646,13 @@ def _check_secrets(secrets: Mapping[str, str]) -> None:
 
 
 __all__ = [
+    "FAULTS",
     "MAX_FRAME_BYTES",
+    "MAX_IMAGES",
     "MAX_LOG_CHUNK",
+    "MAX_MIRRORS",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
     "MAX_USAGE_SAMPLES",
     "MESSAGES",
     "PROTOCOL_VERSION",
@@ -530,14 +667,17 @@ __all__ = [
     "Job",
     "Log",
     "Message",
+    "Needs",
     "Ready",
     "Refused",
     "Reject",
+    "RunnerState",
     "StepFinished",
     "StepOutcome",
     "StepStarted",
     "StreamMessage",
     "Usage",
+    "WarmRepo",
     "decode",
     "encode",
 ]

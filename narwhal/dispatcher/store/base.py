@@ -56,6 +56,9 @@ class NewJob:
     #: same key is not created (``CreateJob`` returns the first).
     source_key: str | None = None
     fork_of: str | None = None
+    priority: int = 0
+    cpus: float | None = None
+    memory: int | None = None
 
     def record(self, job_id: int, at: float) -> JobRecord:
         """The job as created with id ``job_id`` at ``at`` (what reading its row back gives)."""
@@ -79,6 +82,9 @@ class NewJob:
             started_at=None,
             finished_at=None,
             fork_of=self.fork_of,
+            priority=self.priority,
+            cpus=self.cpus,
+            memory=self.memory,
         )
 
 
@@ -252,6 +258,23 @@ class SetCheckout:
     #: Empty: the commit is known but its narwhal.yml did not parse.
     pipeline: str
     variants: tuple[Mapping[str, str], ...] = ()
+    #: What the checkout cost (seconds; None: not said) and whether it was cold.
+    checkout: float | None = None
+    cold: bool | None = None
+    #: The pipeline's needs (``protocol.Needs``: priority, cpus, memory); None:
+    #: not read. Its priority applies only to a job the API gave none (0).
+    needs: tuple[int, float | None, int | None] | None = None
+
+
+def checkout_applied(job: JobRecord, write: SetCheckout) -> JobRecord:
+    """``job`` with what ``write`` says of its checkout's cost and its pipeline's needs
+    (the one description of the rule, for the memory store and the job table)."""
+    if write.checkout is not None:
+        job = job._replace(checkout=write.checkout, cold=write.cold)
+    if write.needs is not None:
+        priority, cpus, memory = write.needs
+        job = job._replace(priority=job.priority or priority, cpus=cpus, memory=memory)
+    return job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,7 @@ from narwhal.dispatcher.store.base import (
     Transition,
     UsageRecord,
     Write,
+    checkout_applied,
 )
 from narwhal.dispatcher.store.memory_tables import MemoryTables, SideWrite, Undo
 from narwhal.errors import NotFound, StoreError
@@ -244,8 +245,9 @@ class MemoryStore:
             return False
         first = write.variants[0] if write.variants else None
         matrix = job.matrix if job.matrix is not None else (dict(first) if first else None)
-        checked = job._replace(
-            sha=write.sha, pipeline=write.pipeline or job.pipeline, matrix=matrix
+        checked = checkout_applied(
+            job._replace(sha=write.sha, pipeline=write.pipeline or job.pipeline, matrix=matrix),
+            write,
         )
         self._set(self._jobs, job.id, checked)
         return job.pipeline is None and len(write.variants) > 1

@@ -131,6 +131,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Placement: a job's priority and resource requests, what its checkout cost.
+    (
+        "jobs.priority, cpus, memory, checkout_seconds, checkout_cold",
+        (
+            "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN cpus REAL",
+            "ALTER TABLE jobs ADD COLUMN memory INTEGER",
+            "ALTER TABLE jobs ADD COLUMN checkout_seconds REAL",
+            "ALTER TABLE jobs ADD COLUMN checkout_cold INTEGER",
+        ),
+    ),
 )
 
 LATEST = len(MIGRATIONS)

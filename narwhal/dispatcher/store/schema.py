@@ -11,7 +11,7 @@ from narwhal.dispatcher.records import JobRecord
 JOB_COLUMNS = (
     "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
     " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
-    " finished_at, fork_of"
+    " finished_at, fork_of, priority, cpus, memory, checkout_seconds, checkout_cold"
 )
 
 
@@ -49,4 +49,9 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         started_at=row[16],
         finished_at=row[17],
         fork_of=row[18],
+        priority=row[19],
+        cpus=row[20],
+        memory=row[21],
+        checkout=row[22],
+        cold=None if row[23] is None else bool(row[23]),
     )

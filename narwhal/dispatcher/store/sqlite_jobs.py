@@ -50,10 +50,10 @@ _INSERT_TRANSITIONS = (
 
 _JOB_FIELDS = (
     "repo, ref, sha, event, labels, matrix, parent_id, source_key, state, reason,"
-    " created_at, updated_at, fork_of"
+    " created_at, updated_at, fork_of, priority, cpus, memory"
 )
-_JOB_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
-#: Rows per INSERT of the bulk path: 12 parameters each, under SQLite's
+_JOB_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)"
+#: Rows per INSERT of the bulk path: 15 parameters each, under SQLite's
 #: limit of 32766 parameters per statement.
 _BULK_ROWS = 1000
 
@@ -122,6 +122,7 @@ def _job_params(job: NewJob, now: float) -> tuple[object, ...]:
     return (
         *(job.repo, job.ref, job.sha, job.event, json_text(job.labels), matrix),
         *(job.parent_id, job.source_key, job.reason, now, now, job.fork_of),
+        *(job.priority, job.cpus, job.memory),
     )
 
 
@@ -259,6 +260,18 @@ def set_checkout(db: sqlite3.Connection, write: SetCheckout) -> bool:
         " matrix = COALESCE(matrix, ?) WHERE id = ?",
         (write.sha, write.pipeline, json.dumps(dict(matrix)) if matrix else None, write.job_id),
     )
+    if write.checkout is not None:
+        db.execute(
+            "UPDATE jobs SET checkout_seconds = ?, checkout_cold = ? WHERE id = ?",
+            (write.checkout, write.cold, write.job_id),
+        )
+    if write.needs is not None:
+        priority, cpus, memory = write.needs
+        db.execute(
+            "UPDATE jobs SET priority = CASE priority WHEN 0 THEN ? ELSE priority END,"
+            " cpus = ?, memory = ? WHERE id = ?",
+            (priority, cpus, memory, write.job_id),
+        )
     return row[0] is None and len(write.variants) > 1
 
 

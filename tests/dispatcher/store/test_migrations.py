@@ -92,8 +92,9 @@ def path(tmp_path: Path) -> Path:
 def test_a_new_store_gets_every_migration(path: Path, runner: asyncio.Runner) -> None:
     store = open_store("sqlite", path, runner)
     runner.run(store.store.close())
-    assert _version(path) == LATEST == len(MIGRATIONS) == 3
+    assert _version(path) == LATEST == len(MIGRATIONS) == 4
     assert "fork_of" in _columns(path, "jobs")
+    assert {"priority", "cpus", "memory", "checkout_seconds"} <= set(_columns(path, "jobs"))
     assert "peak_memory" in _columns(path, "usage")
     again = open_store("sqlite", path, runner)  # reopening runs nothing again
     runner.run(again.store.close())
