@@ -28,6 +28,11 @@ EXECUTORS = ("auto", "local", "docker")
 DEFAULT_MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 
 
+#: The placement policies (``--placement``; the first is the default), the
+#: one list ``dispatcher.placement`` and the flags share.
+PLACEMENTS = ("affinity", "spread", "pack")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeshConfig:
     """Heartbeat and socket settings shared by both ends of the mesh."""
@@ -184,6 +189,9 @@ class DispatcherConfig:
     public_read: bool = False
     #: Attempts a job gets before a lost runner ends it in ``error``.
     max_attempts: int = 3
+    #: Which runner takes a job (``PLACEMENTS``): affinity (warm
+    #: mirrors first, within a share of each burst), spread or pack.
+    placement: str = "affinity"
     #: The most slots a runner's READY may claim; more are clamped to this.
     max_runner_capacity: int = 256
     mesh: MeshConfig = field(default_factory=MeshConfig)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from narwhal.dispatcher.mesh import LinkState, Mesh, MeshEvents, Source
-from narwhal.dispatcher.placement import MostFree
+from narwhal.dispatcher.placement import MostFree, Placed
 from narwhal.dispatcher.waiting import NO_SLOT, changed_reasons
 from narwhal.errors import ConfigError, StoreError
 from narwhal.mesh import protocol as p
@@ -56,7 +56,8 @@ def test_the_fake_is_a_mesh_and_its_runners_are_peers() -> None:
         assert peer.to_json()["id"] == "r1" and peer.to_json()["jobs"] == []
         assert peer.serves({"os": "linux"}) and not peer.serves({"os": "mac"})
         # The views the dispatcher's helpers take work on it as on a Link.
-        assert MostFree().round(mesh.peers()).take(job(1, "queued")) is peer
+        placed = MostFree().round(mesh.peers()).take(job(1, "queued"))
+        assert isinstance(placed, Placed) and placed.peer is peer
         mesh.reserve(peer, KEY)
         mesh.reserve(peer, (8, 1))
         assert changed_reasons([job(2, "queued")], mesh.peers()) == [(2, 1, NO_SLOT)]

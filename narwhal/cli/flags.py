@@ -15,6 +15,7 @@ from narwhal.config import (
     DEFAULT_BACKEND_PORT,
     DEFAULT_METRICS_PORT,
     EXECUTORS,
+    PLACEMENTS,
     AgentConfig,
     AmqpConfig,
     BackendConfig,
@@ -97,6 +98,14 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         "--max-attempts",
         default=env("MAX_ATTEMPTS", default_of(DispatcherConfig, "max_attempts")),
         help="attempts before a job whose runner was lost ends in error",
+    )
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default=env("PLACEMENT", default_of(DispatcherConfig, "placement")),
+        help="which runner takes a job: affinity (the one with the repository warm in its "
+        "mirror cache, within a share of each burst; the default), spread (the least "
+        "loaded) or pack (the fullest that fits) (NARWHAL_PLACEMENT)",
     )
     p.add_argument(
         "--max-runner-capacity",

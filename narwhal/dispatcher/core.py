@@ -32,12 +32,13 @@ from narwhal.dispatcher.feed import Feed
 from narwhal.dispatcher.gauges import GAUGE_INTERVAL, Gauges
 from narwhal.dispatcher.jobs import JobTable
 from narwhal.dispatcher.mesh import Key, Mesh, Peer
-from narwhal.dispatcher.placement import MostFree, Placement
+from narwhal.dispatcher.placement import Placed, Placement, policy
 from narwhal.dispatcher.records import JobRecord, JobState
 from narwhal.dispatcher.recovery import STORE_RETRY, Recovery
+from narwhal.dispatcher.signals import Signals
 from narwhal.dispatcher.store.base import AddEndpoint, JobQuery, JobStore, NewJob, Write
 from narwhal.dispatcher.vault import Vault, load_key
-from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer
+from narwhal.dispatcher.waiting import EXPLAIN_INTERVAL, Explainer, Pending
 from narwhal.dispatcher.watchers import Watchers
 from narwhal.errors import NarwhalError, NotFound, StoreError
 from narwhal.mesh import protocol as p
@@ -65,7 +66,9 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.mesh = mesh
-        self.placement = placement or MostFree()
+        #: What runners' frames taught about them, for placement (``signals``).
+        self.signals = Signals()
+        self.placement = placement or policy(config.placement, self.signals)
         #: Everything that happens, for whoever wants to know (``dispatcher.feed``).
         self.feed = Feed()
         self.jobs = JobTable(store, feed=self.feed, max_attempts=config.max_attempts)
@@ -75,8 +78,10 @@ class Dispatcher:
         self._recovery = Recovery(self)
         self._vault: Vault | None = None
         #: Says in queued jobs' reasons why they wait (``dispatcher.waiting``).
-        self._explainer = Explainer()
+        self._explainer = Explainer(self.placement, self.signals)
         self._wake = asyncio.Event()
+        #: A round held a job for a busy warm runner: schedule again then.
+        self._retry: asyncio.TimerHandle | None = None
         self.jobs.on_queued = self._wake.set
         #: Set whenever a runner slot is given back (see ``drained``).
         self._released = asyncio.Event()
@@ -117,6 +122,8 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -211,13 +218,45 @@ class Dispatcher:
     async def on_frames(self, frames: list[tuple[Peer, p.Message]]) -> None:
         """Store what one batch of frames says, in one unit of work, then act on it."""
         rejects = [(peer, m) for peer, m in frames if isinstance(m, p.Reject)]
+        learnt = self._learnable(frames)  # before the commit: a job that ends leaves memory
         changes = self.jobs.begin()
         record_frames(self.jobs, changes, [f for f in frames if not isinstance(f[1], p.Reject)])
         if changes.unit:
             await changes.commit()
+        self._learn(learnt)
         for peer, reject in rejects:
             reason = f"runner {peer.runner_id} rejected it: {reject.reason}"
             await self._recovery.requeue_or_retry((reject.job_id, reject.attempt), reason)
+
+    def _learnable(
+        self, frames: list[tuple[Peer, p.Message]]
+    ) -> list[tuple[str, str, p.CheckedOut | p.Done]]:
+        """``(runner id, repository, frame)`` for the frames placement learns from."""
+        learnt = []
+        for peer, message in frames:
+            if isinstance(message, p.CheckedOut | p.Done) and peer.runner_id is not None:
+                job = self.jobs.get(message.job_id)
+                if job is not None:
+                    learnt.append((peer.runner_id, job.repo, message))
+        return learnt
+
+    def _learn(self, learnt: list[tuple[str, str, p.CheckedOut | p.Done]]) -> None:
+        """What stored CHECKED_OUT and DONE frames say of their runners, for placement."""
+        now = time.monotonic()
+        for runner_id, repo, message in learnt:
+            if isinstance(message, p.CheckedOut):
+                self.signals.checked_out(
+                    runner_id,
+                    repo,
+                    message.sha,
+                    seconds=message.checkout,
+                    cold=message.cold,
+                    now=now,
+                )
+            elif isinstance(message, p.Done):
+                self.signals.ended(
+                    runner_id, repo, fault=message.fault, duration=message.duration, now=now
+                )
 
     # scheduling
 
@@ -231,34 +270,53 @@ class Dispatcher:
 
     async def _schedule(self) -> None:
         """Assign queued jobs to free slots: one unit for the lot, then send."""
-        picked: list[tuple[JobRecord, Peer]] = []
+        picked: list[tuple[JobRecord, Placed]] = []
         placing = self.placement.round(self.mesh.peers())
-        for job in self.jobs.queue.values():  # not copied: a long queue is not re-read per round
+        walk = self.jobs.order.walk(self.jobs.running)
+        for job in walk:
             if not placing:
-                break  # nor scanned while every slot is taken
-            peer = placing.take(job)
-            if peer is None:
+                break  # the rest of the queue is not scanned while every slot is taken
+            verdict = placing.take(job)
+            if not isinstance(verdict, Placed):
+                self._explainer.saw(job, verdict)
                 continue
-            self.mesh.reserve(peer, (job.id, job.attempt))  # the slot, before the store
-            picked.append((job, peer))
+            walk.took(job)
+            self.mesh.reserve(verdict.peer, (job.id, job.attempt))  # the slot, before the store
+            picked.append((job, verdict))
+        self._retry_at(placing.retry_at())
         if not picked:
             return
         changes = self.jobs.begin()
-        for job, peer in picked:
-            self.jobs.assign(changes, job, peer.runner_id or "?")
+        for job, placed in picked:
+            self.jobs.assign(changes, job, placed.peer.runner_id or "?", placed.text)
         changes.after_commit(lambda: self._send_jobs(picked))
         try:
             await changes.commit()
         except StoreError as e:
             # Nothing was assigned: the jobs stay queued and the slots free.
-            for job, peer in picked:
-                self.mesh.release(peer, (job.id, job.attempt))
+            for job, placed in picked:
+                self.mesh.release(placed.peer, (job.id, job.attempt))
             log.error("cannot assign jobs (retrying in %.0f s): %s", STORE_RETRY, e)
             await asyncio.sleep(STORE_RETRY)
             self._wake.set()
 
-    def _send_jobs(self, picked: list[tuple[JobRecord, Peer]]) -> None:
-        for job, peer in picked:
+    def _retry_at(self, when: float | None) -> None:
+        """Schedule again at ``when`` (monotonic), when a held job stops waiting."""
+        if when is None or (self._retry is not None and self._retry.when() <= when):
+            return
+        if self._retry is not None:
+            self._retry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - time.monotonic())
+        self._retry = loop.call_at(loop.time() + delay, self._retried)
+
+    def _retried(self) -> None:
+        self._retry = None
+        self._wake.set()
+
+    def _send_jobs(self, picked: list[tuple[JobRecord, Placed]]) -> None:
+        for job, placed in picked:
+            peer = placed.peer
             assigned = self.jobs.active.get(job.id)
             # Not assigned after all (the store fenced it off): memory dropped it.
             if assigned is None or assigned.attempt != job.attempt:
@@ -290,16 +348,16 @@ class Dispatcher:
 
     async def _explain(self) -> None:
         """Put why each queued job waits in its reason; write only reasons that changed."""
-        changed = self._explainer.look(self.jobs.queue, self.mesh.peers())
+        walk = self.jobs.order.walk(self.jobs.running)
+        changed = self._explainer.look(self.jobs.queue, walk, self.mesh.peers())
         if not changed:
             return
         changes = self.jobs.begin()
         self.jobs.set_reasons(changes, changed)
         try:
             await changes.commit()
-        except StoreError as e:  # said again at the next look
+        except StoreError as e:  # said again at the next look (the texts differ still)
             log.warning("cannot record why %d job(s) wait: %s", len(changed), e)
-            self._explainer = Explainer()
 
     async def drained(self) -> None:
         """Return once no runner holds a job of this dispatcher."""
@@ -410,6 +468,14 @@ class Dispatcher:
 
     def queued(self) -> int:
         return len(self.jobs.queue)
+
+    def pending(self, job_id: int) -> Pending | None:
+        """Why a queued job waits, its place in the queue and expected start."""
+        return self._explainer.pending(job_id)
+
+    def pending_counts(self) -> dict[str, int]:
+        """Queued jobs by the reason they wait (``placement.REASONS``)."""
+        return self._explainer.counts()
 
     @staticmethod
     def _session(peer: Peer) -> str:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from narwhal.dispatcher.feed import Feed, JobChanged, JobUpdated
+from narwhal.dispatcher.order import QueueIndex
 from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, JobState, Move
 from narwhal.dispatcher.store.base import (
     CreateJob,
@@ -118,10 +120,15 @@ class JobTable:
         self.store = store
         self.feed = feed
         self.max_attempts = max_attempts
-        #: Queued jobs in submission order (dicts keep insertion order).
+        #: Queued jobs in submission order (dicts keep insertion order); change
+        #: them only through ``_queue_put``/``_queue_drop``, which keep ``order``.
         self.queue: dict[int, JobRecord] = {}
-        #: Assigned and running jobs.
+        #: The same jobs in the order the scheduler looks at them (``order``).
+        self.order = QueueIndex()
+        #: Assigned and running jobs; changed only through ``_active_put``/``_active_drop``.
         self.active: dict[int, JobRecord] = {}
+        #: How many of them each repository has (fair share, ``order``).
+        self.running: Counter[str] = Counter()
         #: Jobs memory was wrong about: read back after the commit that showed it.
         self.unsure: set[int] = set()
         #: Called when a job joins the queue (the scheduler looks again).
@@ -135,10 +142,37 @@ class JobTable:
         queued = await self.store.list_jobs(
             JobQuery(states=(JobState.QUEUED,), limit=None, ascending=True)
         )
-        self.queue = {job.id: job for job in queued}
+        self.queue, self.active = {}, {}
+        self.order.clear()
+        self.running.clear()
+        for job in queued:
+            self._queue_put(job)
         active = await self.store.list_jobs(JobQuery(states=tuple(ACTIVE), limit=None))
-        self.active = {job.id: job for job in active}
+        for job in active:
+            self._active_put(job)
         return active
+
+    def _queue_put(self, job: JobRecord) -> None:
+        self.queue[job.id] = job
+        self.order.add(job)
+
+    def _queue_drop(self, job_id: int) -> None:
+        if self.queue.pop(job_id, None) is not None:
+            self.order.discard(job_id)
+
+    def _active_put(self, job: JobRecord) -> None:
+        old = self.active.get(job.id)
+        if old is not None:
+            self.running[old.repo] -= 1
+        self.active[job.id] = job
+        self.running[job.repo] += 1
+
+    def _active_drop(self, job_id: int) -> None:
+        old = self.active.pop(job_id, None)
+        if old is not None:
+            self.running[old.repo] -= 1
+            if not self.running[old.repo]:
+                del self.running[old.repo]
 
     # reading
 
@@ -162,22 +196,22 @@ class JobTable:
         # A job memory did not hold (read back from the store): its old state is not known.
         before = None if new else (held.state if held is not None else "")
         if job.state in ACTIVE:
-            self.queue.pop(job.id, None)
-            self.active[job.id] = job
+            self._queue_drop(job.id)
+            self._active_put(job)
         elif job.state == JobState.QUEUED:
-            self.active.pop(job.id, None)
-            self.queue[job.id] = job
+            self._active_drop(job.id)
+            self._queue_put(job)
             self.on_queued()
         else:
-            self.queue.pop(job.id, None)
-            self.active.pop(job.id, None)
+            self._queue_drop(job.id)
+            self._active_drop(job.id)
         self.feed.publish(JobChanged(job, before))
 
     def forget(self, job_id: int) -> None:
         """Memory was wrong about this job: drop it (it is read back when needed)."""
         log.warning("job %d: the store fenced off a move memory expected; reading it back", job_id)
-        self.queue.pop(job_id, None)
-        self.active.pop(job_id, None)
+        self._queue_drop(job_id)
+        self._active_drop(job_id)
         self.unsure.add(job_id)
         self.touched(job_id)
 
@@ -190,10 +224,10 @@ class JobTable:
             except NotFound:
                 continue
             if job.state == JobState.QUEUED:
-                self.queue[job.id] = job
+                self._queue_put(job)
                 self.on_queued()
             elif job.state in ACTIVE:
-                self.active[job.id] = job
+                self._active_put(job)
 
     # operations
 
@@ -252,8 +286,9 @@ class JobTable:
         else:
             changes.move(record, to, reason, runner_id)
 
-    def assign(self, changes: Changes, job: JobRecord, runner_id: str) -> None:
-        changes.move(job, JobState.ASSIGNED, f"assigned to {runner_id}", runner_id)
+    def assign(self, changes: Changes, job: JobRecord, runner_id: str, why: str = "") -> None:
+        """``why``: the placement's words (``placed on runner-b: mirror warm``), kept in history."""
+        changes.move(job, JobState.ASSIGNED, why or f"assigned to {runner_id}", runner_id)
 
     def requeue(self, changes: Changes, job: JobRecord, reason: str) -> None:
         """A job no runner holds any more: queued again, unless it should end."""
@@ -342,15 +377,17 @@ class JobTable:
     def _took_checkout(self, updated: JobRecord) -> None:
         held = self.active.get(updated.id)
         if held is not None and held.attempt == updated.attempt:
-            self.active[updated.id] = held._replace(
-                sha=updated.sha,
-                pipeline=updated.pipeline,
-                matrix=updated.matrix,
-                priority=updated.priority,
-                cpus=updated.cpus,
-                memory=updated.memory,
-                checkout=updated.checkout,
-                cold=updated.cold,
+            self._active_put(
+                held._replace(
+                    sha=updated.sha,
+                    pipeline=updated.pipeline,
+                    matrix=updated.matrix,
+                    priority=updated.priority,
+                    cpus=updated.cpus,
+                    memory=updated.memory,
+                    checkout=updated.checkout,
+                    cold=updated.cold,
+                )
             )
         self.touched(updated.id)
 
@@ -362,7 +399,7 @@ class JobTable:
             for job_id, attempt, reason in reasons:
                 queued = self.queue.get(job_id)
                 if queued is not None and queued.attempt == attempt:
-                    self.queue[job_id] = queued._replace(reason=reason)
+                    self._queue_put(queued._replace(reason=reason))
                     self.touched(job_id)
 
         changes.after_commit(settle)

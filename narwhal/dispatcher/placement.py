@@ -15,10 +15,52 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from narwhal.config import PLACEMENTS
 from narwhal.dispatcher.mesh import Peer
 from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.signals import Signals
+from narwhal.errors import ConfigError
+
+#: Why a job waits: the ``reason`` of a ``Waiting`` (the label of the pending
+#: jobs metric), the first that applies to every runner in this order.
+REASONS = (
+    "no_runner",  # no runner is connected and ready
+    "label",  # no runner offers one of its labels
+    "platform",  # no runner offers its os= or arch=
+    "resources",  # no runner has the CPUs or memory its resources: ask for
+    "disk",  # every runner that could take it is short of disk
+    "quarantined",  # the runners that could take it are quarantined
+    "full",  # the runners that could take it have no free slot
+    "held",  # held for a busy runner with its repository warm (bounded)
+)
+#: The policies ``--placement`` names (the first the default): ``config``'s.
+POLICIES = PLACEMENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """The job goes to ``peer``; ``text`` says why, in words (recorded as the
+    assignment's reason): ``placed on runner-b: mirror warm, 3 commits behind;
+    2 others cold``."""
+
+    peer: Peer
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The job waits this round: ``reason`` one of ``REASONS``, ``text`` in words,
+    runner by runner: ``waiting: 0 of 3 runners can take it: 2 full (4/4, 2/2
+    slots), 1 lacks label gpu=yes``."""
+
+    reason: str
+    text: str
+
+
+Verdict = Placed | Waiting
 
 
 class Round(Protocol):
@@ -28,8 +70,13 @@ class Round(Protocol):
         """Whether a slot is left this round (if not, the rest of the queue is not looked at)."""
         ...
 
-    def take(self, job: JobRecord) -> Peer | None:
-        """Count a slot taken for ``job`` and return its runner; None if none may take it."""
+    def take(self, job: JobRecord) -> Verdict:
+        """Place ``job`` (count the slot taken) or say why it waits."""
+        ...
+
+    def retry_at(self) -> float | None:
+        """When (``time.monotonic``) a job this round held for a busy warm runner
+        stops waiting for it: the dispatcher schedules again then. None: no such job."""
         ...
 
 
@@ -40,12 +87,20 @@ class Placement(Protocol):
         """A round over ``peers`` (every link, in connection order; not only ready ones)."""
         ...
 
+    def explain(self, job: JobRecord, peers: Sequence[Peer]) -> Waiting | None:
+        """Why ``job`` waits, for a job no round looked at (filters only, no slot
+        taken); None if a runner could take it now."""
+        ...
+
 
 class MostFree:
     """A job goes to the matching runner with the most free slots (ties: the first connected)."""
 
     def round(self, peers: Sequence[Peer]) -> MostFreeRound:
         return MostFreeRound(peers)
+
+    def explain(self, job: JobRecord, peers: Sequence[Peer]) -> Waiting | None:
+        return None
 
 
 class MostFreeRound:
@@ -68,7 +123,16 @@ class MostFreeRound:
     def __bool__(self) -> bool:
         return self._left > 0
 
-    def take(self, job: JobRecord) -> Peer | None:
+    def retry_at(self) -> float | None:
+        return None
+
+    def take(self, job: JobRecord) -> Verdict:
+        peer = self._take(job)
+        if peer is None:
+            return Waiting("full", "waiting for a free slot")
+        return Placed(peer, f"placed on {peer.runner_id}: most free slots")
+
+    def _take(self, job: JobRecord) -> Peer | None:
         labels = job.labels
         key = frozenset(labels.items())
         heap = self._ranked.get(key)
@@ -93,3 +157,10 @@ class MostFreeRound:
                 heapq.heappop(heap)
             return self._peers[i]
         return None
+
+
+def policy(name: str, signals: Signals) -> Placement:
+    """The policy ``--placement`` names (``POLICIES``), weighing ``signals``."""
+    if name not in POLICIES:
+        raise ConfigError(f"placement must be one of {', '.join(POLICIES)}, got {name!r}")
+    return MostFree()

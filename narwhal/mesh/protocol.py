@@ -598,8 +598,8 @@ def _check_state(state: RunnerState) -> None:
     if len(state.images) > MAX_IMAGES or len(state.mirrors) > MAX_MIRRORS:
         raise ProtocolError(f"state: more than {MAX_IMAGES} images or {MAX_MIRRORS} mirrors")
     counts = (state.cpus, state.memory_total, state.memory_available, state.disk_free)
-    counts += (state.mirror_bytes, state.mirror_limit)
-    if min(counts) < 0 or not 0 <= state.load < _SAMPLE_MAX:
+    sizes = (state.mirror_bytes, state.mirror_limit)
+    if min(*counts, *sizes) < 0 or not 0 <= state.load < _SAMPLE_MAX:
         raise ProtocolError("state: counts and load must be finite and not negative")
     if any(m.size < 0 or not 0 <= m.used_at < _SAMPLE_MAX for m in state.mirrors):
         raise ProtocolError("state.mirrors: sizes and times must not be negative")

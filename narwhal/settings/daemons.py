@@ -22,6 +22,7 @@ from narwhal.config import (
     DEFAULT_AGENT_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    PLACEMENTS,
     AgentConfig,
     AmqpConfig,
     DiscoveryConfig,
@@ -72,6 +73,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         public_read=bool(args.public_read),
         metrics_per_repo=bool(args.metrics_per_repo),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
+        placement=placement(args.placement),
         max_runner_capacity=int(positive(int, "--max-runner-capacity", args.max_runner_capacity)),
         mesh=_mesh(args),
         amqp=amqp_config(args),
@@ -82,6 +84,13 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         allow_local_repos=allow_local_repos(args),
         metrics=metrics_endpoint(args),
     )
+
+
+def placement(name: str) -> str:
+    """``--placement`` (also from NARWHAL_PLACEMENT, which argparse's choices do not check)."""
+    if name not in PLACEMENTS:
+        raise ConfigError(f"--placement must be one of {', '.join(PLACEMENTS)}, got {name!r}")
+    return name
 
 
 def metrics_endpoint(args: argparse.Namespace) -> str | None:
