@@ -383,11 +383,15 @@ class Dispatcher:
         labels: dict[str, str],
         source_key: str | None = None,
         fork_of: str | None = None,
+        priority: int = 0,
+        cpus: float | None = None,
+        memory: int | None = None,
     ) -> JobRecord:
         """Queue a job; a ``source_key`` seen before returns that job instead.
 
         The key is what makes redelivered commit events (AMQP redelivery, a
-        forge retrying a webhook) idempotent. ``fork_of``: see ``JobRecord``.
+        forge retrying a webhook) idempotent. ``fork_of``, ``priority``,
+        ``cpus``, ``memory``: see ``JobRecord``.
         """
         return await self._create(
             NewJob(
@@ -398,6 +402,9 @@ class Dispatcher:
                 labels=labels,
                 source_key=source_key,
                 fork_of=fork_of,
+                priority=priority,
+                cpus=cpus,
+                memory=memory,
             )
         )
 
@@ -420,6 +427,9 @@ class Dispatcher:
                 matrix=old.matrix,
                 reason=f"resubmitted from job {old.id}",
                 fork_of=old.fork_of,
+                priority=old.priority,
+                cpus=old.cpus,
+                memory=old.memory,
             )
         )
 

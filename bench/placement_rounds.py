@@ -6,7 +6,7 @@ job until no slot is left, each slot reserved on its link. Reported per
 round and per job placed, best of ``--repeat``, for 50 and 500 runners
 (the cost must grow with log(runners) per job, not with runners).
 
-Run: ``python -m bench.placement`` (a few seconds). The last line reads
+Run: ``python -m bench.placement_rounds`` (a few seconds). The last line reads
 ``placement: N ns/job`` (500 runners).
 """
 
