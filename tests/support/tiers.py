@@ -117,6 +117,7 @@ TIERS: dict[str, str] = {
     "tests/bench/*.py": "system",
     "tests/dispatcher/test_amqp.py": "system",
     "tests/dispatcher/test_chaos.py": "system",
+    "tests/dispatcher/test_placement_real.py": "system",
     "tests/dispatcher/test_flow.py": "system",
     "tests/dispatcher/test_frames.py": "system",
     "tests/dispatcher/test_soak.py": "system",
