@@ -87,7 +87,9 @@ def test_a_job_says_why_it_waits_then_where_it_went_and_what_its_checkout_cost(
     assert by_id[waiting["id"]]["pending"] == pending
     assert by_id[waiting["id"] + 1]["pending"]["text"] == still.text
     assert placed["state"] == "running" and placed["pending"] is None
-    assert placed["placement"] == "placed on r1: most free slots"
+    assigned = [t for t in placed["transitions"] if t["state"] == "assigned"]
+    assert placed["placement"] == assigned[-1]["reason"]
+    assert placed["placement"].startswith("placed on r1")
     assert (ran["checkout"], ran["cold"]) == (4.5, True)
     assert ended["state"] == "success" and ended["placement"] == placed["placement"]
 

@@ -132,6 +132,7 @@ TIERS: dict[str, str] = {
     "tests/test_cli.py": "system",
     "tests/test_cli_bytes.py": "system",
     "tests/test_cli_follow.py": "system",
+    "tests/test_cli_placement.py": "integration",
     "tests/test_docs_examples.py": "system",
     "tests/test_lan.py": "system",
     "tests/test_lifecycle.py": "system",
