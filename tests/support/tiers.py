@@ -84,6 +84,7 @@ TIERS: dict[str, str] = {
     "tests/agent/test_agent_metrics.py": "integration",
     "tests/backend/test_app.py": "integration",
     "tests/backend/test_logs.py": "integration",
+    "tests/backend/test_placement_views.py": "integration",
     "tests/dispatcher/test_discovered.py": "integration",
     "tests/dispatcher/test_records.py": "integration",
     "tests/dispatcher/test_usage.py": "integration",
