@@ -20,8 +20,9 @@ from typing import Any
 
 import httpx
 
+from narwhal.cli.show import job_lines, quarantine, runner_state
 from narwhal.errors import ConfigError, NarwhalError
-from narwhal.follow import Submission, combination, write_stdout
+from narwhal.follow import Submission, combination, wait_started, waiting, write_stdout
 from narwhal.localrepo import checked_out, repo_arg
 from narwhal.secrets_client import run_secrets
 from narwhal.settings import parse_labels, secret
@@ -50,6 +51,9 @@ class Api:
         if response.status_code >= 400:
             raise ClientError(f"{method} {path}: {_reason(response)}")
         return response.json()
+
+    def close(self) -> None:
+        self._http.close()
 
     def post(self, path: str) -> Any:
         """A POST without a body still says JSON (the API refuses anything else)."""
@@ -113,16 +117,6 @@ def _out(text: str) -> None:
     print(text, flush=True)  # noqa: T201 - CLI output
 
 
-def _wait_started(api: Api, job_id: int) -> None:
-    """Say so while a job waits for a runner, so a long wait is not silent."""
-    shown = False
-    while api.call("GET", f"/api/jobs/{job_id}")["state"] == "queued":
-        if not shown:
-            _progress(f"job {job_id} queued, waiting for a free runner...")
-            shown = True
-        time.sleep(0.2)
-
-
 def submit(api: Api, args: argparse.Namespace) -> int:
     repo = repo_arg(args.repo)
     ref, sha = args.ref, args.sha
@@ -132,13 +126,15 @@ def submit(api: Api, args: argparse.Namespace) -> int:
     body = {"repo": repo, "ref": ref, "sha": sha, "event": args.event}
     if args.labels:
         body["labels"] = parse_labels(args.labels)
+    if args.priority is not None:
+        body["priority"] = args.priority
     job = api.call("POST", "/api/jobs", json=body)
     shown = f" ({ref.removeprefix('refs/heads/')} at {sha[:10]})" if sha else ""
     _progress(f"job {job['id']} submitted{shown}")
     if not args.follow:
         _out(str(job["id"]))
         return 0
-    _wait_started(api, job["id"])
+    wait_started(api, job["id"], _progress)  # saying why it waits, so a wait is not silent
     return Submission(api, job["id"], progress=_progress).run()
 
 
@@ -165,6 +161,15 @@ def jobs(api: Api, args: argparse.Namespace) -> int:
             f"{job['runner_id'] or '-':<16} {sha:<10} {job['repo']} {job['ref']}"
             + (f" [{shown}]" if shown else "")
         )
+        if job.get("pending"):
+            _out(f"{'':>8}why: {waiting(job['pending'])}")
+    return 0
+
+
+def job(api: Api, args: argparse.Namespace) -> int:
+    """One job: what it builds, where it stands, why it waits or where it went, its steps."""
+    for line in job_lines(api.call("GET", f"/api/jobs/{args.job}")):
+        _out(line)
     return 0
 
 
@@ -177,6 +182,9 @@ def runners(api: Api, args: argparse.Namespace) -> int:
             f"{r['id'] or '?':<20} {r['state']:<11} {r['free']:>4}/{r['capacity']:<4} "
             f"{r['endpoint']:<28} {r.get('source', ''):<7} {labels}"
         )
+        _out(f"{'':>4}{runner_state(r)}")
+        if (held := quarantine(r)) is not None:
+            _out(f"{'':>4}{held}")
     for refused in listing.get("refused", []):
         _out(f"refused {refused['endpoint']}: {refused['reason']}")
     return 0
@@ -232,6 +240,7 @@ COMMANDS = {
     "submit": submit,
     "logs": logs,
     "jobs": jobs,
+    "job": job,
     "runners": runners,
     "cancel": cancel,
     "resubmit": resubmit,
@@ -243,4 +252,8 @@ COMMANDS = {
 def run_client(args: argparse.Namespace) -> int:
     if not args.server.startswith(("http://", "https://")):
         raise ConfigError(f"--server: expected an http(s):// URL, got {args.server!r}")
-    return COMMANDS[args.command](Api(args.server, token_for(args)), args)
+    api = Api(args.server, token_for(args))
+    try:
+        return COMMANDS[args.command](api, args)
+    finally:
+        api.close()

@@ -9,7 +9,9 @@ streamed on its own thread and printed as whole lines, prefixed with its
 combination (``[PY=3.12] ``) when the job has one, so interleaved logs stay
 readable; a job without a matrix prints its log unchanged. At the end, one
 summary line per job on stderr; the exit status is 0 only if every job
-succeeded (or was skipped by its ``when``).
+succeeded (or was skipped by its ``when``). While the first job waits in
+the queue, ``wait_started`` says why on stderr, again each time the reason
+changes (the dispatcher's pending explanation, ``GET /api/jobs/{id}``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ TERMINAL = frozenset({"success", "skipped", "failed", "error", "cancelled", "tim
 
 #: Seconds between looks for the matrix jobs while the first job runs.
 POLL = 0.3
+#: Seconds between looks at a job that waits in the queue.
+QUEUED_POLL = 0.2
+#: The longest pending explanation shown in one line.
+SHORT = 100
 
 #: Logs streamed at once; the other jobs wait their turn (their logs are
 #: kept, so nothing is lost), and the client's connections are not all held.
@@ -48,6 +54,59 @@ class Source(Protocol):
 def combination(job: dict[str, Any]) -> str:
     """``PY=3.12 DB=sqlite``; empty for a job without a matrix."""
     return " ".join(f"{k}={v}" for k, v in (job.get("matrix") or {}).items())
+
+
+def printable(value: object, longest: int = 200) -> str:
+    """``value`` as text without control characters (each shown as ``?``), cut to ``longest``."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[: longest + 1])
+    return text if len(text) <= longest else text[: longest - 3] + "..."
+
+
+def short_duration(seconds: float) -> str:
+    """``850 ms``, ``4.2 s``, ``3m 07s``, ``2h 05m``."""
+    sec = max(0.0, seconds)
+    if sec < 1:
+        return f"{round(sec * 1000)} ms"
+    if sec < 10:
+        return f"{sec:.1f} s"
+    if sec < 60:
+        return f"{round(sec)} s"
+    whole = round(sec)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def waiting(pending: dict[str, Any]) -> str:
+    """A pending explanation in one short line: ``no runner offers gpu=a100 (#2 in the
+    queue, starts in ~3m 07s)`` (its text cut to ``SHORT`` characters)."""
+    text = str(pending.get("text") or pending.get("reason") or "waiting")
+    text = printable(text.removeprefix("waiting: "), SHORT)
+    where = [f"#{pending['position']} in the queue"] if pending.get("position") else []
+    eta = pending.get("eta")
+    if isinstance(eta, int | float) and not isinstance(eta, bool):
+        where.append(f"starts in ~{short_duration(eta)}")
+    return f"{text} ({', '.join(where)})" if where else text
+
+
+def wait_started(
+    api: Source,
+    job_id: int,
+    progress: Callable[[str], None],
+    *,
+    poll: float = QUEUED_POLL,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once job ``job_id`` left the queue; while it waits, say why, each time
+    the reason changes (its place in the queue alone is no news)."""
+    said: str | None = None
+    while (job := api.call("GET", f"/api/jobs/{job_id}"))["state"] == "queued":
+        pending = job.get("pending")
+        text = pending.get("text") if pending else ""
+        if text != said:
+            shown = f": {waiting(pending)}" if pending else ", waiting for a runner..."
+            progress(f"job {job_id} queued{shown}")
+            said = text
+        sleep(poll)
 
 
 def write_stdout(data: bytes) -> None:

@@ -3,7 +3,10 @@
 Query parameters are checked here before anything is asked of the
 dispatcher (a mistake is a 400 naming the parameter), and the answers are
 the dispatcher's, with what the page needs added: a job's matrix siblings,
-a runner's view from the feed and its load over the last hour.
+a runner's view from the feed, its load over the last hour, and what it
+reports of itself and its quarantine (the dispatcher's ``GET /api/runners``:
+the feed does not carry them). A job's pending explanation, placement and
+checkout time come with the dispatcher's job as they are.
 """
 
 from __future__ import annotations
@@ -88,6 +91,18 @@ def path_id(request: Request) -> int:
     return int(raw)
 
 
+def runner_link(listing: dict[str, Any], runner_id: str) -> dict[str, Any] | None:
+    """The dispatcher's entry for ``runner_id`` in ``GET /api/runners`` (a ready one first)."""
+    links = listing.get("runners")
+    found = [
+        link
+        for link in (links if isinstance(links, list) else [])
+        if isinstance(link, dict) and link.get("id") == runner_id
+    ]
+    found.sort(key=lambda link: link.get("state") != "ready")
+    return found[0] if found else None
+
+
 class History:
     """The REST handlers that read from (or act through) the dispatcher."""
 
@@ -167,10 +182,18 @@ class History:
         view = self.live.runner(runner_id or "")
         history = self.live.history.series(runner_id or "")
         page = await self._read("/api/jobs", viewer, {"runner": runner_id, "limit": RUNNER_JOBS})
-        if view is None and not history and not page.get("jobs"):
+        link = runner_link(await self._read("/api/runners", viewer), runner_id or "")
+        if view is None and link is None and not history and not page.get("jobs"):
             raise ApiError(404, f"no runner {runner_id!r}")
         return JSONResponse(
-            {"id": runner_id, "runner": view, "jobs": page.get("jobs") or [], "history": history}
+            {
+                "id": runner_id,
+                "runner": view,
+                "jobs": page.get("jobs") or [],
+                "history": history,
+                "report": (link or {}).get("report"),
+                "quarantine": (link or {}).get("quarantine"),
+            }
         )
 
     async def _read(self, path: str, viewer: Viewer, params: Any = None) -> dict[str, Any]:

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--event", default="push", help="event name seen by 'when' filters")
     submit.add_argument("--labels", help="k=v,k=v a runner must offer to take the job")
     submit.add_argument(
+        "--priority",
+        type=int,
+        help="higher runs first, from -1000 to 1000 (default: narwhal.yml's priority, else 0)",
+    )
+    submit.add_argument(
         "-f", "--follow", action="store_true", help="stream the logs of all its jobs until done"
     )
     client_flags(submit)
@@ -115,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--repo", help="only jobs of this repository")
     jobs.add_argument("--limit", type=int, default=20)
     client_flags(jobs)
+
+    one = sub.add_parser("job", help="show a job: why it waits, where it went, its steps")
+    one.add_argument("job", type=int)
+    client_flags(one)
 
     for name, text in (
         ("cancel", "cancel a job and the matrix jobs it spawned"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,11 +23,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from narwhal import __version__
+from narwhal.dispatcher import api_input as given
+from narwhal.dispatcher.api_input import BadRequest as BadRequest  # secrets_api uses it
 from narwhal.dispatcher.core import Conflict, Dispatcher
-from narwhal.dispatcher.guard import JsonError, is_json, parse_json
-from narwhal.dispatcher.mesh import LinkState
+from narwhal.dispatcher.mesh import LinkState, Peer
 from narwhal.dispatcher.metrics import DispatcherMetrics
-from narwhal.dispatcher.records import STATES, JobRecord
+from narwhal.dispatcher.records import STATES, JobRecord, JobState, TransitionRecord
 from narwhal.dispatcher.store.base import JobQuery
 from narwhal.dispatcher.tokens import Tokens
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
@@ -35,20 +37,14 @@ from narwhal.metrics import CONTENT_TYPE, Registry
 from narwhal.redact import redacted
 from narwhal.repos import check_ref, check_repo, check_sha
 
-MAX_BODY = 64 * 1024
+#: What ``secrets_api`` builds on (``api_input`` is their home).
+_json, _field = given.json_body, given.field
 _NAME = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
+_QUEUED = JobState.QUEUED.value
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: One route: path, handler, HTTP method, the token scope it needs (None: open).
 RouteSpec = tuple[str, Handler, str, str | None]
-
-
-class BadRequest(Exception):
-    """The request is malformed; the message goes back to the client."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -161,7 +157,17 @@ class Api:
         for name, value in [("event", event), *labels.items()]:
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise BadRequest(f"{name}: not a valid name: {value!r}")
-        job = await self.dispatcher.submit(repo=repo, ref=ref, sha=sha, event=event, labels=labels)
+        cpus, memory = given.resources(body)
+        job = await self.dispatcher.submit(
+            repo=repo,
+            ref=ref,
+            sha=sha,
+            event=event,
+            labels=labels,
+            priority=given.priority(body),
+            cpus=cpus,
+            memory=memory,
+        )
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -170,24 +176,32 @@ class Api:
         bad = [s for s in states if s not in STATES]
         if bad:
             raise BadRequest(f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
-        limit = _int(q.get("limit"), "limit", default=50, low=1, high=500)
-        before = _int(q.get("before"), "before", default=None, low=1)
-        parent = _int(q.get("parent"), "parent", default=None, low=1)
+        limit = given.query_int(q.get("limit"), "limit", default=50, low=1, high=500)
+        before = given.query_int(q.get("before"), "before", default=None, low=1)
+        parent = given.query_int(q.get("parent"), "parent", default=None, low=1)
         query = JobQuery(
             states=tuple(states),
             repo=q.get("repo"),
-            refs=_refs(q.getlist("ref")),
-            runner=_runner(q.get("runner")),
+            refs=given.refs(q.getlist("ref")),
+            runner=given.runner(q.get("runner")),
             parent=parent,
             before=before,
             limit=limit,
         )
         jobs = await self.dispatcher.store.list_jobs(query)
         nxt = jobs[-1].id if len(jobs) == limit else None
-        return JSONResponse({"jobs": [j.to_json() for j in jobs], "next": nxt})
+        shown = [{**j.to_json(), "pending": self._pending(j)} for j in jobs]
+        return JSONResponse({"jobs": shown, "next": nxt})
+
+    def _pending(self, job: JobRecord) -> dict[str, Any] | None:
+        """Why a queued job waits (``waiting.Pending``; its text redacted), else None."""
+        pending = self.dispatcher.pending(job.id) if job.state == _QUEUED else None
+        if pending is None:
+            return None
+        return {**pending.to_json(), "text": redacted(pending.text)}
 
     async def get_job(self, request: Request) -> Response:
-        job_id = _job_id(request)
+        job_id = given.job_id(request)
         job = await self.dispatcher.store.get_job(job_id)
         steps = await self.dispatcher.store.steps(job_id, job.attempt)
         usage = await self.dispatcher.store.usage(job_id, job.attempt)
@@ -200,11 +214,13 @@ class Api:
                     for s in steps
                 ],
                 "transitions": [t.to_json() for t in history],  # reasons redacted
+                "pending": self._pending(job),
+                "placement": _placement(job, history),
             }
         )
 
     async def logs(self, request: Request) -> Response:
-        job_id = _job_id(request)
+        job_id = given.job_id(request)
         job = await self.dispatcher.store.get_job(job_id)
         if request.query_params.get("follow") in ("1", "true", "yes"):
             stream = _follow(self.dispatcher, job_id, self.shutdown)
@@ -214,24 +230,31 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         """The job and the matrix jobs it spawned; ``jobs``: each one cancelled, as it is now."""
-        job_id = _job_id(request)
+        job_id = given.job_id(request)
         cancelled = await self.dispatcher.cancel_submission(job_id)
         job = await self.dispatcher.store.get_job(job_id)
         return JSONResponse({**_cancelled(job), "jobs": [_cancelled(j) for j in cancelled]}, 202)
 
     async def resubmit(self, request: Request) -> Response:
-        job = await self.dispatcher.resubmit(_job_id(request))
+        job = await self.dispatcher.resubmit(given.job_id(request))
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
     async def runners(self, request: Request) -> Response:
         mesh = self.dispatcher.mesh
         refused = mesh.refused.items()
+        now = time.monotonic()
         return JSONResponse(
             {
-                "runners": [peer.to_json() for peer in mesh.peers()],
+                "runners": [self._runner(peer, now) for peer in mesh.peers()],
                 "refused": [{"endpoint": e, "reason": reason} for e, reason in refused],
             }
         )
+
+    def _runner(self, peer: Peer, now: float) -> dict[str, Any]:
+        """A runner (``links.runner_json``) with its quarantine (``health``), if any."""
+        health = self.dispatcher.signals.health
+        quarantine = health.to_json(peer.runner_id, now) if peer.runner_id else None
+        return {**peer.to_json(), "quarantine": quarantine}
 
     async def add_runner(self, request: Request) -> Response:
         url = _field(await _json(request), "url", str, required=True)
@@ -253,6 +276,14 @@ class Api:
         name = request.path_params["name"]
         await self.access.tokens.revoke(name)
         return JSONResponse({"name": name, "revoked": True})
+
+
+def _placement(job: JobRecord, history: list[TransitionRecord]) -> str | None:
+    """Why the current attempt went to its runner: its last assignment's reason."""
+    for moved in reversed(history):
+        if moved.attempt == job.attempt and moved.state == JobState.ASSIGNED:
+            return redacted(moved.reason)
+    return None
 
 
 def _cancelled(job: JobRecord) -> dict[str, Any]:
@@ -311,65 +342,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
     return _error(str(detail), status)
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    if not is_json(request.headers.get("content-type")):  # the guard said so already
-        raise BadRequest("expected a JSON body (Content-Type: application/json)", 415)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequest(f"body larger than {MAX_BODY} bytes", 413)
-    try:
-        data = parse_json(body)
-    except JsonError as e:
-        raise BadRequest(str(e)) from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    return data
-
-
-def _field(body: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"{name}: required")
-        return None
-    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
-        raise BadRequest(f"{name}: expected a {'non-empty string' if kind is str else 'object'}")
-    return value
-
-
-def _int(raw: str | None, name: str, *, default: int | None, low: int, high: int = 2**62) -> Any:
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"{name}: expected an integer from {low} to {high}")
-    return int(raw)
-
-
-def _refs(refs: list[str]) -> tuple[str, ...]:
-    """``ref=`` filters (repeatable: a job of any of them); each a valid git ref."""
-    if len(refs) > 10:
-        raise BadRequest("ref: at most 10 of them")
-    try:
-        return tuple(check_ref(ref) for ref in refs)
-    except RepoError as e:
-        raise BadRequest(str(e)) from None
-
-
-def _runner(runner: str | None) -> str | None:
-    if runner is not None and not (0 < len(runner) <= 200 and runner.isprintable()):
-        raise BadRequest("runner: expected a runner id")
-    return runner
-
-
-def _job_id(request: Request) -> int:
-    raw = request.path_params["id"]
-    if not raw.isdigit() or int(raw) >= 2**62:
-        raise BadRequest(f"not a job id: {raw!r}", 404)
-    return int(raw)
 
 
 async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> AsyncIterator[bytes]:

@@ -1,9 +1,10 @@
 """The dispatcher's Prometheus metrics, served as ``GET /metrics`` (text format 0.0.4).
 
 Counters and histograms are fed by the dispatcher's ``Feed`` (each job's
-moves, as committed); gauges are read at scrape time from what already
-holds them (the job table's queue and active jobs, the mesh's links and
-counters), so nothing has to be kept in step with them.
+moves and checkouts, as committed); gauges are read at scrape time from
+what already holds them (the job table's queue and active jobs, the
+pending explanations, the mesh's links, runners' reports and counters:
+``metrics_runners``), so nothing has to be kept in step with them.
 
 Every metric, with its type, labels and HELP text (a test holds this list
 to what ``/metrics`` serves):
@@ -14,16 +15,28 @@ to what ``/metrics`` serves):
   Jobs that ended, by terminal state.
 - ``narwhal_jobs_queued`` gauge: Jobs waiting in the queue.
 - ``narwhal_jobs_running`` gauge: Jobs a runner holds (assigned or running).
-- ``narwhal_jobs_pending{reason}`` gauge: Queued jobs by why they wait: no_runner,
-  no_label, no_slot, other (not looked at yet).
+- ``narwhal_jobs_pending{reason}`` gauge: Queued jobs by why they wait (the dispatcher
+  looks about once a second; a job queued since is in none yet).
 - ``narwhal_job_queue_duration_seconds`` histogram: Seconds from queued (or requeued)
   to running.
 - ``narwhal_job_duration_seconds`` histogram: Seconds from running to ended.
 - ``narwhal_dispatch_latency_seconds`` histogram: Seconds from a job's assignment (its
   JOB frame sent) to its runner's ACCEPT.
+- ``narwhal_job_checkout_seconds{cold}`` histogram: Seconds a job's checkout took, cold
+  (a clone) or not (from the runner's mirror).
 - ``narwhal_runners{state}`` gauge: Runner links by state.
 - ``narwhal_runner_slots{runner}`` gauge: Slots each ready runner offers.
 - ``narwhal_runner_slots_busy{runner}`` gauge: Slots of each ready runner that hold a job.
+- ``narwhal_runner_load{runner}`` gauge: One-minute load average each ready runner reports.
+  This and the next three: runners that report their state only.
+- ``narwhal_runner_memory_available_bytes{runner}`` gauge: Memory each ready runner reports
+  available.
+- ``narwhal_runner_disk_free_bytes{runner}`` gauge: Bytes free in each ready runner's work
+  folder, as it reports.
+- ``narwhal_runner_warm_repositories{runner}`` gauge: Repositories in each ready runner's
+  mirror cache, as it reports.
+- ``narwhal_runner_quarantined{runner}`` gauge: 1 while a ready runner is quarantined for
+  its own faults (its probe job included), else 0.
 - ``narwhal_bad_frames_total`` counter: Frames from runners refused: malformed,
   oversized, unknown, or out of place.
 - ``narwhal_commit_statuses_total{forge,result}`` counter: Commit status posts to
@@ -41,13 +54,17 @@ to what ``/metrics`` serves):
   are counted by the subscriber.)
 
 Labels stay bounded: ``state`` is one of the terminal states, ``reason``
-one of ``no_runner`` (no runner connected), ``no_label`` (no ready runner
-offers the job's labels), ``no_slot`` (matching runners, all slots taken)
-and ``other`` (not looked at yet: the dispatcher says why a job waits about
-once a second, ``dispatcher.waiting``), ``answer`` a status code the
+one of ``placement.REASONS`` (every one shown, 0 included: ``no_runner``,
+``label``, ``platform``, ``resources``, ``disk``, ``quarantined``, ``full``,
+``held``; ``dispatcher.waiting`` says why a job waits, about once a
+second), ``cold`` ``true`` or ``false``, ``answer`` a status code the
 webhook handlers produce, ``runner`` a connected runner's id. ``repo``
 (the repository URL, credentials removed) only with ``--metrics-per-repo``,
 at most ``MAX_REPOS`` of them (later ones count as ``repo="other"``).
+
+A job's checkout is observed once per checkout, when its record first
+says what it cost (the ``JobUpdated`` of its CHECKED_OUT, or its end when
+both came in one batch).
 
 A job's queue wait runs from the time its record says it was queued (its
 creation, or its requeue: a requeued job's wait starts again there) to the
@@ -58,18 +75,15 @@ at all on a later one (its requeue time is not known).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable
-from operator import attrgetter
 
 from narwhal import __version__
 from narwhal.dispatcher.core import Dispatcher
-from narwhal.dispatcher.feed import Event, JobChanged
-from narwhal.dispatcher.mesh import LinkState
+from narwhal.dispatcher.feed import Event, JobChanged, JobUpdated
+from narwhal.dispatcher.metrics_runners import RunnerMetrics
 from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.records import TERMINAL, JobRecord, JobState
-from narwhal.dispatcher.waiting import NO_LABEL, NO_RUNNER, NO_SLOT
-from narwhal.metrics import CounterChild, Registry, Sample
+from narwhal.metrics import CounterChild, HistogramChild, Registry, Sample
 from narwhal.redact import redacted
 
 #: Seconds; a CI job waits milliseconds on an idle installation, hours on a busy one.
@@ -78,13 +92,13 @@ QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 180
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 #: Seconds; a JOB frame's way to the runner and its ACCEPT back.
 DISPATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: Seconds; a fetch into a warm mirror of a small repository to a cold clone of a big one.
+CHECKOUT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Repositories given a label of their own with ``per_repo``.
 MAX_REPOS = 500
 #: How many remembered start times beyond the jobs in memory before they are pruned.
 _SLACK = 1000
 
-PENDING_REASONS = ("no_runner", "no_label", "no_slot", "other")
-_reason = attrgetter("reason")
 # Plain strings: comparing with an enum member (looked up on its class) costs
 # several times more, on the path every job move takes.
 _QUEUED, _ASSIGNED, _RUNNING = (
@@ -122,17 +136,6 @@ def _reader(publisher: Publisher, attribute: str) -> Callable[[], Iterable[Sampl
     return read
 
 
-def pending_reason(reason: str) -> str:
-    """The kind of wait a queued job's reason says (one of ``PENDING_REASONS``)."""
-    if reason == NO_RUNNER:
-        return "no_runner"
-    if reason == NO_SLOT:
-        return "no_slot"
-    if reason.startswith(NO_LABEL):
-        return "no_label"
-    return "other"
-
-
 class DispatcherMetrics:
     """One dispatcher's metrics: a ``Feed`` consumer and the scrape-time readers."""
 
@@ -146,9 +149,11 @@ class DispatcherMetrics:
         #: When each requeued job was requeued, and each assigned job assigned.
         self._requeued_at: dict[int, float] = {}
         self._assigned_at: dict[int, float] = {}
+        #: The checkout seconds last observed of each live job (each checkout once).
+        self._checked_out: dict[int, float] = {}
         self.registry.daemon_info(__version__)
         self._add_job_metrics()
-        self._add_runner_metrics()
+        RunnerMetrics(dispatcher).register(self.registry)
         statuses = self.registry.counter(
             "narwhal_commit_statuses_total",
             "Commit status posts to forges: sent, or failed (refused or given up after retries).",
@@ -176,8 +181,8 @@ class DispatcherMetrics:
         )
         r.collected(
             "narwhal_jobs_pending",
-            "Queued jobs by why they wait: no_runner, no_label, no_slot,"
-            " other (not looked at yet).",
+            "Queued jobs by why they wait (the dispatcher looks about once a second;"
+            " a job queued since is in none yet).",
             self._pending,
             labels=["reason"],
         )
@@ -194,28 +199,15 @@ class DispatcherMetrics:
             "Seconds from a job's assignment (its JOB frame sent) to its runner's ACCEPT.",
             DISPATCH_BUCKETS,
         ).labels()
-
-    def _add_runner_metrics(self) -> None:
-        r = self.registry
-        r.collected("narwhal_runners", "Runner links by state.", self._runners, labels=["state"])
-        r.collected(
-            "narwhal_runner_slots",
-            "Slots each ready runner offers.",
-            self._slots,
-            labels=["runner"],
+        checkouts = r.histogram(
+            "narwhal_job_checkout_seconds",
+            "Seconds a job's checkout took, cold (a clone) or not (from the runner's mirror).",
+            CHECKOUT_BUCKETS,
+            ["cold"],
         )
-        r.collected(
-            "narwhal_runner_slots_busy",
-            "Slots of each ready runner that hold a job.",
-            self._busy,
-            labels=["runner"],
-        )
-        r.collected(
-            "narwhal_bad_frames_total",
-            "Frames from runners refused: malformed, oversized, unknown, or out of place.",
-            self._bad_frames,
-            kind="counter",
-        )
+        self._checkouts: dict[bool, HistogramChild] = {
+            cold: checkouts.labels("true" if cold else "false") for cold in (False, True)
+        }
 
     def watch_feed(self, publisher: Publisher) -> None:
         """Serve the metrics feed's counters too (``--metrics``)."""
@@ -231,6 +223,10 @@ class DispatcherMetrics:
         says; only a requeue's time and an assignment's are kept until the
         job runs (``bench/metrics_cost.py`` has the cost per event).
         """
+        if type(event) is JobUpdated:
+            if event.job is not None and event.job.checkout is not None:
+                self._checked(event.job)
+            return
         if type(event) is not JobChanged:
             return
         job = event.job
@@ -260,7 +256,18 @@ class DispatcherMetrics:
             wait = started - queued
             self._waited.observe(wait if wait > 0 else 0.0)
 
+    def _checked(self, job: JobRecord) -> None:
+        """A record that says what a checkout cost: observed unless it was already."""
+        seconds = job.checkout
+        if seconds is not None and self._checked_out.get(job.id) != seconds:
+            self._checked_out[job.id] = seconds
+            self._checkouts[bool(job.cold)].observe(seconds if seconds > 0 else 0.0)
+
     def _ended_job(self, job: JobRecord, before: str | None) -> None:
+        if job.checkout is not None:
+            self._checked(job)  # its CHECKED_OUT came with its DONE
+        if self._checked_out:
+            self._checked_out.pop(job.id, None)
         if before != _RUNNING:  # the start took them already
             self._assigned_at.pop(job.id, None)
             if self._requeued_at:
@@ -300,46 +307,16 @@ class DispatcherMetrics:
         return [((), len(self._dispatcher.jobs.active))]
 
     def _pending(self) -> Iterable[Sample]:
-        counts = dict.fromkeys(PENDING_REASONS, 0)
-        # Counted in C by reason text (few distinct ones), then by kind: a
-        # queue of 100 000 jobs is a few milliseconds of the scrape.
-        by_text = Counter(map(_reason, self._dispatcher.jobs.queue.values()))
-        for reason, n in by_text.items():
-            counts[pending_reason(reason)] += n
-        return [((kind,), n) for kind, n in counts.items()]
-
-    def _runners(self) -> Iterable[Sample]:
-        counts = dict.fromkeys(LinkState, 0)
-        for peer in self._dispatcher.mesh.peers():
-            counts[peer.state] += 1
-        return [((str(state),), n) for state, n in counts.items()]
-
-    def _ready_slots(self) -> dict[str, tuple[int, int]]:
-        """(slots, busy) per ready runner id; one id on two links is summed, not repeated."""
-        slots: dict[str, tuple[int, int]] = {}
-        for peer in self._dispatcher.mesh.peers():
-            if peer.state != LinkState.READY or peer.runner_id is None:
-                continue
-            total, busy = slots.get(peer.runner_id, (0, 0))
-            slots[peer.runner_id] = (
-                total + peer.capacity,
-                busy + max(0, peer.capacity - peer.free),
-            )
-        return slots
-
-    def _slots(self) -> Iterable[Sample]:
-        return [((runner,), total) for runner, (total, _) in self._ready_slots().items()]
-
-    def _busy(self) -> Iterable[Sample]:
-        return [((runner,), busy) for runner, (_, busy) in self._ready_slots().items()]
-
-    def _bad_frames(self) -> Iterable[Sample]:
-        return [((), self._dispatcher.mesh.stats().bad_frames)]
+        return [((reason,), n) for reason, n in self._dispatcher.pending_counts().items()]
 
     def _prune(self, live: int) -> None:
-        """Forget start times of jobs memory no longer holds (dropped without an end heard)."""
-        if len(self._requeued_at) + len(self._assigned_at) <= live + _SLACK:
+        """Forget what is kept of jobs memory no longer holds (dropped without an end heard)."""
+        kept = len(self._requeued_at) + len(self._assigned_at) + len(self._checked_out)
+        if kept <= live + _SLACK:
             return
         jobs = self._dispatcher.jobs
         self._requeued_at = {k: v for k, v in self._requeued_at.items() if k in jobs.queue}
         self._assigned_at = {k: v for k, v in self._assigned_at.items() if k in jobs.active}
+        self._checked_out = {
+            k: v for k, v in self._checked_out.items() if k in jobs.active or k in jobs.queue
+        }

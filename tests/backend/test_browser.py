@@ -1,12 +1,15 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright.
 
-Two parts. The front end's own modules (ANSI colours, the log view's frame
+Three parts. The front end's own modules (ANSI colours, the log view's frame
 batches and its cap) run in Chromium against the static files served over
 loopback HTTP. Then a real ``narwhal up`` with its dashboard: the browser
 signs in from the printed link, sees the runner, watches a job's log and
 resource graph grow while it runs, is refused politely with a read-only
 token, cancels the job, and shows hostile names and log lines as text. The
-screenshots of README.md are taken here.
+screenshots of README.md are taken here. Last, placement, on a dispatcher of
+the shipped fakes (``tests.support.fakestack``), whose runners report what
+the test says: a job's page says why it waits, then where it went and what
+its checkout cost; a runner's page shows its report and its quarantine.
 
 Never a downloaded browser: ``/usr/bin/chromium`` (Debian package
 ``chromium``, installed by scripts/test). A missing browser or Playwright
@@ -15,20 +18,26 @@ fails these tests; they never skip.
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import narwhal.backend
+from narwhal.mesh import protocol as p
+from tests.dispatcher.test_metrics_placement import STATE, Quarantine, checked_out
 from tests.support.daemons import Client, Daemon
-from tests.support.eventually import eventually
+from tests.support.eventually import eventually, eventually_async
+from tests.support.fakestack import TOKEN, FakeStack
 from tests.support.repos import Repo, git
 
 CHROMIUM = "/usr/bin/chromium"
@@ -397,3 +406,95 @@ def _refused_with_a_read_token(
     assert text and "answered" not in text and "{" not in text, text
     expect(page.locator(".job-title .badge")).to_have_text("running")
     context.close()
+
+
+# Placement, on a dispatcher of the shipped fakes.
+
+HOSTILE_IMAGE = "<img src=x onerror=window.__xss=2>:latest"
+HOSTILE_REPO = "https://forge.example/<img src=x onerror=window.__xss=3>.git"
+
+
+def test_the_dashboard_says_why_a_job_waits_and_what_a_runner_reports(
+    chromium: Chromium, tmp_path: Path
+) -> None:
+    expect = _expect()
+    report = dataclasses.replace(
+        STATE,
+        images=("python:3.12", HOSTILE_IMAGE),
+        mirrors=(
+            p.WarmRepo(repo=HOSTILE_REPO, sha="e" * 40, used_at=time.time() - 120, size=5 << 20),
+            *STATE.mirrors,
+        ),
+    )
+    with FakeStack(tmp_path / "data", dashboard=True) as stack:
+        d = stack.dispatcher
+        assert d is not None
+        d.signals.health = Quarantine("old")
+
+        async def connect() -> None:
+            runner = await stack.mesh.add_runner("build-1", capacity=2)
+            await runner.ready(state=report)
+            await stack.mesh.add_runner("old", capacity=1)
+
+        stack.run(connect())
+        with httpx.Client(base_url=stack.api, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+            made = api.post("/api/jobs", json={"repo": "/srv/app", "labels": {"gpu": "a100"}})
+        job_id = made.json()["id"]
+        pending = eventually(lambda: d.pending(job_id), what="an explanation")
+
+        page = chromium().new_context(viewport=WALL).new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on(
+            "console", lambda m: problems.append(m.text) if "Content Security" in m.text else None
+        )
+        page.goto(f"{stack.board}/#token={TOKEN}")
+        expect(page.locator(".runner", has_text="build-1")).to_contain_text("ready")
+        page.goto(f"{stack.board}/jobs/{job_id}")
+        box = page.locator(".pending")
+        shown = box.locator(".pending-text")
+        expect(shown).to_contain_text("waiting")
+
+        def as_explained() -> bool:  # the dispatcher explains again every second
+            now = d.pending(job_id)
+            return now is not None and shown.text_content() == now.text
+
+        eventually(as_explained, what="the dispatcher's explanation on the page")
+        expect(box).to_contain_text("#1 in the queue")
+        expect(box).to_contain_text(
+            "start time not known yet" if pending.eta is None else "expected"
+        )
+
+        async def run_it() -> None:
+            runner = await stack.mesh.add_runner("gpu-1", capacity=1, labels={"gpu": "a100"})
+            await eventually_async(lambda: runner.jobs, what="the JOB frame")
+            assert await runner.accept((job_id, 1))
+            await checked_out(runner, (job_id, 1), 4.5, cold=True)
+
+        stack.run(run_it())
+        expect(page.locator(".job-title .badge")).to_have_text("running")
+        expect(box).to_be_hidden()
+        expect(page.locator(".fact.placement dd")).to_contain_text("placed on gpu-1")
+        expect(page.locator(".fact.checkout dd")).to_have_text("4.5 s, cold (cloned)")
+
+        page.goto(f"{stack.board}/runners/build-1")
+        state = page.locator(".runner-state")
+        expect(state.locator(".fact.memory dd")).to_have_text("6 GiB free of 16 GiB")
+        expect(state.locator(".fact.load-average dd")).to_have_text("1.50")
+        expect(state.locator(".fact.disk dd")).to_have_text("120 GiB free")
+        expect(state.locator(".fact.platform dd")).to_have_text("linux/amd64")
+        expect(state.locator(".fact.docker dd")).to_have_text("answers")
+        expect(state.locator(".fact.cache dd")).to_have_text("3 GiB of 10 GiB")
+        expect(state.locator(".fact.images .label", has_text=HOSTILE_IMAGE)).to_have_count(1)
+        expect(state).to_contain_text("Warm repositories (3)")
+        expect(state.locator("table.warm tbody tr")).to_have_count(3)
+        expect(state.locator(f'td.repo[title="{HOSTILE_REPO}"]')).to_have_count(1)
+        expect(state.locator(".quarantine")).to_have_count(0)
+        page.goto(f"{stack.board}/runners/old")
+        expect(page.locator(".runner-state .quarantine")).to_contain_text(
+            "Quarantined: no work for now. 3 checkout failures in 5 minutes"
+        )
+        expect(page.locator(".runner-state")).to_contain_text("reports nothing of itself")
+        assert page.evaluate("window.__xss") is None and page.locator("main img").count() == 0
+        assert not problems, problems
+        page.context.close()

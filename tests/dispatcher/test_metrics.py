@@ -12,20 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from narwhal.agent.app import count_webhooks
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher import metrics as dispatcher_metrics
 from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import Feed, JobChanged, JobUpdated
-from narwhal.dispatcher.mesh import LinkState
-from narwhal.dispatcher.metrics import DispatcherMetrics, pending_reason
+from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.memory import MemoryStore
-from narwhal.dispatcher.waiting import why_waiting
-from narwhal.testing import FakeMesh, FakePeer
+from narwhal.testing import FakeMesh
 from tests.support import feeds
 from tests.support.eventually import eventually_async
 
@@ -173,38 +169,6 @@ def test_per_repo_labels_drop_credentials_and_stay_bounded(tmp_path: Path) -> No
     assert not any("three" in name for name in samples)
 
 
-def test_pending_jobs_are_grouped_by_the_kind_of_reason_the_explainer_gives(
-    tmp_path: Path,
-) -> None:
-    busy = FakePeer(endpoint="tcp://a:1", runner_id="a", capacity=1, labels={"os": "linux"})
-    busy.state = LinkState.READY
-    busy.held.add((99, 1))
-    reasons = [
-        why_waiting([], {}),
-        why_waiting([busy], {"os": "linux"}),
-        why_waiting([busy], {"gpu": "a100"}),
-        why_waiting([busy], {"gpu": "h100"}),
-        "submitted",
-    ]
-    assert [pending_reason(r) for r in reasons] == [
-        "no_runner",
-        "no_slot",
-        "no_label",
-        "no_label",
-        "other",
-    ]
-    dispatcher, metrics = unstarted(tmp_path)
-    for n, reason in enumerate(reasons, 1):
-        dispatcher.jobs.queue[n] = record(n, "queued", reason=reason)
-    samples = scrape(metrics)
-    assert {k: v for k, v in samples.items() if k.startswith("narwhal_jobs_pending")} == {
-        'narwhal_jobs_pending{reason="no_runner"}': 1,
-        'narwhal_jobs_pending{reason="no_label"}': 2,
-        'narwhal_jobs_pending{reason="no_slot"}': 1,
-        'narwhal_jobs_pending{reason="other"}': 1,
-    }
-
-
 def test_runner_states_and_bad_frames_are_read_at_scrape_time(tmp_path: Path) -> None:
     async def main() -> tuple[dict[str, float], dict[str, float]]:
         mesh = FakeMesh()
@@ -250,12 +214,7 @@ def test_the_module_docstring_lists_every_metric_with_its_help(tmp_path: Path) -
     text = metrics.registry.render()
     assert "narwhal_feed_messages_total 7" in text and "narwhal_feed_snapshots_total 2" in text
     helps = re.findall(r"^# HELP (\S+) (.*)$", text, re.MULTILINE)
-    assert len(helps) == 19
+    assert len(helps) == 25
     for name, help_text in helps:
         assert f"``{name}" in doc, name
         assert help_text in doc, (name, help_text)
-
-
-@pytest.mark.parametrize("reason", ["", "waiting: no runner", "waiting for a free slot soon"])
-def test_reasons_that_only_look_alike_are_other(reason: str) -> None:
-    assert pending_reason(reason) == "other"

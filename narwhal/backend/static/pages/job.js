@@ -1,15 +1,23 @@
-// One job: what it builds, its state and actions (cancel, resubmit), its steps and
+// One job: what it builds, its state and actions (cancel, resubmit), why it waits
+// while queued, why it went to its runner and what its checkout cost, its steps and
 // their resources, the live log, its attempts and transitions, its matrix siblings.
 // GET /api/jobs/{id} gives the start; the feed's job, step and usage updates and
-// the followed log keep it current.
+// the followed log keep it current. The feed does not carry a job's pending
+// explanation, placement or checkout time: the job is read again when its state or
+// checkout changes, and every few seconds while it is queued (one read at a time).
 
 import { api, logPath } from "../api.js";
 import { jobsTable, message, section, throttled } from "../components.js";
 import { badge, fill, h, link, runnerPath } from "../dom.js";
-import { clock, jobDuration, refName } from "../format.js";
+import { bytes, clock, duration, jobDuration, refName } from "../format.js";
 import { LogView } from "../logview.js";
 import { isEnded } from "../store.js";
 import { Steps } from "./steps.js";
+
+/** Milliseconds between two reads of a queued job's explanation. */
+const PENDING_POLL = 3000;
+/** What only the REST job says (the feed's job view has none of them). */
+const REST_FIELDS = ["pending", "placement", "checkout", "cold", "priority", "cpus", "memory"];
 
 export function mount(ctx, route) {
   const id = Number(route.params[0]);
@@ -29,6 +37,9 @@ class JobPage {
     this.log = new LogView({ fullLogHref: logPath(id) });
     this.head = h("div", { class: "job-head card" }, h("p", { class: "muted" }, "Loading…"));
     this.notice = h("div", { class: "notices" });
+    this.pending = h("div", { class: "pending card", role: "status", hidden: true });
+    this.poll = 0;
+    this.refreshing = false;
     this.history = h("div", { class: "history" });
     this.family = h("div", { class: "siblings" });
     this.drawSteps = throttled(() => this.steps.render());
@@ -38,7 +49,7 @@ class JobPage {
     this.actions = h("div", { class: "actions" }, this.cancel, this.resubmit);
     this.alive = true;
     fill(ctx.root, h("div", { class: "job-page" },
-      this.head, this.notice,
+      this.head, this.pending, this.notice,
       h("div", { class: "job-grid" },
         h("div", { class: "job-side" },
           section("Steps", this.steps.el),
@@ -75,6 +86,7 @@ class JobPage {
       this.siblings = job.siblings || [];
       this.steps.load(job.attempt, job.steps);
       this.render();
+      this.watchQueue();
     } catch (err) {
       if (!this.alive) return;
       if (err.signIn) this.ctx.signIn();
@@ -84,6 +96,7 @@ class JobPage {
 
   render() {
     this.renderHead();
+    this.renderPending();
     this.steps.render();
     this.renderHistory();
     this.renderSiblings();
@@ -118,7 +131,60 @@ class JobPage {
         runner_id: job.runner_id, at: job.updated_at });
       this.renderHistory();
     }
+    if (job.state !== before.state || job.pipeline !== before.pipeline) this.refresh();
+    this.watchQueue();
     this.drawHead();
+    this.renderPending();
+  }
+
+  /** Poll the job's explanation while it is queued, and only then. */
+  watchQueue() {
+    const queued = Boolean(this.alive && this.job && this.job.state === "queued");
+    if (queued && !this.poll) this.poll = setInterval(() => this.refresh(), PENDING_POLL);
+    if (!queued && this.poll) {
+      clearInterval(this.poll);
+      this.poll = 0;
+    }
+  }
+
+  /** Read the job again for what only the REST job says; its state too if newer. */
+  async refresh() {
+    if (this.refreshing || !this.alive || !this.job) return;
+    this.refreshing = true;
+    try {
+      const job = await api.job(this.id);
+      if (!this.alive || !this.job || job.attempt !== this.job.attempt) return;
+      for (const key of REST_FIELDS) this.job[key] = job[key];
+      if ((job.updated_at || 0) > (this.job.updated_at || 0)) {
+        for (const key of ["state", "reason", "runner_id", "updated_at"]) this.job[key] = job[key];
+      }
+      this.renderHead();
+      this.renderPending();
+      this.watchQueue();
+    } catch (err) {
+      if (err.signIn && this.alive) this.ctx.signIn();
+      // otherwise: the next poll or the next change of the job reads it again
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  /** Why a queued job waits: the scheduler's words, its place in the queue, its expected start. */
+  renderPending() {
+    const j = this.job;
+    const p = j && j.state === "queued" ? j.pending : null;
+    this.pending.hidden = !p;
+    if (!p) {
+      this.pending.replaceChildren();
+      return;
+    }
+    const where = [];
+    if (Number.isFinite(p.position)) where.push(`#${p.position} in the queue`);
+    where.push(Number.isFinite(p.eta) ? `expected to start in ~${duration(p.eta)}`
+      : "start time not known yet");
+    fill(this.pending,
+      h("div", { class: "pending-text" }, String(p.text || p.reason || "")),
+      h("div", { class: "pending-where muted" }, where.join(" · ")));
   }
 
   isSibling(job) {
@@ -152,6 +218,10 @@ class JobPage {
         fact("Attempt", String(j.attempt)),
         fact("Created", clock(j.created_at)),
         fact("Duration", jobDuration(j)),
+        j.priority ? fact("Priority", String(j.priority)) : null,
+        resources(j) ? fact("Resources", resources(j)) : null,
+        Number.isFinite(j.checkout) ? fact("Checkout", checkoutText(j), "checkout") : null,
+        j.placement ? fact("Placement", j.placement, "reason placement") : null,
         fact("Reason", j.reason || "—", "reason"),
         j.cancel_requested && !ended ? fact("Cancel", "requested") : null));
   }
@@ -214,6 +284,7 @@ class JobPage {
 
   destroy() {
     this.alive = false;
+    this.watchQueue();
     this.unlisten();
     this.unlog();
     clearInterval(this.tick);
@@ -222,6 +293,20 @@ class JobPage {
     this.log.destroy();
     this.ctx.feed.follow(null);
   }
+}
+
+/** What the job asks of a runner: "2 CPUs, 4 GiB"; "" for nothing. */
+function resources(job) {
+  const asked = [];
+  if (Number.isFinite(job.cpus)) asked.push(`${job.cpus} CPUs`);
+  if (Number.isFinite(job.memory)) asked.push(bytes(job.memory));
+  return asked.join(", ");
+}
+
+/** "4.5 s, cold (cloned)" or "0.3 s, warm (from the runner's mirror)". */
+function checkoutText(job) {
+  const how = job.cold ? "cold (cloned)" : "warm (from the runner's mirror)";
+  return `${duration(job.checkout)}, ${how}`;
 }
 
 function fact(name, value, cls = "") {

@@ -1,22 +1,28 @@
-// One runner: its state, slots and labels (live from the feed), its slots over the
-// last hour and its recent jobs (GET /api/runners/{id}, read again every 10 s, the
-// period the backend samples its history at).
+// One runner: its state, slots and labels (live from the feed), what it reports of
+// itself (CPUs and load, memory, disk, platform, Docker, images, the repositories warm
+// in its mirror cache) and its quarantine, its slots over the last hour and its recent
+// jobs (GET /api/runners/{id}, read again every 10 s, the period the backend samples
+// its history at). A report is the runner's own claim: every word of it is text.
 
 import { api } from "../api.js";
 import { slotsBar, slotsGraph } from "../charts.js";
 import { jobsTable, message, section, throttled } from "../components.js";
 import { badge, fill, h, jobPath, link } from "../dom.js";
-import { ago } from "../format.js";
+import { ago, bytes, repoName, shortSha } from "../format.js";
 
 const REFRESH = 10000;
+/** Images listed by name at most; the rest are counted. */
+const IMAGES_SHOWN = 12;
 
 export function mount(ctx, route) {
   const id = route.params[0];
   const head = h("div", { class: "card runner-head" }, h("p", { class: "muted" }, "Loading…"));
   const graph = h("div", {});
   const jobs = h("div", {});
+  const state = h("div", { class: "runner-state" }, h("p", { class: "muted" }, "Loading…"));
   fill(ctx.root, h("div", { class: "runner-page" }, head,
-    section("Busy slots, last hour", graph), section("Jobs", jobs)));
+    section("Reported state", state), section("Busy slots, last hour", graph),
+    section("Jobs", jobs)));
   document.title = `Narwhal — runner ${id}`;
   let view = null;
   let alive = true;
@@ -27,6 +33,7 @@ export function mount(ctx, route) {
       const answer = await api.runner(id);
       if (!alive) return;
       view = answer.runner; // null while the runner is not connected
+      fill(state, quarantined(answer.quarantine), report(answer.report));
       fill(graph, slotsGraph(answer.history || []));
       fill(jobs, jobsTable(recentJobs(answer), { empty: "No job ran here yet." }));
       drawHead();
@@ -88,6 +95,49 @@ function renderHead(el, r, id) {
           `#${typeof j === "object" ? j.id : j}`))
         : "—"),
       r.reason ? fact("Reason", r.reason) : null));
+}
+
+/** Why the dispatcher gives it no work now, if it does not. */
+function quarantined(q) {
+  if (!q || typeof q !== "object") return null;
+  const what = q.probing ? "On probation: its next job is a probe. " : "Quarantined: no work for now. ";
+  return h("div", { class: "msg msg-error quarantine", role: "status" },
+    what, h("span", { class: "reason" }, String(q.reason || "")));
+}
+
+function report(r) {
+  if (!r || typeof r !== "object") {
+    return h("p", { class: "muted" }, "This runner reports nothing of itself (yet).");
+  }
+  const images = Array.isArray(r.images) ? r.images : [];
+  const mirrors = Array.isArray(r.mirrors) ? r.mirrors : [];
+  const limit = Number(r.mirror_limit) > 0 ? bytes(r.mirror_limit) : "no bound";
+  return [
+    h("dl", { class: "facts" },
+      fact("CPUs", String(Number(r.cpus))),
+      fact("Load average", Number.isFinite(r.load) ? r.load.toFixed(2) : "—", "load-average"),
+      fact("Memory", `${bytes(r.memory_available)} free of ${bytes(r.memory_total)}`, "memory"),
+      fact("Disk", `${bytes(r.disk_free)} free`, "disk"),
+      fact("Platform", `${String(r.os)}/${String(r.arch)}`, "platform"),
+      fact("Docker", r.docker ? "answers" : "no", "docker"),
+      fact("Mirror cache", `${bytes(r.mirror_bytes)} of ${limit}`, "cache"),
+      fact("Images", images.length
+        ? [images.slice(0, IMAGES_SHOWN).map((i) => h("span", { class: "label" }, String(i))),
+          images.length > IMAGES_SHOWN ? `+${images.length - IMAGES_SHOWN} more` : null]
+        : "none", "images")),
+    h("h3", {}, `Warm repositories (${mirrors.length})`),
+    mirrors.length ? warmTable(mirrors) : h("p", { class: "muted" }, "None."),
+  ];
+}
+
+function warmTable(mirrors) {
+  return h("div", { class: "table-box" }, h("table", { class: "warm" },
+    h("thead", {}, h("tr", {}, ["Repository", "Commit", "Size", "Used"].map((x) => h("th", {}, x)))),
+    h("tbody", {}, mirrors.map((m) => h("tr", {},
+      h("td", { class: "repo", title: String(m.repo) }, repoName(String(m.repo))),
+      h("td", { class: "mono" }, shortSha(m.sha) || "—"),
+      h("td", { class: "num" }, bytes(m.size)),
+      h("td", { class: "when" }, ago(m.used_at)))))));
 }
 
 function fact(name, value, cls = "") {
