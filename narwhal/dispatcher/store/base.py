@@ -262,7 +262,8 @@ class SetCheckout:
     checkout: float | None = None
     cold: bool | None = None
     #: The pipeline's needs (``protocol.Needs``: priority, cpus, memory); None:
-    #: not read. Its priority applies only to a job the API gave none (0).
+    #: not read. Its priority applies only to a job the API gave none (0),
+    #: its cpus and memory only where it sets them.
     needs: tuple[int, float | None, int | None] | None = None
 
 
@@ -272,8 +273,13 @@ def checkout_applied(job: JobRecord, write: SetCheckout) -> JobRecord:
     if write.checkout is not None:
         job = job._replace(checkout=write.checkout, cold=write.cold)
     if write.needs is not None:
+        # What the API asked for stays unless the pipeline says otherwise.
         priority, cpus, memory = write.needs
-        job = job._replace(priority=job.priority or priority, cpus=cpus, memory=memory)
+        job = job._replace(
+            priority=job.priority or priority,
+            cpus=job.cpus if cpus is None else cpus,
+            memory=job.memory if memory is None else memory,
+        )
     return job
 
 

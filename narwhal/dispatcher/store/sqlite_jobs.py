@@ -269,7 +269,7 @@ def set_checkout(db: sqlite3.Connection, write: SetCheckout) -> bool:
         priority, cpus, memory = write.needs
         db.execute(
             "UPDATE jobs SET priority = CASE priority WHEN 0 THEN ? ELSE priority END,"
-            " cpus = ?, memory = ? WHERE id = ?",
+            " cpus = COALESCE(?, cpus), memory = COALESCE(?, memory) WHERE id = ?",
             (priority, cpus, memory, write.job_id),
         )
     return row[0] is None and len(write.variants) > 1

@@ -272,6 +272,38 @@ def test_the_first_checkout_with_combinations_spawns_them(store: Driven) -> None
     assert (store.get_job(single).pipeline, store.get_job(single).matrix) == (None, None)
 
 
+def test_a_checkout_records_its_cost_and_the_pipelines_needs(store: Driven) -> None:
+    asked = store.job(priority=5, cpus=2.0)
+    plain = store.job()
+    assert (asked.priority, asked.cpus, asked.memory) == (5, 2.0, None)
+    assert store.get_job(asked.id) == asked
+    for job in (asked, plain):
+        checkout = SetCheckout(
+            job_id=job.id,
+            attempt=1,
+            sha="s",
+            pipeline="unit",
+            checkout=1.5,
+            cold=True,
+            needs=(7, None, 1 << 30),
+        )
+        store.one(checkout)
+    # The API's priority and cpus stay; what the pipeline sets is taken.
+    got = store.get_job(asked.id)
+    assert (got.priority, got.cpus, got.memory, got.checkout, got.cold) == (
+        5,
+        2.0,
+        1 << 30,
+        1.5,
+        True,
+    )
+    got = store.get_job(plain.id)
+    assert (got.priority, got.cpus, got.memory) == (7, None, 1 << 30)
+    # A checkout that says nothing of its cost or needs changes neither.
+    store.one(SetCheckout(job_id=plain.id, attempt=1, sha="s", pipeline="unit"))
+    assert store.get_job(plain.id) == got
+
+
 def test_cancel_requests_and_reasons_change_no_state(store: Driven) -> None:
     a, b = store.job().id, store.job().id
     store.one(_move(b, "assigned", "to r", "r"))
