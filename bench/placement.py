@@ -18,9 +18,19 @@ and the largest share of the jobs one runner took. Target: affinity's total
 checkout time at most a third of spread's, with no runner above 40 % of
 the jobs (PASS/FAIL is printed; a miss does not fail the run).
 
-Run: ``python -m bench.placement`` (about four minutes on 2 cores, the
-first run some 15 s more to make the repositories; $NARWHAL_BENCH_CACHE
-says where they are kept). ``--tiny`` for a run of seconds.
+Checkout times and cold clones are the job records' (``checkout``,
+``cold``, sent by the runners); from runners that send none they are
+inferred (the first step's start minus the job's start; the first job of a
+runner and repository whose mirror folder was absent), and said so. Bytes
+fetched are the growth of the runners' mirror folders over each burst: a
+lower bound when a mirror is evicted and cloned again within one burst.
+Repositories are served from local paths, so a cold clone costs local
+disk and CPU only; over a network it would cost more.
+
+Run: ``python -m bench.placement`` (about a minute on 2 cores, the first
+run some 12 s more to make the repositories, 260 MB under
+$NARWHAL_BENCH_CACHE or ~/.cache/narwhal-bench/repos). ``--tiny`` for a run
+of seconds.
 """
 
 from __future__ import annotations
@@ -283,8 +293,8 @@ def _cache_flag(repo_bytes: int, count: int) -> tuple[str, ...]:
         print(f"#   unbounded (every repository stays once cloned), not {held:.1f} of {count}")
         return ()
     mib = math.ceil(held * repo_bytes / 2**20)
-    print(f"# --mirror-cache-size {mib}m: about {held:.1f} of the {count} repositories")
-    return ("--mirror-cache-size", f"{mib}m")
+    print(f"# --mirror-cache-size {mib}M: about {held:.1f} of the {count} repositories")
+    return ("--mirror-cache-size", f"{mib}M")
 
 
 def _notes(outcomes: list[Outcome]) -> None:
@@ -298,7 +308,8 @@ def _notes(outcomes: list[Outcome]) -> None:
     else:
         print("# checkout and cold: as the runners reported them (job records)")
     if not all(o.fetched_from_api for o in outcomes):
-        print("# fetched: growth of the runners' mirror folders over each burst (du)")
+        print("# fetched: growth of the runners' mirror folders over each burst (du; a lower")
+        print("#   bound when a mirror is evicted and cloned again within one burst)")
     for outcome in outcomes:
         if outcome.decision:
             print(f"# {outcome.policy}, the last job: {outcome.decision}")
