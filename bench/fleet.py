@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, admin_headers
+from bench.common import ROOT, admin_headers, free_port
 from bench.repos import disk_bytes
 
 #: Fast heartbeats: runners' reports (their warm mirrors) reach the dispatcher soon.
@@ -66,6 +66,10 @@ class Process:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:
@@ -117,8 +121,10 @@ class Fleet:
 
     def _start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        started = [self._runner(name) for name in self.names]  # all start at once
-        endpoints = [runner.address("tcp") for runner in started]
+        # Ports chosen here, so that every process starts at once (Python's start-up
+        # is most of a fleet's); the dispatcher's connects are retried until they listen.
+        endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in self.names]
+        runners = [self._runner(n, e) for n, e in zip(self.names, endpoints, strict=True)]
         data = self.folder / "dispatcher"
         args = ["dispatcher", "--insecure", "--discovery", "none", "--allow-local-repos"]
         args += ["--http", "127.0.0.1:0", "--data-dir", str(data), *MESH]
@@ -126,14 +132,16 @@ class Fleet:
             args += ["--runner", endpoint]
         dispatcher = Process([*args, *self._dispatcher_args], self.folder / "dispatcher.log")
         self.processes.append(dispatcher)
+        for runner in runners:
+            runner.announce()  # or RuntimeError, with its log, if it exited
         url = dispatcher.address("http")
         self.api = httpx.Client(base_url=url, timeout=30, headers=admin_headers(data))
         self._wait_ready(len(self.names))
 
-    def _runner(self, name: str) -> Process:
+    def _runner(self, name: str, endpoint: str) -> Process:
         args = ["runner", "--insecure", "--discovery", "none", "--allow-local-repos"]
         args += ["--executor", "local", "--id", name, "--capacity", str(self._capacity)]
-        args += ["--listen", "tcp://127.0.0.1:0", "--work-dir", str(self.work(name)), *MESH]
+        args += ["--listen", endpoint, "--work-dir", str(self.work(name)), *MESH]
         runner = Process([*args, *self._runner_args], self.folder / f"{name}.log")
         self.processes.append(runner)
         return runner
@@ -201,6 +209,11 @@ class Fleet:
             self.api.close()
             self.api = None
         # The dispatcher first: runners then see no new work while they drain.
-        for process in reversed(self.processes):
-            process.stop()
+        dispatcher = [p for p in self.processes if p.args[0] == "dispatcher"]
+        runners = [p for p in self.processes if p.args[0] != "dispatcher"]
+        for group in (dispatcher, runners):
+            for process in group:
+                process.terminate()
+            for process in group:
+                process.stop()
         self.processes.clear()
