@@ -142,6 +142,8 @@ def test_placement_tiny(tmp_path: Path) -> None:
         total = figure(out, f"{name}_checkout_total")
         assert abs(total - sum(float(t) for _, _, t in bursts)) < 0.05, (total, bursts)
         assert 0 < figure(out, f"{name}_checkout_median") / 1000 <= total
+        later = sum(float(t) for _, _, t in bursts[1:])
+        assert abs(figure(out, f"{name}_checkout_after_first_burst") - later) < 0.05
         assert figure(out, f"{name}_fetched") > 0  # every mirror started empty
         assert figure(out, f"{name}_makespan") > 0
         assert 50 <= figure(out, f"{name}_largest_share") <= 100  # 2 runners
