@@ -8,15 +8,18 @@ what it measured.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import repos
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def bench(module: str, *args: str, timeout: float = 240) -> str:
+def bench(module: str, *args: str, timeout: float = 240, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *args],
         cwd=ROOT,
@@ -24,6 +27,7 @@ def bench(module: str, *args: str, timeout: float = 240) -> str:
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -107,3 +111,63 @@ def test_metrics_cost_tiny() -> None:
         assert figure(out, name) > 0
     assert figure(out, "metrics_scrape_ms") > 0
     assert figure(out, "metrics_throughput_ratio") > 0
+
+
+POLICIES = ("affinity", "spread", "pack")
+
+
+def test_placement_tiny(tmp_path: Path) -> None:
+    out = bench("placement", "--tiny", env={"NARWHAL_BENCH_CACHE": str(tmp_path)})
+    assert "placement_repos: 3 (generated 3," in out, out
+    assert figure(out, "placement_jobs") == 12
+    assert "# policy    checkout total  median" in out, out
+    for policy in POLICIES:
+        name = f"placement_{policy}"
+        row = rf"^# {policy} +[0-9.]+ s +\d+ ms +\d+ +[0-9.]+ MB +[0-9.]+ s +\d+% \(runner-\d\)$"
+        assert re.search(row, out, re.MULTILINE), f"no {policy} row in the table:\n{out}"
+        jobs = re.search(rf"^{name}_jobs: 12 \((.*)\)$", out, re.MULTILINE)
+        assert jobs, out
+        on = dict(part.split() for part in jobs.group(1).split(", "))
+        assert set(on) <= {"runner-1", "runner-2"} and sum(map(int, on.values())) == 12, on
+        # The figures agree with the progress lines they sum up.
+        bursts = re.findall(
+            rf"^# {policy} burst \d/3: (\d+) jobs .*; (\d+) cold; checkout ([0-9.]+) s",
+            out,
+            re.MULTILINE,
+        )
+        assert len(bursts) == 3 and sum(int(n) for n, _, _ in bursts) == 12, bursts
+        cold = figure(out, f"{name}_cold_clones")
+        assert cold == sum(int(c) for _, c, _ in bursts), (cold, bursts)
+        assert 1 <= cold <= 12
+        total = figure(out, f"{name}_checkout_total")
+        assert abs(total - sum(float(t) for _, _, t in bursts)) < 0.05, (total, bursts)
+        assert 0 < figure(out, f"{name}_checkout_median") / 1000 <= total
+        later = sum(float(t) for _, _, t in bursts[1:])
+        assert abs(figure(out, f"{name}_checkout_after_first_burst") - later) < 0.05
+        assert figure(out, f"{name}_fetched") > 0  # every mirror started empty
+        assert figure(out, f"{name}_makespan") > 0
+        assert 50 <= figure(out, f"{name}_largest_share") <= 100  # 2 runners
+    assert re.search(r"^placement_target: (PASS|FAIL): ", out, re.MULTILINE), out
+
+
+def test_generated_repositories_are_made_once_and_again_when_broken(tmp_path: Path) -> None:
+    shape = repos.Shape(commits=50, size_mb=0.5)
+    made = repos.ensure(2, shape, root=tmp_path, say=lambda _: None)
+    assert made.generated == 2
+    first = made.paths[0]
+    assert repos.git("rev-list", "--count", repos.BRANCH, cwd=first) == "50"
+    assert repos.disk_bytes(first / "objects") >= 0.5 * 2**20
+    assert "narwhal.yml" in repos.git("ls-tree", "--name-only", repos.BRANCH, cwd=first)
+    again = repos.ensure(2, shape, root=tmp_path, say=lambda _: None)
+    assert again.generated == 0 and again.paths == made.paths
+    head = repos.head(first)
+    repos.git("update-ref", repos.BRANCH, f"{head}~1", cwd=first)  # no longer what was made
+    assert repos.ensure(2, shape, root=tmp_path, say=lambda _: None).generated == 1
+    assert repos.head(first) == head  # the same seed: the same commits
+    # Commits appended to two copies are the same commits.
+    appended = []
+    for name in ("a.git", "b.git"):
+        repos.copy(first, tmp_path / name)
+        appended.append(repos.append(tmp_path / name, 3, shape, seed="s", first=50))
+    assert appended[0] == appended[1] and len(appended[0]) == 3
+    assert repos.head(first) == head  # the cached one is untouched
