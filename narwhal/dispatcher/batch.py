@@ -41,6 +41,7 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
                 message.variants,
                 checkout=message.checkout,
                 cold=message.cold,
+                fetched=message.fetched,
                 needs=_needs(message.needs),
             )
         elif isinstance(message, p.Usage):

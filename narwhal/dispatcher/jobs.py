@@ -323,6 +323,7 @@ class JobTable:
         *,
         checkout: float | None = None,
         cold: bool | None = None,
+        fetched: int | None = None,
         needs: tuple[int, float | None, int | None] | None = None,
     ) -> None:
         """Record what a runner checked out; a first checkout of a matrix queues
@@ -338,6 +339,7 @@ class JobTable:
             variants=variants,
             checkout=checkout,
             cold=cold,
+            fetched=fetched,
             needs=needs,
         )
         changes.add(write)
@@ -387,6 +389,7 @@ class JobTable:
                     memory=updated.memory,
                     checkout=updated.checkout,
                     cold=updated.cold,
+                    fetched=updated.fetched,
                 )
             )
         self.touched(updated.id)

@@ -84,9 +84,11 @@ class JobRecord(NamedTuple):
     #: steps), once a checkout read it, or as the API asked; None: nothing.
     cpus: float | None = None
     memory: int | None = None
-    #: Seconds the last checkout took, and whether it cloned the repository cold.
+    #: Seconds the last checkout took, whether it cloned the repository cold,
+    #: and the bytes the runner's mirror fetched for it.
     checkout: float | None = None
     cold: bool | None = None
+    fetched: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -123,6 +125,7 @@ class JobRecord(NamedTuple):
             memory=self.memory,
             checkout=self.checkout,
             cold=self.cold,
+            fetched=self.fetched,
         )
 
     def to_json(self) -> dict[str, Any]:

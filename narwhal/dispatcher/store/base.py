@@ -258,9 +258,11 @@ class SetCheckout:
     #: Empty: the commit is known but its narwhal.yml did not parse.
     pipeline: str
     variants: tuple[Mapping[str, str], ...] = ()
-    #: What the checkout cost (seconds; None: not said) and whether it was cold.
+    #: What the checkout cost (seconds; None: not said), whether it was cold,
+    #: the bytes the mirror fetched.
     checkout: float | None = None
     cold: bool | None = None
+    fetched: int | None = None
     #: The pipeline's needs (``protocol.Needs``: priority, cpus, memory); None:
     #: not read. Its priority applies only to a job the API gave none (0),
     #: its cpus and memory only where it sets them.
@@ -271,7 +273,7 @@ def checkout_applied(job: JobRecord, write: SetCheckout) -> JobRecord:
     """``job`` with what ``write`` says of its checkout's cost and its pipeline's needs
     (the one description of the rule, for the memory store and the job table)."""
     if write.checkout is not None:
-        job = job._replace(checkout=write.checkout, cold=write.cold)
+        job = job._replace(checkout=write.checkout, cold=write.cold, fetched=write.fetched)
     if write.needs is not None:
         # What the API asked for stays unless the pipeline says otherwise.
         priority, cpus, memory = write.needs

@@ -133,13 +133,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Placement: a job's priority and resource requests, what its checkout cost.
     (
-        "jobs.priority, cpus, memory, checkout_seconds, checkout_cold",
+        "jobs.priority, cpus, memory, checkout_seconds, checkout_cold, checkout_bytes",
         (
             "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE jobs ADD COLUMN cpus REAL",
             "ALTER TABLE jobs ADD COLUMN memory INTEGER",
             "ALTER TABLE jobs ADD COLUMN checkout_seconds REAL",
             "ALTER TABLE jobs ADD COLUMN checkout_cold INTEGER",
+            "ALTER TABLE jobs ADD COLUMN checkout_bytes INTEGER",
         ),
     ),
 )

@@ -11,7 +11,8 @@ from narwhal.dispatcher.records import JobRecord
 JOB_COLUMNS = (
     "id, repo, ref, sha, event, labels, matrix, parent_id, pipeline, state, reason,"
     " attempt, runner_id, cancel_requested, created_at, updated_at, started_at,"
-    " finished_at, fork_of, priority, cpus, memory, checkout_seconds, checkout_cold"
+    " finished_at, fork_of, priority, cpus, memory, checkout_seconds, checkout_cold,"
+    " checkout_bytes"
 )
 
 
@@ -54,4 +55,5 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         memory=row[21],
         checkout=row[22],
         cold=None if row[23] is None else bool(row[23]),
+        fetched=row[24],
     )

@@ -262,8 +262,9 @@ def set_checkout(db: sqlite3.Connection, write: SetCheckout) -> bool:
     )
     if write.checkout is not None:
         db.execute(
-            "UPDATE jobs SET checkout_seconds = ?, checkout_cold = ? WHERE id = ?",
-            (write.checkout, write.cold, write.job_id),
+            "UPDATE jobs SET checkout_seconds = ?, checkout_cold = ?, checkout_bytes = ?"
+            " WHERE id = ?",
+            (write.checkout, write.cold, write.fetched, write.job_id),
         )
     if write.needs is not None:
         priority, cpus, memory = write.needs

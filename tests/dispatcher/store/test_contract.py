@@ -285,18 +285,14 @@ def test_a_checkout_records_its_cost_and_the_pipelines_needs(store: Driven) -> N
             pipeline="unit",
             checkout=1.5,
             cold=True,
+            fetched=4096,
             needs=(7, None, 1 << 30),
         )
         store.one(checkout)
     # The API's priority and cpus stay; what the pipeline sets is taken.
     got = store.get_job(asked.id)
-    assert (got.priority, got.cpus, got.memory, got.checkout, got.cold) == (
-        5,
-        2.0,
-        1 << 30,
-        1.5,
-        True,
-    )
+    assert (got.priority, got.cpus, got.memory) == (5, 2.0, 1 << 30)
+    assert (got.checkout, got.cold, got.fetched) == (1.5, True, 4096)
     got = store.get_job(plain.id)
     assert (got.priority, got.cpus, got.memory) == (7, None, 1 << 30)
     # A checkout that says nothing of its cost or needs changes neither.
