@@ -412,7 +412,8 @@ ERRORS = [
     pytest.param(
         STEP + "volumes: [db]\n",
         "narwhal.yml:2: volumes: unknown key 'volumes'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="unknown-top-level",
     ),
     pytest.param(
@@ -760,13 +761,15 @@ ERRORS = [
     pytest.param(
         STEP + '"line\\nbreak": 1\n',
         "narwhal.yml:2: 'line\\nbreak': unknown key 'line\\nbreak'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="key-with-newline-stays-one-line",
     ),
     pytest.param(
         STEP + '"\\u2028": 1\n',
         "narwhal.yml:2: '\\u2028': unknown key '\\u2028'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="unicode-line-separator-key",
     ),
 ]
