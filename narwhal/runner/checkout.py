@@ -199,7 +199,8 @@ class MirrorCache:
         if mirror not in self._mirrors:
             await asyncio.to_thread(self._home.mkdir, mode=0o700, exist_ok=True)
             if await asyncio.to_thread(self.index.adopt, mirror) is None:
-                await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
+                # No templates: no sample hooks (never run anyway) taking disk in every mirror.
+                await self._git("init", "-q", "--bare", "--template=", str(mirror), cwd=self._root)
                 await asyncio.to_thread(self.index.created, mirror, repo)
                 cold = True
             self._mirrors.add(mirror)

@@ -1,9 +1,10 @@
 """What a runner's mirror cache holds, and which mirrors it lets go past its bound.
 
-Each mirror folder holds ``narwhal.json``: the repository it mirrors, the
-commit fetched into it last and its size on disk when measured (after each
-fetch). The file's modification time is the mirror's last use: every
-checkout touches it. So a restarted runner rebuilds the whole index, in
+Each mirror folder holds ``narwhal.json``: the repository it mirrors and
+the commit fetched into it last. The file's modification time is the
+mirror's last use: every checkout touches it. Sizes are measured (the
+folder walked) at start and after each fetch, never on a checkout that
+fetched nothing. So a restarted runner rebuilds the whole index, in
 least-recently-used order, from disk (``scan``), and reports its warm
 repositories in its first READY.
 
@@ -51,6 +52,8 @@ class Entry:
     sha: str
     size: int
     used_at: float
+    #: False while its first clone runs: not warm yet.
+    filled: bool = True
 
 
 def default_limit(work: Path) -> int:
@@ -99,7 +102,7 @@ class MirrorIndex:
 
     def recent(self) -> list[Entry]:
         """The mirrors of known repositories, the most recently used first."""
-        known = (entry for entry in self.entries.values() if entry.repo)
+        known = (entry for entry in self.entries.values() if entry.repo and entry.filled)
         return sorted(known, key=lambda entry: entry.used_at, reverse=True)
 
     def borrow(self, name: str) -> None:
@@ -155,16 +158,19 @@ class MirrorIndex:
 
     def created(self, folder: Path, repo: str) -> Entry:
         """A mirror this runner just made (empty)."""
-        entry = Entry(folder=folder, repo=repo, sha="", size=tree_size(folder), used_at=time.time())
+        size = tree_size(folder)
+        entry = Entry(
+            folder=folder, repo=repo, sha="", size=size, used_at=time.time(), filled=False
+        )
         self.entries[folder.name] = entry
         return entry
 
     def fetched(self, entry: Entry, repo: str, sha: str) -> int:
         """After a fetch: measure the mirror, record it; the bytes it grew by."""
         before = entry.size
-        entry.repo, entry.sha, entry.size = repo, sha, tree_size(entry.folder)
-        entry.used_at = time.time()
-        _write_meta(entry)
+        entry.repo, entry.sha, entry.used_at, entry.filled = repo, sha, time.time(), True
+        _write_meta(entry)  # first: the size counts it too
+        entry.size = tree_size(entry.folder)
         return max(0, entry.size - before)
 
     def used(self, entry: Entry, repo: str) -> None:
@@ -216,7 +222,7 @@ def _write_meta(entry: Entry) -> None:
     path = entry.folder / META
     draft = path.with_name(META + ".new")
     try:
-        draft.write_text(json.dumps({"repo": entry.repo, "sha": entry.sha, "size": entry.size}))
+        draft.write_text(json.dumps({"repo": entry.repo, "sha": entry.sha}))
         os.utime(draft, (entry.used_at, entry.used_at))
         draft.replace(path)
     except FileNotFoundError:  # the mirror went meanwhile

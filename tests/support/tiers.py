@@ -57,6 +57,7 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_trust.py": "unit",
     "tests/runner/test_stream.py": "unit",
     "tests/runner/test_usage.py": "unit",
+    "tests/runner/test_state.py": "unit",
     "tests/test_pipeline.py": "unit",
     "tests/test_pipeline_echo.py": "unit",
     "tests/test_redact.py": "unit",
@@ -100,6 +101,8 @@ TIERS: dict[str, str] = {
     "tests/mesh/test_subscriber.py": "integration",
     "tests/mesh/test_pool.py": "integration",
     "tests/runner/test_checkout.py": "integration",
+    "tests/runner/test_mirror_cache.py": "integration",
+    "tests/runner/test_runner_state.py": "integration",
     # runs the tools (base64, xxd, openssl ...) whose output must be masked
     "tests/runner/test_masking.py": "integration",
     "tests/runner/test_executor.py": "integration",
