@@ -24,7 +24,7 @@ HINT = "set image: in narwhal.yml, or run with --executor local"
 #: What registries say of an image they do not have (or will not show).
 _NO_SUCH_IMAGE = re.compile(
     r"not found|manifest unknown|does not exist|pull access denied|invalid reference"
-    r"|repository name must|unauthorized",
+    r"|repository name must",
     re.IGNORECASE,
 )
 

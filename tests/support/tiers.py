@@ -128,6 +128,7 @@ TIERS: dict[str, str] = {
     "tests/runner/test_docker.py": "system",
     "tests/runner/test_docker_usage.py": "system",
     "tests/runner/test_docker_hints.py": "system",
+    "tests/runner/test_docker_state.py": "system",
     "tests/test_access.py": "system",
     "tests/test_cli.py": "system",
     "tests/test_cli_bytes.py": "system",
