@@ -182,7 +182,7 @@ class MirrorCache:
             async with self._locks[repo]:
                 update = await self._update(mirror, repo, ref, sha)
             await self._git("checkout", "-q", "--detach", update.commit, cwd=workspace)
-        if update.fetched is not None:
+        if update.fetched:
             await self._evict(keep=mirror.name)
         return Checkout(
             sha=update.commit,
@@ -216,6 +216,11 @@ class MirrorCache:
             raise
         self._known.add((repo, commit))
         entry = self.index.entries[mirror.name]
+        if entry.filled and entry.sha == commit and entry.repo == repo:
+            # The ref's tip is the commit fetched last: git offered it as
+            # common ground and got nothing new. Nothing to measure (the
+            # walk would be a trivial job's largest cost after git's).
+            return _Update(commit, fetched=0)
         fetched = await asyncio.to_thread(self.index.fetched, entry, repo, commit)
         return _Update(commit, cold=cold, fetched=fetched)
 

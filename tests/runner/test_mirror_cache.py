@@ -83,6 +83,8 @@ def test_a_checkout_that_fetches_nothing_measures_nothing(
     walks: list[Path] = []
     monkeypatch.setattr(mirror_index, "tree_size", lambda folder: walks.append(folder) or 0)
     assert asyncio.run(jobs.run(repo, sha=sha)).fetched == 0
+    # The branch's tip, fetched again: git brings nothing new, nothing is walked.
+    assert asyncio.run(jobs.run(repo)).fetched == 0
     assert walks == []
 
 
