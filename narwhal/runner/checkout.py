@@ -42,6 +42,7 @@ from pathlib import Path
 from narwhal.errors import CheckoutError, PipelineError
 from narwhal.pipeline import PipelineFile, load
 from narwhal.quietlog import QuietLog
+from narwhal.runner import mirror_index
 from narwhal.runner.gitcli import GitFailed, git_environment, git_options, run_git, summary
 from narwhal.runner.mirror_index import Entry, MirrorIndex
 from narwhal.yamlnodes import MAX_FILE_BYTES
@@ -51,15 +52,13 @@ log = logging.getLogger(__name__)
 __all__ = ["Checkout", "GitFailed", "MirrorCache", "PipelineFiles", "summary"]
 
 
-def _skeleton(
-    workspace: Path, mirror: Path, index: MirrorIndex, entry: Entry | None, repo: str
-) -> None:
+def _skeleton(workspace: Path, mirror: Path, entry: Entry | None, repo: str) -> None:
     """The smallest ``.git`` git accepts, borrowing the mirror's objects; the mirror marked used.
 
     Written directly rather than by ``git init``: one process less per job.
     """
     if entry is not None:  # in the same thread: no hop of its own for the LRU order
-        index.used(entry, repo)
+        mirror_index.record_use(entry, repo)
     # Private to the runner's user: other users of the machine never read a job's files.
     workspace.mkdir(mode=0o700, exist_ok=True)
     git = workspace / ".git"
@@ -130,20 +129,20 @@ class MirrorCache:
         self._env = git_environment(self._home)
         self._options = git_options(allow_local=allow_local, extra=git_config)
         self._locks: dict[str, asyncio.Lock] = {}
-        #: Mirrors known to exist, so a job does not look for its folder again.
-        self._mirrors: set[Path] = set()
+        #: The mirrors known to exist (so a job does not look for its folder
+        #: again), their sizes and last uses.
+        self.index = MirrorIndex(limit)
         #: Commits known to be in a mirror, so a rebuild asks git nothing.
         self._known: set[tuple[str, str]] = set()
         #: (repo, commit, file name) -> the file's blob id, which never changes.
         self._files: dict[tuple[str, str, str], str] = {}
-        self.index = MirrorIndex(limit)
         self._quiet = QuietLog(log)
 
     async def load(self, limit: int | None) -> None:
         """Bound the cache at ``limit`` bytes and rebuild its index from disk (at start)."""
         self.index.limit = limit
-        await asyncio.to_thread(self.index.scan, self._root)
-        self._mirrors.update(entry.folder for entry in self.index.entries.values())
+        for entry in await asyncio.to_thread(mirror_index.scan, self._root):
+            self.index.add(entry)
         await self._evict(keep="")
 
     @contextlib.contextmanager
@@ -167,7 +166,7 @@ class MirrorCache:
         async with self._locks.setdefault(repo, asyncio.Lock()):
             update = await self._update(mirror, repo, ref, sha)
         entry = self.index.entries.get(mirror.name)
-        await asyncio.to_thread(_skeleton, workspace, mirror, self.index, entry, repo)
+        await asyncio.to_thread(_skeleton, workspace, mirror, entry, repo)
         # No --end-of-options here: git 2.39's checkout takes it for a path.
         # ``commit`` is a hex id the runner checked or git itself printed.
         try:
@@ -196,14 +195,15 @@ class MirrorCache:
         if sha is not None and (repo, sha) in self._known:
             return _Update(sha)
         cold = False
-        if mirror not in self._mirrors:
+        if mirror.name not in self.index.entries:
             await asyncio.to_thread(self._home.mkdir, mode=0o700, exist_ok=True)
-            if await asyncio.to_thread(self.index.adopt, mirror) is None:
+            found = await asyncio.to_thread(mirror_index.read, mirror)
+            if found is None:
                 # No templates: no sample hooks (never run anyway) taking disk in every mirror.
                 await self._git("init", "-q", "--bare", "--template=", str(mirror), cwd=self._root)
-                await asyncio.to_thread(self.index.created, mirror, repo)
+                found = await asyncio.to_thread(mirror_index.made, mirror, repo)
                 cold = True
-            self._mirrors.add(mirror)
+            self.index.add(found)
         if not cold and sha is not None and await self._has(mirror, sha):
             self._known.add((repo, sha))
             return _Update(sha)
@@ -211,8 +211,8 @@ class MirrorCache:
             commit = await self._fetch(mirror, repo, ref, sha)
         except CheckoutError:
             if cold:  # nothing came of it: no empty mirror to list as warm
-                self._mirrors.discard(mirror)
-                await asyncio.to_thread(self.index.remove, mirror)
+                self.index.forget(mirror.name)
+                await asyncio.to_thread(mirror_index.discard, mirror)
             raise
         self._known.add((repo, commit))
         entry = self.index.entries[mirror.name]
@@ -221,7 +221,7 @@ class MirrorCache:
             # common ground and got nothing new. Nothing to measure (the
             # walk would be a trivial job's largest cost after git's).
             return _Update(commit, fetched=0)
-        fetched = await asyncio.to_thread(self.index.fetched, entry, repo, commit)
+        fetched = await asyncio.to_thread(mirror_index.record_fetch, entry, repo, commit)
         return _Update(commit, cold=cold, fetched=fetched)
 
     async def _evict(self, *, keep: str) -> None:
@@ -235,10 +235,10 @@ class MirrorCache:
                     self.index.entries.get(entry.folder.name) is not entry
                 ):
                     continue  # borrowed, or gone, meanwhile
-                self._mirrors.discard(entry.folder)
+                self.index.forget(entry.folder.name)
                 self._known = {k for k in self._known if k[0] != entry.repo}
                 self._files = {k: v for k, v in self._files.items() if k[0] != entry.repo}
-                await asyncio.to_thread(self.index.evict, entry)
+                await asyncio.to_thread(mirror_index.discard, entry.folder)
             log.info(
                 "mirror cache: evicted %s (%d MiB, unused for %.0fs)",
                 entry.repo or entry.folder.name,

@@ -15,8 +15,8 @@ break the job's git) and never the one just used. Evicting renames the
 folder first, so that a runner stopped halfway leaves no mirror that looks
 whole; ``scan`` removes what such a stop left.
 
-Every function here that touches the disk blocks: the cache calls them in
-a thread.
+The index itself (``MirrorIndex``) lives on the event loop; the functions
+that touch the disk block, and the cache calls them in a thread.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def tree_size(folder: Path) -> int:
 class MirrorIndex:
     """The mirrors under one folder, their sizes and uses; the LRU choice of what goes.
 
+    Changed on the event loop only (``add``, ``forget``), which also reads it.
+
     ``limit`` None: no bound. ``users`` counts, per mirror folder name, the
     jobs that borrow its objects (``borrow``/``give_back``).
     """
@@ -135,70 +137,69 @@ class MirrorIndex:
             excess -= entry.size
         return chosen
 
-    # blocking: on disk
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.folder.name] = entry
 
-    def scan(self, root: Path) -> None:
-        """Rebuild the index from the mirrors under ``root``; remove half-evicted leftovers."""
-        for folder in sorted(root.glob("*.git" + _EVICTED + "-*")):
-            shutil.rmtree(folder, ignore_errors=True)
-        for folder in sorted(root.glob("*.git")):
-            if folder.is_dir():
-                self.adopt(folder)
+    def forget(self, name: str) -> None:
+        self.entries.pop(name, None)
 
-    def adopt(self, folder: Path) -> Entry | None:
-        """The entry of a mirror found on disk (measured now), or None if there is none."""
-        if folder.name in self.entries:
-            return self.entries[folder.name]
-        if not folder.is_dir():
-            return None
-        repo, sha, used_at = _read_meta(folder)
-        entry = Entry(folder=folder, repo=repo, sha=sha, size=tree_size(folder), used_at=used_at)
-        self.entries[folder.name] = entry
-        return entry
 
-    def created(self, folder: Path, repo: str) -> Entry:
-        """A mirror this runner just made (empty)."""
-        size = tree_size(folder)
-        entry = Entry(
-            folder=folder, repo=repo, sha="", size=size, used_at=time.time(), filled=False
-        )
-        self.entries[folder.name] = entry
-        return entry
+# Blocking, on disk: the cache calls these in a thread. They never change
+# the index's mappings (the loop reads them meanwhile), only entries.
 
-    def fetched(self, entry: Entry, repo: str, sha: str) -> int:
-        """After a fetch: measure the mirror, record it; the bytes it grew by."""
-        before = entry.size
-        entry.repo, entry.sha, entry.used_at, entry.filled = repo, sha, time.time(), True
-        _write_meta(entry)  # first: the size counts it too
-        entry.size = tree_size(entry.folder)
-        return max(0, entry.size - before)
 
-    def used(self, entry: Entry, repo: str) -> None:
-        """A checkout used the mirror: the newest in LRU order, here and on disk."""
-        entry.used_at = time.time()
-        if entry.repo != repo:  # a mirror of an older runner: now it is known
-            entry.repo = repo
-            _write_meta(entry)
-            return
-        try:
-            os.utime(entry.folder / META, (entry.used_at, entry.used_at))
-        except FileNotFoundError:
-            _write_meta(entry)
-
-    def evict(self, entry: Entry) -> None:
-        """Forget ``entry`` and remove its folder (renamed first: never half a mirror)."""
-        self.entries.pop(entry.folder.name, None)
-        trash = entry.folder.with_name(f"{entry.folder.name}{_EVICTED}-{uuid.uuid4().hex[:8]}")
-        try:
-            entry.folder.rename(trash)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def remove(self, folder: Path) -> None:
-        """Forget a mirror this runner made and could not fill (its fetch failed)."""
-        self.entries.pop(folder.name, None)
+def scan(root: Path) -> list[Entry]:
+    """The mirrors under ``root``, measured; half-evicted leftovers removed."""
+    for folder in sorted(root.glob("*.git" + _EVICTED + "-*")):
         shutil.rmtree(folder, ignore_errors=True)
+    found = (read(folder) for folder in sorted(root.glob("*.git")))
+    return [entry for entry in found if entry is not None]
+
+
+def read(folder: Path) -> Entry | None:
+    """The entry of a mirror found on disk (measured now), or None if there is none."""
+    if not folder.is_dir():
+        return None
+    repo, sha, used_at = _read_meta(folder)
+    return Entry(folder=folder, repo=repo, sha=sha, size=tree_size(folder), used_at=used_at)
+
+
+def made(folder: Path, repo: str) -> Entry:
+    """The entry of a mirror just made (empty, not warm until its first fetch)."""
+    size = tree_size(folder)
+    return Entry(folder=folder, repo=repo, sha="", size=size, used_at=time.time(), filled=False)
+
+
+def record_fetch(entry: Entry, repo: str, sha: str) -> int:
+    """After a fetch: measure the mirror, record it; the bytes it grew by."""
+    before = entry.size
+    entry.repo, entry.sha, entry.used_at, entry.filled = repo, sha, time.time(), True
+    _write_meta(entry)  # first: the size counts it too
+    entry.size = tree_size(entry.folder)
+    return max(0, entry.size - before)
+
+
+def record_use(entry: Entry, repo: str) -> None:
+    """A checkout used the mirror: the newest in LRU order, here and on disk."""
+    entry.used_at = time.time()
+    if entry.repo != repo:  # a mirror of an older runner: now it is known
+        entry.repo = repo
+        _write_meta(entry)
+        return
+    try:
+        os.utime(entry.folder / META, (entry.used_at, entry.used_at))
+    except FileNotFoundError:
+        _write_meta(entry)
+
+
+def discard(folder: Path) -> None:
+    """Remove a mirror's folder, renamed first: never half a mirror that looks whole."""
+    trash = folder.with_name(f"{folder.name}{_EVICTED}-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _read_meta(folder: Path) -> tuple[str, str, float]:
