@@ -270,6 +270,13 @@ class RunnerConfig:
     curve: RunnerCurve | None = None
     #: Clone ``file://`` URLs and absolute paths (``--allow-local-repos``).
     allow_local_repos: bool = False
+    #: Bytes the mirror cache may hold before the least recently used mirrors
+    #: are evicted (``--mirror-cache-size``). None: a quarter of the work
+    #: folder's free disk when the runner starts, at least 256 MiB.
+    mirror_cache_size: int | None = None
+    #: Seconds between looks at the container engine (whether it answers,
+    #: its images) for the state the runner reports; also after each job.
+    engine_refresh: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -61,6 +61,9 @@ PIPELINE_FILE = "narwhal.yml"
 MAX_COMBINATIONS = 256
 MAX_STEPS = 1000
 MAX_TIMEOUT = 7 * 24 * 3600
+#: ``priority:`` lies within these bounds; the wire protocol's MIN_PRIORITY and
+#: MAX_PRIORITY are the same (a leaf module does not import the mesh).
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 # Bare seconds, or hours, minutes and seconds in that order: 90, 1h30m, 45s.
 _DURATION = re.compile(r"([0-9]{1,12})|(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
@@ -76,6 +79,7 @@ _PIPELINE_KEYS = (
     "steps",
     "services",
     "resources",
+    "priority",
 )
 _STEP_KEYS = tuple(
     "name command commands image env timeout allow_failure when dependencies resources".split()
@@ -138,6 +142,31 @@ class Pipeline:
     variant: Mapping[str, str]
     services: tuple[Service, ...] = ()
     resources: Resources = Resources()
+    #: Higher runs first when jobs wait (``MIN_PRIORITY``..``MAX_PRIORITY``).
+    priority: int = 0
+
+    def demands(self) -> Demands:
+        """What the pipeline asks of the runner that takes it (placement weighs it)."""
+        cpus = [step.resources.cpus for step in self.steps if step.resources.cpus is not None]
+        memory = [s.resources.memory for s in self.steps if s.resources.memory is not None]
+        return Demands(
+            priority=self.priority,
+            cpus=max(cpus) if cpus else None,
+            memory=max(memory) if memory else None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Demands:
+    """A pipeline's priority and the most CPUs and memory (bytes) one of its steps asks.
+
+    A step's ``resources`` already hold the pipeline's where it sets none;
+    None: no step asks any.
+    """
+
+    priority: int = 0
+    cpus: float | None = None
+    memory: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,6 +235,7 @@ def _parse(root: Node | None) -> tuple[Pipeline, Variants, int]:
         variant={},
         services=optional(fields, "services", "", parse_services) or (),
         resources=optional(fields, "resources", "", parse_resources) or Resources(),
+        priority=optional(fields, "priority", "", _priority) or 0,
     )
     variants = optional(fields, "matrix", "", _matrix) or ({},)
     template = replace(base, steps=_steps(root, fields, base, variants))
@@ -302,6 +332,16 @@ def _timeout(node: Node, path: str) -> float:
         return parse_duration(value)
     except ValueError as error:
         fail(node, path, str(error))
+
+
+def _priority(node: Node, path: str) -> int:
+    expected = f"a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+    if not (tagged(node, INT) and re.fullmatch(r"[-+]?[0-9]{1,12}", node.value)):
+        fail(node, path, f"expected {expected}, got {describe(node)}")
+    priority = int(node.value)
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        fail(node, path, f"expected {expected}, got {priority}")
+    return priority
 
 
 def _apply(template: Pipeline, variant: Mapping[str, str]) -> Pipeline:

@@ -412,7 +412,8 @@ ERRORS = [
     pytest.param(
         STEP + "volumes: [db]\n",
         "narwhal.yml:2: volumes: unknown key 'volumes'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="unknown-top-level",
     ),
     pytest.param(
@@ -760,13 +761,15 @@ ERRORS = [
     pytest.param(
         STEP + '"line\\nbreak": 1\n',
         "narwhal.yml:2: 'line\\nbreak': unknown key 'line\\nbreak'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="key-with-newline-stays-one-line",
     ),
     pytest.param(
         STEP + '"\\u2028": 1\n',
         "narwhal.yml:2: '\\u2028': unknown key '\\u2028'; "
-        "expected one of name, image, env, timeout, when, matrix, steps, services, resources",
+        "expected one of name, image, env, timeout, when, matrix, steps, services, resources, "
+        "priority",
         id="unicode-line-separator-key",
     ),
 ]
@@ -1039,3 +1042,95 @@ def test_no_services_and_no_resources_by_default() -> None:
 )
 def test_service_and_resource_errors(text: str, message: str) -> None:
     assert error_of(text) == message
+
+
+# priority and what a pipeline asks of a runner (placement)
+
+
+def test_priority_is_a_whole_number_within_bounds() -> None:
+    assert load(STEP).pipeline().priority == 0
+    assert load("priority: 5\n" + STEP).pipeline().priority == 5
+    assert load("priority: -1000\n" + STEP).pipeline().priority == -1000
+    assert load("priority:\n" + STEP).pipeline().priority == 0  # null: unset
+    # Every combination of a matrix has the file's priority.
+    matrix = load("priority: 3\nmatrix: {X: [a, b]}\n" + STEP)
+    assert {matrix.pipeline(v).priority for v in matrix.variants} == {3}
+
+
+def test_the_priority_bounds_are_the_wire_protocols() -> None:
+    from narwhal.mesh import protocol as p
+    from narwhal.pipeline import MAX_PRIORITY, MIN_PRIORITY
+
+    assert (MIN_PRIORITY, MAX_PRIORITY) == (p.MIN_PRIORITY, p.MAX_PRIORITY)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "priority: high\n" + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got 'high'",
+            id="word",
+        ),
+        pytest.param(
+            "priority: 1.5\n" + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got 1.5",
+            id="fraction",
+        ),
+        pytest.param(
+            "priority: 1001\n" + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got 1001",
+            id="too-high",
+        ),
+        pytest.param(
+            STEP + "priority: -5000\n",
+            "narwhal.yml:2: priority: expected a whole number from -1000 to 1000, got -5000",
+            id="too-low",
+        ),
+        pytest.param(
+            "priority: true\n" + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got true",
+            id="bool",
+        ),
+        pytest.param(
+            'priority: "5"\n' + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got '5'",
+            id="quoted",
+        ),
+        pytest.param(
+            "priority: 0x10\n" + STEP,
+            "narwhal.yml:1: priority: expected a whole number from -1000 to 1000, got 0x10",
+            id="hex",
+        ),
+        pytest.param(
+            "steps:\n  - {name: a, command: b, priority: 1}\n",
+            "narwhal.yml:2: steps[0].priority: unknown key 'priority'; expected one of name, "
+            "command, commands, image, env, timeout, allow_failure, when, dependencies, "
+            "resources",
+            id="per-step",
+        ),
+    ],
+)
+def test_priority_errors(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
+def test_demands_are_the_largest_resources_of_any_step() -> None:
+    from narwhal.pipeline import Demands
+
+    text = """\
+priority: 2
+resources: {cpus: 1, memory: 256m}
+steps:
+  - {name: big, command: x, resources: {cpus: 4}}
+  - {name: fat, command: x, resources: {memory: 2g}}
+  - {name: plain, command: x}
+"""
+    assert load(text).pipeline().demands() == Demands(priority=2, cpus=4.0, memory=2 << 30)
+    # The pipeline's resources stand for every step that sets none.
+    only_pipeline = "resources: {cpus: 0.5}\n" + STEP
+    assert load(only_pipeline).pipeline().demands() == Demands(cpus=0.5)
+    one_step = (
+        "steps:\n  - {name: a, command: b}\n  - {name: c, command: d, resources: {pids: 9}}\n"
+    )
+    assert load(one_step).pipeline().demands() == Demands()

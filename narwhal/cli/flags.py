@@ -222,6 +222,14 @@ def runner_flags(p: argparse.ArgumentParser, *, listen: bool = True) -> None:
         default=env("DRAIN_TIMEOUT", default_of(RunnerConfig, "drain_timeout")),
         help="on shutdown, seconds running jobs may finish before they are cancelled",
     )
+    p.add_argument(
+        "--mirror-cache-size",
+        metavar="SIZE",
+        default=env("MIRROR_CACHE_SIZE"),
+        help="bytes the mirror cache may hold (500M, 2G, 1.5GiB; 1024-based), the least "
+        "recently used mirrors evicted past it (default a quarter of the work folder's "
+        "free disk, at least 256 MiB; NARWHAL_MIRROR_CACHE_SIZE)",
+    )
 
 
 def docker_flags(p: argparse.ArgumentParser) -> None:

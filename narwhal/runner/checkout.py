@@ -14,148 +14,51 @@ commits; otherwise the ref is fetched and the commit looked up in it. What
 was fetched last is kept under a ref of the mirror (``refs/narwhal/last``),
 so the next fetch offers it as common ground and carries only new objects.
 
+The cache is bounded (``mirror_index``): past its bound, the mirrors used
+least recently and borrowed by no running job are evicted, and cloned
+again when a job needs them. Each checkout says what it cost (``Checkout``:
+seconds, whether it cloned, bytes fetched), which placement weighs.
+
 git runs hardened against hostile repository input (which ``narwhal.repos``
-has already checked): ``--end-of-options`` before the values a job supplies,
-only the transports of the accepted URL forms, no hooks, credential helpers
-or submodules, and an environment of its own that never holds the runner's
-secrets and never lets git read ``~/.gitconfig`` or ``/etc/gitconfig``.
-``narwhal.yml`` is read from the commit's tree (``PipelineFiles``), not from
-the workspace, so a file committed as a symbolic link reads nothing of the host.
+has already checked; ``gitcli``): ``--end-of-options`` before the values a
+job supplies, and the options and environment of ``gitcli``.
+``narwhal.yml`` is read from the commit's tree (``PipelineFiles``), not
+from the workspace, so a file committed as a symbolic link reads nothing
+of the host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import os
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from narwhal.errors import CheckoutError, PipelineError
 from narwhal.pipeline import PipelineFile, load
-from narwhal.repos import protocols
-from narwhal.runner import process
+from narwhal.quietlog import QuietLog
+from narwhal.runner import mirror_index
+from narwhal.runner.gitcli import GitFailed, git_environment, git_options, run_git, summary
+from narwhal.runner.mirror_index import Entry, MirrorIndex
 from narwhal.yamlnodes import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
-
-def git_environment(home: Path) -> dict[str, str]:
-    """The whole environment of the runner's git: never the runner's own.
-
-    The runner's environment holds its ``--secret`` values and ``NARWHAL_*``
-    settings, and a hook or helper git runs would see all of it. No global
-    or system config (``~/.gitconfig`` can name credential helpers, aliases
-    and hooks that run programs), no terminal prompts, ``HOME`` an empty
-    folder of the runner's (curl reads ``~/.netrc`` from it). ssh still
-    finds the user's keys and known hosts: it looks in the passwd home, not
-    ``$HOME``; ``SSH_AUTH_SOCK`` is kept so that an ssh agent works.
-    """
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": str(home),
-        "LANG": "C",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-        # BatchMode: fail instead of asking for a passphrase or a host key.
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-    }
-    if "SSH_AUTH_SOCK" in os.environ:
-        env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]
-    return env
+__all__ = ["Checkout", "GitFailed", "MirrorCache", "PipelineFiles", "summary"]
 
 
-def git_options(*, allow_local: bool, extra: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """``-c`` settings for every git process: they win over any config file.
-
-    Only the transports of the repository forms ``narwhal.repos`` accepts
-    (``ext::`` and ``fd::`` run programs; ``file`` reads the runner's disk),
-    no credential helpers, no hooks, no submodules.
-    """
-    settings = {
-        "protocol.allow": "never",
-        **{f"protocol.{name}.allow": "always" for name in protocols(allow_local=allow_local)},
-        "credential.helper": "",
-        "core.hooksPath": os.devnull,
-        "core.fsmonitor": "false",
-        "submodule.recurse": "false",
-        "fetch.recurseSubmodules": "false",
-        **(extra or {}),
-    }
-    return tuple(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}"))
-
-
-async def _git(
-    *args: str,
-    cwd: Path,
-    env: Mapping[str, str],
-    timeout: float,
-    options: Sequence[str] = (),
-    output: bool = False,
-) -> bytes:
-    """Run git; its stdout when ``output``, else nothing (no pipe for what nobody reads)."""
-    try:
-        child = process.start(
-            ["git", *options, *args],
-            cwd=cwd,
-            env=env,
-            stdout="pipe" if output else "devnull",
-            stderr="pipe",
-        )
-    except FileNotFoundError as e:
-        # Popen names what it did not find: the program, or the folder to run in.
-        if e.filename == "git":
-            raise CheckoutError("git is not installed on this runner") from e
-        raise CheckoutError(f"git {args[0]}: no folder {cwd} on this runner") from e
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await child.communicate()
-    except TimeoutError:
-        child.kill()
-        await child.wait()
-        raise CheckoutError(f"git {args[0]} took longer than {timeout:.0f}s") from None
-    finally:
-        child.close()
-    if child.returncode != 0:
-        text = err.decode(errors="replace")
-        raise GitFailed(f"git {args[0]} failed: {summary(text)}", output=text)
-    return out
-
-
-class GitFailed(CheckoutError):
-    """git exited non-zero; ``output`` is the whole of its stderr (for the job's log)."""
-
-    def __init__(self, message: str, *, output: str) -> None:
-        super().__init__(message)
-        self.output = output
-
-
-#: Longest summary of git's stderr that goes into a job's reason.
-_SUMMARY_CHARS = 400
-
-
-def summary(stderr: str) -> str:
-    """One line of what git said went wrong: its ``fatal:`` and ``error:`` lines.
-
-    git ends many failures with advice ("Please make sure you have the
-    correct access rights / and the repository exists."): the last line
-    alone hid what was wrong, e.g. "'/x' does not appear to be a git repository".
-    """
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    wanted = [line for line in lines if line.startswith(("fatal:", "error:"))]
-    kept = list(dict.fromkeys(wanted or lines[-1:])) or ["(no output)"]
-    text = "; ".join(kept)
-    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
-
-
-def _skeleton(workspace: Path, mirror: Path) -> None:
-    """The smallest ``.git`` git accepts, borrowing the mirror's objects.
+def _skeleton(workspace: Path, mirror: Path, entry: Entry | None, repo: str) -> None:
+    """The smallest ``.git`` git accepts, borrowing the mirror's objects; the mirror marked used.
 
     Written directly rather than by ``git init``: one process less per job.
     """
+    if entry is not None:  # in the same thread: no hop of its own for the LRU order
+        mirror_index.record_use(entry, repo)
     # Private to the runner's user: other users of the machine never read a job's files.
     workspace.mkdir(mode=0o700, exist_ok=True)
     git = workspace / ".git"
@@ -178,18 +81,43 @@ _REGULAR = ("100644", "100755")
 _NOT_REGULAR = {"120000": "a symbolic link", "160000": "a submodule", "040000": "a directory"}
 
 
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A checked-out commit and what getting it cost."""
+
+    sha: str
+    #: Seconds from asking to a ready workspace (waiting for another job's fetch too).
+    seconds: float
+    #: The mirror did not exist: the repository was cloned whole.
+    cold: bool
+    #: Bytes the mirror grew by (0 when nothing was fetched).
+    fetched: int
+
+
+@dataclass(slots=True)
+class _Update:
+    commit: str
+    cold: bool = False
+    fetched: int | None = None  # None: no fetch
+
+
 class MirrorCache:
     """Bare mirrors of the repositories this runner builds, one per clone URL.
 
-    ``allow_local`` also lets git use its ``file`` transport (local paths);
-    ``git_config`` adds ``-c`` settings to every git process (tests use it
-    to speak an older protocol).
+    ``limit`` bounds the bytes the mirrors take (None: no bound; ``load``
+    may set it): after a fetch, the least recently used mirrors no job
+    borrows are evicted (``mirror_index``), and cloned again when needed.
+    A job holds ``borrow(repo)`` from before its checkout until its
+    workspace is gone. ``allow_local`` also lets git use its ``file``
+    transport (local paths); ``git_config`` adds ``-c`` settings to every
+    git process (tests use it to speak an older protocol).
     """
 
     def __init__(
         self,
         root: Path,
         *,
+        limit: int | None = None,
         timeout: float = 600.0,
         allow_local: bool = False,
         git_config: Mapping[str, str] | None = None,
@@ -201,54 +129,130 @@ class MirrorCache:
         self._env = git_environment(self._home)
         self._options = git_options(allow_local=allow_local, extra=git_config)
         self._locks: dict[str, asyncio.Lock] = {}
-        #: Mirrors known to exist, so a job does not look for its folder again.
-        self._mirrors: set[Path] = set()
+        #: The mirrors known to exist (so a job does not look for its folder
+        #: again), their sizes and last uses.
+        self.index = MirrorIndex(limit)
         #: Commits known to be in a mirror, so a rebuild asks git nothing.
         self._known: set[tuple[str, str]] = set()
         #: (repo, commit, file name) -> the file's blob id, which never changes.
         self._files: dict[tuple[str, str, str], str] = {}
+        self._quiet = QuietLog(log)
+
+    async def load(self, limit: int | None) -> None:
+        """Bound the cache at ``limit`` bytes and rebuild its index from disk (at start)."""
+        self.index.limit = limit
+        for entry in await asyncio.to_thread(mirror_index.scan, self._root):
+            self.index.add(entry)
+        await self._evict(keep="")
+
+    @contextlib.contextmanager
+    def borrow(self, repo: str) -> Iterator[None]:
+        """While held, ``repo``'s mirror is never evicted (a job's workspace borrows from it)."""
+        name = self._mirror(repo).name
+        self.index.borrow(name)
+        try:
+            yield
+        finally:
+            self.index.give_back(name)
 
     def _mirror(self, repo: str) -> Path:
         return self._root / (hashlib.sha256(repo.encode()).hexdigest()[:24] + ".git")
 
-    async def checkout(self, repo: str, *, ref: str, sha: str | None, workspace: Path) -> str:
-        """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; return the sha."""
+    async def checkout(self, repo: str, *, ref: str, sha: str | None, workspace: Path) -> Checkout:
+        """Check out ``sha`` (or the tip of ``ref``) into ``workspace``; say what it cost."""
+        started = time.monotonic()
         mirror = self._mirror(repo)
         known = (repo, sha) in self._known
         async with self._locks.setdefault(repo, asyncio.Lock()):
-            commit = await self._update(mirror, repo, ref, sha)
-        await asyncio.to_thread(_skeleton, workspace, mirror)
+            update = await self._update(mirror, repo, ref, sha)
+        entry = self.index.entries.get(mirror.name)
+        await asyncio.to_thread(_skeleton, workspace, mirror, entry, repo)
         # No --end-of-options here: git 2.39's checkout takes it for a path.
         # ``commit`` is a hex id the runner checked or git itself printed.
         try:
-            await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
+            await self._git("checkout", "-q", "--detach", update.commit, cwd=workspace)
         except CheckoutError:
             if not known:  # git looked in the mirror just now: a real failure
                 raise
             # The commit was known to be in the mirror, but git's gc prunes
             # objects no ref reaches (a commit of another branch, fetched
             # weeks ago): look again, fetch if need be, and try once more.
-            self._known.discard((repo, commit))
+            self._known.discard((repo, update.commit))
             async with self._locks[repo]:
-                commit = await self._update(mirror, repo, ref, sha)
-            await self._git("checkout", "-q", "--detach", commit, cwd=workspace)
-        return commit
+                update = await self._update(mirror, repo, ref, sha)
+            await self._git("checkout", "-q", "--detach", update.commit, cwd=workspace)
+        if update.fetched:
+            await self._evict(keep=mirror.name)
+        return Checkout(
+            sha=update.commit,
+            seconds=time.monotonic() - started,
+            cold=update.cold,
+            fetched=update.fetched or 0,
+        )
 
-    async def _update(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
+    async def _update(self, mirror: Path, repo: str, ref: str, sha: str | None) -> _Update:
         """Make sure the mirror has the commit; fetch only when it does not."""
         if sha is not None and (repo, sha) in self._known:
-            return sha
-        if mirror not in self._mirrors:
+            return _Update(sha)
+        cold = False
+        if mirror.name not in self.index.entries:
             await asyncio.to_thread(self._home.mkdir, mode=0o700, exist_ok=True)
-            if not await asyncio.to_thread(mirror.is_dir):
-                await self._git("init", "-q", "--bare", str(mirror), cwd=self._root)
-            self._mirrors.add(mirror)
-        if sha is not None and await self._has(mirror, sha):
+            found = await asyncio.to_thread(mirror_index.read, mirror)
+            if found is None:
+                # No templates: no sample hooks (never run anyway) taking disk in every mirror.
+                await self._git("init", "-q", "--bare", "--template=", str(mirror), cwd=self._root)
+                found = await asyncio.to_thread(mirror_index.made, mirror, repo)
+                cold = True
+            self.index.add(found)
+        if not cold and sha is not None and await self._has(mirror, sha):
             self._known.add((repo, sha))
-            return sha
-        commit = await self._fetch(mirror, repo, ref, sha)
+            return _Update(sha)
+        try:
+            commit = await self._fetch(mirror, repo, ref, sha)
+        except CheckoutError:
+            if cold:  # nothing came of it: no empty mirror to list as warm
+                self.index.forget(mirror.name)
+                await asyncio.to_thread(mirror_index.discard, mirror)
+            raise
         self._known.add((repo, commit))
-        return commit
+        entry = self.index.entries[mirror.name]
+        if entry.filled and entry.sha == commit and entry.repo == repo:
+            # The ref's tip is the commit fetched last: git offered it as
+            # common ground and got nothing new. Nothing to measure (the
+            # walk would be a trivial job's largest cost after git's).
+            return _Update(commit, fetched=0)
+        fetched = await asyncio.to_thread(mirror_index.record_fetch, entry, repo, commit)
+        return _Update(commit, cold=cold, fetched=fetched)
+
+    async def _evict(self, *, keep: str) -> None:
+        """Evict least recently used mirrors until the cache fits its bound."""
+        for entry in self.index.victims(keep):
+            lock = self._locks.get(entry.repo)
+            if lock is not None and lock.locked():
+                continue  # a checkout is at it
+            async with lock or contextlib.nullcontext():
+                if self.index.users.get(entry.folder.name) or (
+                    self.index.entries.get(entry.folder.name) is not entry
+                ):
+                    continue  # borrowed, or gone, meanwhile
+                self.index.forget(entry.folder.name)
+                self._known = {k for k in self._known if k[0] != entry.repo}
+                self._files = {k: v for k, v in self._files.items() if k[0] != entry.repo}
+                await asyncio.to_thread(mirror_index.discard, entry.folder)
+            log.info(
+                "mirror cache: evicted %s (%d MiB, unused for %.0fs)",
+                entry.repo or entry.folder.name,
+                entry.size >> 20,
+                time.time() - entry.used_at,
+            )
+        limit = self.index.limit
+        if limit is not None and self.index.total > limit:
+            self._quiet.warning(
+                "over-bound",
+                "mirror cache: %d MiB held, over its bound of %d MiB: the rest is in use",
+                self.index.total >> 20,
+                limit >> 20,
+            )
 
     async def _fetch(self, mirror: Path, repo: str, ref: str, sha: str | None) -> str:
         """Fetch ``sha`` (or ``ref``) into the mirror; return the commit now there."""
@@ -321,7 +325,7 @@ class MirrorCache:
         return blob
 
     async def _git(self, *args: str, cwd: Path, output: bool = False) -> bytes:
-        return await _git(
+        return await run_git(
             *args,
             cwd=cwd,
             env=self._env,

@@ -87,6 +87,26 @@ class DockerExecutor:
                 self._client = connect(self.config.docker_host)
             return self._client
 
+    def answers(self) -> bool:
+        """Whether the engine answers a ping now (blocking; for the runner's state)."""
+        try:
+            return bool(self.client().ping())
+        except (ExecutorError, *ENGINE_ERRORS):
+            return False
+
+    def image_tags(self, most: int) -> tuple[str, ...]:
+        """The engine's image tags (``repo:tag``), the newest images first, at most
+        ``most`` (blocking). One listing call: the SDK's ``images.list`` asks again
+        for every image."""
+        try:
+            listed = self.client().api.images()
+        except (ExecutorError, *ENGINE_ERRORS):
+            return ()
+        newest = sorted(listed, key=lambda image: image.get("Created") or 0, reverse=True)
+        tags = (tag for image in newest for tag in image.get("RepoTags") or ())
+        named = dict.fromkeys(tag for tag in tags if isinstance(tag, str) and "<none>" not in tag)
+        return tuple(named)[:most]
+
     def labels(self, job: str, session: str) -> dict[str, str]:
         return {
             LABEL_RUNNER: self.config.runner_id,

@@ -9,16 +9,24 @@ then ends.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from typing import Any
 
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped,unused-ignore]
 
 from narwhal.errors import ExecutorError
-from narwhal.runner.executor import Output
+from narwhal.runner.executor import NotRunnable, Output
 
 #: What a user whose image is missing or lacks a command can do about it.
 HINT = "set image: in narwhal.yml, or run with --executor local"
+
+#: What registries say of an image they do not have (or will not show).
+_NO_SUCH_IMAGE = re.compile(
+    r"not found|manifest unknown|does not exist|pull access denied|invalid reference"
+    r"|repository name must",
+    re.IGNORECASE,
+)
 
 #: The shell's exit code for a command it cannot find.
 NOT_FOUND_EXIT = 127
@@ -61,7 +69,10 @@ async def pull_image(client: Any, image: str, *, output: Output, timeout: float)
         await asyncio.to_thread(puller.thread.join)
     if puller.errors:
         message = " ".join(puller.errors[0].split())
-        raise ExecutorError(f"pulling image {image} failed: {message}; {HINT}")
+        # An image the registry does not have is the job's mistake (it fails
+        # on every runner); a registry out of reach may be this runner's.
+        kind = NotRunnable if _NO_SUCH_IMAGE.search(message) else ExecutorError
+        raise kind(f"pulling image {image} failed: {message}; {HINT}")
 
 
 class _Puller:

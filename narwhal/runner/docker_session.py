@@ -57,7 +57,7 @@ from narwhal.runner.docker_spec import (
     container_script,
     isolation,
 )
-from narwhal.runner.executor import Output, StepResult, Stop
+from narwhal.runner.executor import NotRunnable, Output, StepResult, Stop
 from narwhal.runner.probes import CgroupProbe
 from narwhal.runner.usage import UNMETERED, Meter
 
@@ -132,7 +132,8 @@ class DockerSession:
         except ENGINE_ERRORS as e:
             raise ExecutorError(f"docker: {engine_message(e)}") from e
         if self._config.docker_pull == "never":
-            raise ExecutorError(
+            # Not this runner's failure: the job asks for an image it lacks.
+            raise NotRunnable(
                 f"image {image}: {missing} (this runner does not pull images); {HINT}"
             )
         await pull_image(
@@ -253,7 +254,7 @@ class DockerSession:
         self._images_used.append(image)
         script = container_script(step)
         if len(script) > 120_000:
-            raise ExecutorError(f"step {step.name!r}: its commands are longer than 120 kB")
+            raise NotRunnable(f"step {step.name!r}: its commands are longer than 120 kB")
         network: dict[str, Any] = (
             {"network": self._network}
             if self._network

@@ -91,6 +91,15 @@ class StepResult:
     exit_code: int | None
     duration: float
     reason: str = ""
+    #: For an ``error``: ``engine`` when the executor failed, "" when the step
+    #: itself could not be made to run (``job.fault_of``).
+    fault: str = ""
+
+
+class NotRunnable(ExecutorError):
+    """What narwhal.yml asks cannot run: an image that does not exist or cannot
+    be pulled, commands too long for the engine. The job's own making: the
+    executor works (DONE's ``fault`` stays empty)."""
 
 
 class Session(Protocol):

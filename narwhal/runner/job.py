@@ -17,7 +17,7 @@ from typing import Protocol
 from narwhal.errors import ExecutorError
 from narwhal.mesh.protocol import StepOutcome
 from narwhal.pipeline import Pipeline, Step
-from narwhal.runner.executor import Executor, Session, StepResult, Stop
+from narwhal.runner.executor import Executor, NotRunnable, Session, StepResult, Stop
 from narwhal.runner.usage import Sampling, meter_for
 
 
@@ -60,6 +60,19 @@ class Outcome:
     status: str
     reason: str
     steps: tuple[StepOutcome, ...]
+    #: For an ``error``: the runner's side that failed (``checkout``, ``engine``,
+    #: ``runner``), "" when it is the job's own making (DONE's ``fault``).
+    fault: str = ""
+
+
+def fault_of(error: ExecutorError) -> str:
+    """Whose an executor's failure is: the engine's, or the job's own.
+
+    A step image that does not exist (or cannot be pulled), or commands no
+    engine takes, is the job's mistake: every runner would fail it alike,
+    so it says nothing of this runner's health (``NotRunnable``).
+    """
+    return "" if isinstance(error, NotRunnable) else "engine"
 
 
 def branch_of(ref: str) -> str | None:
@@ -96,7 +109,7 @@ async def run_pipeline(
     tail = _Tail(reporter)
     budget = pipeline.timeout or default_timeout
     deadline = time.monotonic() + budget if budget else None
-    status, reason = "success", ""
+    status, reason, fault = "success", "", ""
     outcomes: list[StepOutcome] = []
     name = f"job-{context.job_id}" if context.job_id is not None else "exec"
     try:
@@ -113,6 +126,8 @@ async def run_pipeline(
                         index, step, pipeline, session, tail, stop, context, deadline, sampling
                     )
                     status, reason = _fold(status, step, result, budget)
+                    if status == "error" and not fault:
+                        fault = result.fault
                     if result.status in _STOPPED:
                         await tail.line(_closing(step, result))
                 outcomes.append(outcome)
@@ -122,8 +137,9 @@ async def run_pipeline(
         rest = [_skipped(i, s) for i, s in enumerate(pipeline.steps) if i >= len(outcomes)]
         for outcome in rest:
             await tail.step_finished(outcome)
-        return Outcome(status="error", reason=str(e), steps=(*outcomes, *rest))
-    return Outcome(status=status, reason=reason, steps=tuple(outcomes))
+        steps = (*outcomes, *rest)
+        return Outcome(status="error", reason=str(e), steps=steps, fault=fault or fault_of(e))
+    return Outcome(status=status, reason=reason, steps=tuple(outcomes), fault=fault)
 
 
 async def _run_step(
@@ -157,7 +173,9 @@ async def _run_step(
             )
         except ExecutorError as e:
             await reporter.output(f"{e}\n".encode())
-            result = StepResult(status="error", exit_code=None, duration=0.0, reason=str(e))
+            result = StepResult(
+                status="error", exit_code=None, duration=0.0, reason=str(e), fault=fault_of(e)
+            )
         except BaseException:
             meter.drop()  # cancelled (or a bug): nothing more is sent, nothing waits
             raise

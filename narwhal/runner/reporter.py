@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from narwhal.mesh import protocol as p
-from narwhal.pipeline import Step
+from narwhal.pipeline import Demands, Step
+from narwhal.runner.checkout import Checkout
 from narwhal.runner.masking import Masker
 from narwhal.runner.stream import JobStream
 from narwhal.runner.usage import Sample
@@ -27,16 +28,30 @@ class FrameReporter:
         self._masker = Masker(secrets)
 
     async def checked_out(
-        self, sha: str, pipeline: str, variants: tuple[dict[str, str], ...]
+        self,
+        checkout: Checkout,
+        pipeline: str,
+        variants: tuple[dict[str, str], ...],
+        *,
+        demands: Demands | None = None,
     ) -> None:
+        """The commit checked out, what that cost, and (``demands``, when its
+        narwhal.yml was read) what the pipeline asks of a runner."""
+        needs = None
+        if demands is not None:
+            needs = p.Needs(priority=demands.priority, cpus=demands.cpus, memory=demands.memory)
         await self._stream.put(
             lambda seq: p.CheckedOut(
                 job_id=self._job,
                 attempt=self._attempt,
                 seq=seq,
-                sha=sha,
+                sha=checkout.sha,
                 pipeline=pipeline,
                 variants=variants,
+                checkout=checkout.seconds,
+                cold=checkout.cold,
+                fetched=checkout.fetched,
+                needs=needs,
             )
         )
 

@@ -8,8 +8,10 @@ never imports the dispatcher.
 
 This module is the runner's mesh side and lifecycle: the socket, HELLO and
 READY, heartbeats, ACKs and CANCELs routed to the attempts it holds, and
-the shutdown order. What one job attempt does, from its JOB to its DONE,
-is ``attempt``'s; the frames it sends are made by ``reporter``.
+the shutdown order. READY carries the runner's state (``state``), a
+heartbeat only a state that changed since the one sent last. What one job
+attempt does, from its JOB to its DONE, is ``attempt``'s; the frames it
+sends are made by ``reporter``.
 
 While the dispatcher is away (silent for ``heartbeat_interval x liveness``)
 jobs keep running; their frames wait in their streams (bounded) and are
@@ -47,6 +49,7 @@ from narwhal.quietlog import QuietLog
 from narwhal.runner.attempt import Attempt, AttemptRunner
 from narwhal.runner.executor import Executor, LocalExecutor, Stop
 from narwhal.runner.secret_env import SecretsExecutor
+from narwhal.runner.state import StateReporter, engine_of
 from narwhal.runner.stream import JobStream
 from narwhal.supervise import spawn
 
@@ -104,6 +107,13 @@ class Runner:
         #: ``reap`` never touches another runner's jobs on the same machine.
         self._work = config.work_dir / re.sub(r"[^A-Za-z0-9._-]", "_", config.runner_id)
         self._attempts = AttemptRunner(config, executor=self._executor, work=self._work)
+        self.state = StateReporter(
+            self._work,
+            self._attempts.mirrors.index,
+            engine_of(self._executor),
+            interval=config.mesh.heartbeat_interval,
+            engine_refresh=config.engine_refresh,
+        )
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -128,6 +138,8 @@ class Runner:
                 self.config.runner_id,
                 reaped,
             )
+        await self._attempts.load()
+        await self.state.start()
         self._sock = dealer_socket(self._ctx, linger_ms=self.config.mesh.linger_ms)
         curve = self.config.curve
         if curve is not None:
@@ -149,6 +161,8 @@ class Runner:
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         spawn(self._tasks, "runner receive loop", self._receive_loop)
         spawn(self._tasks, "runner heartbeat loop", self._heartbeat_loop)
+        if self.state.engine is not None:
+            spawn(self._tasks, "runner engine state loop", self.state.watch_engine)
         log.info(
             "runner %s listening on %s with %d slot(s)",
             self.config.runner_id,
@@ -305,6 +319,9 @@ class Runner:
             active.stream.resend()
 
     def _ready(self) -> p.Ready:
+        # Always the whole state: a dispatcher (re)connecting knows nothing yet.
+        state = self.state.current()
+        self.state.last_sent = state
         return p.Ready(
             runner_id=self.config.runner_id,
             session=self.session,
@@ -312,6 +329,7 @@ class Runner:
             labels=dict(self.config.labels),
             version=__version__,
             active=tuple((j, a, x.stream.next_unacked) for (j, a), x in self._active.items()),
+            state=state,
         )
 
     def _ack(self, ack: p.Ack) -> None:
@@ -340,7 +358,12 @@ class Runner:
                 )
                 self._dispatcher = None
                 continue
-            self._send(beat)
+            await self.state.refresh()
+            changed = self.state.worth_sending()
+            if changed is None:
+                self._send(beat)
+            elif self.send(p.Heartbeat(session=self.session, state=changed)):
+                self.state.last_sent = changed
             for active in self._active.values():
                 stream = active.stream
                 if stream.pending and now - stream.last_progress > mesh.dead_after:
@@ -370,6 +393,7 @@ class Runner:
         self._active[key] = active
         await stream.put(lambda seq: p.Accept(job_id=job.job_id, attempt=job.attempt, seq=seq))
         active.task = self._spawn(self._attempts.run(job, active.stop, stream))
+        active.task.add_done_callback(lambda _: self.state.job_ended())
 
     def _refusal(self, job: p.Job) -> str:
         if job.runner_session != self.session:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ def runner_config(
         work_dir=work_dir,
         cancel_grace=positive(float, "--cancel-grace", args.cancel_grace),
         drain_timeout=non_negative("--drain-timeout", args.drain_timeout),
+        mirror_cache_size=cache_size(args.mirror_cache_size),
         mesh=_mesh(args),
         allow_local_repos=allow_local_repos(args),
         **docker_options(args),
@@ -195,6 +197,26 @@ def runner_config(
         discovery=discovery,
         curve=runner_curve(args, conf.runner_id, conf.work_dir) if alone else None,
     )
+
+
+_CACHE_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.I)
+_SHIFTS = {"k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def cache_size(text: str | None) -> int | None:
+    """``--mirror-cache-size``: bytes, or 500M / 2G / 1.5GiB (1024-based); unset: None."""
+    if text is None or not text.strip() or text.strip().lower() == "auto":
+        return None
+    match = _CACHE_SIZE.fullmatch(text.strip())
+    size = 0
+    if match is not None:
+        shift = _SHIFTS[match.group(2).lower()] if match.group(2) else 0
+        size = int(float(match.group(1)) * (1 << shift))
+    if size <= 0:
+        raise ConfigError(
+            f"--mirror-cache-size: expected a size like 500M, 2G or 1.5GiB, got {text!r}"
+        )
+    return size
 
 
 def docker_options(args: argparse.Namespace) -> dict[str, Any]:

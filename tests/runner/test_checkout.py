@@ -21,7 +21,7 @@ from tests.support.repos import Repo
 def _checkout(
     cache: MirrorCache, repo: str, ws: Path, *, ref: str = "refs/heads/main", sha: str | None = None
 ) -> str:
-    return asyncio.run(cache.checkout(repo, ref=ref, sha=sha, workspace=ws))
+    return asyncio.run(cache.checkout(repo, ref=ref, sha=sha, workspace=ws)).sha
 
 
 @pytest.fixture
@@ -65,13 +65,13 @@ def test_cached_commit_needs_no_fetch(
 def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The git subcommands the cache runs, in order."""
     calls: list[str] = []
-    real = checkout._git
+    real = checkout.run_git
 
-    async def recording(*args: str, **kwargs: Any) -> str:
+    async def recording(*args: str, **kwargs: Any) -> bytes:
         calls.append(args[0])
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(checkout, "_git", recording)
+    monkeypatch.setattr(checkout, "run_git", recording)
     return calls
 
 
@@ -81,8 +81,9 @@ def test_a_known_commit_costs_one_git_process(
     repo = make_repo({"a.txt": "one\n"})
     sha = repo.commit({"a.txt": "two\n"})
     assert _checkout(cache, str(repo.path), tmp_path / "ws1", sha=sha) == sha
-    # A new commit named by its id: looked for, fetched by id, checked out.
-    assert git_calls == ["init", "cat-file", "fetch", "checkout"]
+    # A new repository: a mirror made, the commit fetched by id (an empty
+    # mirror is not asked whether it has it), checked out.
+    assert git_calls == ["init", "fetch", "checkout"]
     git_calls.clear()
     assert _checkout(cache, str(repo.path), tmp_path / "ws2", sha=sha) == sha
     assert git_calls == ["checkout"]
@@ -165,7 +166,7 @@ def test_a_server_refusing_commit_ids_is_fetched_by_ref(
     v0 = {"protocol.version": "0"}
     cache = MirrorCache(tmp_path / "mirrors", allow_local=True, git_config=v0)
     assert _checkout(cache, str(repo.path), tmp_path / "ws", sha=old) == old
-    assert git_calls == ["init", "cat-file", "fetch", "fetch", "cat-file", "checkout"]
+    assert git_calls == ["init", "fetch", "fetch", "cat-file", "checkout"]
     assert (tmp_path / "ws" / "a.txt").read_text() == "older\n"
 
 
