@@ -16,6 +16,7 @@ A made repository holds a ``narwhal-bench.json`` naming its shape and head;
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -211,3 +212,24 @@ def append(repo: Path, count: int, shape: Shape, *, seed: str, first: int) -> li
 
 def head(repo: Path) -> str:
     return git("rev-parse", BRANCH, cwd=repo)
+
+
+def main() -> None:
+    """``python -m bench.repos``: make (or reuse) the repositories; print what was done.
+
+    The last line is JSON: ``{"generated", "paths", "heads"}`` (the tests read it).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--commits", type=int, default=3000)
+    parser.add_argument("--size-mb", type=float, default=30.0)
+    parser.add_argument("--root", type=Path, help="cache folder (default: cache_root())")
+    args = parser.parse_args()
+    made = ensure(args.count, Shape(commits=args.commits, size_mb=args.size_mb), root=args.root)
+    heads = [head(path) for path in made.paths]
+    paths = [str(path) for path in made.paths]
+    print(json.dumps({"generated": made.generated, "paths": paths, "heads": heads}))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,13 +8,13 @@ what it measured.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-from bench import repos
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,23 +151,25 @@ def test_placement_tiny(tmp_path: Path) -> None:
 
 
 def test_generated_repositories_are_made_once_and_again_when_broken(tmp_path: Path) -> None:
-    shape = repos.Shape(commits=50, size_mb=0.5)
-    made = repos.ensure(2, shape, root=tmp_path, say=lambda _: None)
-    assert made.generated == 2
-    first = made.paths[0]
-    assert repos.git("rev-list", "--count", repos.BRANCH, cwd=first) == "50"
-    assert repos.disk_bytes(first / "objects") >= 0.5 * 2**20
-    assert "narwhal.yml" in repos.git("ls-tree", "--name-only", repos.BRANCH, cwd=first)
-    again = repos.ensure(2, shape, root=tmp_path, say=lambda _: None)
-    assert again.generated == 0 and again.paths == made.paths
-    head = repos.head(first)
-    repos.git("update-ref", repos.BRANCH, f"{head}~1", cwd=first)  # no longer what was made
-    assert repos.ensure(2, shape, root=tmp_path, say=lambda _: None).generated == 1
-    assert repos.head(first) == head  # the same seed: the same commits
-    # Commits appended to two copies are the same commits.
-    appended = []
-    for name in ("a.git", "b.git"):
-        repos.copy(first, tmp_path / name)
-        appended.append(repos.append(tmp_path / name, 3, shape, seed="s", first=50))
-    assert appended[0] == appended[1] and len(appended[0]) == 3
-    assert repos.head(first) == head  # the cached one is untouched
+    def ensure() -> dict[str, Any]:
+        args = ["--count", "2", "--commits", "50", "--size-mb", "0.5", "--root", str(tmp_path)]
+        return dict(json.loads(bench("repos", *args).strip().splitlines()[-1]))
+
+    made = ensure()
+    assert made["generated"] == 2
+    first = Path(made["paths"][0])
+    assert _git(first, "rev-list", "--count", "refs/heads/main") == "50"
+    assert "narwhal.yml" in _git(first, "ls-tree", "--name-only", "refs/heads/main")
+    again = ensure()
+    assert again["generated"] == 0 and again == {**made, "generated": 0}
+    head = made["heads"][0]
+    _git(first, "update-ref", "refs/heads/main", f"{head}~1")  # no longer what was made
+    rebuilt = ensure()
+    assert (
+        rebuilt["generated"] == 1 and rebuilt["heads"] == made["heads"]
+    )  # same seed, same commits
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
