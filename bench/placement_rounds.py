@@ -174,9 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             if name == POLICIES[0]:
                 last = per_job
     took = min(explain(args.explain) for _ in range(3))
-    print(
-        f"explain: {args.explain} queued jobs in {took * 1e3:.0f} ms ({took / args.explain * 1e9:.0f} ns/job)"
-    )
+    per_job = took / args.explain * 1e9
+    print(f"explain: {args.explain} queued jobs in {took * 1e3:.0f} ms ({per_job:.0f} ns/job)")
     print(f"placement: {last:.0f} ns/job")
 
 
