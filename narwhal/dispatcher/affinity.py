@@ -41,7 +41,7 @@ class Affinity(Policy):
 
     def __init__(
         self,
-        signals: Signals,
+        signals: Signals | None = None,
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,

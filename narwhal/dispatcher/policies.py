@@ -57,12 +57,12 @@ class Policy:
 
     def __init__(
         self,
-        signals: Signals,
+        signals: Signals | None = None,
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.signals = signals
+        self.signals = signals or Signals()
         self.rng = rng or random.Random()
         self.clock = clock
         #: The last explain pass: its ``peers``, their fleet, verdicts per kind.
