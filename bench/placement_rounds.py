@@ -7,12 +7,15 @@ some of the repositories), then ``take(job)`` for each queued job (several
 repositories and commits, some with resource needs) until no slot is left,
 each slot reserved on its link. Reported per round and per job placed, best
 of ``--repeat``, for 50 and 500 runners (the cost must grow with
-log(runners) per job, not with runners). Then the pending explanations of a
+log(runners) per job, not with runners), and for a round that places one
+job (the usual one: a slot came free), which costs O(runners). Then the pending explanations of a
 queue of ``--explain`` jobs none of which can start (``Explainer.look``
 over the queue's order): once per second in the dispatcher.
 
-Run: ``python -m bench.placement_rounds`` (a few seconds). The last line reads
-``placement: N ns/job`` (the default policy, 500 runners).
+Run: ``python -m bench.placement_rounds`` (a few seconds; ``--plain`` for the
+runners and queue of before reports: labels and slots, one repository, no
+needs). The last line reads ``placement: N ns/job`` (the default policy, 500
+runners).
 """
 
 from __future__ import annotations
@@ -76,24 +79,26 @@ def report(i: int) -> p.RunnerState:
     )
 
 
-def runners(count: int, capacity: int) -> list[Link]:
+def runners(count: int, capacity: int, *, plain: bool = False) -> list[Link]:
+    """``plain``: no reports (the runners of before reports: labels and slots only)."""
     links = []
     for i in range(count):
         link = Link(endpoint=f"tcp://10.0.{i // 250}.{i % 250}:7000", alias=b"%d" % i)
         link.state, link.runner_id, link.capacity = LinkState.READY, f"r{i}", capacity
         link.labels = {"os": "linux", "arch": "arm64"} if i % 3 else {"gpu": "a100"}
-        link.report = report(i)
+        link.report = None if plain else report(i)
         links.append(link)
     return links
 
 
-def queue(count: int) -> list[JobRecord]:
+def queue(count: int, *, plain: bool = False) -> list[JobRecord]:
+    """``plain``: one repository, no commit, no resource needs."""
     return [
         JobRecord(
             id=i,
-            repo=REPOS[i % len(REPOS)],
+            repo=REPOS[0 if plain else i % len(REPOS)],
             ref="refs/heads/main",
-            sha=_sha(i % len(REPOS), COMMITS - 1) if i % 2 else None,
+            sha=_sha(i % len(REPOS), COMMITS - 1) if i % 2 and not plain else None,
             event="push",
             labels=dict(LABELS[i % len(LABELS)]),
             matrix=None,
@@ -108,8 +113,8 @@ def queue(count: int) -> list[JobRecord]:
             updated_at=0.0,
             started_at=None,
             finished_at=None,
-            cpus=4.0 if i % 5 == 0 else None,
-            memory=2 * GIB if i % 7 == 0 else None,
+            cpus=4.0 if i % 5 == 0 and not plain else None,
+            memory=2 * GIB if i % 7 == 0 and not plain else None,
         )
         for i in range(count)
     ]
@@ -137,6 +142,14 @@ def one_round(name: str, links: list[Link], jobs: list[JobRecord]) -> tuple[floa
     return elapsed, placed, max(on.values(), default=0)
 
 
+def small_round(name: str, links: list[Link], jobs: list[JobRecord]) -> float:
+    """Seconds for a round that places one job (the usual round: a slot came free)."""
+    placement = policy(name, signals(), rng=random.Random(1))
+    started = time.perf_counter()
+    placement.round(links).take(jobs[1])
+    return time.perf_counter() - started
+
+
 def explain(count: int) -> float:
     """Seconds ``Explainer.look`` takes over ``count`` queued jobs, 50 full runners."""
     links = runners(50, 2)
@@ -159,17 +172,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=20_000, help="queued jobs per round")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--explain", type=int, default=100_000, help="queued jobs explained")
+    parser.add_argument(
+        "--plain", action="store_true", help="runners without reports, one repository, no needs"
+    )
     args = parser.parse_args(argv)
-    jobs = queue(args.jobs)
+    jobs = queue(args.jobs, plain=args.plain)
     last = 0.0
     for count in (50, 500):
-        links = runners(count, args.capacity)
+        links = runners(count, args.capacity, plain=args.plain)
         for name in POLICIES:
             best, placed, most = min(one_round(name, links, jobs) for _ in range(args.repeat))
+            small = min(small_round(name, links, jobs) for _ in range(args.repeat))
             per_job = best / placed * 1e9
             print(
                 f"{name:>8}: {count} runners x {args.capacity} slots: {best * 1e3:.3f} ms/round"
-                f" ({placed} jobs placed, at most {most} on one runner, {per_job:.0f} ns/job)"
+                f" ({placed} jobs placed, at most {most} on one runner, {per_job:.0f} ns/job);"
+                f" {small * 1e3:.3f} ms for a round that places one"
             )
             if name == POLICIES[0]:
                 last = per_job

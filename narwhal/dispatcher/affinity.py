@@ -4,7 +4,9 @@ share cap, with a bounded wait for a busy warm runner (``placement`` describes i
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 import random
 import time
 from collections import Counter, deque
@@ -23,6 +25,8 @@ from narwhal.mesh import protocol as p
 SHARE = 0.4
 #: Placements the bounded wait looks back on for a runner's share.
 WINDOW = 20
+#: A job may wait for one of the best this many full warm runners.
+HOLD_FOR_BEST = 3
 #: How far behind a warm mirror of unknown distance is taken to be.
 UNKNOWN_BEHIND = 50
 #: Jobs held for a warm runner are forgotten this long after they were first
@@ -106,9 +110,14 @@ class _Warm:
     #: Those whose mirror is warming: a job of the repository is under way
     #: there (its runner clones or fetches it; the next job waits for that).
     warming: set[int]
+    #: Runner index -> its rank (commits behind, ``UNKNOWN_BEHIND`` if not known).
+    rank: dict[int, float]
     #: The same runners, the fewest commits behind first.
     order: list[int]
-    ranking: Ranking | None
+    ranking: Ranking
+    #: The commit the jobs want, and the runners that can take them.
+    sha: str | None
+    passes: frozenset[int]
 
 
 @dataclass(slots=True)
@@ -154,6 +163,7 @@ class AffinityRound(BaseRound):
         self._held = 0
         self._retry: float | None = None
         self._warm: dict[tuple[Key, str, str | None], _Warm] = {}
+        self._warm_by_repo: dict[str, list[_Warm]] = {}
         #: Per set of runners, memory need and repository: the ranking for a cold clone.
         self._colds: dict[tuple[tuple[int, ...], int | None, str], Ranking] = {}
         #: Bytes each runner's mirror cache holds, with this round's clones;
@@ -195,7 +205,7 @@ class AffinityRound(BaseRound):
     def _choose(self, job: JobRecord, kind: Kind) -> Verdict:
         warm = self._warm_of(kind, job)
         warm_any = None
-        if warm.ranking is not None:
+        if warm.order:
             chosen, warm_any = self._pick(warm.ranking, job.memory)
             if chosen is not None:
                 others = _others(len(warm.order) - 1, len(kind.sorting.passing) - len(warm.order))
@@ -225,10 +235,10 @@ class AffinityRound(BaseRound):
             under_way[i] = job.sha
             known = self._repos.get(job.repo)
             self._cache[i] += 0 if known is None else known.size
-            if not runner.faults:  # warming there now: its runners are ranked anew
+            if not runner.faults:
                 if known is not None:
                     known.runners.append((i, job.sha, True))
-                self._warmed(job.repo)
+                self._warmed(job.repo, i, job.sha)
         return placed
 
     def _cold_of(self, kind: Kind, repo: str) -> Ranking:
@@ -262,11 +272,10 @@ class AffinityRound(BaseRound):
     def _size(self, repo: str) -> int:
         return self._repo(repo).size
 
-    def _warmed(self, repo: str) -> None:
-        for key in [k for k in self._warm if k[1] == repo]:
-            ranking = self._warm.pop(key).ranking
-            if ranking is not None:
-                ranking.dead = True
+    def _warmed(self, repo: str, i: int, sha: str | None) -> None:
+        """Runner ``i`` is warming ``repo`` now: the next jobs of it may go there."""
+        for warm in self._warm_by_repo.get(repo, ()):
+            self._add_warm(warm, repo, i, sha, True)
 
     def _mirrors_of(self, i: int) -> dict[str, p.WarmRepo]:
         mirrors = self._mirrors[i]
@@ -316,27 +325,40 @@ class AffinityRound(BaseRound):
         return warm
 
     def _warm_for(self, kind: Kind, repo: str, sha: str | None) -> _Warm:
-        passes, runners = kind.sorting.passes, self._fleet.runners
-        mirrored = [entry for entry in self._repo(repo).runners if entry[0] in passes]
-        signals = self._affinity.signals
-        behind = {i: None if not at else signals.behind(repo, at, sha) for i, at, _ in mirrored}
-        warming = {i for i, _, yes in mirrored if yes}
-        rank = {i: float(UNKNOWN_BEHIND if b is None else b) for i, b in behind.items()}
-        order = sorted(behind, key=lambda i: (rank[i], self._tie[i]))
+        runners, tie, free = self._fleet.runners, self._tie, self._free
+        rank: dict[int, float] = {}
 
         def score(i: int) -> tuple[float, ...]:
             runner = runners[i]
-            return (rank[i], -self._free[i] / (runner.capacity or 1), runner.load, self._tie[i])
+            return (rank[i], -free[i] / (runner.capacity or 1), runner.load, tie[i])
 
-        return _Warm(behind, warming, order, self._rank(order, score) if order else None)
+        warm = _Warm({}, set(), rank, [], self._rank((), score), sha, kind.sorting.passes)
+        for i, at, warming in self._repo(repo).runners:
+            self._add_warm(warm, repo, i, at, warming)
+        self._warm_by_repo.setdefault(repo, []).append(warm)
+        return warm
+
+    def _add_warm(self, warm: _Warm, repo: str, i: int, at: str | None, warming: bool) -> None:
+        """Runner ``i`` has ``repo`` warm at ``at`` (or is warming it): rank it."""
+        if i not in warm.passes or i in warm.behind:
+            return
+        behind = None if not at else self._affinity.signals.behind(repo, at, warm.sha)
+        warm.behind[i] = behind
+        if warming:
+            warm.warming.add(i)
+        warm.rank[i] = float(UNKNOWN_BEHIND if behind is None else behind)
+        bisect.insort(warm.order, i, key=lambda j: (warm.rank[j], self._tie[j]))
+        if self._free[i]:
+            score = warm.ranking.score
+            heapq.heappush(warm.ranking.heap, (*score(i), self._version[i], i))
 
     def _hold(self, job: JobRecord, warm: _Warm, cold: int) -> Waiting | None:
         """Hold ``job`` for the best full warm runner it may wait for (module doc),
-        or None: it clones cold."""
-        for target in warm.order:
+        or None: it clones cold. (A runner free but short of the memory it asks
+        is not waited for, nor one whose probe is out.)"""
+        full = (i for i in warm.order if not self._free[i] and i not in self._probing)
+        for target in itertools.islice(full, HOLD_FOR_BEST):
             runner = self._fleet.runners[target]
-            if self._free[target] or target in self._probing:
-                continue  # free for another job's memory, or its probe is out
             saving = self._affinity.signals.saving(runner.name, job.repo)
             first = self._affinity.held.get((job.id, job.attempt), (self._now, ""))[0]
             until = first + saving

@@ -90,13 +90,11 @@ class Ranking:
     """Runners in a heap by a score, kept exact as slots are taken: an entry
     carries its runner's version, and a runner taken from is pushed anew."""
 
-    __slots__ = ("dead", "heap", "score")
+    __slots__ = ("heap", "score")
 
     def __init__(self, score: Callable[[int], tuple[float, ...]]) -> None:
         self.score = score
         self.heap: list[tuple[float, ...]] = []
-        #: No longer used this round (what it ranks changed): not kept up.
-        self.dead = False
 
 
 @dataclass(slots=True)
@@ -105,7 +103,8 @@ class Kind:
 
     key: Key
     sorting: Sorting
-    ranking: Ranking
+    #: The policy's ranking of its runners (made when first needed).
+    ranking: Ranking | None = None
     #: Once no runner can take it, the verdict for the rest of the round.
     final: Waiting | None = None
 
@@ -150,7 +149,7 @@ class BaseRound:
         kind = self._kinds.get(key)
         if kind is None:
             sorting = self._fleet.sort(key)
-            kind = self._kinds[key] = Kind(key, sorting, self._ranked(sorting, key[2]))
+            kind = self._kinds[key] = Kind(key, sorting)
         if kind.final is not None:
             return kind.final
         return self._choose(job, kind)
@@ -173,13 +172,15 @@ class BaseRound:
                 self._rankings[i].append(ranking)
         return ranking
 
-    def _ranked(self, kind: Sorting, memory: int | None) -> Ranking:
+    def _ranked(self, kind: Kind) -> Ranking:
         """The policy's ranking of ``kind``'s runners (one per set of runners and memory need)."""
-        key = (tuple(kind.passing), memory)
-        ranking = self._shared.get(key)
-        if ranking is None:
-            ranking = self._shared[key] = self._rank(kind.passing, self._score)
-        return ranking
+        if kind.ranking is None:
+            key = (tuple(kind.sorting.passing), kind.key[2])
+            ranking = self._shared.get(key)
+            if ranking is None:
+                ranking = self._shared[key] = self._rank(kind.sorting.passing, self._score)
+            kind.ranking = ranking
+        return kind.ranking
 
     def _top(self, ranking: Ranking, memory: int | None) -> int | None:
         """The best runner of ``ranking`` that can take a job needing ``memory`` now."""
@@ -221,8 +222,7 @@ class BaseRound:
             self._probing.add(i)
         if self._free[i] and self._eager:
             for ranking in self._rankings[i]:
-                if not ranking.dead:
-                    heapq.heappush(ranking.heap, (*ranking.score(i), self._version[i], i))
+                heapq.heappush(ranking.heap, (*ranking.score(i), self._version[i], i))
 
     def _exhausted(self, job: JobRecord, kind: Kind) -> Waiting:
         """No runner can take this kind of job for the rest of the round: why."""
@@ -269,7 +269,7 @@ class _SpreadRound(BaseRound):
         return (-self._free[i] / (runner.capacity or 1), runner.load, self._tie[i])
 
     def _choose(self, job: JobRecord, kind: Kind) -> Verdict:
-        i = self._top(kind.ranking, job.memory)
+        i = self._top(self._ranked(kind), job.memory)
         if i is None:
             return self._exhausted(job, kind)
         return self._placed(job, i, f"least loaded ({self._slots(i)})")
@@ -292,7 +292,7 @@ class _PackRound(BaseRound):
         return (self._free[i] / (runner.capacity or 1), -runner.load, self._tie[i])
 
     def _choose(self, job: JobRecord, kind: Kind) -> Verdict:
-        i = self._top(kind.ranking, job.memory)
+        i = self._top(self._ranked(kind), job.memory)
         if i is None:
             return self._exhausted(job, kind)
         return self._placed(job, i, f"fullest that fits ({self._slots(i)})")
