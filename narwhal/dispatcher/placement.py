@@ -14,10 +14,14 @@ policy scores those that can (``--placement``):
   their mirror cache first, the fewest commits behind first (a warm mirror
   whose distance is not known ranks as ``UNKNOWN_BEHIND`` commits behind:
   after close ones, before cold ones); then, as ``spread``, the most
-  free-slot fraction and the least load per CPU. A runner whose last job
-  ended in a fault of its side counts as cold (its mirror may be what
-  fails) and comes after the healthy ones. Two bounds keep it from piling
-  a burst onto one host:
+  free-slot fraction and the least load per CPU. A runner with a job of
+  the repository under way that this policy placed there counts as warm
+  too (warming: the runner's lock on its mirror makes the next job wait
+  for that clone rather than clone again). A runner whose last job ended
+  in a fault of its side counts as cold (its mirror may be what fails).
+  A cold clone goes to a healthy runner first, then to one whose bounded
+  mirror cache has room for the repository (no eviction), then as
+  ``spread``. Two bounds keep affinity from piling a burst onto one host:
 
   The share cap: a runner takes a job only while it runs fewer than
   ``SHARE`` of the jobs under way on every runner, plus one (counting what
@@ -30,13 +34,16 @@ policy scores those that can (``--placement``):
   job is over it, the best takes it all the same.
 
   The bounded wait: when every runner with the repository warm is full and
-  a cold one is free, the job waits for a warm one at most the checkout
-  time that saves (``Signals.saving``, as measured on that runner: 0 until
-  measured, so no wait before), counted from the first round that held it;
-  then it clones cold. No more jobs wait for a runner than it has slots,
-  and none for a runner whose share of the last ``WINDOW`` placements,
-  the held jobs counted, would pass ``SHARE`` (holds turn a burst into a
-  queue for one host: they stop before that host gets more than its share).
+  a cold one is free, the job waits for one of the best ``HOLD_FOR_BEST``
+  of them at most the checkout time that saves (``Signals.saving``, as
+  measured on that runner: 0 until measured, so no wait before), counted
+  from the first round that held it; then it clones cold. No more jobs
+  wait for a runner than it frees slots for within that time (its slots
+  times the saving over the repository's typical duration; its slots
+  while no duration is known), and none for a runner whose share of the
+  last ``WINDOW`` placements, the held jobs counted, would pass ``SHARE``
+  (holds turn a burst into a queue for one host: they stop before that
+  host gets more than its share).
 
   With 4 runners and 8 repositories each runner ends up with about a
   quarter of the jobs, none above 40% (``tests/dispatcher/test_placement.py``
@@ -49,8 +56,8 @@ Ties go at random (``random.Random``, injectable). The images a job's
 steps use are known only once its checkout read narwhal.yml, on the
 runner: with no cheap honest signal before, no policy weighs runners'
 images. A round costs O(runners) to build, O(runners that pass) once per
-kind of job (label set and needs) and, for affinity, once per repository
-and commit, then O(log runners) per job (``policies``). The modules:
+kind of job (label set and needs) and, for affinity, O(runners) once per
+repository, then O(log runners) per job (``policies``). The modules:
 ``fleet`` (filters, verdicts and their words), ``policies`` (what the
 policies share; spread, pack), ``affinity``.
 """
