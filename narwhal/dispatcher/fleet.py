@@ -101,6 +101,13 @@ class Failure(NamedTuple):
     asked: float = 0.0
 
 
+#: What a runner's report says for placement: its labels with the report's
+#: os= and arch=, CPUs, memory available, disk free, load per CPU.
+Static = tuple[Mapping[str, str], int | None, int | None, int | None, float]
+#: Per peer (by id): the report and labels that ``Static`` was read from.
+Known = dict[int, tuple[object, object, Static]]
+
+
 def key_of(job: JobRecord) -> Key:
     return (frozenset(job.labels.items()), job.cpus, job.memory)
 
@@ -134,24 +141,28 @@ class Runner:
     faults: int
 
     @classmethod
-    def of(cls, peer: Peer, health: Health, now: float) -> Runner:
-        report = peer.report
+    def of(cls, peer: Peer, health: Health, now: float, known: Known | None = None) -> Runner:
+        """``known``: what earlier rounds read from reports, by peer (reports change seldom)."""
+        report, labels = peer.report, peer.labels
         name = peer.runner_id or peer.endpoint
-        labels: Mapping[str, str] = peer.labels
-        if report is not None:
-            labels = {"os": report.os, "arch": report.arch, **peer.labels}
+        if report is None:
+            static: Static = (labels, None, None, None, 0.0)
+        else:
+            seen = None if known is None else known.get(id(peer))
+            if seen is not None and seen[0] is report and seen[1] is labels:
+                static = seen[2]
+            else:
+                offered = {"os": report.os, "arch": report.arch, **labels}
+                load = report.load / max(1, report.cpus)
+                static = (offered, report.cpus, report.memory_available, report.disk_free, load)
+                if known is not None:
+                    if len(known) >= 65536:  # peers replaced: the old ones go
+                        known.clear()
+                    known[id(peer)] = (report, labels, static)
+        offers, cpus, memory, disk, load = static
+        blocked, faults = health.blocked(name, now), health.faults(name)
         return cls(
-            peer=peer,
-            name=name,
-            capacity=peer.capacity,
-            free=peer.free,
-            labels=labels,
-            cpus=None if report is None else report.cpus,
-            memory=None if report is None else report.memory_available,
-            disk=None if report is None else report.disk_free,
-            load=0.0 if report is None else report.load / max(1, report.cpus),
-            blocked=health.blocked(name, now),
-            faults=health.faults(name),
+            peer, name, peer.capacity, peer.free, offers, cpus, memory, disk, load, blocked, faults
         )
 
     def judge(
@@ -234,9 +245,13 @@ class Sorting:
 class Fleet:
     """The ready runners among ``peers``, judged once per kind of job."""
 
-    def __init__(self, peers: Iterable[Peer], health: Health, now: float) -> None:
+    def __init__(
+        self, peers: Iterable[Peer], health: Health, now: float, known: Known | None = None
+    ) -> None:
         ready = LinkState.READY
-        self.runners = [Runner.of(peer, health, now) for peer in peers if peer.state == ready]
+        self.runners = [
+            Runner.of(peer, health, now, known) for peer in peers if peer.state == ready
+        ]
         self._sorted: dict[Key, Sorting] = {}
         self._labelled: dict[frozenset[tuple[str, str]], tuple[list[int], int]] = {}
 

@@ -28,6 +28,7 @@ from narwhal.dispatcher.fleet import (
     Failure,
     Fleet,
     Key,
+    Known,
     Placed,
     Sorting,
     Verdict,
@@ -65,6 +66,8 @@ class Policy:
         self.signals = signals or Signals()
         self.rng = rng or random.Random()
         self.clock = clock
+        #: What rounds read from runners' reports (``fleet.Known``).
+        self.known: Known = {}
         #: The last explain pass: its ``peers``, their fleet, verdicts per kind.
         self._explained: tuple[Sequence[Peer], Fleet, dict[Key, Waiting | None]] | None = None
 
@@ -118,7 +121,7 @@ class BaseRound:
     def __init__(self, policy: Policy, peers: Sequence[Peer]) -> None:
         self._policy = policy
         self._now = policy.clock()
-        self._fleet = Fleet(peers, policy.signals.health, self._now)
+        self._fleet = Fleet(peers, policy.signals.health, self._now, policy.known)
         runners = self._fleet.runners
         #: Slots each runner has left this round (0 if a filter of its own excludes it).
         self._free = [0 if r.judge(i, (), None, None) else r.free for i, r in enumerate(runners)]
