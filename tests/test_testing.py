@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from narwhal.dispatcher.mesh import LinkState, Mesh, MeshEvents, Source
-from narwhal.dispatcher.placement import MostFree, Placed
+from narwhal.dispatcher.placement import Placed, Spread
 from narwhal.dispatcher.waiting import NO_SLOT, changed_reasons
 from narwhal.errors import ConfigError, StoreError
 from narwhal.mesh import protocol as p
@@ -56,7 +56,7 @@ def test_the_fake_is_a_mesh_and_its_runners_are_peers() -> None:
         assert peer.to_json()["id"] == "r1" and peer.to_json()["jobs"] == []
         assert peer.serves({"os": "linux"}) and not peer.serves({"os": "mac"})
         # The views the dispatcher's helpers take work on it as on a Link.
-        placed = MostFree().round(mesh.peers()).take(job(1, "queued"))
+        placed = Spread().round(mesh.peers()).take(job(1, "queued"))
         assert isinstance(placed, Placed) and placed.peer is peer
         mesh.reserve(peer, KEY)
         mesh.reserve(peer, (8, 1))

@@ -1,66 +1,99 @@
-"""Which runner takes a job: the placement policy, behind a protocol of two methods.
+"""Which runner takes a job: filters, then a score, behind a protocol of two methods.
 
 The dispatcher asks ``Placement.round`` once per scheduling round, with the
 runners the mesh offers, then ``Round.take`` once per queued job until the
 round has no slot left. A policy sees the whole job (its repository, labels,
-matrix, attempt), not only its labels, so affinity ("the runner that built
-this repository last"), spread or pack policies are one class each here,
-with no change to the pool or the dispatcher. A round counts only the slots
-it handed out; the dispatcher reserves each one on the mesh.
+needs, commit, attempt). A round counts only the slots it handed out; the
+dispatcher reserves each one on the mesh.
 
-``MostFree`` is the default and the only policy today.
+A runner can take a job if it passes every filter (``fleet``: labels,
+platform, CPUs and memory, disk, quarantine) and has a free slot; the
+policy scores those that can (``--placement``):
+
+- ``affinity`` (the default): the runners with the job's repository warm in
+  their mirror cache first, the fewest commits behind first (a warm mirror
+  whose distance is not known ranks as ``UNKNOWN_BEHIND`` commits behind:
+  after close ones, before cold ones); then, as ``spread``, the most
+  free-slot fraction and the least load per CPU. A runner with a job of
+  the repository under way that this policy placed there counts as warm
+  too (warming: the runner's lock on its mirror makes the next job wait
+  for that clone rather than clone again). A runner whose last job ended
+  in a fault of its side counts as cold (its mirror may be what fails).
+  A cold clone goes to a healthy runner first, then to one whose bounded
+  mirror cache has room for the repository (no eviction), then as
+  ``spread``. Two bounds keep affinity from piling a burst onto one host:
+
+  The share cap: a runner takes a job only while it runs fewer than
+  ``SHARE`` of the jobs under way on every runner, plus one (counting what
+  this round placed): ``running < 0.4 * under way + 1``. Jobs of a
+  repository that come one at a time all go to its warm runner (nothing
+  else is under way: it takes 1 of 1); a burst spreads once that runner
+  runs 2 of 2, 3 of 5, 5 of 10, 9 of 20. It is measured on the jobs under
+  way rather than on history so that it bites when several jobs compete,
+  and only then. The cap only steers: when every runner that can take the
+  job is over it, the best takes it all the same.
+
+  The bounded wait: when every runner with the repository warm is full and
+  a cold one is free, the job waits for one of the best ``HOLD_FOR_BEST``
+  of them at most the checkout time that saves (``Signals.saving``, as
+  measured on that runner: 0 until measured, so no wait before), counted
+  from the first round that held it; then it clones cold. No more jobs
+  wait for a runner than it frees slots for within that time (its slots
+  times the saving over the repository's typical duration; its slots
+  while no duration is known), and none for a runner whose share of the
+  last ``WINDOW`` placements, the held jobs counted, would pass ``SHARE``
+  (holds turn a burst into a queue for one host: they stop before that
+  host gets more than its share).
+
+  With 4 runners and 8 repositories each runner ends up with about a
+  quarter of the jobs, none above 40% (``tests/dispatcher/test_placement.py``
+  plays bursts against a model of runners and their mirror caches).
+
+- ``spread``: the most free-slot fraction, then the least load per CPU.
+- ``pack``: the fullest runner that still has a slot, to keep others idle.
+
+Ties go at random (``random.Random``, injectable). The images a job's
+steps use are known only once its checkout read narwhal.yml, on the
+runner: with no cheap honest signal before, no policy weighs runners'
+images. A round costs O(runners) to build, O(runners that pass) once per
+kind of job (label set and needs) and, for affinity, O(runners) once per
+repository, then O(log runners) per job (``policies``). The modules:
+``fleet`` (filters, verdicts and their words), ``policies`` (what the
+policies share; spread, pack), ``affinity``.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from narwhal.config import PLACEMENTS
+from narwhal.dispatcher.affinity import Affinity
+from narwhal.dispatcher.fleet import REASONS, Placed, Verdict, Waiting
 from narwhal.dispatcher.mesh import Peer
+from narwhal.dispatcher.policies import Pack, Policy, Spread
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.signals import Signals
 from narwhal.errors import ConfigError
 
-#: Why a job waits: the ``reason`` of a ``Waiting`` (the label of the pending
-#: jobs metric), the first that applies to every runner in this order.
-REASONS = (
-    "no_runner",  # no runner is connected and ready
-    "label",  # no runner offers one of its labels
-    "platform",  # no runner offers its os= or arch=
-    "resources",  # no runner has the CPUs or memory its resources: ask for
-    "disk",  # every runner that could take it is short of disk
-    "quarantined",  # the runners that could take it are quarantined
-    "full",  # the runners that could take it have no free slot
-    "held",  # held for a busy runner with its repository warm (bounded)
-)
+__all__ = [
+    "POLICIES",
+    "REASONS",
+    "Affinity",
+    "Pack",
+    "Placed",
+    "Placement",
+    "Round",
+    "Spread",
+    "Verdict",
+    "Waiting",
+    "policy",
+]
+
 #: The policies ``--placement`` names (the first the default): ``config``'s.
 POLICIES = PLACEMENTS
-
-
-@dataclass(frozen=True, slots=True)
-class Placed:
-    """The job goes to ``peer``; ``text`` says why, in words (recorded as the
-    assignment's reason): ``placed on runner-b: mirror warm, 3 commits behind;
-    2 others cold``."""
-
-    peer: Peer
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """The job waits this round: ``reason`` one of ``REASONS``, ``text`` in words,
-    runner by runner: ``waiting: 0 of 3 runners can take it: 2 full (4/4, 2/2
-    slots), 1 lacks label gpu=yes``."""
-
-    reason: str
-    text: str
-
-
-Verdict = Placed | Waiting
 
 
 class Round(Protocol):
@@ -93,74 +126,19 @@ class Placement(Protocol):
         ...
 
 
-class MostFree:
-    """A job goes to the matching runner with the most free slots (ties: the first connected)."""
-
-    def round(self, peers: Sequence[Peer]) -> MostFreeRound:
-        return MostFreeRound(peers)
-
-    def explain(self, job: JobRecord, peers: Sequence[Peer]) -> Waiting | None:
-        return None
+_POLICIES: dict[str, type[Policy]] = {"affinity": Affinity, "spread": Spread, "pack": Pack}
 
 
-class MostFreeRound:
-    """One round of ``MostFree``.
-
-    Runners are ranked once per round in a heap per label set, so a round
-    costs O(runners) plus O(log runners) per job, not a scan of every runner
-    per job (which made 500 runners three times slower than 50).
-    """
-
-    def __init__(self, peers: Sequence[Peer]) -> None:
-        #: Ready runners with free slots, in connection order, and the free
-        #: slots each has left this round (by the same index).
-        self._peers = [peer for peer in peers if peer.free]
-        self._free = [peer.free for peer in self._peers]
-        self._left = sum(self._free)
-        #: Per label set: a heap of (-free slots, index), possibly stale.
-        self._ranked: dict[frozenset[tuple[str, str]], list[tuple[int, int]]] = {}
-
-    def __bool__(self) -> bool:
-        return self._left > 0
-
-    def retry_at(self) -> float | None:
-        return None
-
-    def take(self, job: JobRecord) -> Verdict:
-        peer = self._take(job)
-        if peer is None:
-            return Waiting("full", "waiting for a free slot")
-        return Placed(peer, f"placed on {peer.runner_id}: most free slots")
-
-    def _take(self, job: JobRecord) -> Peer | None:
-        labels = job.labels
-        key = frozenset(labels.items())
-        heap = self._ranked.get(key)
-        if heap is None:
-            heap = [(-self._free[i], i) for i, k in enumerate(self._peers) if k.serves(labels)]
-            heapq.heapify(heap)
-            self._ranked[key] = heap
-        while heap:
-            ranked, i = heap[0]
-            free = self._free[i]
-            if free != -ranked:  # taken from through another label set's heap
-                if free:
-                    heapq.heapreplace(heap, (-free, i))
-                else:
-                    heapq.heappop(heap)
-                continue
-            self._free[i] = free - 1
-            self._left -= 1
-            if free > 1:
-                heapq.heapreplace(heap, (1 - free, i))
-            else:
-                heapq.heappop(heap)
-            return self._peers[i]
-        return None
-
-
-def policy(name: str, signals: Signals) -> Placement:
-    """The policy ``--placement`` names (``POLICIES``), weighing ``signals``."""
+def policy(
+    name: str,
+    signals: Signals,
+    *,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Placement:
+    """The policy ``--placement`` names (``POLICIES``), weighing ``signals``;
+    ``rng`` breaks ties (seeded in tests), ``clock`` is ``time.monotonic``'s kind."""
     if name not in POLICIES:
         raise ConfigError(f"placement must be one of {', '.join(POLICIES)}, got {name!r}")
-    return MostFree()
+    chosen: Placement = _POLICIES[name](signals, rng=rng, clock=clock)
+    return chosen
