@@ -54,6 +54,7 @@ class Quarantine(Health):
     """Health that says the runners named are quarantined (the policy's own is elsewhere)."""
 
     def __init__(self, *runners: str) -> None:
+        super().__init__()
         self.runners = set(runners)
 
     def to_json(self, runner_id: str, now: float) -> dict[str, Any] | None:
