@@ -33,6 +33,8 @@ TERMINAL = frozenset({"success", "skipped", "failed", "error", "cancelled", "tim
 
 #: Seconds between looks for the matrix jobs while the first job runs.
 POLL = 0.3
+#: Seconds the log streams get to end when the API stops answering.
+STOP_GRACE = 2.0
 #: Seconds between looks at a job that waits in the queue.
 QUEUED_POLL = 0.2
 #: The longest pending explanation shown in one line.
@@ -200,6 +202,18 @@ class Submission:
         self._followers: dict[int, _Follower] = {}
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except NarwhalError:
+            # The API went away between two looks: when a log stream said the
+            # dispatcher is shutting down (its closing line is printed), that
+            # is the one line to end with, not "cannot reach".
+            self._join(STOP_GRACE)
+            if any(f.stopped for f in self._followers.values()):
+                raise StreamEnded("the dispatcher shut down while following") from None
+            raise
+
+    def _run(self) -> int:
         self._start(self.job_id)
         while not self._expanded():
             self._wait()

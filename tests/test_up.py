@@ -217,16 +217,20 @@ def test_a_queued_job_says_why_it_waits(narwhal_up: Up, make_repo: MakeRepo) -> 
     busy = api.submit(repo)
     eventually(lambda: api.job(busy)["state"] == "running")
     waiting = api.submit(repo, labels={"os": "linux"})
-    eventually(lambda: api.job(waiting)["reason"] == "waiting for a free slot", timeout=10)
-    eventually(
-        lambda: api.job(unmatched)["reason"] == "waiting: no runner offers gpu=a100,os=linux",
-        timeout=10,
-    )
+
+    def why(job_id: int) -> dict[str, Any] | None:
+        return api.job(job_id)["pending"]
+
+    eventually(lambda: (why(waiting) or {}).get("reason") == "full", timeout=10)
+    assert api.job(waiting)["reason"] == why(waiting)["text"]  # type: ignore[index]
+    assert "1 full (1/1 slots)" in api.job(waiting)["reason"]
+    eventually(lambda: (why(unmatched) or {}).get("reason") == "label", timeout=10)
     job = api.job(unmatched)
+    assert "gpu=a100" in job["reason"] and "os=linux" not in job["pending"]["text"], job
     assert job["state"] == "queued"
     assert [t["state"] for t in job["transitions"]] == ["queued"], "no state change"
     listed = api.http.get("/api/jobs", params={"state": "queued"}).json()["jobs"]
-    assert {j["id"]: j["reason"] for j in listed}[waiting] == "waiting for a free slot"
+    assert {j["id"]: j["pending"]["reason"] for j in listed}[waiting] == "full"
     api.http.post(f"/api/jobs/{busy}/cancel", json={})
     eventually(lambda: api.job(waiting)["state"] == "running")
     assert api.job(waiting)["reason"].startswith("accepted by")
