@@ -453,7 +453,7 @@ def test_the_dashboard_says_why_a_job_waits_and_what_a_runner_reports(
         page.goto(f"{stack.board}/jobs/{job_id}")
         box = page.locator(".pending")
         shown = box.locator(".pending-text")
-        expect(shown).to_contain_text("waiting")
+        expect(shown).to_contain_text("gpu=a100")
 
         def as_explained() -> bool:  # the dispatcher explains again every second
             now = d.pending(job_id)
