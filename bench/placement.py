@@ -281,8 +281,8 @@ def _target(affinity: dict[str, Any], spread: dict[str, Any]) -> None:
     )
 
 
-def _cache_flag(repo_bytes: int, count: int) -> tuple[str, ...]:
-    """``--mirror-cache-size`` for about CACHE_SHARE of the repositories, if runners have it."""
+def _cache_flag(repo_bytes: int, count: int, share: float) -> tuple[str, ...]:
+    """``--mirror-cache-size`` for about ``share`` of the repositories, if runners have it."""
     help_text = subprocess.run(
         [sys.executable, "-m", "narwhal", "runner", "--help"],
         cwd=ROOT,
@@ -290,7 +290,7 @@ def _cache_flag(repo_bytes: int, count: int) -> tuple[str, ...]:
         text=True,
         check=True,
     ).stdout
-    held = CACHE_SHARE * count
+    held = share * count
     if "--mirror-cache-size" not in help_text:
         print("# --mirror-cache-size: the runners have no such flag; their mirror caches are")
         print(f"#   unbounded (every repository stays once cloned), not {held:.1f} of {count}")
@@ -336,6 +336,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("jobs", "bursts", "runners"):
         parser.add_argument(f"--{name}", type=int, help=f"default {FULL[name]}")
     parser.add_argument("--capacity", type=int, default=2, help="slots per runner")
+    parser.add_argument(
+        "--cache-share",
+        type=float,
+        default=CACHE_SHARE,
+        help=f"share of the repositories one mirror cache holds (default {CACHE_SHARE})",
+    )
     parser.add_argument("--policies", default="affinity,spread,pack")
     parser.add_argument("--gap", type=float, help="seconds between bursts (default 1, tiny 0.2)")
     parser.add_argument("--seed", type=int, default=14)
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         runners=args.runners,
         capacity=args.capacity,
         gap=args.gap,
-        runner_args=_cache_flag(repo_bytes, args.repos),
+        runner_args=_cache_flag(repo_bytes, args.repos, args.cache_share),
     )
     plan = make_plan(args.repos, args.jobs, args.bursts, args.seed)
     mix = Counter(r for burst in plan.jobs for r in burst)

@@ -192,6 +192,9 @@ class DispatcherConfig:
     #: Which runner takes a job (``PLACEMENTS``): affinity (warm
     #: mirrors first, within a share of each burst), spread or pack.
     placement: str = "affinity"
+    #: Seconds a runner whose jobs keep failing on its side is first kept
+    #: from work (doubled on each failed probe job, up to 15 minutes).
+    quarantine: float = 60.0
     #: The most slots a runner's READY may claim; more are clamped to this.
     max_runner_capacity: int = 256
     mesh: MeshConfig = field(default_factory=MeshConfig)

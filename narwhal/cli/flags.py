@@ -108,6 +108,13 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         "loaded) or pack (the fullest that fits) (NARWHAL_PLACEMENT)",
     )
     p.add_argument(
+        "--quarantine",
+        metavar="SECONDS",
+        default=env("QUARANTINE", default_of(DispatcherConfig, "quarantine")),
+        help="how long a runner whose jobs keep failing on its side (checkout, engine) is "
+        "first kept from work, doubled on each failed probe job (NARWHAL_QUARANTINE)",
+    )
+    p.add_argument(
         "--max-runner-capacity",
         default=env("MAX_RUNNER_CAPACITY", default_of(DispatcherConfig, "max_runner_capacity")),
         help="most slots a runner may claim; more are clamped (NARWHAL_MAX_RUNNER_CAPACITY)",

@@ -30,6 +30,7 @@ from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.batch import record_frames
 from narwhal.dispatcher.feed import Feed
 from narwhal.dispatcher.gauges import GAUGE_INTERVAL, Gauges
+from narwhal.dispatcher.health import Health
 from narwhal.dispatcher.jobs import JobTable
 from narwhal.dispatcher.mesh import Key, Mesh, Peer
 from narwhal.dispatcher.placement import Placed, Placement, policy
@@ -67,7 +68,7 @@ class Dispatcher:
         self.store = store
         self.mesh = mesh
         #: What runners' frames taught about them, for placement (``signals``).
-        self.signals = Signals()
+        self.signals = Signals(Health(period=config.quarantine))
         self.placement = placement or policy(config.placement, self.signals)
         #: Everything that happens, for whoever wants to know (``dispatcher.feed``).
         self.feed = Feed()

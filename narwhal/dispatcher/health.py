@@ -83,7 +83,7 @@ class Health:
     ) -> None:
         self._streak = streak
         self._period = period
-        self._longest = longest
+        self._longest = max(longest, period)
         self._wall = wall
         self._runners: dict[str, _Runner] = {}
         #: Per repository, the last runners a job of it ended well on: runner -> when.

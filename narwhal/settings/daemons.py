@@ -75,6 +75,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         metrics_per_repo=bool(args.metrics_per_repo),
         max_attempts=int(positive(int, "--max-attempts", args.max_attempts)),
         placement=placement(args.placement),
+        quarantine=float(positive(float, "--quarantine", args.quarantine)),
         max_runner_capacity=int(positive(int, "--max-runner-capacity", args.max_runner_capacity)),
         mesh=_mesh(args),
         amqp=amqp_config(args),

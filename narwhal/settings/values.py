@@ -8,6 +8,7 @@ only I/O here.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from dataclasses import MISSING, fields
@@ -58,7 +59,7 @@ def positive(kind: type[int] | type[float], name: str, value: str) -> float:
         number = kind(value)
     except ValueError:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if number <= 0:
+    if not 0 < number < math.inf:  # NaN and infinity are no durations or counts either
         raise ConfigError(f"{name}: must be positive, got {value!r}")
     return number
 

@@ -3,12 +3,16 @@
 Repeated jobs of one repository go to the runner that has it warm (and
 say so in their placement), the checkout time of each job is recorded,
 a burst of that repository still spreads over the others, other
-repositories keep running, and a job no runner can take says why.
+repositories keep running, a job no runner can take says why, and a
+runner whose checkouts keep failing is quarantined until it mends.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.support.cluster import Cluster
@@ -98,3 +102,63 @@ def test_a_job_no_runner_can_take_says_why_and_where_it_stands(
     assert "os=windows" in job["pending"]["text"], job["pending"]
     # The runner is free: a job it can take still runs past them.
     assert api.wait(api.submit(repo))["state"] == "success"
+
+
+def _broken_git(folder: Path, healed: Path) -> dict[str, str]:
+    """A PATH whose git fails as a full disk would, until ``healed`` exists."""
+    real = shutil.which("git")
+    assert real is not None
+    folder.mkdir()
+    script = folder / "git"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ -e "{healed}" ] && exec "{real}" "$@"\n'
+        'echo "fatal: unable to write new index file: No space left on device" >&2\n'
+        "exit 128\n"
+    )
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_a_black_hole_runner_is_quarantined_probed_and_given_work_again(
+    cluster: Cluster, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    healed = tmp_path / "healed"
+    cluster.start_runner("good", 1)
+    cluster.start_runner("hole", 1, env=_broken_git(tmp_path / "bin", healed))
+    api = cluster.start_dispatcher("--placement", "spread", "--quarantine", "2")
+    cluster.wait_ready(2)
+    repos = [make_repo(_pipeline(f"echo {n}")) for n in range(2)]
+
+    def quarantine() -> dict[str, Any] | None:
+        hole = next(r for r in api.runners() if r["id"] == "hole")
+        return hole["quarantine"]  # type: ignore[no-any-return]
+
+    # Pairs of jobs of both repositories: spread gives each runner one, until
+    # the hole's checkouts have failed often enough, from both repositories.
+    ended: list[dict[str, Any]] = []
+    for _ in range(10):
+        pair = [api.submit(repo) for repo in repos]
+        ended += [api.wait(job_id) for job_id in pair]
+        if quarantine() is not None:
+            break
+    shut = quarantine()
+    assert shut is not None, ended
+    assert "checkout" in shut["reason"], shut
+    failed = [j for j in ended if j["state"] == "error"]
+    assert failed and all(j["runner_id"] == "hole" for j in failed), ended
+    assert all(j["state"] == "success" for j in ended if j["runner_id"] == "good"), ended
+    # While it is quarantined the hole takes nothing: work waits for the good runner.
+    if not shut["probing"]:
+        kept = [api.submit(repo) for repo in repos]
+        assert all(api.wait(job_id)["runner_id"] == "good" for job_id in kept)
+    # Mended, the hole's probe job succeeds and it is cleared.
+    healed.touch()
+
+    def cleared() -> bool:
+        pair = [api.submit(repo) for repo in repos]
+        done = [api.wait(job_id) for job_id in pair]
+        assert all(j["state"] == "success" for j in done), done
+        return quarantine() is None and any(j["runner_id"] == "hole" for j in done)
+
+    eventually(cleared, timeout=40, what="the mended runner to be cleared and take work")

@@ -38,7 +38,12 @@ class Cluster:
         self.keys = MeshKeys(root)
 
     def start_runner(
-        self, name: str, capacity: int = 1, *extra: str, keys: list[str] | None = None
+        self,
+        name: str,
+        capacity: int = 1,
+        *extra: str,
+        keys: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Daemon:
         """``narwhal runner`` NAME; its key is trusted as NAME unless ``keys`` gives other flags."""
         port = self.ports.setdefault(name, free_port())
@@ -50,7 +55,8 @@ class Cluster:
                 *extra,
                 listen=f"tcp://127.0.0.1:{port}",
                 mesh=MESH,
-            )
+            ),
+            env=env,
         )
         if name in self.runners:
             self.retired.append(self.runners[name])
