@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -58,33 +58,21 @@ def engine_of(executor: object) -> Engine | None:
     return executor
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Host:
-    """The host's figures of a ``RunnerState``."""
-
-    cpus: int
-    load: float
-    memory_total: int
-    memory_available: int
-    disk_free: int
-    os: str
-    arch: str
-
-
 def arch_name(machine: str) -> str:
     """An architecture as container engines name it: x86_64 is amd64, aarch64 arm64."""
     lowered = machine.lower()
     return _ARCHES.get(lowered, lowered)
 
 
-def host(work: Path) -> Host:
-    """The host's figures now (blocking: a few system calls and /proc/meminfo)."""
+def host(work: Path) -> p.RunnerState:
+    """The host's figures now, as a state with no engine and no mirrors (blocking:
+    a few system calls and /proc/meminfo); ``StateReporter.current`` adds the rest."""
     total, available = memory()
     try:
         load = max(0.0, os.getloadavg()[0])
     except (AttributeError, OSError):  # no load average on this system
         load = 0.0
-    return Host(
+    return p.RunnerState(
         cpus=cpu_count(),
         load=load,
         memory_total=total,
@@ -92,6 +80,7 @@ def host(work: Path) -> Host:
         disk_free=shutil.disk_usage(work).free,
         os=platform.system().lower(),
         arch=arch_name(platform.machine()),
+        docker=False,
     )
 
 
@@ -167,7 +156,7 @@ class StateReporter:
         self.engine = engine
         self._interval = interval
         self._engine_refresh = engine_refresh
-        self._host: Host | None = None
+        self._host: p.RunnerState | None = None
         self._sampled = float("-inf")
         self._docker = False
         self._images: tuple[str, ...] = ()
@@ -215,14 +204,8 @@ class StateReporter:
         if sampled is None:
             raise RuntimeError("StateReporter.start was not awaited")
         index = self._mirrors
-        return p.RunnerState(
-            cpus=sampled.cpus,
-            load=sampled.load,
-            memory_total=sampled.memory_total,
-            memory_available=sampled.memory_available,
-            disk_free=sampled.disk_free,
-            os=sampled.os,
-            arch=sampled.arch,
+        return dataclasses.replace(
+            sampled,
             docker=self._docker,
             images=self._images[: p.MAX_IMAGES],
             mirrors=tuple(
