@@ -8,6 +8,7 @@ disconnect, so every reconnect gets a new generation number.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -121,23 +122,10 @@ def report_json(report: p.RunnerState | None) -> dict[str, Any] | None:
     """A runner's ``RunnerState`` for API answers; mirrors' URLs never show credentials."""
     if report is None:
         return None
-    return {
-        "cpus": report.cpus,
-        "load": report.load,
-        "memory_total": report.memory_total,
-        "memory_available": report.memory_available,
-        "disk_free": report.disk_free,
-        "os": report.os,
-        "arch": report.arch,
-        "docker": report.docker,
-        "images": list(report.images),
-        "mirrors": [
-            {"repo": redacted(m.repo), "sha": m.sha, "used_at": m.used_at, "size": m.size}
-            for m in report.mirrors
-        ],
-        "mirror_bytes": report.mirror_bytes,
-        "mirror_limit": report.mirror_limit,
-    }
+    shown = dataclasses.asdict(report)
+    shown["images"] = list(report.images)
+    shown["mirrors"] = [{**m, "repo": redacted(m["repo"])} for m in shown["mirrors"]]
+    return shown
 
 
 class Ceiling:
