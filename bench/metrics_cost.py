@@ -31,32 +31,14 @@ from narwhal.dispatcher.feed import Event, JobChanged, LogAppended
 from narwhal.dispatcher.mesh import LinkState
 from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store.base import NewJob
 from narwhal.dispatcher.store.memory import MemoryStore
 from narwhal.dispatcher.waiting import NO_SLOT
 from narwhal.testing import FakeMesh, FakePeer
 
 
 def _record(job_id: int, repo: str) -> JobRecord:
-    return JobRecord(
-        id=job_id,
-        repo=repo,
-        ref="main",
-        sha=None,
-        event="push",
-        labels={},
-        matrix=None,
-        parent_id=None,
-        pipeline=None,
-        state="queued",
-        reason="submitted",
-        attempt=1,
-        runner_id=None,
-        cancel_requested=False,
-        created_at=1000.0 + job_id,
-        updated_at=1000.0 + job_id,
-        started_at=None,
-        finished_at=None,
-    )
+    return NewJob(repo=repo, ref="main", sha=None, event="push").record(job_id, 1000.0 + job_id)
 
 
 def lives(jobs: int, repos: int) -> list[Event]:

@@ -31,6 +31,7 @@ from narwhal.dispatcher.order import QueueIndex
 from narwhal.dispatcher.placement import POLICIES, Placed, policy
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.signals import Signals
+from narwhal.dispatcher.store.base import NewJob
 from narwhal.dispatcher.waiting import Explainer
 from narwhal.mesh import protocol as p
 
@@ -94,28 +95,15 @@ def runners(count: int, capacity: int, *, plain: bool = False) -> list[Link]:
 def queue(count: int, *, plain: bool = False) -> list[JobRecord]:
     """``plain``: one repository, no commit, no resource needs."""
     return [
-        JobRecord(
-            id=i,
+        NewJob(
             repo=REPOS[0 if plain else i % len(REPOS)],
             ref="refs/heads/main",
             sha=_sha(i % len(REPOS), COMMITS - 1) if i % 2 and not plain else None,
             event="push",
             labels=dict(LABELS[i % len(LABELS)]),
-            matrix=None,
-            parent_id=None,
-            pipeline=None,
-            state="queued",
-            reason="submitted",
-            attempt=1,
-            runner_id=None,
-            cancel_requested=False,
-            created_at=0.0,
-            updated_at=0.0,
-            started_at=None,
-            finished_at=None,
             cpus=4.0 if i % 5 == 0 and not plain else None,
             memory=2 * GIB if i % 7 == 0 and not plain else None,
-        )
+        ).record(i, 0.0)
         for i in range(count)
     ]
 
