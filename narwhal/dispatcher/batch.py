@@ -13,6 +13,7 @@ from narwhal.dispatcher.mesh import Peer
 from narwhal.dispatcher.store.base import (
     AppendLog,
     AppendUsage,
+    SetCheckout,
     StepFinished,
     StepStarted,
     UsageSample,
@@ -32,18 +33,7 @@ def record_frames(table: JobTable, changes: Changes, frames: list[tuple[Peer, p.
             reason = message.reason or message.status
             table.move(changes, message.job_id, message.attempt, message.status, reason, runner_id)
         elif isinstance(message, p.CheckedOut):
-            table.checked_out(
-                changes,
-                message.job_id,
-                message.attempt,
-                message.sha,
-                message.pipeline,
-                message.variants,
-                checkout=message.checkout,
-                cold=message.cold,
-                fetched=message.fetched,
-                needs=_needs(message.needs),
-            )
+            table.checked_out(changes, _checkout(message))
         elif isinstance(message, p.Usage):
             _record_usage(table, changes, message)
         else:
@@ -126,5 +116,16 @@ def _record_output(table: JobTable, changes: Changes, message: p.Message) -> Non
     changes.after_commit(lambda: table.feed.publish(event))
 
 
-def _needs(needs: p.Needs | None) -> tuple[int, float | None, int | None] | None:
-    return None if needs is None else (needs.priority, needs.cpus, needs.memory)
+def _checkout(message: p.CheckedOut) -> SetCheckout:
+    needs = message.needs
+    return SetCheckout(
+        job_id=message.job_id,
+        attempt=message.attempt,
+        sha=message.sha,
+        pipeline=message.pipeline,
+        variants=message.variants,
+        checkout=message.checkout,
+        cold=message.cold,
+        fetched=message.fetched,
+        needs=None if needs is None else (needs.priority, needs.cpus, needs.memory),
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from narwhal.dispatcher.feed import Feed, JobChanged, JobUpdated
@@ -312,36 +312,13 @@ class JobTable:
 
         changes.after_commit(settle)
 
-    def checked_out(
-        self,
-        changes: Changes,
-        job_id: int,
-        attempt: int,
-        sha: str,
-        pipeline: str,
-        variants: tuple[Mapping[str, str], ...],
-        *,
-        checkout: float | None = None,
-        cold: bool | None = None,
-        fetched: int | None = None,
-        needs: tuple[int, float | None, int | None] | None = None,
-    ) -> None:
+    def checked_out(self, changes: Changes, write: SetCheckout) -> None:
         """Record what a runner checked out; a first checkout of a matrix queues
         a job for each combination after the first, in the same unit, so whoever
         sees the parent's checkout (or its end) sees its siblings too (with the
         pipeline's priority and resource needs)."""
+        job_id, attempt, sha, variants = write.job_id, write.attempt, write.sha, write.variants
         record = changes.record(job_id)
-        write = SetCheckout(
-            job_id=job_id,
-            attempt=attempt,
-            sha=sha,
-            pipeline=pipeline,
-            variants=variants,
-            checkout=checkout,
-            cold=cold,
-            fetched=fetched,
-            needs=needs,
-        )
         changes.add(write)
         if record is None or record.attempt != attempt:
             return  # a stale attempt: the store changes nothing either
@@ -349,13 +326,13 @@ class JobTable:
         updated = checkout_applied(
             record._replace(
                 sha=sha,
-                pipeline=pipeline or record.pipeline,
+                pipeline=write.pipeline or record.pipeline,
                 matrix=record.matrix or (dict(variants[0]) if variants else None),
             ),
             write,
         )
         changes.planned[job_id] = updated
-        changes.after_commit(lambda: self._took_checkout(updated))
+        changes.after_commit(lambda: self._took_checkout(updated, write))
         if first and not record.cancel_requested:
             for variant in variants[1:]:
                 self.create(
@@ -376,22 +353,13 @@ class JobTable:
                     ),
                 )
 
-    def _took_checkout(self, updated: JobRecord) -> None:
+    def _took_checkout(self, updated: JobRecord, write: SetCheckout) -> None:
         held = self.active.get(updated.id)
         if held is not None and held.attempt == updated.attempt:
-            self._active_put(
-                held._replace(
-                    sha=updated.sha,
-                    pipeline=updated.pipeline,
-                    matrix=updated.matrix,
-                    priority=updated.priority,
-                    cpus=updated.cpus,
-                    memory=updated.memory,
-                    checkout=updated.checkout,
-                    cold=updated.cold,
-                    fetched=updated.fetched,
-                )
+            checked = held._replace(
+                sha=updated.sha, pipeline=updated.pipeline, matrix=updated.matrix
             )
+            self._active_put(checkout_applied(checked, write))
         self.touched(updated.id)
 
     def set_reasons(self, changes: Changes, reasons: Sequence[tuple[int, int, str]]) -> None:
