@@ -33,7 +33,6 @@ from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import NewJob
 from narwhal.dispatcher.store.memory import MemoryStore
-from narwhal.dispatcher.waiting import NO_SLOT
 from narwhal.testing import FakeMesh, FakePeer
 
 
@@ -100,7 +99,7 @@ def scrape_ms(data_dir: Path, queued: int, runners: int) -> float:
     for event in lives(10_000, repos=50):
         metrics.on_event(event)
     for n in range(queued):
-        reason = NO_SLOT if n % 2 else "submitted"
+        reason = "waiting: 0 of 1 runner can take it: 1 full (4/4 slots)" if n % 2 else "submitted"
         dispatcher.jobs.queue[n] = _record(n, "https://git.example.com/a.git")._replace(
             reason=reason
         )

@@ -10,7 +10,6 @@ import pytest
 
 from narwhal.dispatcher.mesh import LinkState, Mesh, MeshEvents, Source
 from narwhal.dispatcher.placement import Placed, Spread
-from narwhal.dispatcher.waiting import NO_SLOT, changed_reasons
 from narwhal.errors import ConfigError, StoreError
 from narwhal.mesh import protocol as p
 from narwhal.testing import FakeMesh, FakeRunner
@@ -60,7 +59,8 @@ def test_the_fake_is_a_mesh_and_its_runners_are_peers() -> None:
         assert isinstance(placed, Placed) and placed.peer is peer
         mesh.reserve(peer, KEY)
         mesh.reserve(peer, (8, 1))
-        assert changed_reasons([job(2, "queued")], mesh.peers()) == [(2, 1, NO_SLOT)]
+        waiting = Spread().explain(job(2, "queued"), mesh.peers())
+        assert waiting is not None and waiting.reason == "full", waiting
 
     run(main)
 

@@ -8,10 +8,6 @@ every round: one pass over the queue in order with one verdict per kind
 of job (label set, needs), and a store write only for the jobs whose text
 changed. Not even the pass when neither the queue nor the runners changed
 since the last look and no round said anything new.
-
-``why_waiting`` and ``changed_reasons`` are the label-only reasons of the
-texts ``NO_RUNNER``, ``NO_SLOT``, ``NO_LABEL`` (the kinds of the pending jobs
-metric reads from a job's stored reason).
 """
 
 from __future__ import annotations
@@ -22,48 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from narwhal.dispatcher.fleet import Fleet, Key, key_of
-from narwhal.dispatcher.mesh import LinkState, Peer
+from narwhal.dispatcher.mesh import Peer
 from narwhal.dispatcher.placement import REASONS, Placement, Waiting
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.signals import Signals
 
 #: Seconds between two looks at the queue.
 EXPLAIN_INTERVAL = 1.0
-
-NO_RUNNER = "waiting: no runner connected"
-NO_SLOT = "waiting for a free slot"
-#: Followed by the labels no ready runner offers.
-NO_LABEL = "waiting: no runner offers"
-
-
-def why_waiting(ready: Sequence[Peer], labels: Mapping[str, str]) -> str:
-    """The reason a job with ``labels`` waits, or "" if a matching runner has a free slot."""
-    if not ready:
-        return NO_RUNNER
-    serving = [peer for peer in ready if peer.serves(labels)]
-    if not serving:
-        wanted = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        return f"{NO_LABEL} {wanted}"
-    if not any(peer.free for peer in serving):
-        return NO_SLOT
-    return ""  # the next scheduling round takes it
-
-
-def changed_reasons(
-    queue: Iterable[JobRecord], peers: Iterable[Peer]
-) -> list[tuple[int, int, str]]:
-    """``(job id, attempt, reason)`` for each queued job whose waiting reason is new."""
-    ready = [peer for peer in peers if peer.state == LinkState.READY]
-    verdicts: dict[frozenset[tuple[str, str]], str] = {}
-    changed = []
-    for job in queue:
-        key = frozenset(job.labels.items())
-        why = verdicts.get(key)
-        if why is None:
-            why = verdicts[key] = why_waiting(ready, job.labels)
-        if why and why != job.reason:
-            changed.append((job.id, job.attempt, why))
-    return changed
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,17 +3,12 @@ and a pass only when something it depends on changed."""
 
 from __future__ import annotations
 
+from narwhal.dispatcher.fleet import NO_RUNNER_TEXT
 from narwhal.dispatcher.order import QueueIndex
 from narwhal.dispatcher.placement import REASONS, Waiting, policy
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.signals import Signals
-from narwhal.dispatcher.waiting import (
-    NO_RUNNER,
-    NO_SLOT,
-    Explainer,
-    Pending,
-    changed_reasons,
-)
+from narwhal.dispatcher.waiting import Explainer, Pending
 from narwhal.testing import FakePeer
 from tests.dispatcher.test_placement import Clock, job, report, runner
 
@@ -64,7 +59,7 @@ def test_a_job_a_runner_can_take_now_has_no_pending_explanation() -> None:
     explainer, _ = _explainer()
     assert _look(explainer, {1: job(1, reason="submitted")}, [runner("a", 1)]) == []
     assert explainer.pending(1) is None
-    assert _look(explainer, {1: job(1, reason="submitted")}, []) == [(1, 1, NO_RUNNER)]
+    assert _look(explainer, {1: job(1, reason="submitted")}, []) == [(1, 1, NO_RUNNER_TEXT)]
 
 
 def test_a_rounds_verdict_wins_over_the_filters() -> None:
@@ -140,16 +135,3 @@ def test_the_estimated_start_counts_the_jobs_ahead_for_the_same_runners() -> Non
     # /other has too few durations of its own: typical of all (a median of 10 s).
     assert etas == {1: 10.0, 2: 10.0, 3: 10.0, 4: 20.0, 5: 10.0, 6: 20.0, 7: None}
     assert _explainer()[0].look({}, [], []) == []
-
-
-def test_the_label_only_reasons_of_the_metrics_stay() -> None:
-    queue = [
-        job(1, reason="submitted", labels={"gpu": "a100"}),
-        job(2, reason="submitted"),
-    ]
-    full = runner("a", 1, busy=1)
-    assert changed_reasons(queue, [full]) == [
-        (1, 1, "waiting: no runner offers gpu=a100"),
-        (2, 1, NO_SLOT),
-    ]
-    assert changed_reasons(queue, []) == [(1, 1, NO_RUNNER), (2, 1, NO_RUNNER)]
