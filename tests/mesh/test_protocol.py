@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -360,3 +361,72 @@ def test_structured_garbage_never_raises_anything_else(kind: str, body: dict[str
     except ProtocolError:
         return
     assert p.decode(p.encode(message)) == message
+
+
+_STATE: dict[str, Any] = {
+    "cpus": 2,
+    "load": 0.5,
+    "memory_total": 1 << 30,
+    "memory_available": 1 << 29,
+    "disk_free": 1 << 32,
+    "os": "linux",
+    "arch": "amd64",
+    "docker": False,
+}
+_CHECKED_OUT: dict[str, Any] = {"job_id": 1, "attempt": 1, "seq": 1, "sha": "a", "pipeline": "p"}
+_WARM = {"repo": "https://h/x.git", "sha": "", "used_at": 1.0, "size": 1}
+
+
+def test_a_runner_state_and_checkout_figures_round_trip() -> None:
+    state = p.RunnerState(**_STATE, images=("busybox:1",), mirrors=(p.WarmRepo(**_WARM),))
+    for message in (
+        p.Ready(runner_id="r", session="s", capacity=1, labels={}, version="1", state=state),
+        p.Heartbeat(session="s", state=state),
+        p.CheckedOut(**_CHECKED_OUT, checkout=0.2, cold=True, fetched=9, needs=p.Needs(priority=3)),
+        p.Done(
+            job_id=1, attempt=1, seq=2, status="error", reason="git", duration=1, fault="checkout"
+        ),
+    ):
+        assert p.decode(p.encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"state": {**_STATE, "cpus": -1}}, "not negative"),
+        ({"state": {**_STATE, "load": float("nan")}}, "not negative"),
+        ({"state": {**_STATE, "load": float("inf")}}, "not negative"),
+        ({"state": {**_STATE, "disk_free": True}}, "expected int, got bool"),
+        ({"state": {**_STATE, "images": ["x"] * (p.MAX_IMAGES + 1)}}, "more than"),
+        ({"state": {**_STATE, "mirrors": [_WARM] * (p.MAX_MIRRORS + 1)}}, "more than"),
+        ({"state": {**_STATE, "mirrors": [{**_WARM, "size": -1}]}}, "must not be negative"),
+        ({"state": {**_STATE, "mirrors": [{**_WARM, "evil": 1}]}}, "unknown field 'evil'"),
+        ({"state": {**_STATE, "os": None}}, "expected str"),
+    ],
+)
+def test_a_forged_runner_state_is_refused(body: dict[str, Any], error: str) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(error)):
+        p.decode(_frame("heartbeat", {"session": "s", **body}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "error"),
+    [
+        ("checked_out", {**_CHECKED_OUT, "checkout": -1.0}, "must not be negative"),
+        ("checked_out", {**_CHECKED_OUT, "fetched": -5}, "must not be negative"),
+        ("checked_out", {**_CHECKED_OUT, "needs": {"priority": 10**6}}, "outside -1000..1000"),
+        ("checked_out", {**_CHECKED_OUT, "needs": {"cpus": 0.0}}, "must be positive"),
+        ("checked_out", {**_CHECKED_OUT, "needs": {"memory": -1}}, "must be positive"),
+        (
+            "done",
+            {"job_id": 1, "attempt": 1, "seq": 0, "status": "error", "reason": "", "duration": 1}
+            | {"fault": "cosmic rays"},
+            "unknown fault 'cosmic rays'",
+        ),
+    ],
+)
+def test_forged_checkout_figures_and_faults_are_refused(
+    kind: str, body: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(error)):
+        p.decode(_frame(kind, body))
