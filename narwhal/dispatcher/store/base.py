@@ -346,6 +346,26 @@ class AppendUsage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DropLogs:
+    """Delete every log chunk of these jobs (all attempts): the retention
+    policy's write (``dispatcher.retention``). The job rows, their history,
+    steps and usage stay. Result: the stored bytes freed."""
+
+    job_ids: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogFootprint:
+    """An ended job that still has its log: what retention weighs."""
+
+    job_id: int
+    repo: str
+    finished_at: float
+    #: Bytes as stored (compressed), all attempts.
+    stored: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AddEndpoint:
     """A runner endpoint added at run time, connected again after a restart."""
 
@@ -403,6 +423,7 @@ Write = (
     | StepStarted
     | StepFinished
     | AppendUsage
+    | DropLogs
     | AddEndpoint
     | PutToken
     | DeleteToken
@@ -454,6 +475,11 @@ class JobStore(Protocol):
 
     async def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         """A queued, assigned or running job for this commit and event."""
+        ...
+
+    async def log_footprints(self) -> list[LogFootprint]:
+        """Every ended job (a terminal state) with log chunks left, oldest
+        ``finished_at`` first (ties: by id)."""
         ...
 
     async def holders(

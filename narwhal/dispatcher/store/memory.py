@@ -33,8 +33,10 @@ from narwhal.dispatcher.store.base import (
     AppendUsage,
     CreateJob,
     CreateJobs,
+    DropLogs,
     Holding,
     JobQuery,
+    LogFootprint,
     Moves,
     NewJob,
     RequestCancel,
@@ -128,9 +130,19 @@ class MemoryStore:
                 self._request_cancel(write.job_id)
             case SetReasons():
                 self._set_reasons(write)
+            case DropLogs():
+                return self._drop_logs(write)
             case _:
                 self._make_other(write)
         return None
+
+    def _drop_logs(self, write: DropLogs) -> int:
+        jobs = set(write.job_ids)
+        freed = 0
+        for key in [key for key in self._logs if key[0] in jobs]:
+            freed += len(self._logs[key])
+            self._undo.delete(self._logs, key)
+        return freed
 
     def _make_other(self, write: _OtherWrite) -> None:
         match write:
@@ -319,6 +331,20 @@ class MemoryStore:
             if (j, a) == (job_id, attempt) and seq > after
         ]
         return sorted(chunks, key=lambda chunk: chunk[0])
+
+    async def log_footprints(self) -> list[LogFootprint]:
+        stored: dict[int, int] = {}
+        for (job_id, _, _), data in self._logs.items():
+            stored[job_id] = stored.get(job_id, 0) + len(data)
+        ended = [
+            (job.finished_at or 0.0, job.id, job.repo)
+            for job_id in stored
+            if (job := self._jobs.get(job_id)) is not None and job.state in TERMINAL
+        ]
+        return [
+            LogFootprint(job_id=job_id, repo=repo, finished_at=at, stored=stored[job_id])
+            for at, job_id, repo in sorted(ended)
+        ]
 
     async def find_active(self, *, repo: str, sha: str, event: str) -> JobRecord | None:
         for job_id in sorted(self._jobs):

@@ -48,8 +48,10 @@ from narwhal.dispatcher.store.base import (
     CreateJobs,
     DeleteSecret,
     DeleteToken,
+    DropLogs,
     Holding,
     JobQuery,
+    LogFootprint,
     Moves,
     PutSecret,
     PutToken,
@@ -88,6 +90,7 @@ CHECKPOINT_INTERVAL = 1.0
 #: The writes ``_make_job`` leaves to ``_make_other``.
 _OtherWrite = (
     RequestCancel
+    | DropLogs
     | AppendUsage
     | AddEndpoint
     | PutToken
@@ -205,6 +208,9 @@ class SqliteStore:
     ) -> dict[tuple[int, int], Holding]:
         return await self._read(reads.holders, runner_id, keys)
 
+    async def log_footprints(self) -> list[LogFootprint]:
+        return await self._read(reads.log_footprints)
+
     async def endpoints(self) -> list[str]:
         return await self._read(tables.endpoints)
 
@@ -296,25 +302,23 @@ def _make(db: sqlite3.Connection, write: Write) -> Any:
             return _make_other(db, write)
 
 
-def _make_other(db: sqlite3.Connection, write: _OtherWrite) -> None:
+def _make_other(db: sqlite3.Connection, write: _OtherWrite) -> Any:
     match write:
+        case DropLogs():  # retention, now and then
+            return jobs.drop_logs(db, write)
         case RequestCancel():
             jobs.request_cancel(db, write)
         case AppendUsage():  # a few a minute per running step: not among the hot ones
             usage.append_usage(db, write)
-        case AddEndpoint():
-            tables.add_endpoint(db, write)
-        case PutToken():
-            tables.put_token(db, write)
-        case DeleteToken():
-            tables.delete_token(db, write)
-        case TouchToken():
-            tables.touch_token(db, write)
-        case PutSecret():
-            tables.put_secret(db, write)
-        case DeleteSecret():
-            tables.delete_secret(db, write)
-        case SetForks():
-            tables.set_forks(db, write)
+        case (
+            AddEndpoint()
+            | PutToken()
+            | DeleteToken()
+            | TouchToken()
+            | PutSecret()
+            | DeleteSecret()
+            | SetForks()
+        ):
+            tables.make(db, write)
         case _:
             assert_never(write)

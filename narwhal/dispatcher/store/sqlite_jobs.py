@@ -24,6 +24,7 @@ from narwhal.dispatcher.store.base import (
     AppendLog,
     CreateJob,
     CreateJobs,
+    DropLogs,
     Moves,
     NewJob,
     RequestCancel,
@@ -323,3 +324,13 @@ def append_log(db: sqlite3.Connection, write: AppendLog) -> None:
         " ON CONFLICT (job_id, attempt, seq) DO NOTHING",
         (write.job_id, write.attempt, write.seq, write.data),
     )
+
+
+def drop_logs(db: sqlite3.Connection, write: DropLogs) -> int:
+    """Delete the jobs' chunks, every attempt; the stored bytes freed."""
+    ids = json.dumps(sorted(set(write.job_ids)))
+    where = "job_id IN (SELECT value FROM json_each(?))"
+    freed = db.execute(f"SELECT COALESCE(SUM(length(data)), 0) FROM logs WHERE {where}", (ids,))
+    total = int(freed.fetchone()[0])
+    db.execute(f"DELETE FROM logs WHERE {where}", (ids,))
+    return total

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, StepRecord, TransitionRecord
-from narwhal.dispatcher.store.base import Holding, JobQuery
+from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint
 from narwhal.dispatcher.store.schema import JOB_COLUMNS, job_record
 from narwhal.errors import NotFound
 
@@ -125,3 +125,13 @@ def holders(
         elif key in held_once and (attempt != key[1] or state in TERMINAL):
             verdicts[key] = "stale"
     return verdicts
+
+
+def log_footprints(db: sqlite3.Connection) -> list[LogFootprint]:
+    terminal = ", ".join(f"'{state}'" for state in sorted(TERMINAL))
+    rows = db.execute(
+        "SELECT j.id, j.repo, COALESCE(j.finished_at, j.updated_at), l.stored FROM jobs j"
+        " JOIN (SELECT job_id, SUM(length(data)) AS stored FROM logs GROUP BY job_id) l"
+        f" ON l.job_id = j.id WHERE j.state IN ({terminal}) ORDER BY 3, j.id"
+    ).fetchall()
+    return [LogFootprint(job_id=r[0], repo=r[1], finished_at=r[2], stored=r[3]) for r in rows]

@@ -7,6 +7,7 @@ the store only keeps them, beside the jobs so one backup holds everything.
 from __future__ import annotations
 
 import sqlite3
+from typing import assert_never
 
 from narwhal.dispatcher.store.base import (
     AddEndpoint,
@@ -21,6 +22,29 @@ from narwhal.dispatcher.store.base import (
 )
 
 # writes
+
+SideWrite = AddEndpoint | PutToken | DeleteToken | TouchToken | PutSecret | DeleteSecret | SetForks
+
+
+def make(db: sqlite3.Connection, write: SideWrite) -> None:
+    """One write to a side table."""
+    match write:
+        case AddEndpoint():
+            add_endpoint(db, write)
+        case PutToken():
+            put_token(db, write)
+        case DeleteToken():
+            delete_token(db, write)
+        case TouchToken():
+            touch_token(db, write)
+        case PutSecret():
+            put_secret(db, write)
+        case DeleteSecret():
+            delete_secret(db, write)
+        case SetForks():
+            set_forks(db, write)
+        case _:
+            assert_never(write)
 
 
 def add_endpoint(db: sqlite3.Connection, write: AddEndpoint) -> None:
