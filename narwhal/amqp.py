@@ -21,7 +21,7 @@ import aio_pika.abc
 import aio_pika.exceptions
 
 from narwhal.config import AmqpConfig
-from narwhal.events import dead_letter_queue, queue_arguments
+from narwhal.events import dead_letter_queue, queue_arguments, type_argument
 from narwhal.quietlog import QuietLog
 from narwhal.redact import redacted
 
@@ -37,11 +37,18 @@ BROKER_ERRORS = (
 
 
 async def declare_topology(
-    channel: aio_pika.abc.AbstractChannel, queue: str
+    channel: aio_pika.abc.AbstractChannel, queue: str, kind: str = "classic"
 ) -> aio_pika.abc.AbstractQueue:
-    """Declare the commit queue and its dead-letter queue (idempotent, both sides)."""
-    await channel.declare_queue(dead_letter_queue(queue), durable=True)
-    return await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
+    """Declare the commit queue and its dead-letter queue (idempotent, both sides).
+
+    ``kind`` is ``events.QUEUE_TYPES``'; a queue that exists with another
+    type is refused by the broker (PRECONDITION_FAILED), which the caller
+    reports: RabbitMQ cannot change a queue's type in place.
+    """
+    await channel.declare_queue(
+        dead_letter_queue(queue), durable=True, arguments=type_argument(kind)
+    )
+    return await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue, kind))
 
 
 class BrokerClient:

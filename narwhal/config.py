@@ -98,6 +98,9 @@ class AmqpConfig:
 
     url: str
     queue: str = DEFAULT_AMQP_QUEUE
+    #: ``classic`` (one broker) or ``quorum`` (a RabbitMQ cluster); both
+    #: sides must agree, and an existing queue keeps the type it was made with.
+    queue_type: str = "classic"
     #: Unacknowledged messages the dispatcher takes at once.
     prefetch: int = 32
     #: Seconds the agent waits for the broker to confirm a message.

@@ -162,13 +162,26 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
 
 
-def queue_arguments(queue: str) -> dict[str, Any]:
+#: RabbitMQ queue types the commit queues may be declared as (``--amqp-queue-type``).
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def queue_arguments(queue: str, kind: str = "classic") -> dict[str, Any]:
     """Arguments of the commit queue; both sides declare it, so they must agree.
 
     A message rejected without requeue (by a future consumer, or by hand)
-    lands in the dead-letter queue too, rather than vanishing.
+    lands in the dead-letter queue too, rather than vanishing. ``quorum``
+    (a RabbitMQ cluster: the queue replicated by Raft on a majority of
+    nodes) is named explicitly; a classic queue is declared without the
+    argument, as it always was, so an existing queue still matches.
     """
-    return {
+    arguments: dict[str, Any] = {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue(queue),
     }
+    return arguments | type_argument(kind)
+
+
+def type_argument(kind: str) -> dict[str, Any]:
+    """The ``x-queue-type`` argument for ``kind`` (none for a classic queue)."""
+    return {"x-queue-type": "quorum"} if kind == "quorum" else {}

@@ -88,7 +88,7 @@ class AmqpPublisher(BrokerClient):
             connection.close_callbacks.add(lambda *_: lost.set())
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             channel.close_callbacks.add(lambda *_: lost.set())
-            await declare_topology(channel, self.config.queue)
+            await declare_topology(channel, self.config.queue, self.config.queue_type)
             self._channel = channel
             self.connects += 1
             log.info("publishing to queue %s at %s", self.config.queue, redacted(self.config.url))

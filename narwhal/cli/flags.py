@@ -25,6 +25,7 @@ from narwhal.config import (
     default_data_dir,
 )
 from narwhal.errors import ConfigError
+from narwhal.events import QUEUE_TYPES
 from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.settings import default_of, env
 
@@ -296,6 +297,12 @@ def amqp_flags(p: argparse.ArgumentParser) -> None:
         "--amqp-queue",
         default=env("AMQP_QUEUE", default_of(AmqpConfig, "queue")),
         help="queue of commit events; NAME.dead holds refused ones (NARWHAL_AMQP_QUEUE)",
+    )
+    p.add_argument(
+        "--amqp-queue-type",
+        choices=QUEUE_TYPES,
+        default=env("AMQP_QUEUE_TYPE", default_of(AmqpConfig, "queue_type")),
+        help="classic, or quorum for a RabbitMQ cluster (NARWHAL_AMQP_QUEUE_TYPE)",
     )
     p.add_argument(
         "--amqp-prefetch",

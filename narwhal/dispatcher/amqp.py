@@ -162,7 +162,7 @@ class AmqpConsumer(BrokerClient):
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             channel.close_callbacks.add(lambda *_: lost.set())
             await channel.set_qos(prefetch_count=self.config.prefetch)
-            queue = await declare_topology(channel, self.config.queue)
+            queue = await declare_topology(channel, self.config.queue, self.config.queue_type)
             await queue.consume(inbox.put)
             self.connects += 1
             self.connected.set()

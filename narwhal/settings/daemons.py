@@ -35,6 +35,7 @@ from narwhal.config import (
     WebhookConfig,
 )
 from narwhal.errors import ConfigError
+from narwhal.events import QUEUE_TYPES
 from narwhal.forges import FORGE_APIS, FORGES
 from narwhal.redact import redacted
 from narwhal.runner.identity import default_runner_id
@@ -123,9 +124,15 @@ def amqp_config(args: argparse.Namespace) -> AmqpConfig | None:
         raise ConfigError(
             f"--amqp: expected amqp://USER:PASSWORD@HOST:PORT/VHOST, got {redacted(url)!r}"
         )
+    if args.amqp_queue_type not in QUEUE_TYPES:  # NARWHAL_AMQP_QUEUE_TYPE skips argparse's check
+        raise ConfigError(
+            f"--amqp-queue-type: expected one of {', '.join(QUEUE_TYPES)},"
+            f" got {args.amqp_queue_type!r}"
+        )
     return AmqpConfig(
         url=url,
         queue=args.amqp_queue,
+        queue_type=args.amqp_queue_type,
         prefetch=int(positive(int, "--amqp-prefetch", args.amqp_prefetch)),
         confirm_timeout=positive(float, "--amqp-confirm-timeout", args.amqp_confirm_timeout),
         reconnect_max=positive(float, "--amqp-reconnect", args.amqp_reconnect),

@@ -127,6 +127,7 @@ TIERS: dict[str, str] = {
     "tests/agent/test_forge_deliveries.py": "system",
     "tests/bench/*.py": "system",
     "tests/dispatcher/test_amqp.py": "system",
+    "tests/dispatcher/test_amqp_quorum.py": "system",
     "tests/dispatcher/test_chaos.py": "system",
     "tests/dispatcher/test_placement_real.py": "system",
     "tests/dispatcher/test_flow.py": "system",
