@@ -252,13 +252,17 @@ def _needs(event: str, args: tuple[Any, ...]) -> tuple[str, str] | None:
     if event == "narwhal.tests.postgres_connect":
         return "system", "connected to PostgreSQL"
     if event in {"socket.connect", "socket.bind"}:
-        address = args[1]
-        if isinstance(address, tuple) and len(address) >= 2 and address[1] == 5672:
-            return "system", f"connected to RabbitMQ at {address}"
-        if isinstance(address, str | bytes) and b"docker.sock" in _bytes(address):
-            return "system", "connected to the Docker engine"
-        if isinstance(address, tuple):
-            return "integration", f"used the network ({event} {address})"
+        return _socket_needs(event, args[1])
+    return None
+
+
+def _socket_needs(event: str, address: Any) -> tuple[str, str] | None:
+    if isinstance(address, tuple) and len(address) >= 2 and address[1] == 5672:
+        return "system", f"connected to RabbitMQ at {address}"
+    if isinstance(address, str | bytes) and b"docker.sock" in _bytes(address):
+        return "system", "connected to the Docker engine"
+    if isinstance(address, tuple):
+        return "integration", f"used the network ({event} {address})"
     return None
 
 
