@@ -97,6 +97,9 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_status.py": "integration",
     "tests/dispatcher/store/*.py": "integration",
     "tests/dispatcher/store/test_contract.py::*[[]memory[]]": "unit",
+    # PostgreSQL is a service, as RabbitMQ is.
+    "tests/dispatcher/store/test_contract.py::*[[]postgresql[]]": "system",
+    "tests/dispatcher/store/test_postgres.py": "system",
     "tests/dispatcher/test_tokens.py": "integration",
     "tests/test_cli_repo_arg.py": "system",
     "tests/test_cli_packages.py": "system",
@@ -168,7 +171,10 @@ def tier_of(nodeid: str) -> str | None:
     best: tuple[int, str] | None = None
     for pattern, tier in TIERS.items():
         module, _, test = pattern.partition("::")
-        if fnmatch(path, module) and (not test or fnmatch(name, test)):
+        # A pattern with a parameter (``*[[]postgresql[]]``) matches the test's
+        # name with its parameters, any other the bare name.
+        named = rest if "[" in test else name
+        if fnmatch(path, module) and (not test or fnmatch(named, test)):
             if best is None or len(pattern) > best[0]:
                 best = (len(pattern), tier)
     return best[1] if best else None
@@ -186,6 +192,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_GUARD] = _Guard()
     sys.addaudithook(config.stash[_GUARD].audit)
     _announce_zmq_contexts()
+    _announce_postgres_connections()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -243,14 +250,20 @@ def _needs(event: str, args: tuple[Any, ...]) -> tuple[str, str] | None:
         return "integration", f"opened the SQLite file {args[0]}"
     if event == "narwhal.tests.zmq_context":
         return "integration", "made a ZeroMQ context"
+    if event == "narwhal.tests.postgres_connect":
+        return "system", "connected to PostgreSQL"
     if event in {"socket.connect", "socket.bind"}:
-        address = args[1]
-        if isinstance(address, tuple) and len(address) >= 2 and address[1] == 5672:
-            return "system", f"connected to RabbitMQ at {address}"
-        if isinstance(address, str | bytes) and b"docker.sock" in _bytes(address):
-            return "system", "connected to the Docker engine"
-        if isinstance(address, tuple):
-            return "integration", f"used the network ({event} {address})"
+        return _socket_needs(event, args[1])
+    return None
+
+
+def _socket_needs(event: str, address: Any) -> tuple[str, str] | None:
+    if isinstance(address, tuple) and len(address) >= 2 and address[1] == 5672:
+        return "system", f"connected to RabbitMQ at {address}"
+    if isinstance(address, str | bytes) and b"docker.sock" in _bytes(address):
+        return "system", "connected to the Docker engine"
+    if isinstance(address, tuple):
+        return "integration", f"used the network ({event} {address})"
     return None
 
 
@@ -277,6 +290,24 @@ def _announce_zmq_contexts() -> None:
 
     init._announces = True  # type: ignore[attr-defined]
     base.__init__ = init  # type: ignore[method-assign]
+
+
+def _announce_postgres_connections() -> None:
+    """Raise an audit event for each PostgreSQL connection: libpq connects in C,
+    out of sight of the socket audit events, as libzmq does."""
+    import psycopg
+
+    for base in (psycopg.Connection, psycopg.AsyncConnection):
+        if getattr(base.connect, "_announces", False):
+            continue
+        original = base.connect.__func__  # type: ignore[attr-defined]
+
+        def connect(cls: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            sys.audit("narwhal.tests.postgres_connect")
+            return _original(cls, *args, **kwargs)
+
+        connect._announces = True  # type: ignore[attr-defined]
+        base.connect = classmethod(connect)  # type: ignore[assignment,method-assign]
 
 
 _GUARD = pytest.StashKey[_Guard]()

@@ -10,7 +10,9 @@ from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import CreateJob, JobStore, NewJob, Write
 from narwhal.dispatcher.store.memory import MemoryStore
+from narwhal.dispatcher.store.open import store_for
 from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.urls import StoreUrl
 
 
 class Driven:
@@ -41,8 +43,16 @@ class Driven:
         return lambda *args, **kwargs: self.runner.run(read(*args, **kwargs))
 
 
-def open_store(kind: str, path: Path, runner: asyncio.Runner) -> Driven:
-    store: JobStore = SqliteStore(path) if kind == "sqlite" else MemoryStore()
+def open_store(
+    kind: str, path: Path, runner: asyncio.Runner, url: StoreUrl | None = None
+) -> Driven:
+    """``kind`` sqlite (at ``path``), memory, or postgresql (at ``url``)."""
+    store: JobStore
+    if kind == "postgresql":
+        assert url is not None
+        store = store_for(url)
+    else:
+        store = SqliteStore(path) if kind == "sqlite" else MemoryStore()
     runner.run(store.open())
     return Driven(store, runner)
 

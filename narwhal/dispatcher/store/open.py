@@ -1,0 +1,18 @@
+"""The store a ``--db`` URL names: SQLite's, or PostgreSQL's (psycopg loaded only then)."""
+
+from __future__ import annotations
+
+from narwhal.dispatcher.store.base import JobStore
+from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.urls import StoreUrl
+
+
+def store_for(url: StoreUrl) -> JobStore:
+    """A closed store for ``url``; its ``open`` connects."""
+    if url.kind == "postgresql":
+        # Imported here: SQLite users never load psycopg.
+        from narwhal.dispatcher.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    assert url.path is not None  # noqa: S101 - a SQLite URL names its file
+    return SqliteStore(url.path)
