@@ -143,6 +143,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN checkout_bytes INTEGER",
         ),
     ),
+    # Log chunks stored compressed (``logcodec``): the codec of each, and its
+    # length as output. Chunks written before stay raw (codec 0, size NULL:
+    # their stored length) and read as ever.
+    (
+        "logs.codec, logs.size",
+        (
+            "ALTER TABLE logs ADD COLUMN codec INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE logs ADD COLUMN size INTEGER",
+        ),
+    ),
 )
 
 LATEST = len(MIGRATIONS)

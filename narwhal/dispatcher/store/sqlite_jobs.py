@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 from narwhal.dispatcher.records import ALLOWED, STATES, TERMINAL, JobRecord, Move, chains
+from narwhal.dispatcher.store import logcodec
 from narwhal.dispatcher.store.base import (
     AppendLog,
     CreateJob,
@@ -319,10 +320,11 @@ def step_finished(db: sqlite3.Connection, write: StepFinished) -> None:
 
 def append_log(db: sqlite3.Connection, write: AppendLog) -> None:
     # A chunk resent after a reconnect carries the same seq: keep the first.
+    codec, stored = logcodec.pack(write.data)
     db.execute(
-        "INSERT INTO logs (job_id, attempt, seq, data) VALUES (?, ?, ?, ?)"
+        "INSERT INTO logs (job_id, attempt, seq, codec, data, size) VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (job_id, attempt, seq) DO NOTHING",
-        (write.job_id, write.attempt, write.seq, write.data),
+        (write.job_id, write.attempt, write.seq, codec, stored, len(write.data)),
     )
 
 

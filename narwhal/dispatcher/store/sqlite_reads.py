@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, StepRecord, TransitionRecord
+from narwhal.dispatcher.store import logcodec
 from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint
 from narwhal.dispatcher.store.schema import JOB_COLUMNS, job_record
 from narwhal.errors import NotFound
@@ -79,10 +80,11 @@ def read_log(
     db: sqlite3.Connection, job_id: int, attempt: int, after: int
 ) -> list[tuple[int, bytes]]:
     rows = db.execute(
-        "SELECT seq, data FROM logs WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq",
+        "SELECT seq, codec, data FROM logs WHERE job_id = ? AND attempt = ? AND seq > ?"
+        " ORDER BY seq",
         (job_id, attempt, after),
     ).fetchall()
-    return [(r[0], bytes(r[1])) for r in rows]
+    return [(r[0], logcodec.unpack(r[1], bytes(r[2]))) for r in rows]
 
 
 def find_active(db: sqlite3.Connection, repo: str, sha: str, event: str) -> JobRecord | None:

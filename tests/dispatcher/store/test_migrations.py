@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from narwhal.dispatcher.store.base import CreateJob, NewJob
+from narwhal.dispatcher.store.base import AppendLog, CreateJob, NewJob
+from narwhal.dispatcher.store.logcodec import ZSTD
 from narwhal.dispatcher.store.migrations import LATEST, MIGRATIONS, migrate
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.errors import StoreError
@@ -92,7 +93,7 @@ def path(tmp_path: Path) -> Path:
 def test_a_new_store_gets_every_migration(path: Path, runner: asyncio.Runner) -> None:
     store = open_store("sqlite", path, runner)
     runner.run(store.store.close())
-    assert _version(path) == LATEST == len(MIGRATIONS) == 4
+    assert _version(path) == LATEST == len(MIGRATIONS) == 5
     assert "fork_of" in _columns(path, "jobs")
     assert {"priority", "cpus", "memory", "checkout_seconds"} <= set(_columns(path, "jobs"))
     assert "peak_memory" in _columns(path, "usage")
@@ -173,3 +174,29 @@ def test_each_migration_commits_alone(path: Path) -> None:
 def open_store_then_close(path: Path, runner: asyncio.Runner) -> None:
     store = open_store("sqlite", path, runner)
     runner.run(store.store.close())
+
+
+def test_raw_log_chunks_from_before_compression_still_read(
+    path: Path, runner: asyncio.Runner
+) -> None:
+    """Migration 5: chunks stored raw before it read as they were; new ones are packed."""
+    _sql(
+        path,
+        BEFORE_VERSIONS
+        + "INSERT INTO logs (job_id, attempt, seq, data) VALUES (1, 1, 0, x'6f6c640a');",
+    )
+    store = open_store("sqlite", path, runner)
+    try:
+        output = b"collected 1278 items\n" * 400
+        store.one(AppendLog(job_id=1, attempt=1, seq=1, data=output))
+        assert store.read_log(1, 1) == [(0, b"old\n"), (1, output)]
+    finally:
+        runner.run(store.store.close())
+    db = sqlite3.connect(path)
+    try:
+        codec, stored, size = db.execute(
+            "SELECT codec, length(data), size FROM logs WHERE seq = 1"
+        ).fetchone()
+    finally:
+        db.close()
+    assert codec == ZSTD and size == len(output) and stored < len(output) // 20
