@@ -216,6 +216,17 @@ def resubmit(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def gc(api: Api, args: argparse.Namespace) -> int:
+    """The dispatcher's retention policy, run now (``POST /api/gc``)."""
+    done = api.call("POST", "/api/gc", json={"dry_run": bool(args.dry_run)})
+    size = f"{done['bytes'] / (1 << 20):.1f} MiB"
+    if done["dry_run"]:
+        _out(f"{done['jobs']} jobs' logs would be deleted, {size} stored")
+    else:
+        _out(f"{done['jobs']} jobs' logs deleted, {size} freed")
+    return 0
+
+
 def tokens(api: Api, args: argparse.Namespace) -> int:
     if args.action == "create":
         made = api.call("POST", "/api/tokens", json={"name": args.name, "scope": args.scope})
@@ -246,6 +257,7 @@ COMMANDS = {
     "resubmit": resubmit,
     "secrets": run_secrets,
     "tokens": tokens,
+    "gc": gc,
 }
 
 

@@ -179,6 +179,36 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LogLimit:
+    """How much log to keep: ended jobs' logs older than ``days``, and past
+    ``size`` bytes stored (oldest first), are deleted. None: no such limit."""
+
+    days: float | None = None
+    size: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.days is not None or self.size is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionConfig:
+    """The log retention policy (``dispatcher.retention``, ``narwhal gc``)."""
+
+    keep: LogLimit = field(default_factory=LogLimit)
+    #: ``(repository pattern, limit)``: a repository matching a pattern
+    #: (``fnmatch``, the first that matches) has that limit and a size budget
+    #: of its own instead of the installation's.
+    repos: tuple[tuple[str, LogLimit], ...] = ()
+    #: Seconds between the leader's gc runs (the first a minute after start).
+    interval: float = 3600.0
+
+    @property
+    def bounded(self) -> bool:
+        return self.keep.bounded or any(limit.bounded for _, limit in self.repos)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DispatcherConfig:
     """Everything ``narwhal dispatcher`` (and ``narwhal up``) needs."""
 
@@ -219,6 +249,8 @@ class DispatcherConfig:
     #: Prometheus ``/metrics``: also label job counters by repository
     #: (``--metrics-per-repo``; off by default, for cardinality).
     metrics_per_repo: bool = False
+    #: How long ended jobs' logs are kept (``--log-keep-*``); keep all by default.
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def db_path(self) -> Path:

@@ -21,6 +21,7 @@ from narwhal.config import (
     BackendConfig,
     DispatcherConfig,
     MeshConfig,
+    RetentionConfig,
     RunnerConfig,
     default_data_dir,
 )
@@ -121,6 +122,7 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         help="most slots a runner may claim; more are clamped (NARWHAL_MAX_RUNNER_CAPACITY)",
     )
     mesh_flags(p)
+    retention_flags(p)
     p.add_argument(
         "--metrics",
         metavar="tcp://HOST:PORT",
@@ -137,6 +139,35 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
     insecure_flag(p)
     amqp_flags(p)
     status_flags(p)
+
+
+def retention_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-keep-days",
+        metavar="DAYS",
+        default=env("LOG_KEEP_DAYS"),
+        help="delete ended jobs' logs older than this; the jobs stay (NARWHAL_LOG_KEEP_DAYS)",
+    )
+    p.add_argument(
+        "--log-keep-size",
+        metavar="SIZE",
+        default=env("LOG_KEEP_SIZE"),
+        help="past this much stored log (500M, 20G), delete the oldest jobs' logs first"
+        " (NARWHAL_LOG_KEEP_SIZE)",
+    )
+    p.add_argument(
+        "--log-keep",
+        metavar="PATTERN=DAYS[,SIZE]",
+        action="append",
+        help="repositories matching PATTERN keep their logs this long, within a size of"
+        " their own (repeatable; the first match wins)",
+    )
+    p.add_argument(
+        "--gc-interval",
+        metavar="SECONDS",
+        default=env("GC_INTERVAL", default_of(RetentionConfig, "interval")),
+        help="seconds between log retention runs (NARWHAL_GC_INTERVAL)",
+    )
 
 
 def insecure_flag(p: argparse.ArgumentParser) -> None:

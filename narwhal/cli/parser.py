@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     runners = sub.add_parser("runners", help="list the runners the dispatcher knows")
     client_flags(runners)
+    gc = sub.add_parser("gc", help="delete ended jobs' logs past the retention policy (admin)")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    client_flags(gc)
     _secrets_parser(sub)
     _tokens_parser(sub.add_parser("tokens", help="create, list and revoke API tokens (admin)"))
 

@@ -272,6 +272,16 @@ class Api:
         token = await self.access.tokens.create(name, scope)
         return JSONResponse({"name": name, "scope": scope, "token": token}, status_code=201)
 
+    async def gc(self, request: Request) -> Response:
+        """Log retention now (``dispatcher.retention``); ``dry_run``: only count."""
+        empty = request.headers.get("content-length") == "0"
+        body = {} if empty else await _json(request)
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run: expected true or false")
+        collected = await self.dispatcher.retention.collect(dry_run=dry_run)
+        return JSONResponse(collected.to_json())
+
     async def revoke_token(self, request: Request) -> Response:
         name = request.path_params["name"]
         await self.access.tokens.revoke(name)
@@ -327,6 +337,7 @@ def build_app(
         ("/api/tokens", api.list_tokens, "GET", "admin"),
         ("/api/tokens", api.create_token, "POST", "admin"),
         ("/api/tokens/{name}", api.revoke_token, "DELETE", "admin"),
+        ("/api/gc", api.gc, "POST", "admin"),
         *secret_routes(dispatcher),
     ]
     return Starlette(

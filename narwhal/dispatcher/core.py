@@ -36,6 +36,7 @@ from narwhal.dispatcher.mesh import Key, Mesh, Peer
 from narwhal.dispatcher.placement import Placed, Placement, policy
 from narwhal.dispatcher.records import JobRecord, JobState
 from narwhal.dispatcher.recovery import STORE_RETRY, Recovery
+from narwhal.dispatcher.retention import Collector
 from narwhal.dispatcher.signals import Signals
 from narwhal.dispatcher.store.base import AddEndpoint, JobQuery, JobStore, NewJob, Write
 from narwhal.dispatcher.vault import Vault, load_key
@@ -91,6 +92,8 @@ class Dispatcher:
         self._soon_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Log retention (``--log-keep-*``): run every interval, and by ``POST /api/gc``.
+        self.retention = Collector(store, config.retention)
 
     # lifecycle
 
@@ -117,6 +120,8 @@ class Dispatcher:
         spawn(self._tasks, "dispatcher explain loop", self._explain_loop)
         spawn(self._tasks, "dispatcher write loop", self._soon_loop)
         spawn(self._tasks, "dispatcher gauge loop", self._gauge_loop)
+        if self.config.retention.bounded:
+            spawn(self._tasks, "dispatcher gc loop", self.retention.loop)
         self._wake.set()
 
     async def aclose(self) -> None:

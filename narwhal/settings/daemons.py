@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,10 @@ from narwhal.runner.identity import default_runner_id
 from narwhal.secret_rules import check_name, check_value
 from narwhal.settings.discovery import dispatcher_discovery, runner_discovery
 from narwhal.settings.keys import keys_dir, runner_curve, server_curve
+from narwhal.settings.retention import retention_config
 from narwhal.settings.values import (
     allow_local_repos,
+    byte_size,
     directory,
     feed_endpoint,
     host_port,
@@ -86,6 +87,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
         curve=None if args.insecure else server_curve(keys_dir(args)),
         allow_local_repos=allow_local_repos(args),
         metrics=metrics_endpoint(args),
+        retention=retention_config(args),
     )
 
 
@@ -207,24 +209,11 @@ def runner_config(
     )
 
 
-_CACHE_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.I)
-_SHIFTS = {"k": 10, "m": 20, "g": 30, "t": 40}
-
-
 def cache_size(text: str | None) -> int | None:
     """``--mirror-cache-size``: bytes, or 500M / 2G / 1.5GiB (1024-based); unset: None."""
     if text is None or not text.strip() or text.strip().lower() == "auto":
         return None
-    match = _CACHE_SIZE.fullmatch(text.strip())
-    size = 0
-    if match is not None:
-        shift = _SHIFTS[match.group(2).lower()] if match.group(2) else 0
-        size = int(float(match.group(1)) * (1 << shift))
-    if size <= 0:
-        raise ConfigError(
-            f"--mirror-cache-size: expected a size like 500M, 2G or 1.5GiB, got {text!r}"
-        )
-    return size
+    return byte_size("--mirror-cache-size", text)
 
 
 def docker_options(args: argparse.Namespace) -> dict[str, Any]:

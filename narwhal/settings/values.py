@@ -64,6 +64,22 @@ def positive(kind: type[int] | type[float], name: str, value: str) -> float:
     return number
 
 
+_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.I)
+_SHIFTS = {"k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def byte_size(name: str, text: str) -> int:
+    """A size flag: bytes, or 500M / 2G / 1.5GiB (1024-based); positive."""
+    match = _SIZE.fullmatch(text.strip())
+    size = 0
+    if match is not None:
+        shift = _SHIFTS[match.group(2).lower()] if match.group(2) else 0
+        size = int(float(match.group(1)) * (1 << shift))
+    if size <= 0:
+        raise ConfigError(f"{name}: expected a size like 500M, 2G or 1.5GiB, got {text!r}")
+    return size
+
+
 def non_negative(name: str, value: str) -> float:
     return 0.0 if value in ("0", "0.0") else positive(float, name, value)
 

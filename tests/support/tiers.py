@@ -131,6 +131,8 @@ TIERS: dict[str, str] = {
     "tests/bench/*.py": "system",
     "tests/dispatcher/test_amqp.py": "system",
     "tests/dispatcher/test_amqp_quorum.py": "system",
+    "tests/dispatcher/test_retention.py": "unit",
+    "tests/dispatcher/test_retention_api.py": "integration",
     "tests/dispatcher/test_chaos.py": "system",
     "tests/dispatcher/test_placement_real.py": "system",
     "tests/dispatcher/test_flow.py": "system",
