@@ -298,3 +298,22 @@ def test_closed_stdout_ends_quietly(
     for command in ("logs", "logs -f"):
         status, err, _ = _piped(f"{me} {command} {job_id} --server {daemon.url}", tmp_path)
         assert status == 141 and err == "", (command, err)
+
+
+def test_gc_deletes_ended_logs_past_the_retention_size(
+    narwhal_up: Callable[..., tuple[Daemon, Client]], make_repo: Callable[..., Repo]
+) -> None:
+    """``narwhal up --log-keep-size 1``: every ended job's log is over; the job stays."""
+    daemon, api = narwhal_up("--log-keep-size", "1")
+    repo = make_repo({"narwhal.yml": "steps:\n  - name: hi\n    command: seq 1 5000\n"})
+    done = narwhal("submit", str(repo.path), "-f", "--server", daemon.url)
+    assert done.returncode == 0, done.stderr
+    dry = narwhal("gc", "--dry-run", "--server", daemon.url)
+    assert dry.returncode == 0 and dry.stdout.startswith("1 jobs' logs would be deleted"), dry
+    assert "4999" in narwhal("logs", "1", "--server", daemon.url).stdout
+    gc = narwhal("gc", "--server", daemon.url)
+    assert gc.returncode == 0 and gc.stdout.startswith("1 jobs' logs deleted,"), gc
+    assert narwhal("logs", "1", "--server", daemon.url).stdout == ""
+    assert "success" in narwhal("jobs", "--server", daemon.url).stdout
+    again = narwhal("gc", "--server", daemon.url)
+    assert again.stdout.startswith("0 jobs' logs deleted"), again
