@@ -70,7 +70,7 @@ def _copy(db: Path, temp: Path, progress: Progress) -> None:
         progress(f"copied {total - remaining} of {total} pages")
 
     try:
-        source = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        source = sqlite3.connect(_read_only(db), uri=True, timeout=30)
         try:
             dest = sqlite3.connect(temp)
             try:
@@ -85,10 +85,14 @@ def _copy(db: Path, temp: Path, progress: Progress) -> None:
         raise StoreError(f"cannot back up {db}: {e}") from None
 
 
+def _read_only(path: Path) -> str:
+    return path.resolve().as_uri() + "?mode=ro"
+
+
 def check_store(path: Path) -> int:
     """The schema version of the Narwhal store ``path``; StoreError when it is not one."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(_read_only(path), uri=True)
     except sqlite3.Error as e:
         raise StoreError(f"{path}: cannot open: {e}") from None
     try:
@@ -171,6 +175,10 @@ def restore_postgres(source: Path, url: StoreUrl, *, force: bool, progress: Prog
     if not source.is_file():
         raise StoreError(f"no backup file {source}")
     command = [_tool("pg_restore"), "--no-owner", "--exit-on-error"]
+    schema = search_path(url)
+    if schema:
+        # Its objects only, not its CREATE SCHEMA: the target schema exists.
+        command.append(f"--schema={schema}")
     if _has_store(url):
         if not force:
             raise StoreError(f"{url.shown} already holds a Narwhal store: restore with --force")
