@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from narwhal.dispatcher.store.base import AppendLog, CreateJob, NewJob
+from narwhal.dispatcher.store.postgres import PostgresStore
 from tests.support.daemons import Client, Daemon, narwhal
 from tests.support.postgres import SERVER, admin, fresh_schema
 from tests.support.repos import Repo
@@ -135,3 +138,48 @@ def test_postgres_errors_are_one_line_without_the_password(tmp_path: Path) -> No
     assert "hunter2secret" not in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.dump").exists()
+
+
+async def _fill(store: PostgresStore, count: int) -> list[int]:
+    await store.open()
+    try:
+        ids = []
+        for n in range(count):
+            new = NewJob(repo="/r", ref="main", sha=f"{n:040x}", event="push")
+            job, _ = (await store.apply([CreateJob(job=new)]))[0]
+            data = f"log of job {job.id}\n".encode() * 50
+            await store.apply([AppendLog(job_id=job.id, attempt=1, seq=0, data=data)])
+            ids.append(job.id)
+        return ids
+    finally:
+        await store.close()
+
+
+async def _read(store: PostgresStore, ids: list[int]) -> dict[int, tuple[str, bytes]]:
+    await store.open()
+    try:
+        found = {}
+        for job_id in ids:
+            job = await store.get_job(job_id)
+            log = b"".join(data for _, data in await store.read_log(job_id, 1))
+            found[job_id] = (job.sha or "", log)
+        return found
+    finally:
+        await store.close()
+
+
+def test_postgres_store_round_trip(tmp_path: Path) -> None:
+    """Jobs and logs written by the PostgreSQL store come back through it after a restore."""
+    with fresh_schema() as url:
+        ids = asyncio.run(_fill(PostgresStore(url), 20))
+        before = asyncio.run(_read(PostgresStore(url), ids))
+        backup = tmp_path / "store.dump"
+        assert narwhal("backup", str(backup), "--db", url.dsn or "").returncode == 0
+        schema = (url.dsn or "").rsplit("%3D", 1)[1]
+        with admin() as db:
+            db.execute(f"DROP SCHEMA {schema} CASCADE")
+            db.execute(f"CREATE SCHEMA {schema}")
+        restored = narwhal("restore", str(backup), "--db", url.dsn or "")
+        assert restored.returncode == 0, restored.stderr
+        after = asyncio.run(_read(PostgresStore(url), ids))
+        assert after == before and all(log.startswith(b"log of job") for _, log in after.values())
