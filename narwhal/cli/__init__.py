@@ -55,6 +55,10 @@ def _command(args: argparse.Namespace, *, daemon: bool) -> int:
         from narwhal.cli.execute import run_exec
 
         return run_exec(args)
+    if args.command in ("backup", "restore"):
+        from narwhal.cli.backup import run_backup
+
+        return run_backup(args)
     if args.command == "keys":
         from narwhal.keycommands import run_keys
 

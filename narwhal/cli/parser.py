@@ -159,7 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exe.add_argument("--cancel-grace", default=default_of(RunnerConfig, "cancel_grace"))
     docker_flags(exe)
+    _backup_parsers(sub)
     return parser
+
+
+def _backup_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``narwhal backup FILE`` and ``narwhal restore FILE`` (docs/backup.md)."""
+    backup = sub.add_parser("backup", help="copy the job store to FILE, online (docs/backup.md)")
+    restore = sub.add_parser("restore", help="put a backup FILE in place as the job store")
+    restore.add_argument("--force", action="store_true", help="replace an existing store")
+    for p in (backup, restore):
+        p.add_argument("file", metavar="FILE")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--data-dir", help="the dispatcher's data dir (NARWHAL_DATA_DIR)")
+        where.add_argument("--db", help="the store URL, postgresql://... (NARWHAL_DB)")
 
 
 def _tokens_parser(tokens: argparse.ArgumentParser) -> None:

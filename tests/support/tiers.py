@@ -155,6 +155,7 @@ TIERS: dict[str, str] = {
     "tests/test_repo_attacks.py": "system",
     "tests/test_secrets.py": "system",
     "tests/test_up.py": "system",
+    "tests/test_backup.py": "system",
     "tests/test_up_announce.py": "system",
     "tests/test_metrics_feed.py": "system",
 }
