@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from narwhal.forges import FORGES, ForgeName
+
+if TYPE_CHECKING:
+    from narwhal.dispatcher.store.urls import StoreUrl
 
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471
@@ -252,8 +256,14 @@ class DispatcherConfig:
     #: How long ended jobs' logs are kept (``--log-keep-*``); keep all by default.
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
+    #: The job store (``--db``). None: the data dir's SQLite file
+    #: (``store.open.store_url``; config is a leaf module and names the
+    #: type only for the checker).
+    db: StoreUrl | None = None
+
     @property
     def db_path(self) -> Path:
+        """The data dir's SQLite file (the default store)."""
         return self.data_dir / "narwhal.db"
 
 

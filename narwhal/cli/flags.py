@@ -82,6 +82,12 @@ def dispatcher_flags(p: argparse.ArgumentParser) -> None:
         default=env("DATA_DIR", str(default_data_dir())),
         help="where the job store lives (NARWHAL_DATA_DIR)",
     )
+    p.add_argument(
+        "--db",
+        default=env("DB", ""),
+        help="the job store: sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        " (NARWHAL_DB; default: narwhal.db in the data dir)",
+    )
     secret_file_flag(p, "api-token", "one more admin API token, read from a file")
     p.add_argument(
         "--public-read",

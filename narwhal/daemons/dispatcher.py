@@ -54,7 +54,7 @@ from narwhal.dispatcher.server import (
     parts_line,
     serve_parts,
 )
-from narwhal.dispatcher.store.sqlite import SqliteStore
+from narwhal.dispatcher.store.open import store_for, store_url
 from narwhal.dispatcher.tokens import TOKEN_FILE
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
@@ -70,7 +70,7 @@ def build(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> Dispatcher:
 
     The caller owns ``context`` and terminates it after the dispatcher closed.
     """
-    return Dispatcher(dconf, store=SqliteStore(dconf.db_path), mesh=mesh_for(dconf, context))
+    return Dispatcher(dconf, store=store_for(store_url(dconf)), mesh=mesh_for(dconf, context))
 
 
 def mesh_for(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> RunnerPool:
@@ -133,7 +133,7 @@ async def serve(
     shutdown = Shutdown()
     pool = mesh_for(dconf, context)
     async with (
-        Dispatcher(dconf, store=SqliteStore(dconf.db_path), mesh=pool) as dispatcher,
+        Dispatcher(dconf, store=store_for(store_url(dconf)), mesh=pool) as dispatcher,
         contextlib.AsyncExitStack() as extras,
     ):
         served = await serve_parts(

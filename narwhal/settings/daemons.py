@@ -33,6 +33,7 @@ from narwhal.config import (
     StatusConfig,
     WebhookConfig,
 )
+from narwhal.dispatcher.store.urls import parse_store_url
 from narwhal.errors import ConfigError
 from narwhal.events import QUEUE_TYPES
 from narwhal.forges import FORGE_APIS, FORGES
@@ -69,6 +70,7 @@ def dispatcher_config(args: argparse.Namespace) -> DispatcherConfig:
     host, port = host_port(args.http, DEFAULT_HTTP_PORT)
     return DispatcherConfig(
         data_dir=directory(args.data_dir),
+        db=parse_store_url(args.db) if getattr(args, "db", "") else None,
         http_host=host,
         http_port=port,
         runners=tuple(getattr(args, "runner", None) or ()),

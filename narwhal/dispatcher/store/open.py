@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.store.base import JobStore
 from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.dispatcher.store.urls import StoreUrl
@@ -16,3 +17,8 @@ def store_for(url: StoreUrl) -> JobStore:
         return PostgresStore(url)
     assert url.path is not None  # noqa: S101 - a SQLite URL names its file
     return SqliteStore(url.path)
+
+
+def store_url(dconf: DispatcherConfig) -> StoreUrl:
+    """The store the dispatcher opens: ``--db``, or the data dir's SQLite file."""
+    return dconf.db if dconf.db is not None else StoreUrl.sqlite(dconf.db_path)
