@@ -100,6 +100,8 @@ TIERS: dict[str, str] = {
     # PostgreSQL is a service, as RabbitMQ is.
     "tests/dispatcher/store/test_contract.py::*[[]postgresql[]]": "system",
     "tests/dispatcher/store/test_postgres.py": "system",
+    "tests/dispatcher/test_leadership.py": "system",
+    "tests/dispatcher/test_standby.py": "unit",
     "tests/dispatcher/test_tokens.py": "integration",
     "tests/test_cli_repo_arg.py": "system",
     "tests/test_cli_packages.py": "system",

@@ -1,0 +1,165 @@
+"""Which of several dispatchers on one PostgreSQL database leads: a session advisory lock.
+
+The leader is the dispatcher whose lock session holds
+``pg_advisory_lock(key)``; the others wait for it in ``acquire`` (the server
+queues them, so the first standby is granted the lock the moment the
+leader's session ends). The lock lives exactly as long as that session, so
+the session is watched: a cheap query every ``WATCH_INTERVAL`` seconds
+that must answer within ``WATCH_TIMEOUT``; when it does not, ``lost`` is set
+and the leader must stop leading at once (the daemon exits non-zero; a
+supervisor restarts it as a standby). The server side drops a vanished
+leader's session within a few seconds too: its TCP keepalives and
+``tcp_user_timeout`` are set low on that session (``SESSION``), so a
+standby is not kept waiting by a machine that is gone.
+
+The session has its own connection (autocommit), never the store's: a
+store reconnect must not release the lock.
+
+The key is ``BASE_KEY`` mixed with the schema the URL's connections use
+(``current_schema()``), so two installations in two schemas of one
+database do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+Db = psycopg.AsyncConnection[tuple[Any, ...]]
+
+#: The advisory lock key before the schema is mixed in ("narwhal" in ASCII).
+BASE_KEY = 0x6E61727768616C
+#: Seconds between two checks of the lock session.
+WATCH_INTERVAL = 0.5
+#: Seconds a check may take before the session counts as lost.
+WATCH_TIMEOUT = 1.0
+#: Seconds to open the lock connection.
+CONNECT_TIMEOUT = 5.0
+#: libpq's keepalives on the client side: a dead server is noticed within ~5 s.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
+#: The server side of the lock session: a vanished leader's session (and
+#: so its lock) is dropped within about 5 s.
+SESSION = {
+    "tcp_keepalives_idle": "2",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "5000",
+    "idle_in_transaction_session_timeout": "5000",
+}
+
+
+def lock_key(schema: str) -> int:
+    """``BASE_KEY`` mixed with ``schema``: a signed 64-bit value, as PostgreSQL's bigint."""
+    digest = hashlib.blake2b(schema.encode(), digest_size=8).digest()
+    mixed = BASE_KEY ^ int.from_bytes(digest, "big")
+    return mixed - (1 << 64) if mixed >= 1 << 63 else mixed
+
+
+class Leadership:
+    """The leader lock on its own session; ``acquire``, then watch ``lost``.
+
+    An async context manager: leaving it closes the session, which releases
+    the lock (or leaves the server's queue of waiters).
+    """
+
+    def __init__(self, url: StoreUrl) -> None:
+        if url.kind != "postgresql" or url.dsn is None:
+            raise StoreError(f"leadership needs a PostgreSQL store, not {url.shown}")
+        self.url = url
+        #: Set when the lock session is gone or stopped answering.
+        self.lost = asyncio.Event()
+        self.key: int | None = None
+        #: Seconds ``acquire`` waited for the lock.
+        self.waited: float | None = None
+        self._db: Db | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Leadership:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def acquire(self) -> None:
+        """Connect and wait (on the server, not blocking the loop) for the lock; then watch.
+
+        ``StoreError`` if the server cannot be reached or the session fails
+        while waiting.
+        """
+        started = time.monotonic()
+        try:
+            self._db = await self._connect()
+            self.key = await self._key(self._db)
+            log.info(
+                "standby: waiting for the leader lock (key %d on %s)", self.key, self.url.shown
+            )
+            await self._db.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+        except (psycopg.Error, OSError, TimeoutError) as e:
+            await self.aclose()
+            raise StoreError(f"leader lock on {self.url.shown}: {e}") from e
+        self.waited = time.monotonic() - started
+        log.info("leader: took the lock after %.2f s", self.waited)
+        self._watcher = asyncio.create_task(self._watch(), name="leadership-watch")
+
+    async def aclose(self) -> None:
+        """Stop watching and close the session (the server releases the lock). Idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await db.close()
+
+    async def _connect(self) -> Db:
+        # Ours win over the URL's: the lock session's keepalives must be short.
+        conninfo = make_conninfo(
+            self.url.dsn or "",
+            connect_timeout=int(CONNECT_TIMEOUT),
+            application_name="narwhal-leadership",
+            **KEEPALIVES,
+        )
+        async with asyncio.timeout(CONNECT_TIMEOUT + 1):
+            db: Db = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        # Set after connecting: the URL may carry its own ``options`` (the schema).
+        for name, value in SESSION.items():
+            await db.execute("SELECT set_config(%s, %s, false)", (name, value))
+        return db
+
+    @staticmethod
+    async def _key(db: Db) -> int:
+        row = await (await db.execute("SELECT current_schema()")).fetchone()
+        return lock_key(str(row[0]) if row is not None and row[0] is not None else "")
+
+    async def _watch(self) -> None:
+        """Check the session until it fails; then set ``lost`` and log one line."""
+        db = self._db
+        assert db is not None  # noqa: S101 - started by acquire, after connecting
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                async with asyncio.timeout(WATCH_TIMEOUT):
+                    await db.execute("SELECT 1")
+            except (psycopg.Error, OSError, TimeoutError) as e:
+                log.error("leader: lost the lock session (%s); stepping down", e or "no answer")
+                self.lost.set()
+                return
