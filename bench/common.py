@@ -21,6 +21,7 @@ import zmq.asyncio
 from narwhal.config import DispatcherConfig, MeshConfig, ServerCurve
 from narwhal.daemons.dispatcher import build
 from narwhal.dispatcher.core import Dispatcher
+from narwhal.storeurl import StoreUrl
 from tests.support.keys import MeshKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,15 +35,21 @@ def exit_on_sigterm() -> None:
 
 @asynccontextmanager
 async def dispatcher(
-    endpoints: Sequence[str] = (), *, heartbeat: float, curve: ServerCurve | None = None
+    endpoints: Sequence[str] = (),
+    *,
+    heartbeat: float,
+    curve: ServerCurve | None = None,
+    db: StoreUrl | None = None,
 ) -> AsyncIterator[Dispatcher]:
-    """An in-process dispatcher on a throw-away store, connected to ``endpoints``."""
+    """An in-process dispatcher connected to ``endpoints``, on a throw-away
+    SQLite store unless ``db`` names one."""
     with tempfile.TemporaryDirectory() as data:
         config = DispatcherConfig(
             data_dir=Path(data),
             runners=tuple(endpoints),
             mesh=MeshConfig(heartbeat_interval=heartbeat, liveness=5),
             curve=curve,
+            db=db,
         )
         context = zmq.asyncio.Context()
         try:

@@ -15,32 +15,36 @@ import asyncio
 import time
 
 from bench.common import all_ready, dispatcher, exit_on_sigterm, machine, percentile, standins
+from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 
 
 async def measure(endpoints: list[str], rate: float, seconds: float) -> list[float]:
-    latencies: list[float] = []
-    total = int(rate * seconds)
     async with dispatcher(endpoints, heartbeat=1.0) as running:
         await all_ready(running, len(endpoints))
-        finished = asyncio.Event()
+        return await submitted_latencies(running, rate, seconds)
 
-        def on_change(job: JobRecord) -> None:
-            if job.state == "success" and job.reason.startswith("recv="):
-                latencies.append(float(job.reason[5:]) - job.created_at)
-                if len(latencies) == total:
-                    finished.set()
 
-        running.feed.subscribe(on_jobs(on_change))
-        start = time.monotonic()
-        for i in range(total):
-            # A steady rate: wait for this job's slot in the schedule.
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            await running.submit(
-                repo="/r", ref="refs/heads/main", sha=None, event="push", labels={}
-            )
-        await asyncio.wait_for(finished.wait(), 60)
+async def submitted_latencies(running: Dispatcher, rate: float, seconds: float) -> list[float]:
+    """Submit ``rate * seconds`` jobs at a steady rate; each one's commit-to-JOB time."""
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    finished = asyncio.Event()
+
+    def on_change(job: JobRecord) -> None:
+        if job.state == "success" and job.reason.startswith("recv="):
+            latencies.append(float(job.reason[5:]) - job.created_at)
+            if len(latencies) == total:
+                finished.set()
+
+    running.feed.subscribe(on_jobs(on_change))
+    start = time.monotonic()
+    for i in range(total):
+        # A steady rate: wait for this job's slot in the schedule.
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        await running.submit(repo="/r", ref="refs/heads/main", sha=None, event="push", labels={})
+    await asyncio.wait_for(finished.wait(), 60)
     return latencies
 
 

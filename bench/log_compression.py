@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.common import ROOT, exit_on_sigterm, machine
 from narwhal.dispatcher.store.base import AppendLog, CreateJob, JobStore, NewJob, Transition
 from narwhal.dispatcher.store.open import store_for
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 from tests.support.postgres import fresh_schema
 
 MB = 1 << 20

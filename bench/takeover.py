@@ -24,7 +24,7 @@ from tests.support.postgres import SERVER, fresh_schema
 CHILD = """
 import asyncio, sys
 from narwhal.dispatcher.leadership import Leadership
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 async def main():
     lead = Leadership(StoreUrl("postgresql", dsn=sys.argv[1]))
     await lead.acquire()
@@ -35,7 +35,7 @@ asyncio.run(main())
 
 
 async def once(dsn: str) -> float:
-    from narwhal.dispatcher.store.urls import StoreUrl
+    from narwhal.storeurl import StoreUrl
 
     child = subprocess.Popen(  # noqa: S603, ASYNC220 - a bench: blocking here is harmless
         [sys.executable, "-c", CHILD, dsn], stdout=subprocess.PIPE, env=os.environ.copy()

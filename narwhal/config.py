@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from narwhal.forges import FORGES, ForgeName
 
 if TYPE_CHECKING:
-    from narwhal.dispatcher.store.urls import StoreUrl
+    from narwhal.storeurl import StoreUrl
 
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RUNNER_PORT = 8471

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from narwhal.config import default_data_dir
 from narwhal.dispatcher import backup
-from narwhal.dispatcher.store.urls import StoreUrl, parse_store_url
 from narwhal.settings import env
+from narwhal.storeurl import StoreUrl, parse_store_url
 
 
 def _say(line: str) -> None:

@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from narwhal.dispatcher.datadir import hold
 from narwhal.dispatcher.store.migrations import LATEST
-from narwhal.dispatcher.store.urls import StoreUrl
 from narwhal.errors import StoreError
+from narwhal.storeurl import StoreUrl
 
 #: Said once by ``narwhal backup`` and ``restore``.
 NOT_IN_BACKUP = (

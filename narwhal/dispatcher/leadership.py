@@ -32,8 +32,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from narwhal.dispatcher.store.urls import StoreUrl
 from narwhal.errors import StoreError
+from narwhal.storeurl import StoreUrl
 
 log = logging.getLogger(__name__)
 

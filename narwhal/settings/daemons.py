@@ -33,7 +33,6 @@ from narwhal.config import (
     StatusConfig,
     WebhookConfig,
 )
-from narwhal.dispatcher.store.urls import parse_store_url
 from narwhal.errors import ConfigError
 from narwhal.events import QUEUE_TYPES
 from narwhal.forges import FORGE_APIS, FORGES
@@ -57,6 +56,7 @@ from narwhal.settings.values import (
     positive,
     secret,
 )
+from narwhal.storeurl import parse_store_url
 
 
 def _mesh(args: argparse.Namespace) -> MeshConfig:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from narwhal.dispatcher.leadership import Leadership, lock_key
-from narwhal.dispatcher.store.urls import StoreUrl
 from narwhal.errors import StoreError
+from narwhal.storeurl import StoreUrl
 from tests.support.postgres import admin, fresh_schema
 
 

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 
 from narwhal.dispatcher.leadership import Leadership
 from narwhal.dispatcher.standby import Switch, standby_app
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 
 URL = StoreUrl("postgresql", dsn="postgresql://nobody@127.0.0.1:1/none")
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 
 #: The test server's database, without a schema chosen.
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"

@@ -99,7 +99,6 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/store/test_contract.py::*[[]memory[]]": "unit",
     # PostgreSQL is a service, as RabbitMQ is.
     "tests/dispatcher/store/test_contract.py::*[[]postgresql[]]": "system",
-    "tests/dispatcher/store/test_postgres.py": "system",
     "tests/dispatcher/test_leadership.py": "system",
     "tests/dispatcher/test_standby.py": "unit",
     "tests/dispatcher/test_tokens.py": "integration",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from narwhal.config import DispatcherConfig
 from narwhal.dispatcher.store.base import JobStore
 from narwhal.dispatcher.store.sqlite import SqliteStore
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 
 
 def store_for(url: StoreUrl) -> JobStore:

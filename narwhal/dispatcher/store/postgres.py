@@ -63,8 +63,8 @@ from narwhal.dispatcher.store.base import (
     Write,
 )
 from narwhal.dispatcher.store.pg_migrations import migrate
-from narwhal.dispatcher.store.urls import StoreUrl
 from narwhal.errors import StoreError
+from narwhal.storeurl import StoreUrl
 
 log = logging.getLogger(__name__)
 

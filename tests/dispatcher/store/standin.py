@@ -12,7 +12,7 @@ from narwhal.dispatcher.store.base import CreateJob, JobStore, NewJob, Write
 from narwhal.dispatcher.store.memory import MemoryStore
 from narwhal.dispatcher.store.open import store_for
 from narwhal.dispatcher.store.sqlite import SqliteStore
-from narwhal.dispatcher.store.urls import StoreUrl
+from narwhal.storeurl import StoreUrl
 
 
 class Driven:
