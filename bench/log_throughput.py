@@ -124,9 +124,10 @@ def run(size: int) -> tuple[float, int, int]:
 def _stored(db: Path, job: int) -> int:
     with sqlite3.connect(db) as conn:
         return int(
-            conn.execute("SELECT sum(length(data)) FROM logs WHERE job_id = ?", (job,)).fetchone()[
-                0
-            ]
+            # Raw bytes: ``size`` (compressed chunks), else the row's own length.
+            conn.execute(
+                "SELECT sum(COALESCE(size, length(data))) FROM logs WHERE job_id = ?", (job,)
+            ).fetchone()[0]
         )
 
 
