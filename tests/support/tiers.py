@@ -133,6 +133,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_amqp.py": "system",
     "tests/dispatcher/test_amqp_quorum.py": "system",
     "tests/dispatcher/test_retention.py": "unit",
+    "tests/dispatcher/store/test_postgres.py": "system",
     "tests/dispatcher/test_retention_api.py": "integration",
     "tests/dispatcher/test_chaos.py": "system",
     "tests/dispatcher/test_placement_real.py": "system",
