@@ -64,13 +64,13 @@ def positive(kind: type[int] | type[float], name: str, value: str) -> float:
     return number
 
 
-_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.I)
+_BYTE_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.I)
 _SHIFTS = {"k": 10, "m": 20, "g": 30, "t": 40}
 
 
 def byte_size(name: str, text: str) -> int:
     """A size flag: bytes, or 500M / 2G / 1.5GiB (1024-based); positive."""
-    match = _SIZE.fullmatch(text.strip())
+    match = _BYTE_SIZE.fullmatch(text.strip())
     size = 0
     if match is not None:
         shift = _SHIFTS[match.group(2).lower()] if match.group(2) else 0
