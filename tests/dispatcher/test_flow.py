@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from narwhal.dispatcher.store import logcodec
 from tests.support import probe
 from tests.support.cluster import Cluster
 from tests.support.repos import Repo
@@ -63,15 +64,16 @@ steps:
 def _check_log(cluster: Cluster, job_id: int) -> None:
     """Header lines, then exactly FLOOD_BYTES of the pattern, in order."""
     rows = cluster.db().execute(
-        "SELECT seq, data FROM logs WHERE job_id = ? AND attempt = 1 ORDER BY seq", (job_id,)
+        "SELECT seq, codec, data FROM logs WHERE job_id = ? AND attempt = 1 ORDER BY seq",
+        (job_id,),
     )
     marker = b"head -c %d\n" % FLOOD_BYTES
     header: bytes | None = b""
     body_len = 0
     seqs = []
-    for seq, chunk in rows:
+    for seq, codec, chunk in rows:
         seqs.append(seq)
-        data = bytes(chunk)
+        data = logcodec.unpack(codec, bytes(chunk))  # stored compressed
         if header is not None:  # still reading the step's header lines
             header += data
             cut = header.find(marker)
