@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from narwhal.dispatcher.records import JobRecord, Move, StepRecord, TransitionRecord
+from narwhal.dispatcher.records import (
+    ACTIVE,
+    TERMINAL,
+    JobRecord,
+    Move,
+    StepRecord,
+    TransitionRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +418,9 @@ class SetForks:
     at: float
 
 
+#: The writes of the side tables (endpoints, tokens, secrets, fork policies).
+SideWrite = AddEndpoint | PutToken | DeleteToken | TouchToken | PutSecret | DeleteSecret | SetForks
+
 Write = (
     CreateJob
     | CreateJobs
@@ -432,6 +442,29 @@ Write = (
     | DeleteSecret
     | SetForks
 )
+
+
+def holding(
+    runner_id: str,
+    keys: Sequence[tuple[int, int]],
+    jobs: Mapping[int, tuple[int, str, str | None]],
+    held_once: set[tuple[int, int]],
+) -> dict[tuple[int, int], Holding]:
+    """``JobStore.holders``' verdicts, the one statement of the rule for every store.
+
+    ``jobs``: each listed job's current ``(attempt, state, runner_id)``;
+    ``held_once``: the ``(job id, attempt)`` pairs ``runner_id`` ever held.
+    """
+    verdicts: dict[tuple[int, int], Holding] = {}
+    for key in keys:
+        if key[0] not in jobs:
+            continue
+        attempt, state, holder = jobs[key[0]]
+        if attempt == key[1] and state in ACTIVE and holder == runner_id:
+            verdicts[key] = "held"
+        elif key in held_once and (attempt != key[1] or state in TERMINAL):
+            verdicts[key] = "stale"
+    return verdicts
 
 
 class JobStore(Protocol):

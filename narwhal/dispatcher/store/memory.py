@@ -43,6 +43,7 @@ from narwhal.dispatcher.store.base import (
     SecretRow,
     SetCheckout,
     SetReasons,
+    SideWrite,
     StepFinished,
     StepStarted,
     TokenRow,
@@ -50,8 +51,9 @@ from narwhal.dispatcher.store.base import (
     UsageRecord,
     Write,
     checkout_applied,
+    holding,
 )
-from narwhal.dispatcher.store.memory_tables import MemoryTables, SideWrite, Undo
+from narwhal.dispatcher.store.memory_tables import MemoryTables, Undo
 from narwhal.errors import NotFound, StoreError
 
 _QUEUED_OR_ACTIVE = frozenset({"queued"} | ACTIVE)
@@ -358,20 +360,19 @@ class MemoryStore:
     async def holders(
         self, runner_id: str, keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], Holding]:
-        verdicts: dict[tuple[int, int], Holding] = {}
-        for job_id, attempt in keys:
-            job = self._jobs.get(job_id)
-            if job is None:
-                continue
-            held_once = any(
-                t.attempt == attempt and t.runner_id == runner_id
-                for t in self._history.get(job_id, ())
-            )
-            if job.attempt == attempt and job.state in ACTIVE and job.runner_id == runner_id:
-                verdicts[(job_id, attempt)] = "held"
-            elif held_once and (job.attempt != attempt or job.state in TERMINAL):
-                verdicts[(job_id, attempt)] = "stale"
-        return verdicts
+        listed = {job_id for job_id, _ in keys}
+        jobs = {
+            job_id: (job.attempt, job.state, job.runner_id)
+            for job_id in listed
+            if (job := self._jobs.get(job_id)) is not None
+        }
+        held_once = {
+            (job_id, t.attempt)
+            for job_id in listed
+            for t in self._history.get(job_id, ())
+            if t.runner_id == runner_id
+        }
+        return holding(runner_id, keys, jobs, held_once)
 
     async def endpoints(self) -> list[str]:
         return self._tables.endpoints()

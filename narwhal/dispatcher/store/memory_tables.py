@@ -18,13 +18,13 @@ from narwhal.dispatcher.store.base import (
     PutToken,
     SecretRow,
     SetForks,
+    SideWrite,
     TokenRow,
     TouchToken,
 )
 from narwhal.errors import StoreError
 
 #: The writes of the side tables.
-SideWrite = AddEndpoint | PutToken | DeleteToken | TouchToken | PutSecret | DeleteSecret | SetForks
 
 _MISSING = object()
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, StepRecord, TransitionRecord
+from narwhal.dispatcher.records import TERMINAL, JobRecord, StepRecord, TransitionRecord
 from narwhal.dispatcher.store import logcodec
-from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint
+from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint, holding
 from narwhal.errors import NotFound
 
 Db = AsyncConnection[tuple[Any, ...]]
@@ -132,16 +132,7 @@ async def holders(
         (runner_id, ids),
     )
     held_once = {(row[0], row[1]) for row in await cur.fetchall()}
-    verdicts: dict[tuple[int, int], Holding] = {}
-    for key in keys:
-        if key[0] not in jobs:
-            continue
-        attempt, state, holder = jobs[key[0]]
-        if attempt == key[1] and state in ACTIVE and holder == runner_id:
-            verdicts[key] = "held"
-        elif key in held_once and (attempt != key[1] or state in TERMINAL):
-            verdicts[key] = "stale"
-    return verdicts
+    return holding(runner_id, keys, jobs, held_once)
 
 
 async def log_footprints(db: Db) -> list[LogFootprint]:

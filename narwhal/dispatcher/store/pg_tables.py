@@ -18,6 +18,7 @@ from narwhal.dispatcher.store.base import (
     PutToken,
     SecretRow,
     SetForks,
+    SideWrite,
     TokenRow,
     TouchToken,
     UsageRecord,
@@ -26,8 +27,6 @@ from narwhal.dispatcher.store.base import (
 from narwhal.dispatcher.store.pg_reads import epoch
 
 Db = AsyncConnection[tuple[Any, ...]]
-
-SideWrite = AddEndpoint | PutToken | DeleteToken | TouchToken | PutSecret | DeleteSecret | SetForks
 
 
 async def make(db: Db, write: SideWrite) -> None:

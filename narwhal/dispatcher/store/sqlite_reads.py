@@ -6,9 +6,9 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from narwhal.dispatcher.records import ACTIVE, TERMINAL, JobRecord, StepRecord, TransitionRecord
+from narwhal.dispatcher.records import TERMINAL, JobRecord, StepRecord, TransitionRecord
 from narwhal.dispatcher.store import logcodec
-from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint
+from narwhal.dispatcher.store.base import Holding, JobQuery, LogFootprint, holding
 from narwhal.dispatcher.store.schema import JOB_COLUMNS, job_record
 from narwhal.errors import NotFound
 
@@ -117,16 +117,7 @@ def holders(
             (runner_id, ids),
         )
     }
-    verdicts: dict[tuple[int, int], Holding] = {}
-    for key in keys:
-        if key[0] not in jobs:
-            continue
-        attempt, state, holder = jobs[key[0]]
-        if attempt == key[1] and state in ACTIVE and holder == runner_id:
-            verdicts[key] = "held"
-        elif key in held_once and (attempt != key[1] or state in TERMINAL):
-            verdicts[key] = "stale"
-    return verdicts
+    return holding(runner_id, keys, jobs, held_once)
 
 
 def log_footprints(db: sqlite3.Connection) -> list[LogFootprint]:

@@ -17,13 +17,12 @@ from narwhal.dispatcher.store.base import (
     PutToken,
     SecretRow,
     SetForks,
+    SideWrite,
     TokenRow,
     TouchToken,
 )
 
 # writes
-
-SideWrite = AddEndpoint | PutToken | DeleteToken | TouchToken | PutSecret | DeleteSecret | SetForks
 
 
 def make(db: sqlite3.Connection, write: SideWrite) -> None:
