@@ -123,6 +123,13 @@ class TokenRow:
     created_at: float
     last_used: float | None = None
 
+    @staticmethod
+    def of(row: Sequence[Any]) -> TokenRow:
+        """From ``name, digest, scope, created_at, last_used``, as every store selects them."""
+        return TokenRow(
+            name=row[0], digest=row[1], scope=row[2], created_at=row[3], last_used=row[4]
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecretRow:
@@ -135,6 +142,19 @@ class SecretRow:
     ciphertext: bytes
     created_at: float
     updated_at: float
+
+    @staticmethod
+    def of(row: Sequence[Any]) -> SecretRow:
+        """From ``repo, name, key_version, nonce, ciphertext, created_at, updated_at``."""
+        return SecretRow(
+            repo=row[0],
+            name=row[1],
+            key_version=row[2],
+            nonce=bytes(row[3]),
+            ciphertext=bytes(row[4]),
+            created_at=row[5],
+            updated_at=row[6],
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -97,10 +97,7 @@ async def tokens(db: Db) -> list[TokenRow]:
     cur = await db.execute(
         f"SELECT name, digest, scope, {epoch('created_at')}, {epoch('last_used')} FROM tokens"
     )
-    return [
-        TokenRow(name=r[0], digest=r[1], scope=r[2], created_at=r[3], last_used=r[4])
-        for r in await cur.fetchall()
-    ]
+    return [TokenRow.of(r) for r in await cur.fetchall()]
 
 
 async def secrets(db: Db) -> list[SecretRow]:
@@ -108,18 +105,7 @@ async def secrets(db: Db) -> list[SecretRow]:
         "SELECT repo, name, key_version, nonce, ciphertext,"
         f" {epoch('created_at')}, {epoch('updated_at')} FROM secrets"
     )
-    return [
-        SecretRow(
-            repo=r[0],
-            name=r[1],
-            key_version=r[2],
-            nonce=bytes(r[3]),
-            ciphertext=bytes(r[4]),
-            created_at=r[5],
-            updated_at=r[6],
-        )
-        for r in await cur.fetchall()
-    ]
+    return [SecretRow.of(r) for r in await cur.fetchall()]
 
 
 async def fork_repos(db: Db) -> set[str]:

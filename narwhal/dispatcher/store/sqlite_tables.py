@@ -104,27 +104,14 @@ def endpoints(db: sqlite3.Connection) -> list[str]:
 
 def tokens(db: sqlite3.Connection) -> list[TokenRow]:
     rows = db.execute("SELECT name, digest, scope, created_at, last_used FROM tokens")
-    return [
-        TokenRow(name=r[0], digest=r[1], scope=r[2], created_at=r[3], last_used=r[4]) for r in rows
-    ]
+    return [TokenRow.of(r) for r in rows]
 
 
 def secrets(db: sqlite3.Connection) -> list[SecretRow]:
     rows = db.execute(
         "SELECT repo, name, key_version, nonce, ciphertext, created_at, updated_at FROM secrets"
     )
-    return [
-        SecretRow(
-            repo=r[0],
-            name=r[1],
-            key_version=r[2],
-            nonce=bytes(r[3]),
-            ciphertext=bytes(r[4]),
-            created_at=r[5],
-            updated_at=r[6],
-        )
-        for r in rows
-    ]
+    return [SecretRow.of(r) for r in rows]
 
 
 def fork_repos(db: sqlite3.Connection) -> set[str]:
