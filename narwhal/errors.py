@@ -41,6 +41,10 @@ class NotFound(StoreError):
     """The job or runner asked for does not exist."""
 
 
+class LeadershipLost(StoreError):
+    """The leader's lock session ended: another dispatcher may lead now."""
+
+
 class SecretError(StoreError):
     """A stored secret does not decrypt with ``secrets.key`` (another key, or tampered)."""
 

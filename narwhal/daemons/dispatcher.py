@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import zmq.asyncio
 from starlette.applications import Starlette
@@ -54,15 +57,19 @@ from narwhal.dispatcher.server import (
     parts_line,
     serve_parts,
 )
+from narwhal.dispatcher.store.base import JobStore
 from narwhal.dispatcher.store.open import store_for, store_url
 from narwhal.dispatcher.tokens import TOKEN_FILE
+from narwhal.errors import LeadershipLost
 from narwhal.events import Sink
 from narwhal.httpserver import listen, run_http
 from narwhal.runner.runner import Runner, executor_for
+from narwhal.storeurl import StoreUrl
 
 __all__ = ["DRAIN_SECONDS", "HTTP_GRACE", "dispatcher_main", "serve"]
 
 Announce = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def build(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> Dispatcher:
@@ -123,55 +130,180 @@ async def serve(
     before anything was written into the data dir. ``rconf``: ``narwhal
     up``'s embedded runner, its executor already resolved. ``dashboard``:
     ``up``'s dashboard, on its own address (``daemons.backend``).
+
+    On PostgreSQL, several dispatchers may share the database: this one
+    serves as a standby until it holds the leader lock (``_serve_shared``).
     """
     sock = listen(dconf.http_host, dconf.http_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
-    lock.record(url)
+    site = _Site(sock, f"http://{shown}:{port}", HostPolicy.of(host, port, dconf.status.public_url))
+    lock.record(site.url)
     hurry = hurry or asyncio.Event()
     shutdown = Shutdown()
-    pool = mesh_for(dconf, context)
-    async with (
-        Dispatcher(dconf, store=store_for(store_url(dconf)), mesh=pool) as dispatcher,
-        contextlib.AsyncExitStack() as extras,
-    ):
-        served = await serve_parts(
-            dispatcher, dconf, url, extras, shutdown, metrics_fallback=rconf is not None
-        )
-        app = await _with_webhooks(served, dconf, extras)
-        app = Guard(app, HostPolicy.of(host, port, dconf.status.public_url))
-        if dconf.discovery.enabled:
-            # Closed by ``extras``, so browsing stops before the dispatcher does.
-            await extras.enter_async_context(DiscoveredRunners(dconf.discovery, pool))
-        runner = None
-        if rconf is not None:
-            # In ``extras`` too: closed (a no-op by then) if ``run_http`` never ran.
-            runner = Runner(rconf, context=context, executor=executor_for(rconf))
-            await extras.enter_async_context(runner)
-            dispatcher.mesh.connect(runner.endpoint)
-        board = await start_dashboard(
-            dashboard,
-            feed=served.publisher.endpoint if served.publisher is not None else None,
-            api=url,
-            token_file=dconf.data_dir / TOKEN_FILE,
-            context=context,
-            extras=extras,
-            stop=stop,
-        )
-        # The socket already listens: a client that reads this line can connect.
-        announce(
-            f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf, served.publisher)}"
-            f"{_executor_part(rconf)}{board}"
+    db = store_url(dconf)
+    leading = _Leading(dconf, rconf, context, site, shutdown, stop, hurry, announce, dashboard)
+    if db.kind == "postgresql":
+        await _serve_shared(leading, db)
+        return
+    async with leading.parts(store_for(db)) as app:
+        await run_http(
+            Guard(app, site.policy),
+            sock,
+            stop,
+            grace=HTTP_GRACE,
+            closing=leading.closing,
+            hurry=hurry,
         )
 
-        async def closing() -> None:
-            shutdown.begun.set()
-            if runner is not None:
-                await _close_runner(runner, dispatcher, hurry)
-            shutdown.ending.set()
 
-        await run_http(app, sock, stop, grace=HTTP_GRACE, closing=closing, hurry=hurry)
+@dataclass(frozen=True, slots=True)
+class _Site:
+    """Where the API listens."""
+
+    sock: socket.socket
+    url: str
+    policy: HostPolicy
+
+
+@dataclass(slots=True)
+class _Leading:
+    """The dispatcher that leads, and what it needs to build its parts."""
+
+    dconf: DispatcherConfig
+    rconf: RunnerConfig | None
+    context: zmq.asyncio.Context
+    site: _Site
+    shutdown: Shutdown
+    stop: asyncio.Event
+    hurry: asyncio.Event
+    announce: Announce
+    dashboard: BackendConfig | None
+    role: str | None = None
+    dispatcher: Dispatcher | None = None
+    runner: Runner | None = None
+
+    @contextlib.asynccontextmanager
+    async def parts(self, store: JobStore) -> AsyncIterator[ASGIApp]:
+        """The dispatcher and its parts (closed in reverse on the way out); yields the API."""
+        dconf, url = self.dconf, self.site.url
+        pool = mesh_for(dconf, self.context)
+        async with (
+            Dispatcher(dconf, store=store, mesh=pool) as dispatcher,
+            contextlib.AsyncExitStack() as extras,
+        ):
+            self.dispatcher = dispatcher
+            served = await serve_parts(
+                dispatcher,
+                dconf,
+                url,
+                extras,
+                self.shutdown,
+                metrics_fallback=self.rconf is not None,
+                role=self.role,
+            )
+            app = await _with_webhooks(served, dconf, extras)
+            if dconf.discovery.enabled:
+                # Closed by ``extras``, so browsing stops before the dispatcher does.
+                await extras.enter_async_context(DiscoveredRunners(dconf.discovery, pool))
+            if self.rconf is not None:
+                # In ``extras`` too: closed (a no-op by then) if ``run_http`` never ran.
+                self.runner = Runner(
+                    self.rconf, context=self.context, executor=executor_for(self.rconf)
+                )
+                await extras.enter_async_context(self.runner)
+                dispatcher.mesh.connect(self.runner.endpoint)
+            board = await start_dashboard(
+                self.dashboard,
+                feed=served.publisher.endpoint if served.publisher is not None else None,
+                api=url,
+                token_file=dconf.data_dir / TOKEN_FILE,
+                context=self.context,
+                extras=extras,
+                stop=self.stop,
+            )
+            # The socket already listens: a client that reads this line can connect.
+            self.announce(
+                f"narwhal {dconf.data_dir}: API on {url}{parts_line(dconf, served.publisher)}"
+                f"{_executor_part(self.rconf)}{board}"
+            )
+            yield app
+
+    async def closing(self) -> None:
+        """``run_http``'s: once new connections are refused, before requests end."""
+        self.shutdown.begun.set()
+        if self.runner is not None and self.dispatcher is not None:
+            await _close_runner(self.runner, self.dispatcher, self.hurry)
+        self.shutdown.ending.set()
+
+
+async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
+    """One of several dispatchers on one PostgreSQL database (docs/ha.md).
+
+    The API answers from the start, as a standby (``dispatcher.standby``)
+    while this dispatcher waits for the leader lock; once granted, it
+    builds the dispatcher (whose recovery adopts the running jobs from the
+    runners' READY lists), hands the socket to the full API and listens for
+    the standbys' notices. A lost lock session ends it with
+    ``LeadershipLost`` at once: a supervisor starts it again, as a standby.
+    Runners are never connected before the lock is held.
+    """
+    # Imported here: SQLite users never load psycopg.
+    from narwhal.dispatcher.leadership import Leadership
+    from narwhal.dispatcher.notices import Notices
+    from narwhal.dispatcher.standby import Standby, Switch, standby_app
+    from narwhal.dispatcher.store.postgres import PostgresStore
+
+    dconf, site, stop = leading.dconf, leading.site, leading.stop
+    async with Leadership(db) as leadership, Standby(dconf, PostgresStore(db)) as standby:
+        switch = Switch(standby_app(standby, leadership, leading.shutdown))
+        http = asyncio.create_task(
+            run_http(
+                Guard(switch, site.policy),
+                site.sock,
+                stop,
+                grace=HTTP_GRACE,
+                closing=leading.closing,
+                hurry=leading.hurry,
+            ),
+            name="dispatcher http",
+        )
+        leading.announce(
+            f"narwhal {dconf.data_dir}: standby API on {site.url}"
+            f" (waiting for the leader lock on {db.shown})"
+        )
+        acquiring = asyncio.create_task(leadership.acquire(), name="leader lock")
+        done, _ = await asyncio.wait({http, acquiring}, return_when=asyncio.FIRST_COMPLETED)
+        if acquiring not in done:  # stopped while standing by
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+            await http
+            return
+        failed = acquiring.exception()
+        if failed is not None:  # the database is gone: one line, a non-zero exit
+            stop.set()
+            await http
+            raise failed
+        leading.role = "leader"
+        log.info("leader: took the lock after %.2f s", leadership.waited or 0.0)
+        async with leading.parts(store_for(db)) as app:
+            assert leading.dispatcher is not None  # noqa: S101 - set by parts()
+            await Notices(leading.dispatcher, leadership).start()
+            switch.app = app
+            await asyncio.wait(
+                {http, asyncio.ensure_future(leadership.lost.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            lost = leadership.lost.is_set()
+            if lost:
+                leading.hurry.set()  # another dispatcher leads now: stop at once
+                stop.set()
+            await http
+        if lost:
+            raise LeadershipLost(
+                f"lost the leader lock session on {db.shown}; stopped leading (start again)"
+            )
 
 
 async def _with_webhooks(

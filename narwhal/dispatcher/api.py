@@ -14,7 +14,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,14 +23,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from narwhal import __version__
+from narwhal.config import DispatcherConfig
 from narwhal.dispatcher import api_input as given
 from narwhal.dispatcher.api_input import BadRequest as BadRequest  # secrets_api uses it
 from narwhal.dispatcher.core import Conflict, Dispatcher
 from narwhal.dispatcher.mesh import LinkState, Peer
 from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.records import STATES, JobRecord, JobState, TransitionRecord
-from narwhal.dispatcher.store.base import JobQuery
+from narwhal.dispatcher.store.base import JobQuery, JobStore, NewJob
 from narwhal.dispatcher.tokens import Tokens
+from narwhal.dispatcher.waiting import Pending
+from narwhal.dispatcher.watchers import Watchers
 from narwhal.errors import ConfigError, NotFound, RepoError, StoreError
 from narwhal.follow import SHUTDOWN_LINE
 from narwhal.metrics import CONTENT_TYPE, Registry
@@ -109,36 +112,37 @@ def _guard(handler: Handler, access: Access, scope: str | None) -> Handler:
     return wrapped
 
 
-class Api:
-    """Request handlers for one dispatcher."""
+class Desk(Protocol):
+    """What the job routes need: the leader's ``Dispatcher``, or a standby's
+    ``standby.Standby``, which writes to the shared database and announces it."""
 
-    def __init__(
-        self, dispatcher: Dispatcher, access: Access, shutdown: Shutdown, metrics: Registry
-    ) -> None:
-        self.dispatcher = dispatcher
+    @property
+    def config(self) -> DispatcherConfig: ...
+
+    @property
+    def store(self) -> JobStore: ...
+
+    @property
+    def watchers(self) -> Watchers: ...
+
+    def pending(self, job_id: int) -> Pending | None:
+        """Why a queued job waits (None: not known here)."""
+        ...
+
+    async def create(self, job: NewJob) -> JobRecord: ...
+
+    async def resubmit(self, job_id: int) -> JobRecord: ...
+
+    async def cancel_submission(self, job_id: int) -> list[JobRecord]: ...
+
+
+class JobApi:
+    """The job routes' handlers: what every dispatcher of an installation serves."""
+
+    def __init__(self, desk: Desk, access: Access, shutdown: Shutdown) -> None:
+        self.desk = desk
         self.access = access
         self.shutdown = shutdown
-        self.registry = metrics
-
-    async def health(self, request: Request) -> Response:
-        """Open to all, so it says only "ok"; counts and version need a read token."""
-        if self.access.refusal(request, "read") is not None:
-            return JSONResponse({"status": "ok"})
-        mesh = self.dispatcher.mesh
-        ready = [peer for peer in mesh.peers() if peer.state == LinkState.READY]
-        return JSONResponse(
-            {
-                "status": "ok",
-                "version": __version__,
-                "runners": len(ready),
-                "queued": self.dispatcher.queued(),
-                "bad_frames": mesh.stats().bad_frames,
-            }
-        )
-
-    async def metrics(self, request: Request) -> Response:
-        """Prometheus' scrape (``dispatcher.metrics`` lists the names)."""
-        return Response(self.registry.render(), media_type=CONTENT_TYPE)
 
     async def submit(self, request: Request) -> Response:
         body = await _json(request)
@@ -146,7 +150,7 @@ class Api:
         ref = _field(body, "ref", str) or "HEAD"
         sha = _field(body, "sha", str)
         try:
-            check_repo(repo, allow_local=self.dispatcher.config.allow_local_repos)
+            check_repo(repo, allow_local=self.desk.config.allow_local_repos)
             check_ref(ref)
             if sha is not None:
                 check_sha(sha)
@@ -158,15 +162,17 @@ class Api:
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise BadRequest(f"{name}: not a valid name: {value!r}")
         cpus, memory = given.resources(body)
-        job = await self.dispatcher.submit(
-            repo=repo,
-            ref=ref,
-            sha=sha,
-            event=event,
-            labels=labels,
-            priority=given.priority(body),
-            cpus=cpus,
-            memory=memory,
+        job = await self.desk.create(
+            NewJob(
+                repo=repo,
+                ref=ref,
+                sha=sha,
+                event=event,
+                labels=labels,
+                priority=given.priority(body),
+                cpus=cpus,
+                memory=memory,
+            )
         )
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
 
@@ -188,24 +194,24 @@ class Api:
             before=before,
             limit=limit,
         )
-        jobs = await self.dispatcher.store.list_jobs(query)
+        jobs = await self.desk.store.list_jobs(query)
         nxt = jobs[-1].id if len(jobs) == limit else None
         shown = [{**j.to_json(), "pending": self._pending(j)} for j in jobs]
         return JSONResponse({"jobs": shown, "next": nxt})
 
     def _pending(self, job: JobRecord) -> dict[str, Any] | None:
         """Why a queued job waits (``waiting.Pending``; its text redacted), else None."""
-        pending = self.dispatcher.pending(job.id) if job.state == _QUEUED else None
+        pending = self.desk.pending(job.id) if job.state == _QUEUED else None
         if pending is None:
             return None
         return {**pending.to_json(), "text": redacted(pending.text)}
 
     async def get_job(self, request: Request) -> Response:
         job_id = given.job_id(request)
-        job = await self.dispatcher.store.get_job(job_id)
-        steps = await self.dispatcher.store.steps(job_id, job.attempt)
-        usage = await self.dispatcher.store.usage(job_id, job.attempt)
-        history = await self.dispatcher.store.transitions(job_id)
+        job = await self.desk.store.get_job(job_id)
+        steps = await self.desk.store.steps(job_id, job.attempt)
+        usage = await self.desk.store.usage(job_id, job.attempt)
+        history = await self.desk.store.transitions(job_id)
         return JSONResponse(
             {
                 **job.to_json(),
@@ -221,23 +227,74 @@ class Api:
 
     async def logs(self, request: Request) -> Response:
         job_id = given.job_id(request)
-        job = await self.dispatcher.store.get_job(job_id)
+        job = await self.desk.store.get_job(job_id)
         if request.query_params.get("follow") in ("1", "true", "yes"):
-            stream = _follow(self.dispatcher, job_id, self.shutdown)
+            stream = _follow(self.desk, job_id, self.shutdown)
             return StreamingResponse(stream, media_type="text/plain")
-        chunks = await self.dispatcher.store.read_log(job_id, job.attempt)
+        chunks = await self.desk.store.read_log(job_id, job.attempt)
         return Response(b"".join(data for _, data in chunks), media_type="text/plain")
 
     async def cancel(self, request: Request) -> Response:
         """The job and the matrix jobs it spawned; ``jobs``: each one cancelled, as it is now."""
         job_id = given.job_id(request)
-        cancelled = await self.dispatcher.cancel_submission(job_id)
-        job = await self.dispatcher.store.get_job(job_id)
+        cancelled = await self.desk.cancel_submission(job_id)
+        job = await self.desk.store.get_job(job_id)
         return JSONResponse({**_cancelled(job), "jobs": [_cancelled(j) for j in cancelled]}, 202)
 
     async def resubmit(self, request: Request) -> Response:
-        job = await self.dispatcher.resubmit(given.job_id(request))
+        job = await self.desk.resubmit(given.job_id(request))
         return JSONResponse({"id": job.id, "state": job.state}, status_code=201)
+
+    def routes(self) -> list[RouteSpec]:
+        return [
+            ("/api/jobs", self.list_jobs, "GET", "read"),
+            ("/api/jobs", self.submit, "POST", "write"),
+            ("/api/jobs/{id}", self.get_job, "GET", "read"),
+            ("/api/jobs/{id}/logs", self.logs, "GET", "read"),
+            ("/api/jobs/{id}/cancel", self.cancel, "POST", "write"),
+            ("/api/jobs/{id}/resubmit", self.resubmit, "POST", "write"),
+        ]
+
+
+class Api(JobApi):
+    """Request handlers for the dispatcher that leads (the only one, on SQLite)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        access: Access,
+        shutdown: Shutdown,
+        metrics: Registry,
+        *,
+        role: str | None = None,
+    ) -> None:
+        super().__init__(dispatcher, access, shutdown)
+        self.dispatcher = dispatcher
+        self.registry = metrics
+        self.role = role
+
+    async def health(self, request: Request) -> Response:
+        """Open to all, so it says only "ok" (and the role, with several
+        dispatchers); counts and version need a read token."""
+        role = {"role": self.role} if self.role is not None else {}
+        if self.access.refusal(request, "read") is not None:
+            return JSONResponse({"status": "ok", **role})
+        mesh = self.dispatcher.mesh
+        ready = [peer for peer in mesh.peers() if peer.state == LinkState.READY]
+        return JSONResponse(
+            {
+                "status": "ok",
+                **role,
+                "version": __version__,
+                "runners": len(ready),
+                "queued": self.dispatcher.queued(),
+                "bad_frames": mesh.stats().bad_frames,
+            }
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' scrape (``dispatcher.metrics`` lists the names)."""
+        return Response(self.registry.render(), media_type=CONTENT_TYPE)
 
     async def runners(self, request: Request) -> Response:
         mesh = self.dispatcher.mesh
@@ -310,11 +367,14 @@ def build_app(
     access: Access,
     shutdown: Shutdown | None = None,
     metrics: Registry | None = None,
+    *,
+    role: str | None = None,
 ) -> Starlette:
     """The ASGI app of one dispatcher's API (put ``guard.Guard`` in front of it).
 
     ``metrics``: what ``GET /metrics`` renders (by default a ``DispatcherMetrics``
-    of its own, as the dispatcher's config says).
+    of its own, as the dispatcher's config says). ``role``: said by
+    ``/health`` ("leader" when dispatchers share a database).
     """
     # Imported here: secrets_api builds on this module's helpers.
     from narwhal.dispatcher.secrets_api import secret_routes
@@ -322,16 +382,11 @@ def build_app(
     if metrics is None:
         per_repo = dispatcher.config.metrics_per_repo
         metrics = DispatcherMetrics(dispatcher, per_repo=per_repo).registry
-    api = Api(dispatcher, access, shutdown or Shutdown(), metrics)
+    api = Api(dispatcher, access, shutdown or Shutdown(), metrics, role=role)
     routes: list[RouteSpec] = [
         ("/health", api.health, "GET", None),
         ("/metrics", api.metrics, "GET", "read"),
-        ("/api/jobs", api.list_jobs, "GET", "read"),
-        ("/api/jobs", api.submit, "POST", "write"),
-        ("/api/jobs/{id}", api.get_job, "GET", "read"),
-        ("/api/jobs/{id}/logs", api.logs, "GET", "read"),
-        ("/api/jobs/{id}/cancel", api.cancel, "POST", "write"),
-        ("/api/jobs/{id}/resubmit", api.resubmit, "POST", "write"),
+        *api.routes(),
         ("/api/runners", api.runners, "GET", "read"),
         ("/api/runners", api.add_runner, "POST", "admin"),
         ("/api/tokens", api.list_tokens, "GET", "admin"),
@@ -340,6 +395,11 @@ def build_app(
         ("/api/gc", api.gc, "POST", "admin"),
         *secret_routes(dispatcher),
     ]
+    return routed(routes, access)
+
+
+def routed(routes: list[RouteSpec], access: Access) -> Starlette:
+    """The app of ``routes``, each behind its token check; errors as JSON."""
     return Starlette(
         routes=[
             Route(path, _guard(handler, access, scope), methods=[method])
@@ -355,23 +415,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(str(detail), status)
 
 
-async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> AsyncIterator[bytes]:
+async def _follow(desk: Desk, job_id: int, shutdown: Shutdown) -> AsyncIterator[bytes]:
     """Log chunks as they arrive, until the job has ended and all is sent.
 
     During a shutdown the stream's last line says why it ends: the job ended
     (the embedded runner cancelled it), or narwhal stops while the job goes on.
     """
-    event = dispatcher.watchers.watch(job_id)
+    event = desk.watchers.watch(job_id)
     try:
         attempt, after, mid_line = 0, -1, False
         while True:
             event.clear()
-            job = await dispatcher.store.get_job(job_id)
+            job = await desk.store.get_job(job_id)
             if job.attempt != attempt:
                 if attempt:
                     yield f"--- attempt {job.attempt}\n".encode()
                 attempt, after = job.attempt, -1
-            chunks = await dispatcher.store.read_log(job_id, attempt, after)
+            chunks = await desk.store.read_log(job_id, attempt, after)
             for seq, data in chunks:
                 yield data
                 after, mid_line = seq, not data.endswith(b"\n")
@@ -383,7 +443,7 @@ async def _follow(dispatcher: Dispatcher, job_id: int, shutdown: Shutdown) -> As
                 return
             await _wait(event, shutdown.ending, 5.0)
     finally:
-        dispatcher.watchers.unwatch(job_id, event)
+        desk.watchers.unwatch(job_id, event)
 
 
 def _closing_line(job: JobRecord) -> bytes:

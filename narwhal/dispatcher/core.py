@@ -54,6 +54,18 @@ class Conflict(NarwhalError):
     """The request does not fit the job's current state (e.g. cancel a finished job)."""
 
 
+async def going(store: JobStore, job: JobRecord) -> list[JobRecord]:
+    """``job`` and the matrix jobs it spawned that have not ended, children first.
+
+    ``Conflict`` if none is still going (what a cancel of them all answers).
+    """
+    children = await store.list_jobs(JobQuery(parent=job.id, limit=MAX_COMBINATIONS))
+    alive = [j for j in (job, *reversed(children)) if not j.terminal]
+    if not alive:
+        raise Conflict(f"job {job.id} already ended ({job.state})")
+    return alive
+
+
 class Dispatcher:
     """Schedules stored jobs onto runners and records what they report."""
 
@@ -373,7 +385,8 @@ class Dispatcher:
 
     # what the API calls
 
-    async def _create(self, job: NewJob) -> JobRecord:
+    async def create(self, job: NewJob) -> JobRecord:
+        """Queue ``job``; one whose ``source_key`` was seen returns that job instead."""
         changes = self.jobs.begin()
         created = self.jobs.create(changes, job)
         await changes.commit()
@@ -399,7 +412,7 @@ class Dispatcher:
         forge retrying a webhook) idempotent. ``fork_of``, ``priority``,
         ``cpus``, ``memory``: see ``JobRecord``.
         """
-        return await self._create(
+        return await self.create(
             NewJob(
                 repo=repo,
                 ref=ref,
@@ -422,22 +435,7 @@ class Dispatcher:
         return created.value
 
     async def resubmit(self, job_id: int) -> JobRecord:
-        old = await self.jobs.fetch(job_id)
-        return await self._create(
-            NewJob(
-                repo=old.repo,
-                ref=old.ref,
-                sha=old.sha,
-                event=old.event,
-                labels=old.labels,
-                matrix=old.matrix,
-                reason=f"resubmitted from job {old.id}",
-                fork_of=old.fork_of,
-                priority=old.priority,
-                cpus=old.cpus,
-                memory=old.memory,
-            )
-        )
+        return await self.create(NewJob.again(await self.jobs.fetch(job_id)))
 
     async def cancel(self, job_id: int) -> JobRecord:
         job = await self.jobs.fetch(job_id)
@@ -464,16 +462,34 @@ class Dispatcher:
         The jobs that already ended are left as they are (and not returned);
         ``Conflict`` if none was still going.
         """
-        job = await self.jobs.fetch(job_id)
-        children = await self.store.list_jobs(JobQuery(parent=job_id, limit=MAX_COMBINATIONS))
-        going = [j for j in (job, *reversed(children)) if not j.terminal]
-        if not going:
-            raise Conflict(f"job {job_id} already ended ({job.state})")
         cancelled: list[JobRecord] = []
-        for j in going:
+        for j in await going(self.store, await self.jobs.fetch(job_id)):
             with contextlib.suppress(Conflict):  # ended meanwhile
                 cancelled.append(await self.cancel(j.id))
         return cancelled
+
+    async def adopt(self, job_id: int) -> None:
+        """Act on what a standby wrote of a job (``dispatcher.notices``).
+
+        A queued job memory does not hold joins the queue; a cancel asked
+        for a live job is carried out (its runner is told).
+        """
+        try:
+            stored = await self.store.get_job(job_id)
+        except NotFound:
+            return
+        held = self.jobs.get(job_id)
+        if held is None:
+            if stored.state != JobState.QUEUED:
+                return  # ended, or (active) already ours since recovery loaded it
+            log.info("job %d: queued by a standby dispatcher", job_id)
+            self.jobs.changed(stored, new=True)
+            asked = stored.cancel_requested
+        else:
+            asked = stored.cancel_requested and not held.cancel_requested
+        if asked and not stored.terminal:
+            with contextlib.suppress(Conflict):  # ended meanwhile
+                await self.cancel(job_id)
 
     async def add_runner(self, url: str) -> Peer:
         peer = self.mesh.connect(url)

@@ -18,6 +18,12 @@ store reconnect must not release the lock.
 The key is ``BASE_KEY`` mixed with the schema the URL's connections use
 (``current_schema()``), so two installations in two schemas of one
 database do not collide.
+
+The leader also LISTENs on that session (``listen``) for what standbys
+announce (``PostgresStore.announce``: the jobs they created or asked to
+cancel). psycopg hands a notification over when the connection next talks
+to the server, so the watch's query every ``WATCH_INTERVAL`` delivers them:
+no connection of their own, and no notification outlives the leadership.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from narwhal.dispatcher.store.postgres import CHANNEL_SQL
 from narwhal.errors import StoreError
 from narwhal.storeurl import StoreUrl
 
@@ -88,6 +96,8 @@ class Leadership:
         self.key: int | None = None
         #: Seconds ``acquire`` waited for the lock.
         self.waited: float | None = None
+        #: The NOTIFY channel of this schema (``PostgresStore.announce``).
+        self.channel: str | None = None
         self._db: Db | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -145,10 +155,28 @@ class Leadership:
             await db.execute("SELECT set_config(%s, %s, false)", (name, value))
         return db
 
-    @staticmethod
-    async def _key(db: Db) -> int:
-        row = await (await db.execute("SELECT current_schema()")).fetchone()
-        return lock_key(str(row[0]) if row is not None and row[0] is not None else "")
+    async def listen(self, on_notice: Callable[[str], None]) -> None:
+        """Hand every payload announced on this schema's channel to ``on_notice``.
+
+        Called by the leader, after ``acquire``; ``StoreError`` if the session fails.
+        """
+        db = self._db
+        if db is None or self.channel is None:
+            raise StoreError("leader lock: not held, so nothing to listen on")
+        db.add_notify_handler(lambda notice: on_notice(notice.payload))
+        try:
+            async with asyncio.timeout(WATCH_TIMEOUT):
+                # The channel is ours (CHANNEL_SQL): a plain identifier.
+                await db.execute(f'LISTEN "{self.channel}"')
+        except (psycopg.Error, OSError, TimeoutError) as e:
+            raise StoreError(f"leader lock on {self.url.shown}: cannot LISTEN: {e}") from e
+
+    async def _key(self, db: Db) -> int:
+        cursor = await db.execute(f"SELECT current_schema(), {CHANNEL_SQL}")
+        row = await cursor.fetchone()
+        schema = str(row[0]) if row is not None and row[0] is not None else ""
+        self.channel = str(row[1]) if row is not None else None
+        return lock_key(schema)
 
     async def _watch(self) -> None:
         """Check the session until it fails; then set ``lost`` and log one line."""

@@ -51,12 +51,14 @@ async def serve_parts(
     shutdown: Shutdown,
     *,
     metrics_fallback: bool = False,
+    role: str | None = None,
 ) -> Served:
     """Start the optional parts (closed by ``extras``, in reverse) and build the API.
 
     ``url`` is the API's own address: the links in commit statuses point
     there unless ``status.public_url`` says otherwise. ``metrics_fallback``:
     the feed binds free ports if its own are taken (``narwhal up``).
+    ``role``: what ``/health`` says this dispatcher is (``api.build_app``).
     """
     metrics = DispatcherMetrics(dispatcher, per_repo=dconf.metrics_per_repo)
     extras.callback(metrics.close)
@@ -84,7 +86,7 @@ async def serve_parts(
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
     tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
     access = Access(tokens, public_read=dconf.public_read)
-    api = build_app(dispatcher, access, shutdown, metrics.registry)
+    api = build_app(dispatcher, access, shutdown, metrics.registry, role=role)
     return Served(api=api, intake=intake, metrics=metrics, publisher=publisher)
 
 

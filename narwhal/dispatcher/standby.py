@@ -1,47 +1,163 @@
-"""The HTTP API of a dispatcher that waits for the leader lock (``leadership``).
+"""A hot standby: the REST API of a dispatcher that waits for the leader lock.
 
-A standby answers at once on its API port, so a load balancer or a user
-sees it is alive and why it does not serve: ``GET /health`` says
-``role: standby`` (and the lock key it waits on); every other route is 503
-with ``Retry-After`` and one line naming the cause. Once the lock is
-granted, ``Switch`` hands every new request to the full API.
+Several dispatchers share one PostgreSQL database; one leads
+(``leadership``). A standby serves the job routes from the database, so
+every dispatcher of an installation answers the same: it lists and shows
+jobs, streams logs (polled, ``FOLLOW_POLL``), and takes submissions,
+resubmissions and cancels by writing them to the database and announcing
+them (``PostgresStore.announce``), for the leader to queue or carry out
+(``dispatcher.notices``). Written first, announced next: a submission is
+never lost, at worst acted on at the leader's next sweep, or by the next
+leader when there is none now.
+
+What only the leader knows or does (runners, ``/metrics``, tokens, secrets,
+``gc``) is 503 with ``Retry-After`` and one line saying to ask the leader.
+``GET /health`` says ``role: standby``. Tokens are read from the database
+(``TOKEN_REFRESH``): one created or revoked on the leader works here within
+seconds. ``Switch`` hands every new request to the leader's full API once
+the lock is granted.
 """
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
+import asyncio
+import logging
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from narwhal.config import DispatcherConfig
+from narwhal.dispatcher.api import Access, JobApi, RouteSpec, Shutdown, routed
+from narwhal.dispatcher.core import going
 from narwhal.dispatcher.leadership import Leadership
+from narwhal.dispatcher.notices import notice
+from narwhal.dispatcher.records import JobRecord
+from narwhal.dispatcher.store.base import CreateJob, NewJob, RequestCancel, Write
+from narwhal.dispatcher.store.postgres import PostgresStore
+from narwhal.dispatcher.tokens import Tokens
+from narwhal.dispatcher.waiting import Pending
+from narwhal.dispatcher.watchers import Watchers
+from narwhal.errors import StoreError
+from narwhal.supervise import spawn
+
+log = logging.getLogger(__name__)
 
 #: Seconds a client is told to wait before asking a standby again.
 RETRY_AFTER = 2
+#: Seconds between two looks at the logs a standby's followers stream.
+FOLLOW_POLL = 1.0
+#: Seconds between two reads of the tokens.
+TOKEN_REFRESH = 5.0
 
 
-def standby_app(leadership: Leadership) -> ASGIApp:
-    """``/health`` with the role; 503 with ``Retry-After`` for the rest."""
+class Standby:
+    """The standby's side of the job routes (``api.Desk``) and the tokens' host."""
+
+    def __init__(self, config: DispatcherConfig, store: PostgresStore) -> None:
+        self.config = config
+        self.store = store
+        self.watchers = Watchers()
+        self.tokens: Tokens | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Standby:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the store (migrating it if this is the first dispatcher) and load the tokens."""
+        await self.store.open()
+        rows = await self.store.tokens()
+        self.tokens = Tokens.loaded(self, rows, env_token=self.config.api_token)
+        spawn(self._tasks, "standby follow loop", self._follow_loop)
+        spawn(self._tasks, "standby token loop", self._token_loop)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    # api.Desk
+
+    def pending(self, job_id: int) -> Pending | None:
+        return None  # the leader's to say; the job's reason says it too
+
+    async def create(self, job: NewJob) -> JobRecord:
+        ((record, _new),) = await self.store.apply([CreateJob(job=job)])
+        await self._announce(record.id)
+        return record  # type: ignore[no-any-return]
+
+    async def resubmit(self, job_id: int) -> JobRecord:
+        return await self.create(NewJob.again(await self.store.get_job(job_id)))
+
+    async def cancel_submission(self, job_id: int) -> list[JobRecord]:
+        alive = await going(self.store, await self.store.get_job(job_id))
+        await self.store.apply([RequestCancel(job_id=j.id) for j in alive])
+        for j in alive:
+            await self._announce(j.id)
+        return [await self.store.get_job(j.id) for j in alive]
+
+    async def _announce(self, job_id: int) -> None:
+        try:
+            await self.store.announce(notice(job_id))
+        except StoreError as e:  # written: the leader's sweep finds it
+            log.warning("job %d: written, but the leader was not told: %s", job_id, e)
+
+    # tokens.Host
+
+    async def write(self, *writes: Write) -> list[Any]:
+        return await self.store.apply(writes)
+
+    def write_soon(self, write: Write) -> None:
+        """Nothing but ``last_used`` comes here: not worth a standby's write."""
+
+    # loops
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_POLL)
+            self.watchers.notify_all()
+
+    async def _token_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_REFRESH)
+            try:
+                rows = await self.store.tokens()
+            except StoreError as e:
+                log.warning("standby: cannot read the tokens again: %s", e)
+                continue
+            assert self.tokens is not None  # noqa: S101 - set in open()
+            self.tokens.reload(rows)
+
+
+def standby_app(standby: Standby, leadership: Leadership, shutdown: Shutdown) -> ASGIApp:
+    """The job routes of ``JobApi`` on ``standby``; ``/health``; 503 for the rest."""
+    assert standby.tokens is not None  # noqa: S101 - opened by the caller
+    access = Access(standby.tokens, public_read=standby.config.public_read)
+    jobs = JobApi(standby, access, shutdown)
 
     async def health(request: Request) -> Response:
-        role = "leader" if leadership.waited is not None else "standby"
-        return JSONResponse({"status": "ok", "role": role, "lock_key": leadership.key})
+        return JSONResponse({"status": "ok", "role": "standby", "lock_key": leadership.key})
 
     async def refused(request: Request) -> Response:
         return JSONResponse(
-            {"error": "standby dispatcher: waiting for the leader lock; ask the leader"},
+            {"error": "standby dispatcher: only the leader serves this; ask the leader"},
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER)},
         )
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/{path:path}", refused, methods=methods),
-        ]
-    )
+    routes: list[RouteSpec] = [("/health", health, "GET", None), *jobs.routes()]
+    app = routed(routes, access)
+    app.router.routes.append(Route("/{path:path}", refused, methods=methods))
+    return app
 
 
 class Switch:

@@ -152,10 +152,20 @@ class Tokens:
     @classmethod
     async def open(cls, dispatcher: Host, *, env_token: str | None = None) -> Tokens:
         """Load the stored tokens and make sure ``<data-dir>/admin.token`` holds a valid one."""
-        rows = [_info(row) for row in await dispatcher.store.tokens()]
-        tokens = cls(dispatcher, rows, env_token=env_token)
+        tokens = cls.loaded(dispatcher, await dispatcher.store.tokens(), env_token=env_token)
         await tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE)
         return tokens
+
+    @classmethod
+    def loaded(
+        cls, dispatcher: Host, rows: Sequence[TokenRow], *, env_token: str | None = None
+    ) -> Tokens:
+        """The stored tokens as read: a standby's, which writes no admin token file."""
+        return cls(dispatcher, [_info(row) for row in rows], env_token=env_token)
+
+    def reload(self, rows: Sequence[TokenRow]) -> None:
+        """The stored tokens as read again: a standby learns the leader's creates and revokes."""
+        self._by_name = {row.name: _info(row) for row in rows}
 
     # checking
 

@@ -33,6 +33,12 @@ class Watchers:
         for event in self._events.get(job_id, ()):
             event.set()
 
+    def notify_all(self) -> None:
+        """Wake every watcher (a standby's, which hears of no change: it polls)."""
+        for events in self._events.values():
+            for event in events:
+                event.set()
+
     def on_event(self, event: Event) -> None:
         """The ``Feed`` consumer."""
         if not self._events:

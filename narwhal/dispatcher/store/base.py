@@ -67,6 +67,23 @@ class NewJob:
     cpus: float | None = None
     memory: int | None = None
 
+    @classmethod
+    def again(cls, old: JobRecord) -> NewJob:
+        """A new job of ``old``'s very commit and needs (what a resubmit queues)."""
+        return cls(
+            repo=old.repo,
+            ref=old.ref,
+            sha=old.sha,
+            event=old.event,
+            labels=old.labels,
+            matrix=old.matrix,
+            reason=f"resubmitted from job {old.id}",
+            fork_of=old.fork_of,
+            priority=old.priority,
+            cpus=old.cpus,
+            memory=old.memory,
+        )
+
     def record(self, job_id: int, at: float) -> JobRecord:
         """The job as created with id ``job_id`` at ``at`` (what reading its row back gives)."""
         return JobRecord(

@@ -104,6 +104,12 @@ _OtherWrite = (
 )
 
 
+#: The NOTIFY channel of the schema a connection uses, as SQL: what standbys
+#: announce on (``announce``) and the leader listens to (``leadership``).
+#: One per schema, as the leader lock is; a plain identifier.
+CHANNEL_SQL = "'narwhal_' || left(md5(coalesce(current_schema(), '')), 12)"
+
+
 class PostgresStore:
     """Jobs, their history, steps and logs, and the side tables, in one PostgreSQL schema."""
 
@@ -160,6 +166,21 @@ class PostgresStore:
             db = await self._connection("writer")
             try:
                 return await self._guard(_transaction(db, writes), APPLY_TIMEOUT)
+            except StoreError:
+                await self._drop_if_broken("writer", db)
+                raise
+
+    async def announce(self, payload: str) -> None:
+        """NOTIFY the leader (on this schema's channel, ``CHANNEL_SQL``) of ``payload``.
+
+        Standbys announce what they wrote for the leader to act on; a lost
+        announcement only delays it (the leader sweeps the store too).
+        """
+        async with self._write_lock:
+            db = await self._connection("writer")
+            notify = db.execute(f"SELECT pg_notify({CHANNEL_SQL}, %s)", (payload,))
+            try:
+                await self._guard(notify, APPLY_TIMEOUT)
             except StoreError:
                 await self._drop_if_broken("writer", db)
                 raise

@@ -1,0 +1,287 @@
+"""High availability: two dispatchers on one PostgreSQL database, one leads.
+
+Real processes (dispatchers and runners, on loopback) and the real server
+(a fresh schema per test). The leader is killed with SIGKILL mid-run and
+started again; the standby takes the lock, adopts the running jobs from the
+runners' READY lists and goes on. Checked through both APIs: every job
+ends exactly once (one terminal transition), no step ran twice (each step
+appends its job id to a marker file), none is left behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from narwhal.storeurl import StoreUrl
+from tests.support import probe
+from tests.support.cluster import MESH, TERMINAL, Cluster
+from tests.support.daemons import Client, Daemon, dispatcher_args
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
+from tests.support.postgres import fresh_schema
+from tests.support.repos import Repo
+
+pytestmark = pytest.mark.system
+
+MakeRepo = Callable[..., Repo]
+
+
+class Pair:
+    """Two dispatchers (own data dirs, one keys dir) on one database, and the runners."""
+
+    def __init__(self, cluster: Cluster, url: StoreUrl) -> None:
+        self.cluster = cluster
+        self.url = url
+        self.ports = {name: free_port() for name in ("a", "b")}
+        self.daemons: dict[str, Daemon] = {}
+        self.clients: dict[str, Client] = {}
+
+    def start(self, name: str) -> Client:
+        cluster = self.cluster
+        args = dispatcher_args(
+            cluster.root / f"data-{name}",
+            *cluster.keys.dispatcher(),
+            "--db",
+            self.url.dsn or "",
+            runners=[f"tcp://127.0.0.1:{port}" for port in cluster.ports.values()],
+            http=f"127.0.0.1:{self.ports[name]}",
+            mesh=MESH,
+        )
+        if name in self.daemons:
+            cluster.retired.append(self.daemons[name])
+        self.daemons[name] = Daemon(args)
+        if name not in self.clients:
+            self.clients[name] = Client(self.daemons[name].url)
+        return self.clients[name]
+
+    def role(self, name: str) -> str | None:
+        try:
+            return self.clients[name].http.get("/health").json().get("role")
+        except httpx.TransportError:
+            return None
+
+    def wait_role(self, name: str, role: str, timeout: float = 30) -> None:
+        eventually(
+            lambda: self.role(name) == role, timeout=timeout, what=f"dispatcher {name} {role}"
+        )
+
+    def leader(self) -> str:
+        return eventually(
+            lambda: next((n for n in self.daemons if self.role(n) == "leader"), None),
+            timeout=30,
+            what="a leader",
+        )
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        for daemon in self.daemons.values():
+            daemon.stop()
+
+
+@pytest.fixture
+def pair(cluster: Cluster) -> Iterator[Pair]:
+    with fresh_schema() as url:
+        started = Pair(cluster, url)
+        try:
+            yield started
+        finally:
+            started.close()
+
+
+def _pipeline(script: str) -> dict[str, str]:
+    lines = "".join(f"      - {line}\n" for line in script.strip().splitlines())
+    return {"narwhal.yml": f"steps:\n  - name: work\n    commands:\n{lines}"}
+
+
+def test_a_standby_serves_the_job_routes_from_the_database(pair: Pair, make_repo: MakeRepo) -> None:
+    cluster = pair.cluster
+    cluster.start_runner("r", 2)
+    leader = pair.start("a")
+    pair.wait_role("a", "leader")
+    standby = pair.start("b")
+    pair.wait_role("b", "standby")
+    cluster.api = leader
+    cluster.wait_ready(1)
+
+    # Submitted to the standby: written, announced, run by the leader.
+    job_id = standby.submit(make_repo(_pipeline("echo through-the-standby")))
+    job = standby.wait(job_id)
+    assert job["state"] == "success", job
+    assert "through-the-standby" in standby.log(job_id)
+    assert leader.job(job_id)["state"] == "success"
+    assert [j["id"] for j in standby.jobs()] == [job_id]
+
+    # A cancel through the standby reaches the runner through the leader.
+    sleeper = standby.submit(make_repo(_pipeline("sleep 60")))
+    leader.wait(sleeper, {"running"})
+    response = standby.http.post(f"/api/jobs/{sleeper}/cancel", json={})
+    assert response.status_code == 202, response.text
+    assert response.json()["cancel_requested"] is True
+    assert standby.wait(sleeper, timeout=30)["state"] == "cancelled"
+
+    # Resubmitted through the standby: the same commit again.
+    again = standby.http.post(f"/api/jobs/{job_id}/resubmit", json={})
+    assert again.status_code == 201, again.text
+    assert standby.wait(again.json()["id"])["state"] == "success"
+
+    # What only the leader knows: refused, with when to ask again.
+    for path in ("/api/runners", "/metrics", "/api/tokens"):
+        refused = standby.http.get(path)
+        assert refused.status_code == 503, (path, refused.text)
+        assert refused.headers["Retry-After"] and "leader" in refused.json()["error"]
+    # The token check holds on a standby too.
+    stranger = httpx.get(f"{pair.daemons['b'].url}/api/jobs", timeout=10)
+    assert stranger.status_code == 401
+    bad = standby.http.post("/api/jobs", json={"repo": "file:///etc", "ref": "-x"})
+    assert bad.status_code == 400, bad.text
+
+
+def test_a_token_made_on_the_leader_works_on_the_standby(pair: Pair) -> None:
+    leader = pair.start("a")
+    pair.wait_role("a", "leader")
+    standby = pair.start("b")
+    pair.wait_role("b", "standby")
+    made = leader.http.post("/api/tokens", json={"name": "ci-bot", "scope": "read"})
+    assert made.status_code == 201, made.text
+    reader = Client(pair.daemons["b"].url, token=made.json()["token"])
+    try:
+        eventually(
+            lambda: reader.http.get("/api/jobs").status_code == 200,
+            timeout=15,
+            what="the leader's new token known to the standby",
+        )
+        assert reader.http.post("/api/jobs", json={"repo": "/x"}).status_code == 403
+        assert leader.http.delete("/api/tokens/ci-bot").status_code == 200
+        eventually(
+            lambda: reader.http.get("/api/jobs").status_code == 401,
+            timeout=15,
+            what="the revoke known to the standby",
+        )
+    finally:
+        reader.close()
+    assert standby.http.get("/health").json()["role"] == "standby"
+
+
+class Submitter:
+    """Submits jobs in a thread, alternating between the two APIs; a refused
+    or unreachable one is retried on the other (what a client with both
+    addresses, or a load balancer, does)."""
+
+    def __init__(self, pair: Pair, repo: Repo, count: int) -> None:
+        self.pair, self.repo, self.count = pair, repo, count
+        self.ids: list[int] = []
+        self.by: Counter[str] = Counter()
+        self.retries = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"submitted {len(self.ids)} of {self.count}"
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            names = ["a", "b"]
+            for n in range(self.count):
+                self.ids.append(self._submit(names[n % 2], names[(n + 1) % 2]))
+        except BaseException as e:  # seen by join
+            self.error = e
+
+    def _submit(self, first: str, other: str) -> int:
+        deadline = time.monotonic() + 60
+        name = first
+        while True:
+            try:
+                response = self.pair.clients[name].http.post(
+                    "/api/jobs", json={"repo": str(self.repo.path)}, timeout=10
+                )
+                if response.status_code == 201:
+                    self.by[name] += 1
+                    return int(response.json()["id"])
+                assert response.status_code == 503, response.text
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "no dispatcher took a submission for 60 s"
+            self.retries += 1
+            name = other if name == first else first
+            time.sleep(0.05)
+
+
+def _placed_after(api: Client, jobs: list[int], after: float) -> float | None:
+    """When the first job was assigned after ``after`` (epoch seconds), if one was."""
+    times = []
+    for job_id in jobs:
+        for moved in api.job(job_id)["transitions"]:
+            if moved["state"] == "assigned" and moved["at"] > after:
+                times.append(moved["at"])
+    return min(times, default=None)
+
+
+def test_the_standby_takes_over_from_a_killed_leader_and_nothing_is_lost_or_run_twice(
+    pair: Pair, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    cluster = pair.cluster
+    for name in ("r1", "r2"):
+        cluster.start_runner(name, 4)
+    pair.start("a")
+    pair.wait_role("a", "leader")
+    pair.start("b")
+    pair.wait_role("b", "standby")
+    cluster.api = pair.clients["a"]
+    cluster.wait_ready(2)
+    markers = tmp_path / "markers"
+    repo = make_repo(_pipeline(f'echo "$NARWHAL_JOB_ID" >> {markers}\nsleep 0.2'))
+
+    submitter = Submitter(pair, repo, 500)
+    submitter.start()
+    eventually(lambda: len(submitter.ids) >= 150, timeout=120, what="150 jobs submitted")
+    running = eventually(
+        lambda: pair.clients["a"].jobs(state="running") or None,
+        timeout=60,
+        what="jobs running on the leader",
+    )
+    killed_at = time.time()
+    cluster.kill(pair.daemons["a"])  # SIGKILL: no goodbye to the database or the runners
+    pair.wait_role("b", "leader", timeout=30)
+    pair.start("a")  # back, as a standby: it must not take the runners
+    pair.wait_role("a", "standby")
+    submitter.join(timeout=300)
+    assert submitter.by["a"] > 0 and submitter.by["b"] > 0, submitter.by
+
+    api = pair.clients["b"]
+    ids = submitter.ids
+    assert len(set(ids)) == 500
+
+    def all_ended() -> bool:
+        states = probe.state_counts(api)
+        return sum(states.values()) == 500 and all(s in TERMINAL for s in states)
+
+    eventually(
+        all_ended, timeout=300, what="every job ended", detail=lambda: probe.state_counts(api)
+    )
+    for job_id in ids:
+        assert probe.terminal_once(api, job_id) == "success"
+    ran = Counter(int(line) for line in markers.read_text().split())
+    assert set(ran) == set(ids), "every job's step ran"
+    twice = {job_id: n for job_id, n in ran.items() if n != 1}
+    assert not twice, f"steps run more than once: {twice}"
+    # The jobs running at the kill went on where they ran: adopted, not run again.
+    for job in running:
+        assert api.job(job["id"])["attempt"] == 1
+    assert pair.role("a") == "standby"
+    placed = _placed_after(api, ids, killed_at)
+    assert placed is not None
+    print(f"takeover: first job placed {placed - killed_at:.2f} s after kill -9")
