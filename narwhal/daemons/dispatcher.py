@@ -287,7 +287,8 @@ async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
             raise failed
         leading.role = "leader"
         log.info("leader: took the lock after %.2f s", leadership.waited or 0.0)
-        async with leading.parts(store_for(db)) as app:
+        # Its writes fenced by the epoch it bumps (``PostgresStore``'s ``lead``).
+        async with leading.parts(PostgresStore(db, lead=True)) as app:
             assert leading.dispatcher is not None  # noqa: S101 - set by parts()
             await Notices(leading.dispatcher, leadership).start()
             switch.app = app
@@ -297,7 +298,10 @@ async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
             )
             lost = leadership.lost.is_set()
             if lost:
-                leading.hurry.set()  # another dispatcher leads now: stop at once
+                # Another dispatcher may lead now: stop scheduling and let go
+                # of the runners at once, before the API winds down.
+                await leading.dispatcher.aclose()
+                leading.hurry.set()
                 stop.set()
             await http
         if lost:

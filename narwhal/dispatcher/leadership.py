@@ -52,7 +52,12 @@ BASE_KEY = 0x6E61727768616C
 #: Seconds between two checks of the lock session.
 WATCH_INTERVAL = 0.5
 #: Seconds a check may take before the session counts as lost.
-WATCH_TIMEOUT = 1.0
+WATCH_TIMEOUT = 2.0
+#: Seconds since the last answered check after which this dispatcher stops
+#: leading, whatever the check says next: shorter than the server's
+#: ``idle_session_timeout`` (``SESSION``), so a leader that was frozen
+#: knows it may have been replaced before it does anything else.
+LEASE = 3.0
 #: Seconds to open the lock connection.
 CONNECT_TIMEOUT = 5.0
 #: libpq's keepalives on the client side: a dead server is noticed within ~5 s.
@@ -63,13 +68,17 @@ KEEPALIVES = {
     "keepalives_count": 3,
 }
 #: The server side of the lock session: a vanished leader's session (and
-#: so its lock) is dropped within about 5 s.
+#: so its lock) is dropped within about 5 s. ``idle_session_timeout`` covers
+#: a leader whose machine still answers TCP but whose process does not run
+#: (frozen, swapping to death): its watch queries stop, so the server ends
+#: the session after 5 s idle; the leader's watch fails when it runs again.
 SESSION = {
     "tcp_keepalives_idle": "2",
     "tcp_keepalives_interval": "1",
     "tcp_keepalives_count": "3",
     "tcp_user_timeout": "5000",
     "idle_in_transaction_session_timeout": "5000",
+    "idle_session_timeout": "5000",
 }
 
 
@@ -100,6 +109,7 @@ class Leadership:
         self.channel: str | None = None
         self._db: Db | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._confirmed = 0.0
 
     async def __aenter__(self) -> Leadership:
         return self
@@ -125,7 +135,7 @@ class Leadership:
             await self.aclose()
             raise StoreError(f"leader lock on {self.url.shown}: {e}") from e
         self.waited = time.monotonic() - started
-        log.info("leader: took the lock after %.2f s", self.waited)
+        self._confirmed = time.monotonic()
         self._watcher = asyncio.create_task(self._watch(), name="leadership-watch")
 
     async def aclose(self) -> None:
@@ -179,15 +189,23 @@ class Leadership:
         return lock_key(schema)
 
     async def _watch(self) -> None:
-        """Check the session until it fails; then set ``lost`` and log one line."""
+        """Check the session until it fails or the lease ran out; then set ``lost``."""
         db = self._db
         assert db is not None  # noqa: S101 - started by acquire, after connecting
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
+            unconfirmed = time.monotonic() - self._confirmed
+            if unconfirmed > LEASE:  # this process did not run (frozen, stalled)
+                self._step_down(f"not confirmed for {unconfirmed:.1f} s")
+                return
             try:
                 async with asyncio.timeout(WATCH_TIMEOUT):
                     await db.execute("SELECT 1")
             except (psycopg.Error, OSError, TimeoutError) as e:
-                log.error("leader: lost the lock session (%s); stepping down", e or "no answer")
-                self.lost.set()
+                self._step_down(str(e) or "no answer")
                 return
+            self._confirmed = time.monotonic()
+
+    def _step_down(self, why: str) -> None:
+        log.error("leader: lost the lock session (%s); stepping down", why)
+        self.lost.set()

@@ -6,6 +6,12 @@ Settings that matter (see MESH-NOTES in the design docs):
 - ``MAXMSGSIZE``: an oversized frame disconnects the sender instead of being
   buffered.
 - ``LINGER``: set on every socket so closing never hangs the process.
+- ZMTP heartbeats on the runner's DEALER (``PEER_PING_MS``,
+  ``PEER_TIMEOUT_MS``): a DEALER deals its frames round-robin to every
+  connected peer, so a dispatcher that stopped running (frozen, machine
+  gone, no FIN) would swallow every other frame until TCP gives up, many
+  minutes later. libzmq drops that peer once its pings go unanswered; well
+  before another dispatcher can take the lead (``leadership``).
 - CurveZMQ (``serve_curve``, ``pin_curve``): the dispatcher's ROUTER is the
   CURVE server although it connects out; runners are clients that pin its
   public key. Options are set before the socket binds or connects.
@@ -28,6 +34,10 @@ _RCVMORE = int(zmq.RCVMORE)
 
 #: Frames queued per peer before sends raise ``zmq.Again``.
 SEND_HWM = 10_000
+#: A runner pings each connected dispatcher this often (milliseconds) ...
+PEER_PING_MS = 1000
+#: ... and drops it when no traffic came back for this long.
+PEER_TIMEOUT_MS = 3000
 
 
 def router_socket(ctx: zmq.Context[zmq.Socket[bytes]], *, linger_ms: int) -> zmq.Socket[bytes]:
@@ -45,6 +55,8 @@ def dealer_socket(ctx: zmq.asyncio.Context, *, linger_ms: int) -> zmq.asyncio.So
     """A runner's socket: one DEALER bound where the dispatcher connects."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, PEER_PING_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PEER_TIMEOUT_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)
     sock.setsockopt(zmq.SNDHWM, SEND_HWM)
     sock.setsockopt(zmq.RCVHWM, SEND_HWM)

@@ -10,6 +10,8 @@ appends its job id to a marker file), none is left behind.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -253,8 +255,8 @@ def test_the_standby_takes_over_from_a_killed_leader_and_nothing_is_lost_or_run_
         timeout=60,
         what="jobs running on the leader",
     )
-    killed_at = time.time()
     cluster.kill(pair.daemons["a"])  # SIGKILL: no goodbye to the database or the runners
+    killed_at = time.time()  # it is dead by now: what is assigned later, the standby did
     pair.wait_role("b", "leader", timeout=30)
     pair.start("a")  # back, as a standby: it must not take the runners
     pair.wait_role("a", "standby")
@@ -279,9 +281,52 @@ def test_the_standby_takes_over_from_a_killed_leader_and_nothing_is_lost_or_run_
     twice = {job_id: n for job_id, n in ran.items() if n != 1}
     assert not twice, f"steps run more than once: {twice}"
     # The jobs running at the kill went on where they ran: adopted, not run again.
+    adopted = 0
     for job in running:
-        assert api.job(job["id"])["attempt"] == 1
+        after = api.job(job["id"])
+        assert after["attempt"] == 1, after
+        adopted += after["finished_at"] > killed_at
+    assert adopted, "a job running at the kill ended under the new leader"
     assert pair.role("a") == "standby"
     placed = _placed_after(api, ids, killed_at)
     assert placed is not None
-    print(f"takeover: first job placed {placed - killed_at:.2f} s after kill -9")
+    print(
+        f"takeover: first job placed {placed - killed_at:.2f} s after kill -9;"
+        f" {adopted} running job(s) adopted; {submitter.retries} submission(s) retried"
+    )
+
+
+def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(
+    pair: Pair, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    # What a leader's machine that stops running (but still answers TCP) looks
+    # like from outside: its lock session goes idle, the server ends it.
+    cluster = pair.cluster
+    cluster.start_runner("r", 2)
+    leader = pair.start("a")
+    pair.wait_role("a", "leader")
+    standby = pair.start("b")
+    pair.wait_role("b", "standby")
+    cluster.api = leader
+    cluster.wait_ready(1)
+    markers = tmp_path / "markers"
+    repo = make_repo(_pipeline(f'echo "$NARWHAL_JOB_ID" >> {markers}\nsleep 0.3'))
+    ids = [leader.submit(repo) for _ in range(4)]
+    frozen = pair.daemons["a"]
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    pair.wait_role("b", "leader", timeout=40)
+    took = time.monotonic() - stopped_at
+    ids += [standby.submit(repo) for _ in range(8)]
+    os.kill(frozen.proc.pid, signal.SIGCONT)
+    assert frozen.proc.wait(30) != 0, "a leader that lost its lock session stops"
+    assert any("lost the leader lock" in line for line in frozen.stderr_lines), frozen.stderr_lines[
+        -5:
+    ]
+    ids += [standby.submit(repo) for _ in range(8)]
+    for job_id in ids:
+        assert standby.wait(job_id, timeout=60)["state"] == "success"
+        assert probe.terminal_once(standby, job_id) == "success"
+    ran = Counter(int(line) for line in markers.read_text().split())
+    assert ran == Counter(set(ids)), "each step ran once"
+    print(f"frozen leader replaced after {took:.1f} s")

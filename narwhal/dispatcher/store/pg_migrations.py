@@ -130,6 +130,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     # SQLite's schema at its migration 4, with PostgreSQL's types, and logs
     # stored compressed (``logcodec``).
     ("the tables of jobs, history, steps, logs, usage, endpoints, secrets, tokens", _TABLES),
+    (
+        "the leader's epoch, which fences off a deposed leader's writes",
+        (
+            """CREATE TABLE leader (
+                id SMALLINT PRIMARY KEY CHECK (id = 1),
+                epoch BIGINT NOT NULL
+            )""",
+            "INSERT INTO leader (id, epoch) VALUES (1, 0)",
+        ),
+    ),
 )
 
 LATEST = len(MIGRATIONS)

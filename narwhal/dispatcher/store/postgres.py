@@ -12,6 +12,15 @@ Connections, each used from one place:
   never waits behind a write; each sees every write committed before it
   was called (autocommit, read committed).
 
+Several dispatchers may share the database (docs/ha.md); the one that
+leads opens its store with ``lead=True``. Opening then bumps the epoch
+(table ``leader``), and every transaction of its writer first checks, with
+a share lock on that row, that the epoch is still its own: the next
+leader's bump waits for the transactions in flight and fences off every
+later one, so a deposed leader (frozen, cut off, not yet aware) can write
+nothing once another leads (``Deposed``). Standbys' writes (submissions,
+cancel requests) are not fenced: they are meant to go in under any leader.
+
 A connection that failed (lost, timed out mid-statement) is dropped and
 opened again by the next call; the failed call itself raises
 ``StoreError``. TCP keepalives make a vanished server noticed. The SQL is
@@ -110,13 +119,20 @@ _OtherWrite = (
 CHANNEL_SQL = "'narwhal_' || left(md5(coalesce(current_schema(), '')), 12)"
 
 
+class Deposed(StoreError):
+    """A write of a leader that another dispatcher has replaced: refused."""
+
+
 class PostgresStore:
     """Jobs, their history, steps and logs, and the side tables, in one PostgreSQL schema."""
 
-    def __init__(self, url: StoreUrl) -> None:
+    def __init__(self, url: StoreUrl, *, lead: bool = False) -> None:
         if url.kind != "postgresql" or url.dsn is None:
             raise StoreError(f"not a PostgreSQL URL: {url.shown}")
         self.url = url
+        self.lead = lead
+        #: The leader's epoch this store writes under (``lead``), once open.
+        self.epoch: int | None = None
         self._password = _password(url.dsn)
         self._writer: Db | None = None
         self._reader: Db | None = None
@@ -136,6 +152,10 @@ class PostgresStore:
             writer = await self._connect(WRITER_SESSION)
             try:
                 await self._guard(migrate(writer, self.url.shown), READ_TIMEOUT)
+                if self.lead:
+                    # Waits for a deposed leader's transactions in flight, if any.
+                    self.epoch = await self._guard(_next_epoch(writer), READ_TIMEOUT)
+                    log.info("job store %s: leading at epoch %d", self.url.shown, self.epoch)
             except BaseException:
                 await writer.close()
                 raise
@@ -165,7 +185,7 @@ class PostgresStore:
         async with self._write_lock:
             db = await self._connection("writer")
             try:
-                return await self._guard(_transaction(db, writes), APPLY_TIMEOUT)
+                return await self._guard(_transaction(db, writes, self.epoch), APPLY_TIMEOUT)
             except StoreError:
                 await self._drop_if_broken("writer", db)
                 raise
@@ -310,8 +330,23 @@ def _password(dsn: str) -> str | None:
     return str(password) if password else None
 
 
-async def _transaction(db: Db, writes: Sequence[Write]) -> list[Any]:
+async def _next_epoch(db: Db) -> int:
+    cursor = await db.execute("UPDATE leader SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch")
+    row = await cursor.fetchone()
+    assert row is not None  # noqa: S101 - migration 2 inserts the one row
+    return int(row[0])
+
+
+async def _transaction(db: Db, writes: Sequence[Write], epoch: int | None) -> list[Any]:
     async with db.transaction():
+        if epoch is not None:
+            cursor = await db.execute(
+                "SELECT epoch FROM leader WHERE id = 1 FOR SHARE", prepare=True
+            )
+            row = await cursor.fetchone()
+            if row is None or int(row[0]) != epoch:
+                now = row[0] if row is not None else "?"
+                raise Deposed(f"another dispatcher leads now (epoch {now}, this one {epoch})")
         return [await _make(db, write) for write in writes]
 
 
