@@ -101,6 +101,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/store/test_contract.py::*[[]postgresql[]]": "system",
     "tests/dispatcher/test_leadership.py": "system",
     "tests/dispatcher/test_ha.py": "system",
+    "tests/dispatcher/test_notices.py": "unit",
     "tests/dispatcher/test_standby.py": "unit",
     "tests/dispatcher/test_tokens.py": "integration",
     "tests/test_cli_repo_arg.py": "system",

@@ -1,5 +1,6 @@
 """What only the PostgreSQL store does: its migrations, a stalled database,
-a lost session, the password kept out of errors, logs stored compressed.
+a lost session, the password kept out of errors, logs stored compressed,
+a deposed leader's writes fenced off.
 
 Each test on a fresh schema of the real server (``tests/support/postgres.py``).
 """
@@ -11,9 +12,9 @@ import time
 
 import pytest
 
-from narwhal.dispatcher.store.base import AppendLog, CreateJob, NewJob
+from narwhal.dispatcher.store.base import AppendLog, CreateJob, JobQuery, NewJob, Transition
 from narwhal.dispatcher.store.pg_migrations import MIGRATIONS
-from narwhal.dispatcher.store.postgres import APPLY_TIMEOUT, PostgresStore
+from narwhal.dispatcher.store.postgres import APPLY_TIMEOUT, Deposed, PostgresStore
 from narwhal.errors import StoreError
 from narwhal.storeurl import StoreUrl
 from tests.support.postgres import admin, fresh_schema
@@ -161,3 +162,54 @@ def test_logs_are_stored_compressed_and_read_back_as_written() -> None:
             row = db.execute(f"SELECT length(data), size FROM {_schema(url)}.logs").fetchone()
     assert chunks == [(0, output)]
     assert row is not None and row[1] == len(output) and row[0] < len(output) // 20
+
+
+def test_a_new_leader_fences_off_the_writes_of_the_one_before() -> None:
+    async def main(url: StoreUrl) -> None:
+        old = PostgresStore(url, lead=True)
+        await old.open()
+        ((job, _),) = await old.apply([CreateJob(job=NEW)])
+        new = PostgresStore(url, lead=True)
+        await new.open()
+        assert old.epoch is not None and new.epoch == old.epoch + 1
+        with pytest.raises(Deposed) as refused:
+            await old.apply(
+                [Transition(job_id=job.id, attempt=1, to="cancelled", reason="x", at=1.0)]
+            )
+        assert "another dispatcher leads now" in str(refused.value)
+        assert (await old.get_job(job.id)).state == "queued", "nothing of it was written"
+        # The refusal left the old store's connection usable: it still reads.
+        await new.apply([Transition(job_id=job.id, attempt=1, to="cancelled", reason="y", at=2.0)])
+        # A standby's store is not fenced: submissions go in under any leader.
+        standby = PostgresStore(url)
+        await standby.open()
+        await standby.apply([CreateJob(job=NEW)])
+        assert len(await new.list_jobs(JobQuery(limit=None))) == 2
+        for store in (old, new, standby):
+            await store.close()
+
+    with fresh_schema() as url:
+        asyncio.run(main(url))
+
+
+def test_a_bump_waits_for_the_old_leaders_transaction_in_flight() -> None:
+    # The old leader's transaction holds the epoch row FOR SHARE: the new
+    # leader's bump waits for its commit, so no write lands after the bump.
+    async def main(url: StoreUrl) -> None:
+        old = PostgresStore(url, lead=True)
+        await old.open()
+        with admin() as db:
+            db.execute("BEGIN")
+            db.execute(f"SELECT epoch FROM {_schema(url)}.leader FOR SHARE")
+            new = PostgresStore(url, lead=True)
+            opening = asyncio.create_task(new.open())
+            await asyncio.sleep(0.5)
+            assert not opening.done(), "the bump waits for the share lock"
+            db.execute("COMMIT")
+        await opening
+        assert new.epoch == (old.epoch or 0) + 1
+        for store in (old, new):
+            await store.close()
+
+    with fresh_schema() as url:
+        asyncio.run(main(url))
