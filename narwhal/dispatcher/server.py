@@ -24,7 +24,7 @@ from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.metrics import DispatcherMetrics
 from narwhal.dispatcher.publisher import Publisher
 from narwhal.dispatcher.status import StatusReporter
-from narwhal.dispatcher.tokens import Tokens
+from narwhal.dispatcher.tokens import ADMIN, Tokens, shared_admin
 from narwhal.redact import redacted
 
 #: How long shutdown waits for a local runner's last reports.
@@ -58,7 +58,9 @@ async def serve_parts(
     ``url`` is the API's own address: the links in commit statuses point
     there unless ``status.public_url`` says otherwise. ``metrics_fallback``:
     the feed binds free ports if its own are taken (``narwhal up``).
-    ``role``: what ``/health`` says this dispatcher is (``api.build_app``).
+    ``role``: what ``/health`` says this dispatcher is (``api.build_app``);
+    set when dispatchers share the store, whose admin tokens then have a
+    row each (``tokens.shared_admin``).
     """
     metrics = DispatcherMetrics(dispatcher, per_repo=dconf.metrics_per_repo)
     extras.callback(metrics.close)
@@ -84,7 +86,10 @@ async def serve_parts(
     intake = Intake(dispatcher, reporter)
     if dconf.amqp is not None:
         await extras.enter_async_context(AmqpConsumer(dconf.amqp, intake))
-    tokens = await Tokens.open(dispatcher, env_token=dconf.api_token)
+    admin = shared_admin(dconf.data_dir) if role is not None else ADMIN
+    tokens = await Tokens.open(dispatcher, env_token=dconf.api_token, admin=admin)
+    if role is not None:
+        dispatcher.spawn("dispatcher token loop", tokens.follow)
     access = Access(tokens, public_read=dconf.public_read)
     api = build_app(dispatcher, access, shutdown, metrics.registry, role=role)
     return Served(api=api, intake=intake, metrics=metrics, publisher=publisher)

@@ -13,9 +13,10 @@ leader when there is none now.
 What only the leader knows or does (runners, ``/metrics``, tokens, secrets,
 ``gc``) is 503 with ``Retry-After`` and one line saying to ask the leader.
 ``GET /health`` says ``role: standby``. Tokens are read from the database
-(``TOKEN_REFRESH``): one created or revoked on the leader works here within
-seconds. ``Switch`` hands every new request to the leader's full API once
-the lock is granted.
+again every few seconds (``Tokens.follow``): one created or revoked on the
+leader works here within seconds; the standby's own ``admin.token`` is a
+token of its own (``tokens.shared_admin``). ``Switch`` hands every new
+request to the leader's full API once the lock is granted.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from narwhal.dispatcher.notices import notice
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import CreateJob, NewJob, RequestCancel, Write
 from narwhal.dispatcher.store.postgres import PostgresStore
-from narwhal.dispatcher.tokens import Tokens
+from narwhal.dispatcher.tokens import Tokens, shared_admin
 from narwhal.dispatcher.waiting import Pending
 from narwhal.dispatcher.watchers import Watchers
 from narwhal.errors import StoreError
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 2
 #: Seconds between two looks at the logs a standby's followers stream.
 FOLLOW_POLL = 1.0
-#: Seconds between two reads of the tokens.
-TOKEN_REFRESH = 5.0
 
 
 class Standby:
@@ -71,12 +70,13 @@ class Standby:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open the store (migrating it if this is the first dispatcher) and load the tokens."""
+        """Open the store (migrating it if this is the first dispatcher), load the
+        tokens, and make sure ``<data-dir>/admin.token`` holds one of them."""
         await self.store.open()
-        rows = await self.store.tokens()
-        self.tokens = Tokens.loaded(self, rows, env_token=self.config.api_token)
+        admin = shared_admin(self.config.data_dir)
+        self.tokens = await Tokens.open(self, env_token=self.config.api_token, admin=admin)
         spawn(self._tasks, "standby follow loop", self._follow_loop)
-        spawn(self._tasks, "standby token loop", self._token_loop)
+        spawn(self._tasks, "standby token loop", self.tokens.follow)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -124,17 +124,6 @@ class Standby:
         while True:
             await asyncio.sleep(FOLLOW_POLL)
             self.watchers.notify_all()
-
-    async def _token_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TOKEN_REFRESH)
-            try:
-                rows = await self.store.tokens()
-            except StoreError as e:
-                log.warning("standby: cannot read the tokens again: %s", e)
-                continue
-            assert self.tokens is not None  # noqa: S101 - set in open()
-            self.tokens.reload(rows)
 
 
 def standby_app(standby: Standby, leadership: Leadership, shutdown: Shutdown) -> ASGIApp:

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import stat
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from narwhal.dispatcher.store.base import (
     TouchToken,
     Write,
 )
-from narwhal.errors import ConfigError, NotFound
+from narwhal.errors import ConfigError, NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ ENV_NAME = "NARWHAL_API_TOKEN"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: ``last_used`` is written back at most this often per token (seconds).
 LAST_USED_EVERY = 60.0
+#: Seconds between two reads of the tokens of a shared store (``follow``).
+FOLLOW_EVERY = 5.0
 
 
 def new_token() -> str:
@@ -150,10 +153,16 @@ class Tokens:
         self._written: dict[str, float] = {}
 
     @classmethod
-    async def open(cls, dispatcher: Host, *, env_token: str | None = None) -> Tokens:
-        """Load the stored tokens and make sure ``<data-dir>/admin.token`` holds a valid one."""
+    async def open(
+        cls, dispatcher: Host, *, env_token: str | None = None, admin: str = ADMIN
+    ) -> Tokens:
+        """Load the stored tokens and make sure ``<data-dir>/admin.token`` holds a valid one.
+
+        ``admin``: the name of that token's row (``shared_admin`` when
+        several dispatchers share the store).
+        """
         tokens = cls.loaded(dispatcher, await dispatcher.store.tokens(), env_token=env_token)
-        await tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE)
+        await tokens._ensure_admin_file(dispatcher.config.data_dir / TOKEN_FILE, admin)
         return tokens
 
     @classmethod
@@ -164,8 +173,24 @@ class Tokens:
         return cls(dispatcher, [_info(row) for row in rows], env_token=env_token)
 
     def reload(self, rows: Sequence[TokenRow]) -> None:
-        """The stored tokens as read again: a standby learns the leader's creates and revokes."""
+        """The stored tokens as read again (``follow``)."""
         self._by_name = {row.name: _info(row) for row in rows}
+
+    async def follow(self, interval: float = FOLLOW_EVERY) -> None:
+        """Read the stored tokens again every ``interval`` seconds, until cancelled.
+
+        For dispatchers that share a store: each learns the tokens the
+        others made or revoked (an admin token of its own each, a token made
+        on the leader) within ``interval``.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                rows = await self._dispatcher.store.tokens()
+            except StoreError as e:
+                log.warning("cannot read the API tokens again: %s", e)
+                continue
+            self.reload(rows)
 
     # checking
 
@@ -215,7 +240,7 @@ class Tokens:
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
         if scope not in SCOPES:
             raise ConfigError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
-        if name == ADMIN or name in self._by_name:
+        if name == ADMIN or name.startswith(f"{ADMIN}-") or name in self._by_name:
             raise Conflict(f"a token named {name!r} exists; revoke it first")
         token = new_token()
         info = TokenInfo(name=name, digest=digest(token), scope=scope, created_at=time.time())
@@ -233,7 +258,7 @@ class Tokens:
         await self._dispatcher.write(PutToken(token=_row(info)))
         self._by_name[info.name] = info
 
-    async def _ensure_admin_file(self, path: Path) -> None:
+    async def _ensure_admin_file(self, path: Path, name: str) -> None:
         """Keep the file's token if the store knows it, else write a new one.
 
         The store does not know it after ``tokens revoke admin`` (or with a
@@ -241,13 +266,23 @@ class Tokens:
         """
         text = await asyncio.to_thread(_read_if_there, path)
         known = self.find(text.strip()) if text is not None else None
-        if known is not None and known.name == ADMIN:
+        if known is not None and known.name == name:
             return
         token = new_token()
         await asyncio.to_thread(write_secret_file, path, token)
         now = time.time()
-        await self._store(TokenInfo(name=ADMIN, digest=digest(token), scope=ADMIN, created_at=now))
+        await self._store(TokenInfo(name=name, digest=digest(token), scope=ADMIN, created_at=now))
         log.info("wrote a new admin API token to %s (mode 0600)", path)
+
+
+def shared_admin(data_dir: Path) -> str:
+    """The admin token's row name of one of several dispatchers on one store.
+
+    Each has its own ``admin.token`` in its own data dir; under one shared
+    name, each start would replace the others' token.
+    """
+    place = f"{socket.gethostname()}:{data_dir.resolve()}"
+    return f"{ADMIN}-{hashlib.blake2b(place.encode(), digest_size=4).hexdigest()}"
 
 
 def _read_if_there(path: Path) -> str | None:

@@ -171,6 +171,23 @@ def test_a_token_made_on_the_leader_works_on_the_standby(pair: Pair) -> None:
         reader.close()
     assert standby.http.get("/health").json()["role"] == "standby"
 
+    # Each data dir's admin.token is a token of its own, known to both.
+    files = [pair.cluster.root / f"data-{name}" / "admin.token" for name in ("a", "b")]
+    assert len({f.read_text() for f in files}) == 2
+    for file in files:
+        token = file.read_text().strip()
+        for name in ("a", "b"):
+            url = f"{pair.daemons[name].url}/api/jobs"
+            eventually(
+                lambda url=url, token=token: _status(url, token) == 200,
+                timeout=15,
+                what=f"{file.parent.name}'s admin.token working on {name}",
+            )
+
+
+def _status(url: str, token: str) -> int:
+    return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
 
 class Submitter:
     """Submits jobs in a thread, alternating between the two APIs; a refused
