@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from tests.support import probe
 from tests.support.cluster import Cluster
 from tests.support.daemons import alive
 from tests.support.eventually import eventually
+from tests.support.postgres import fresh_schema
 from tests.support.repos import Repo
 
 MakeRepo = Callable[..., Repo]
@@ -126,10 +127,22 @@ def test_attempts_are_bounded(cluster: Cluster, make_repo: MakeRepo) -> None:
     assert _terminal_once(cluster, job_id) == "error"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_flags(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """The dispatcher's store: its data dir's SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield []
+        return
+    with fresh_schema() as url:
+        yield ["--db", url.dsn or ""]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_dispatcher_restart_loses_nothing(cluster: Cluster, make_repo: MakeRepo, sig: int) -> None:
+def test_dispatcher_restart_loses_nothing(
+    cluster: Cluster, make_repo: MakeRepo, sig: int, store_flags: list[str]
+) -> None:
     cluster.start_runner("r", 2)
-    api = cluster.start_dispatcher()
+    api = cluster.start_dispatcher(*store_flags)
     cluster.wait_ready(1)
     repo = make_repo(_pipeline("for i in $(seq 1 60); do echo line-$i; sleep 0.03; done"))
     running = api.submit(repo)
@@ -139,7 +152,7 @@ def test_dispatcher_restart_loses_nothing(cluster: Cluster, make_repo: MakeRepo,
     cluster.kill(cluster.dispatcher, sig)
     cluster.dispatcher.proc.wait(20)
     time.sleep(1.0)  # the runner keeps working while the dispatcher is away
-    cluster.start_dispatcher()
+    cluster.start_dispatcher(*store_flags)
     queued_later = api.submit(repo)
     for job_id in (running, queued_later):
         job = api.wait(job_id)

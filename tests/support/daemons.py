@@ -189,7 +189,11 @@ class Client:
             params = {**params, "before": page["next"]}
 
     def runners(self) -> list[dict[str, Any]]:
-        return list(self.http.get("/api/runners").json()["runners"])
+        """The runners; none while the dispatcher is a standby (its API says 503)."""
+        response = self.http.get("/api/runners")
+        if response.status_code == 503:
+            return []
+        return list(response.json()["runners"])
 
     def wait(
         self, job_id: int, states: set[str] | None = None, timeout: float = 60
