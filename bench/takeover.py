@@ -57,11 +57,15 @@ def _role(client: Client) -> str | None:
         return None
 
 
+class TimedOut(Exception):
+    pass
+
+
 def _until(check: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench.takeover: timed out waiting for {what}")
+            raise TimedOut(what)
         time.sleep(0.02)
 
 
@@ -95,6 +99,7 @@ def once(root: Path, sig: int) -> tuple[float, float]:
     port = free_port()
     daemons: list[Daemon] = []
     clients: list[Client] = []
+    feeder: Feeder | None = None
     with fresh_schema() as url:
         try:
             daemons.append(
@@ -138,12 +143,18 @@ def once(root: Path, sig: int) -> tuple[float, float]:
             leads = time.time() - gone
             _until(lambda: _placed_after(clients[1], feeder.ids, gone), 60, "a job placed")
             placed = (_placed_after(clients[1], feeder.ids, gone) or gone) - gone
-            feeder.done.set()
-            feeder.join(10)
-            if sig == signal.SIGSTOP:
-                os.kill(leader.proc.pid, signal.SIGCONT)
             return leads, placed
+        except TimedOut as e:
+            for daemon in daemons:
+                tail = "".join(daemon.stderr_lines[-15:])
+                print(f"--- {' '.join(daemon.args[:1] + daemon.args[-4:])}\n{tail}")
+            raise SystemExit(f"bench.takeover: timed out waiting for {e}") from None
         finally:
+            if sig == signal.SIGSTOP and daemons[1:]:
+                os.kill(daemons[1].proc.pid, signal.SIGCONT)
+            if feeder is not None:
+                feeder.done.set()
+                feeder.join(10)
             for client in clients:
                 client.close()
             for daemon in daemons:

@@ -482,7 +482,7 @@ class Dispatcher:
         if held is None:
             if stored.state != JobState.QUEUED:
                 return  # ended, or (active) already ours since recovery loaded it
-            log.info("job %d: queued by a standby dispatcher", job_id)
+            log.debug("job %d: queued by a standby dispatcher", job_id)
             self.jobs.changed(stored, new=True)
             asked = stored.cancel_requested
         else:

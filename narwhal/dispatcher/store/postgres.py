@@ -88,7 +88,18 @@ READ_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 #: Session settings (milliseconds): the server gives up first, so the
 #: connection usually survives a stall; ``APPLY_TIMEOUT`` is the backstop.
-WRITER_SESSION = {"lock_timeout": 1000, "statement_timeout": 1500}
+#: A writer never sits in a transaction between statements unless its
+#: process stopped running: the server then ends that transaction (and
+#: frees the rows it locked for the next leader) after
+#: ``idle_in_transaction_session_timeout``.
+WRITER_SESSION = {
+    "lock_timeout": 1000,
+    "statement_timeout": 1500,
+    "idle_in_transaction_session_timeout": 5000,
+}
+#: Milliseconds a new leader's epoch bump waits for the transactions in flight
+#: of the leader before it (a frozen one's end after 5 s idle, above).
+BUMP_LOCK_TIMEOUT = 10_000
 READER_SESSION = {"lock_timeout": 5000, "statement_timeout": int(READ_TIMEOUT * 1000)}
 #: libpq's TCP keepalives: a dead server is noticed within about 20 s.
 KEEPALIVES = {
@@ -331,8 +342,13 @@ def _password(dsn: str) -> str | None:
 
 
 async def _next_epoch(db: Db) -> int:
-    cursor = await db.execute("UPDATE leader SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch")
-    row = await cursor.fetchone()
+    async with db.transaction():
+        await db.execute(f"SET LOCAL lock_timeout = {BUMP_LOCK_TIMEOUT}")
+        await db.execute(f"SET LOCAL statement_timeout = {BUMP_LOCK_TIMEOUT + 1000}")
+        cursor = await db.execute(
+            "UPDATE leader SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch"
+        )
+        row = await cursor.fetchone()
     assert row is not None  # noqa: S101 - migration 2 inserts the one row
     return int(row[0])
 
