@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 
@@ -22,15 +21,19 @@ from narwhal.dispatcher.core import Dispatcher
 from narwhal.dispatcher.feed import on_jobs
 from narwhal.dispatcher.records import JobRecord
 from narwhal.dispatcher.store.base import JobQuery
-from narwhal.events import REASON_HEADER, CommitEvent, encode
+from narwhal.events import REASON_HEADER, encode
 from tests.support.broker import (
     AMQP_URL,
     broker_stopped,
     own_queue,
+    publish,
     queue_depth,
     start_broker,
     stop_broker,
     take_all,
+)
+from tests.support.broker import (
+    commit_event as event,
 )
 from tests.support.daemons import Daemon, auth_headers
 from tests.support.dispatchers import running_dispatcher
@@ -41,39 +44,6 @@ from tests.support.eventually import eventually, eventually_async
 def queue() -> Iterator[str]:
     with own_queue() as name:
         yield name
-
-
-def event(n: int, *, sha: str | None = None, event_id: str | None = None) -> CommitEvent:
-    return CommitEvent(
-        id=event_id or f"github:delivery-{n}",
-        forge="github",
-        delivery=f"delivery-{n}",
-        repo="https://forge.invalid/octo/hello.git",
-        full_name="octo/hello",
-        ref="refs/heads/main",
-        sha=sha or f"{n:040x}",
-        event="push",
-    )
-
-
-async def publish(queue: str, bodies: list[bytes], *, ids: list[str] | None = None) -> None:
-    """Publish raw bodies to ``queue`` with confirms, as the agent would."""
-    connection = await aio_pika.connect(AMQP_URL, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        await channel.declare_queue(f"{queue}.dead", durable=True)
-        await channel.declare_queue(
-            queue,
-            durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"},
-        )
-        for n, body in enumerate(bodies):
-            message = aio_pika.Message(
-                body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=ids[n] if ids else None,
-            )
-            await channel.default_exchange.publish(message, routing_key=queue)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ appends its job id to a marker file), none is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -21,8 +22,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from narwhal.events import encode
 from narwhal.storeurl import StoreUrl
 from tests.support import probe
+from tests.support.broker import (
+    AMQP_URL,
+    commit_event,
+    own_queue,
+    publish,
+    queue_consumers,
+    queue_depth,
+)
 from tests.support.cluster import MESH, TERMINAL, Cluster
 from tests.support.daemons import Client, Daemon, dispatcher_args
 from tests.support.eventually import eventually
@@ -44,6 +54,8 @@ class Pair:
         self.ports = {name: free_port() for name in ("a", "b")}
         self.daemons: dict[str, Daemon] = {}
         self.clients: dict[str, Client] = {}
+        #: More flags for both dispatchers.
+        self.extra: list[str] = []
 
     def start(self, name: str) -> Client:
         cluster = self.cluster
@@ -52,6 +64,7 @@ class Pair:
             *cluster.keys.dispatcher(),
             "--db",
             self.url.dsn or "",
+            *self.extra,
             runners=[f"tcp://127.0.0.1:{port}" for port in cluster.ports.values()],
             http=f"127.0.0.1:{self.ports[name]}",
             mesh=MESH,
@@ -81,6 +94,19 @@ class Pair:
             what="a leader",
         )
 
+    def start_both(self, *runners: tuple[str, int]) -> tuple[Client, Client]:
+        """The runners, ``a`` once it leads, ``b`` once it waits; both clients."""
+        for name, capacity in runners:
+            self.cluster.start_runner(name, capacity)
+        leader = self.start("a")
+        self.wait_role("a", "leader")
+        standby = self.start("b")
+        self.wait_role("b", "standby")
+        self.cluster.api = leader
+        if runners:
+            self.cluster.wait_ready(len(runners))
+        return leader, standby
+
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
@@ -104,14 +130,7 @@ def _pipeline(script: str) -> dict[str, str]:
 
 
 def test_a_standby_serves_the_job_routes_from_the_database(pair: Pair, make_repo: MakeRepo) -> None:
-    cluster = pair.cluster
-    cluster.start_runner("r", 2)
-    leader = pair.start("a")
-    pair.wait_role("a", "leader")
-    standby = pair.start("b")
-    pair.wait_role("b", "standby")
-    cluster.api = leader
-    cluster.wait_ready(1)
+    leader, standby = pair.start_both(("r", 2))
 
     # Submitted to the standby: written, announced, run by the leader.
     job_id = standby.submit(make_repo(_pipeline("echo through-the-standby")))
@@ -147,10 +166,7 @@ def test_a_standby_serves_the_job_routes_from_the_database(pair: Pair, make_repo
 
 
 def test_a_token_made_on_the_leader_works_on_the_standby(pair: Pair) -> None:
-    leader = pair.start("a")
-    pair.wait_role("a", "leader")
-    standby = pair.start("b")
-    pair.wait_role("b", "standby")
+    leader, standby = pair.start_both()
     made = leader.http.post("/api/tokens", json={"name": "ci-bot", "scope": "read"})
     assert made.status_code == 201, made.text
     reader = Client(pair.daemons["b"].url, token=made.json()["token"])
@@ -253,14 +269,7 @@ def test_the_standby_takes_over_from_a_killed_leader_and_nothing_is_lost_or_run_
     pair: Pair, make_repo: MakeRepo, tmp_path: Path
 ) -> None:
     cluster = pair.cluster
-    for name in ("r1", "r2"):
-        cluster.start_runner(name, 4)
-    pair.start("a")
-    pair.wait_role("a", "leader")
-    pair.start("b")
-    pair.wait_role("b", "standby")
-    cluster.api = pair.clients["a"]
-    cluster.wait_ready(2)
+    pair.start_both(("r1", 4), ("r2", 4))
     markers = tmp_path / "markers"
     repo = make_repo(_pipeline(f'echo "$NARWHAL_JOB_ID" >> {markers}\nsleep 0.2'))
 
@@ -318,14 +327,7 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(
 ) -> None:
     # What a leader's machine that stops running (but still answers TCP) looks
     # like from outside: its lock session goes idle, the server ends it.
-    cluster = pair.cluster
-    cluster.start_runner("r", 2)
-    leader = pair.start("a")
-    pair.wait_role("a", "leader")
-    standby = pair.start("b")
-    pair.wait_role("b", "standby")
-    cluster.api = leader
-    cluster.wait_ready(1)
+    leader, standby = pair.start_both(("r", 2))
     markers = tmp_path / "markers"
     repo = make_repo(_pipeline(f'echo "$NARWHAL_JOB_ID" >> {markers}\nsleep 0.3'))
     ids = [leader.submit(repo) for _ in range(4)]
@@ -347,3 +349,25 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(
     ran = Counter(int(line) for line in markers.read_text().split())
     assert ran == Counter(set(ids)), "each step ran once"
     print(f"frozen leader replaced after {took:.1f} s")
+
+
+def test_only_the_leader_consumes_commit_events_and_the_next_one_goes_on(
+    pair: Pair, tmp_path: Path
+) -> None:
+    amqp = tmp_path / "amqp"
+    amqp.write_text(AMQP_URL)
+    with own_queue() as queue:
+        pair.extra = ["--amqp-file", str(amqp), "--amqp-queue", queue]
+        leader, standby = pair.start_both()
+        eventually(lambda: queue_consumers(queue) == 1, timeout=20, what="the leader consuming")
+        asyncio.run(publish(queue, [encode(commit_event(n)) for n in range(5)]))
+        eventually(lambda: len(leader.jobs()) == 5, timeout=20, what="5 jobs from 5 events")
+        assert queue_consumers(queue) == 1, "a standby consumes nothing"
+        pair.cluster.kill(pair.daemons["a"])
+        pair.wait_role("b", "leader")
+        eventually(lambda: queue_consumers(queue) == 1, timeout=20, what="the new leader consuming")
+        # Events 3 and 4 again (a redelivery), and 5 new ones: each makes one job.
+        asyncio.run(publish(queue, [encode(commit_event(n)) for n in range(3, 10)]))
+        eventually(lambda: len(standby.jobs()) == 10, timeout=20, what="10 jobs")
+        assert queue_depth(queue) == 0
+        assert sorted(int(j["sha"], 16) for j in standby.jobs()) == list(range(10))

@@ -14,6 +14,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from narwhal.events import CommitEvent
 from tests.support.eventually import eventually
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -51,16 +52,57 @@ def delete_queues(*names: str) -> None:
 
 def queue_depth(name: str) -> int:
     """Messages ready in a queue (0 if it does not exist)."""
+    return _declared(name, "message_count")
 
-    async def depth(channel: aio_pika.abc.AbstractChannel) -> int:
+
+def queue_consumers(name: str) -> int:
+    """Consumers of a queue (0 if it does not exist)."""
+    return _declared(name, "consumer_count")
+
+
+def _declared(name: str, field: str) -> int:
+    async def count(channel: aio_pika.abc.AbstractChannel) -> int:
         try:
             queue = await channel.declare_queue(name, passive=True)
         except aio_pika.exceptions.ChannelClosed:
             return 0
-        count = queue.declaration_result.message_count
-        return int(count or 0)
+        return int(getattr(queue.declaration_result, field) or 0)
 
-    return int(asyncio.run(_with_channel(depth)))
+    return int(asyncio.run(_with_channel(count)))
+
+
+def commit_event(n: int, *, sha: str | None = None, event_id: str | None = None) -> CommitEvent:
+    """The ``n``th push event of one repository, as the agent queues it."""
+    return CommitEvent(
+        id=event_id or f"github:delivery-{n}",
+        forge="github",
+        delivery=f"delivery-{n}",
+        repo="https://forge.invalid/octo/hello.git",
+        full_name="octo/hello",
+        ref="refs/heads/main",
+        sha=sha or f"{n:040x}",
+        event="push",
+    )
+
+
+async def publish(queue: str, bodies: list[bytes], *, ids: list[str] | None = None) -> None:
+    """Publish raw bodies to ``queue`` with confirms, as the agent would."""
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(f"{queue}.dead", durable=True)
+        await channel.declare_queue(
+            queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"},
+        )
+        for n, body in enumerate(bodies):
+            message = aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=ids[n] if ids else None,
+            )
+            await channel.default_exchange.publish(message, routing_key=queue)
 
 
 async def take_all(name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
