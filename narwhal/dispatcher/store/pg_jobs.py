@@ -369,14 +369,26 @@ async def step_finished(db: Db, write: StepFinished) -> None:
     )
 
 
-async def append_log(db: Db, write: AppendLog) -> None:
-    # A chunk resent after a reconnect carries the same seq: keep the first.
+# A chunk resent after a reconnect carries the same seq: keep the first.
+_APPEND_LOG = (
+    "INSERT INTO logs (job_id, attempt, seq, codec, data, size)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, attempt, seq) DO NOTHING"
+)
+
+
+def _log_row(write: AppendLog) -> tuple[int, int, int, int, bytes, int]:
     codec, stored = logcodec.pack(write.data)
-    await db.execute(
-        "INSERT INTO logs (job_id, attempt, seq, codec, data, size)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, attempt, seq) DO NOTHING",
-        (write.job_id, write.attempt, write.seq, codec, stored, len(write.data)),
-    )
+    return (write.job_id, write.attempt, write.seq, codec, stored, len(write.data))
+
+
+async def append_log(db: Db, write: AppendLog) -> None:
+    await db.execute(_APPEND_LOG, _log_row(write))
+
+
+async def append_logs(db: Db, writes: Sequence[AppendLog]) -> None:
+    """Many chunks in one round trip (``executemany`` pipelines the inserts)."""
+    async with db.cursor() as cursor:
+        await cursor.executemany(_APPEND_LOG, [_log_row(write) for write in writes])
 
 
 async def drop_logs(db: Db, write: DropLogs) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, assert_never
 
 import psycopg
@@ -363,7 +363,34 @@ async def _transaction(db: Db, writes: Sequence[Write], epoch: int | None) -> li
             if row is None or int(row[0]) != epoch:
                 now = row[0] if row is not None else "?"
                 raise Deposed(f"another dispatcher leads now (epoch {now}, this one {epoch})")
-        return [await _make(db, write) for write in writes]
+        results: list[Any] = []
+        for run in _runs(writes):
+            if isinstance(run, list):  # log chunks in a row: one round trip for them all
+                await jobs.append_logs(db, run)
+                results += [None] * len(run)
+            else:
+                results.append(await _make(db, run))
+        return results
+
+
+def _runs(writes: Sequence[Write]) -> Iterator[Write | list[AppendLog]]:
+    """``writes`` in order, with each run of two or more ``AppendLog`` as one list."""
+    run: list[AppendLog] = []
+    for write in writes:
+        if isinstance(write, AppendLog):
+            run.append(write)
+            continue
+        yield from _flushed(run)
+        run = []
+        yield write
+    yield from _flushed(run)
+
+
+def _flushed(run: list[AppendLog]) -> Iterator[Write | list[AppendLog]]:
+    if len(run) > 1:
+        yield run
+    elif run:
+        yield run[0]
 
 
 async def _make(db: Db, write: Write) -> Any:
