@@ -255,7 +255,8 @@ async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
     from narwhal.dispatcher.store.postgres import PostgresStore
 
     dconf, site, stop = leading.dconf, leading.site, leading.stop
-    async with Leadership(db) as leadership, Standby(dconf, PostgresStore(db)) as standby:
+    async with Leadership(db) as leadership, contextlib.AsyncExitStack() as standing:
+        standby = await standing.enter_async_context(Standby(dconf, PostgresStore(db)))
         switch = Switch(standby_app(standby, leadership, leading.shutdown))
         http = asyncio.create_task(
             run_http(
@@ -292,19 +293,20 @@ async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
             assert leading.dispatcher is not None  # noqa: S101 - set by parts()
             await Notices(leading.dispatcher, leadership).start()
             switch.app = app
-            await asyncio.wait(
-                {http, asyncio.ensure_future(leadership.lost.wait())},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            lost = leadership.lost.is_set()
-            if lost:
+            # Its store's connections are not needed any more (a log it was
+            # streaming ends; the client follows again, from the leader).
+            await standing.aclose()
+            lost = asyncio.create_task(leadership.lost.wait(), name="leader lock lost")
+            await asyncio.wait({http, lost}, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            if leadership.lost.is_set():
                 # Another dispatcher may lead now: stop scheduling and let go
                 # of the runners at once, before the API winds down.
                 await leading.dispatcher.aclose()
                 leading.hurry.set()
                 stop.set()
             await http
-        if lost:
+        if leadership.lost.is_set():
             raise LeadershipLost(
                 f"lost the leader lock session on {db.shown}; stopped leading (start again)"
             )
