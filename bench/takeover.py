@@ -162,9 +162,13 @@ def once(root: Path, sig: int) -> tuple[float, float]:
 
 
 def _placed_after(client: Client, ids: list[int], after: float) -> float | None:
-    """When the first of ``ids`` was assigned after ``after`` (epoch seconds)."""
+    """When the first of ``ids`` was assigned after ``after`` (epoch seconds).
+
+    Every one is looked at: the new leader takes the queue oldest first, and
+    a frozen leader leaves a backlog of hundreds behind.
+    """
     times = []
-    for job_id in ids[-200:]:
+    for job_id in list(ids):
         for moved in client.job(job_id)["transitions"]:
             if moved["state"] == "assigned" and moved["at"] > after:
                 times.append(moved["at"])
