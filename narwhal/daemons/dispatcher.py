@@ -73,11 +73,12 @@ log = logging.getLogger(__name__)
 
 
 def build(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> Dispatcher:
-    """The dispatcher ``up`` and ``dispatcher`` run: the SQLite store, the ZeroMQ mesh.
+    """The dispatcher ``up`` and ``dispatcher`` run, leading: its store, the ZeroMQ mesh.
 
     The caller owns ``context`` and terminates it after the dispatcher closed.
     """
-    return Dispatcher(dconf, store=store_for(store_url(dconf)), mesh=mesh_for(dconf, context))
+    store = store_for(store_url(dconf), lead=True)
+    return Dispatcher(dconf, store=store, mesh=mesh_for(dconf, context))
 
 
 def mesh_for(dconf: DispatcherConfig, context: zmq.asyncio.Context) -> RunnerPool:
@@ -289,7 +290,7 @@ async def _serve_shared(leading: _Leading, db: StoreUrl) -> None:
         leading.role = "leader"
         log.info("leader: took the lock after %.2f s", leadership.waited or 0.0)
         # Its writes fenced by the epoch it bumps (``PostgresStore``'s ``lead``).
-        async with leading.parts(PostgresStore(db, lead=True)) as app:
+        async with leading.parts(store_for(db, lead=True)) as app:
             assert leading.dispatcher is not None  # noqa: S101 - set by parts()
             await Notices(leading.dispatcher, leadership).start()
             switch.app = app

@@ -8,13 +8,17 @@ from narwhal.dispatcher.store.sqlite import SqliteStore
 from narwhal.storeurl import StoreUrl
 
 
-def store_for(url: StoreUrl) -> JobStore:
-    """A closed store for ``url``; its ``open`` connects."""
+def store_for(url: StoreUrl, *, lead: bool = False) -> JobStore:
+    """A closed store for ``url``; its ``open`` connects.
+
+    ``lead``: the store of the dispatcher that leads (PostgreSQL: its writes
+    fenced by the epoch it bumps; SQLite has one dispatcher, its flock).
+    """
     if url.kind == "postgresql":
         # Imported here: SQLite users never load psycopg.
         from narwhal.dispatcher.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, lead=lead)
     assert url.path is not None  # noqa: S101 - a SQLite URL names its file
     return SqliteStore(url.path)
 
