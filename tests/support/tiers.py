@@ -102,6 +102,7 @@ TIERS: dict[str, str] = {
     "tests/dispatcher/test_leadership.py": "system",
     "tests/dispatcher/test_ha.py": "system",
     "tests/dispatcher/test_notices.py": "unit",
+    "tests/dispatcher/test_notices_pg.py": "system",
     "tests/dispatcher/test_standby.py": "unit",
     "tests/dispatcher/test_tokens.py": "integration",
     "tests/test_cli_repo_arg.py": "system",
