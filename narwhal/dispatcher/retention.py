@@ -108,7 +108,8 @@ class Collector:
             freed = 0
             ids = [f.job_id for f in victims]
             for start in range(0, len(ids), BATCH):
-                (batch,) = await self.store.apply([DropLogs(job_ids=ids[start : start + BATCH])])
+                drop = DropLogs(job_ids=ids[start : start + BATCH], at=time.time())
+                (batch,) = await self.store.apply([drop])
                 freed += batch
             self.freed += freed
             if victims:

@@ -393,9 +393,14 @@ class AppendUsage:
 class DropLogs:
     """Delete every log chunk of these jobs (all attempts): the retention
     policy's write (``dispatcher.retention``). The job rows, their history,
-    steps and usage stay. Result: the stored bytes freed."""
+    steps and usage stay; the log of each job's last attempt then reads as
+    one line saying so (``logcodec.retention_marker``, chunk 0, codec
+    ``MARKER``, not counted in ``log_footprints``). Result: the stored bytes
+    freed."""
 
     job_ids: Sequence[int]
+    #: When (epoch seconds): the marker line gives the day.
+    at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

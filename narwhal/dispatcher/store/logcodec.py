@@ -10,17 +10,21 @@ Codecs: ``RAW`` (0), ``ZLIB`` (1), ``ZSTD`` (2, the ``zstandard`` binding,
 level 3: several times zlib's speed at a better ratio on CI output). A
 chunk shorter than ``SMALL`` bytes, or one that does not shrink, is kept
 raw: compressing a line of progress output costs more than it saves.
+``MARKER`` (3) is a raw chunk the store wrote itself: the one line a log
+deleted by the retention policy reads as (``retention_marker``); it is not
+counted in what a job's log stores, so it is never collected again.
 """
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import zstandard
 
 from narwhal.errors import StoreError
 
-RAW, ZLIB, ZSTD = 0, 1, 2
+RAW, ZLIB, ZSTD, MARKER = 0, 1, 2, 3
 
 #: Chunks shorter than this are stored as they are.
 SMALL = 128
@@ -36,6 +40,15 @@ _compressor = zstandard.ZstdCompressor(level=LEVEL)
 _decompressor = zstandard.ZstdDecompressor()
 
 
+def retention_marker(at: float) -> bytes:
+    """What a log reads as once the retention policy deleted it at ``at``."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(at))
+    return (
+        f"narwhal: this log was deleted by the log retention policy on {day}"
+        " (the job, its steps and history are kept)\n"
+    ).encode()
+
+
 def pack(data: bytes) -> tuple[int, bytes]:
     """``(codec, stored bytes)`` for a chunk."""
     if len(data) < SMALL:
@@ -49,7 +62,7 @@ def pack(data: bytes) -> tuple[int, bytes]:
 def unpack(codec: int, stored: bytes) -> bytes:
     """The chunk's bytes; ``StoreError`` for an unknown codec or a damaged chunk."""
     try:
-        if codec == RAW:
+        if codec in (RAW, MARKER):
             return stored
         if codec == ZSTD:
             return _decompressor.decompress(stored, max_output_size=MAX_CHUNK)

@@ -28,6 +28,7 @@ from narwhal.dispatcher.records import (
     TransitionRecord,
     chains,
 )
+from narwhal.dispatcher.store import logcodec
 from narwhal.dispatcher.store.base import (
     AppendLog,
     AppendUsage,
@@ -73,6 +74,8 @@ class MemoryStore:
         self._history: dict[int, tuple[TransitionRecord, ...]] = {}
         self._steps: dict[tuple[int, int, int], StepRecord] = {}
         self._logs: dict[tuple[int, int, int], bytes] = {}
+        #: The chunks that are retention markers (``DropLogs``).
+        self._markers: dict[tuple[int, int, int], bool] = {}
         self._usage: dict[tuple[int, int, int], UsageRecord] = {}
         self._undo = Undo()
         self._tables = MemoryTables(self._undo)
@@ -142,8 +145,15 @@ class MemoryStore:
         jobs = set(write.job_ids)
         freed = 0
         for key in [key for key in self._logs if key[0] in jobs]:
-            freed += len(self._logs[key])
+            if key not in self._markers:
+                freed += len(self._logs[key])
             self._undo.delete(self._logs, key)
+        marker = logcodec.retention_marker(write.at)
+        for job_id in sorted(jobs):
+            job = self._jobs.get(job_id)
+            if job is not None:
+                self._set(self._logs, (job_id, job.attempt, 0), marker)
+                self._set(self._markers, (job_id, job.attempt, 0), True)
         return freed
 
     def _make_other(self, write: _OtherWrite) -> None:
@@ -336,8 +346,9 @@ class MemoryStore:
 
     async def log_footprints(self) -> list[LogFootprint]:
         stored: dict[int, int] = {}
-        for (job_id, _, _), data in self._logs.items():
-            stored[job_id] = stored.get(job_id, 0) + len(data)
+        for key, data in self._logs.items():
+            if key not in self._markers:
+                stored[key[0]] = stored.get(key[0], 0) + len(data)
         ended = [
             (job.finished_at or 0.0, job.id, job.repo)
             for job_id in stored

@@ -392,11 +392,20 @@ async def append_logs(db: Db, writes: Sequence[AppendLog]) -> None:
 
 
 async def drop_logs(db: Db, write: DropLogs) -> int:
-    """Delete the jobs' chunks, every attempt; the stored bytes freed."""
+    """Delete the jobs' chunks, every attempt, leave the marker; the stored bytes freed."""
+    ids = sorted(set(write.job_ids))
     cur = await db.execute(
-        "WITH gone AS (DELETE FROM logs WHERE job_id = ANY(%s::bigint[]) RETURNING data)"
-        " SELECT COALESCE(SUM(length(data)), 0)::bigint FROM gone",
-        (sorted(set(write.job_ids)),),
+        "WITH gone AS (DELETE FROM logs WHERE job_id = ANY(%s::bigint[]) RETURNING codec, data)"
+        " SELECT COALESCE(SUM(length(data)), 0)::bigint FROM gone"
+        f" WHERE codec != {logcodec.MARKER}",
+        (ids,),
     )
     row = await cur.fetchone()
+    marker = logcodec.retention_marker(write.at)
+    await db.execute(
+        "INSERT INTO logs (job_id, attempt, seq, codec, data, size)"
+        f" SELECT id, attempt, 0, {logcodec.MARKER}, %s, %s FROM jobs"
+        " WHERE id = ANY(%s::bigint[])",
+        (marker, len(marker), ids),
+    )
     return int(row[0]) if row is not None else 0

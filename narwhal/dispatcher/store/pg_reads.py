@@ -139,7 +139,8 @@ async def log_footprints(db: Db) -> list[LogFootprint]:
     cur = await db.execute(
         f"SELECT j.id, j.repo, {epoch('COALESCE(j.finished_at, j.updated_at)')} AS done,"
         " l.stored FROM jobs j"
-        " JOIN (SELECT job_id, SUM(length(data))::bigint AS stored FROM logs GROUP BY job_id) l"
+        " JOIN (SELECT job_id, SUM(length(data))::bigint AS stored FROM logs"
+        f" WHERE codec != {logcodec.MARKER} GROUP BY job_id) l"
         " ON l.job_id = j.id WHERE j.state = ANY(%s) ORDER BY done, j.id",
         (_TERMINAL,),
     )

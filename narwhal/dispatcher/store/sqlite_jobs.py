@@ -332,7 +332,18 @@ def drop_logs(db: sqlite3.Connection, write: DropLogs) -> int:
     """Delete the jobs' chunks, every attempt; the stored bytes freed."""
     ids = json.dumps(sorted(set(write.job_ids)))
     where = "job_id IN (SELECT value FROM json_each(?))"
-    freed = db.execute(f"SELECT COALESCE(SUM(length(data)), 0) FROM logs WHERE {where}", (ids,))
+    freed = db.execute(
+        f"SELECT COALESCE(SUM(length(data)), 0) FROM logs WHERE {where}"
+        f" AND codec != {logcodec.MARKER}",
+        (ids,),
+    )
     total = int(freed.fetchone()[0])
     db.execute(f"DELETE FROM logs WHERE {where}", (ids,))
+    marker = logcodec.retention_marker(write.at)
+    db.execute(
+        "INSERT INTO logs (job_id, attempt, seq, codec, data, size)"
+        f" SELECT id, attempt, 0, {logcodec.MARKER}, ?, ? FROM jobs"
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (marker, len(marker), ids),
+    )
     return total

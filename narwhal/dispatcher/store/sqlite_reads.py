@@ -124,7 +124,8 @@ def log_footprints(db: sqlite3.Connection) -> list[LogFootprint]:
     terminal = ", ".join(f"'{state}'" for state in sorted(TERMINAL))
     rows = db.execute(
         "SELECT j.id, j.repo, COALESCE(j.finished_at, j.updated_at), l.stored FROM jobs j"
-        " JOIN (SELECT job_id, SUM(length(data)) AS stored FROM logs GROUP BY job_id) l"
+        " JOIN (SELECT job_id, SUM(length(data)) AS stored FROM logs"
+        f" WHERE codec != {logcodec.MARKER} GROUP BY job_id) l"
         f" ON l.job_id = j.id WHERE j.state IN ({terminal}) ORDER BY 3, j.id"
     ).fetchall()
     return [LogFootprint(job_id=r[0], repo=r[1], finished_at=r[2], stored=r[3]) for r in rows]

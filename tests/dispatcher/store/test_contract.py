@@ -20,6 +20,7 @@ from narwhal.dispatcher.store.base import (
     CreateJobs,
     DeleteSecret,
     DeleteToken,
+    DropLogs,
     JobQuery,
     Moves,
     NewJob,
@@ -364,6 +365,34 @@ def test_logs_are_chunked_ordered_and_idempotent(store: Driven) -> None:
     assert store.read_log(job_id, 1, after=0) == [(1, b"second")]
     assert store.read_log(job_id, 2) == [(0, b"other attempt")]
     assert store.read_log(job_id, 3) == []
+
+
+def test_dropped_logs_read_as_one_line_and_are_not_weighed_again(store: Driven) -> None:
+    kept, dropped = store.job().id, store.job().id
+    for job_id in (kept, dropped):
+        store.write(
+            *(
+                AppendLog(job_id=job_id, attempt=a, seq=n, data=b"x" * 300)
+                for a in (1, 2)
+                for n in (0, 1)
+            )
+        )
+        store.one(Transition(job_id=job_id, attempt=1, to="cancelled", reason="done", at=1.0))
+    weighed = {f.job_id: f.stored for f in store.log_footprints()}
+    assert set(weighed) == {kept, dropped}
+    # 2026-12-02: the day the marker names.
+    freed = store.one(DropLogs(job_ids=[dropped, 10**9], at=1_796_220_000.0))
+    assert freed == weighed[dropped]
+    (line,) = store.read_log(dropped, 1)
+    assert line == (
+        0,
+        b"narwhal: this log was deleted by the log retention policy on 2026-12-02"
+        b" (the job, its steps and history are kept)\n",
+    )
+    assert store.read_log(dropped, 2) == []
+    assert [f.job_id for f in store.log_footprints()] == [kept]
+    assert store.one(DropLogs(job_ids=[dropped], at=1_796_220_000.0)) == 0
+    assert len(store.read_log(kept, 1)) == 2
 
 
 def test_steps(store: Driven) -> None:
