@@ -187,6 +187,14 @@ def test_a_token_made_on_the_leader_works_on_the_standby(pair: Pair) -> None:
         reader.close()
     assert standby.http.get("/health").json()["role"] == "standby"
 
+    # Stopped (SIGTERM), a standby and then the leader exit cleanly.
+    assert pair.daemons["b"].stop() == 0
+    assert pair.daemons["a"].stop() == 0
+    pair.start("b")
+    pair.wait_role("b", "leader")  # alone now: it leads at once
+    pair.start("a")
+    pair.wait_role("a", "standby")
+
     # Each data dir's admin.token is a token of its own, known to both.
     files = [pair.cluster.root / f"data-{name}" / "admin.token" for name in ("a", "b")]
     assert len({f.read_text() for f in files}) == 2
