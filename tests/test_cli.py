@@ -313,7 +313,8 @@ def test_gc_deletes_ended_logs_past_the_retention_size(
     assert "4999" in narwhal("logs", "1", "--server", daemon.url).stdout
     gc = narwhal("gc", "--server", daemon.url)
     assert gc.returncode == 0 and gc.stdout.startswith("1 jobs' logs deleted,"), gc
-    assert narwhal("logs", "1", "--server", daemon.url).stdout == ""
+    deleted = narwhal("logs", "1", "--server", daemon.url).stdout
+    assert deleted.startswith("narwhal: this log was deleted by the log retention policy on ")
     assert "success" in narwhal("jobs", "--server", daemon.url).stdout
     again = narwhal("gc", "--server", daemon.url)
     assert again.stdout.startswith("0 jobs' logs deleted"), again
