@@ -345,6 +345,9 @@ class BackendConfig:
     http_port: int = DEFAULT_BACKEND_PORT
     #: The dispatcher's metrics feed (``DispatcherConfig.metrics``).
     metrics: str = f"tcp://127.0.0.1:{DEFAULT_METRICS_PORT}"
+    #: The feeds of the other dispatchers that share its database: only the
+    #: leader publishes, so the backend follows whichever does (docs/ha.md).
+    other_feeds: tuple[str, ...] = ()
     #: The dispatcher's REST API, read for history and used for cancel/resubmit.
     api: str = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
     #: A read token for the API (history, logs). Browsers bring their own

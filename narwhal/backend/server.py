@@ -65,7 +65,10 @@ class Backend:
         self.hub = Hub(config.socket_queue)
         self.replica = Replica()
         self.subscriber = Subscriber(
-            config.metrics, curve=config.curve, context=context, timeout=config.feed_timeout
+            (config.metrics, *config.other_feeds),
+            curve=config.curve,
+            context=context,
+            timeout=config.feed_timeout,
         )
         self.followers = Followers(self.upstream, self.hub, config.api_token)
         self.live = Live(self.hub, self.replica, self.subscriber.status, self.followers)

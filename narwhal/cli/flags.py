@@ -404,7 +404,8 @@ def backend_flags(p: argparse.ArgumentParser) -> None:
         "--metrics",
         metavar="tcp://HOST:PORT",
         default=env("METRICS", default_of(BackendConfig, "metrics")),
-        help="the dispatcher's metrics feed (its --metrics; NARWHAL_METRICS)",
+        help="the dispatcher's metrics feed (its --metrics; NARWHAL_METRICS); with several"
+        " dispatchers on one database, each one's, comma-separated: the leader's is followed",
     )
     p.add_argument(
         "--api",

@@ -20,6 +20,12 @@
 3. It drops the kept messages the snapshot covers (same epoch, ``seq`` up
    to the snapshot's), then yields the rest and what follows.
 
+Several endpoints (the feeds of dispatchers that share a database, where
+only the leader publishes): it follows one; when a sync there fails
+(silence, no snapshot) it tries the next, so after a takeover it finds
+the new leader's feed (a new epoch: a new snapshot). The back-off grows
+once every endpoint failed in a row.
+
 A gap is a message whose ``seq`` is not the last plus 1 or whose epoch
 changed (``missed`` counts the messages that never came, where the
 numbers tell), a malformed message (also counted in ``malformed``), or
@@ -38,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import zmq
@@ -79,7 +85,7 @@ class Subscriber:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         curve: SubscriberCurve | None = None,
         context: zmq.asyncio.Context | None = None,
@@ -90,8 +96,12 @@ class Subscriber:
         backoff: float = 0.1,
         max_backoff: float = 5.0,
     ) -> None:
-        self.endpoint = endpoint
-        self.snapshot_endpoint = snapshot_endpoint(endpoint)
+        #: Every feed it may follow, and the one it follows now.
+        self.endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
+        if not self.endpoints:
+            raise ValueError("a subscriber needs a feed endpoint")
+        self.endpoint = self.endpoints[0]
+        self.snapshot_endpoint = snapshot_endpoint(self.endpoint)
         self.timeout = timeout
         self.gaps = 0
         self.missed = 0
@@ -119,6 +129,7 @@ class Subscriber:
         """The ``feed`` part of the backend's ``GET /api/state``."""
         return {
             "connected": self.connected,
+            "endpoint": self.endpoint,
             "epoch": self.epoch,
             "seq": self.seq,
             "gaps": self.gaps,
@@ -235,6 +246,7 @@ class Subscriber:
     async def _sync(self) -> tuple[Snapshot, list[list[bytes]]]:
         """A snapshot and the messages kept since it was asked for (module docstring)."""
         delay = self._backoff
+        failed = 0
         while True:
             try:
                 return await self._try_sync(self._open_sub())
@@ -245,8 +257,19 @@ class Subscriber:
                 self._quiet.warning(self.endpoint, "metrics feed %s: %s", self.endpoint, e)
             except _Resync as e:
                 self._quiet.warning(self.endpoint, "metrics feed %s: %s", self.endpoint, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_backoff)
+            failed += 1
+            if len(self.endpoints) > 1:
+                self._next_endpoint()
+            if failed % len(self.endpoints) == 0:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+    def _next_endpoint(self) -> None:
+        """Follow the next feed (another dispatcher of the installation)."""
+        self._close_sub()
+        at = self.endpoints.index(self.endpoint)
+        self.endpoint = self.endpoints[(at + 1) % len(self.endpoints)]
+        self.snapshot_endpoint = snapshot_endpoint(self.endpoint)
 
     async def _try_sync(self, sub: zmq.asyncio.Socket) -> tuple[Snapshot, list[list[bytes]]]:
         if not await sub.poll(self.timeout * 1000):

@@ -24,13 +24,18 @@ from narwhal.settings.values import env, feed_endpoint, host_port, http_url, pos
 
 def backend_config(args: argparse.Namespace) -> BackendConfig:
     host, port = host_port(args.http, DEFAULT_BACKEND_PORT)
-    metrics = feed_endpoint("--metrics", args.metrics)
-    if metrics is None:
-        raise ConfigError("narwhal backend needs --metrics tcp://HOST:PORT (the dispatcher's)")
+    feeds = [feed_endpoint("--metrics", text.strip()) for text in str(args.metrics).split(",")]
+    if not feeds or None in feeds:
+        raise ConfigError(
+            "narwhal backend needs --metrics tcp://HOST:PORT (the dispatcher's; with several"
+            " dispatchers on one database, each one's, comma-separated)"
+        )
+    metrics, *others = [feed for feed in feeds if feed is not None]
     return BackendConfig(
         http_host=host,
         http_port=port,
         metrics=metrics,
+        other_feeds=tuple(others),
         api=http_url("--api", args.api),
         api_token=secret(args, "api-token"),
         public_read=bool(args.public_read),

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from narwhal.cli import build_parser
+from narwhal.errors import ConfigError
+from narwhal.settings.backend import backend_config
 from tests.support.daemons import Client, Daemon, narwhal
 from tests.support.eventually import eventually
 
@@ -78,3 +82,15 @@ def test_narwhal_backend_says_what_it_is_missing() -> None:
     assert keyless.returncode == 2 and "--key FILE" in keyless.stderr
     bad = narwhal("backend", "--insecure", "--metrics", "udp://x", "--api", "http://127.0.0.1:1")
     assert bad.returncode == 2 and "--metrics" in bad.stderr
+
+
+def test_several_feeds_are_followed_in_the_order_given() -> None:
+    feeds = "tcp://10.0.0.1:8474, tcp://10.0.0.2:8474,tcp://10.0.0.3:8474"
+    args = build_parser().parse_args(["backend", "--insecure", "--metrics", feeds])
+    conf = backend_config(args)
+    assert conf.metrics == "tcp://10.0.0.1:8474"
+    assert conf.other_feeds == ("tcp://10.0.0.2:8474", "tcp://10.0.0.3:8474")
+    for bad in ("tcp://10.0.0.1:8474,none", "tcp://10.0.0.1:8474,,", "tcp://a:1,udp://b:2"):
+        args = build_parser().parse_args(["backend", "--insecure", "--metrics", bad])
+        with pytest.raises(ConfigError, match="--metrics"):
+            backend_config(args)

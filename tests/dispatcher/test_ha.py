@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,9 +35,9 @@ from tests.support.broker import (
     queue_depth,
 )
 from tests.support.cluster import MESH, TERMINAL, Cluster
-from tests.support.daemons import Client, Daemon, dispatcher_args
+from tests.support.daemons import Client, Daemon, dispatcher_args, narwhal
 from tests.support.eventually import eventually
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_port_pair
 from tests.support.postgres import fresh_schema
 from tests.support.repos import Repo
 
@@ -54,8 +55,9 @@ class Pair:
         self.ports = {name: free_port() for name in ("a", "b")}
         self.daemons: dict[str, Daemon] = {}
         self.clients: dict[str, Client] = {}
-        #: More flags for both dispatchers.
+        #: More flags for both dispatchers, and for each.
         self.extra: list[str] = []
+        self.flags: dict[str, list[str]] = {"a": [], "b": []}
 
     def start(self, name: str) -> Client:
         cluster = self.cluster
@@ -65,6 +67,7 @@ class Pair:
             "--db",
             self.url.dsn or "",
             *self.extra,
+            *self.flags[name],
             runners=[f"tcp://127.0.0.1:{port}" for port in cluster.ports.values()],
             http=f"127.0.0.1:{self.ports[name]}",
             mesh=MESH,
@@ -379,3 +382,49 @@ def test_only_the_leader_consumes_commit_events_and_the_next_one_goes_on(
         eventually(lambda: len(standby.jobs()) == 10, timeout=20, what="10 jobs")
         assert queue_depth(queue) == 0
         assert sorted(int(j["sha"], 16) for j in standby.jobs()) == list(range(10))
+
+
+def test_the_dashboard_follows_the_leaders_metrics_feed(pair: Pair, tmp_path: Path) -> None:
+    feeds = {name: f"tcp://127.0.0.1:{free_port_pair()}" for name in ("a", "b")}
+    for name, feed in feeds.items():
+        pair.flags[name] = ["--metrics", feed]
+    keys = pair.cluster.keys
+    made = narwhal("keys", "generate", "--dir", str(tmp_path), "--name", "board")
+    assert made.returncode == 0, made.stderr
+    trusted = narwhal(
+        "keys", "trust", "--subscriber", str(tmp_path / "board.key"), "--keys-dir", str(keys.dir)
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    leader, standby = pair.start_both(("r", 1))
+    backend = Daemon(
+        [
+            "backend",
+            "--http",
+            "127.0.0.1:0",
+            "--metrics",
+            f"{feeds['b']},{feeds['a']}",  # the standby's first: nothing there yet
+            "--api",
+            pair.daemons["b"].url,  # a standby serves history too
+            "--key",
+            str(tmp_path / "board.key"),
+            "--dispatcher-key",
+            str(keys.server_key),
+            "--public-read",
+            "--feed-timeout",
+            "1",
+        ]
+    )
+    pair.cluster.retired.append(backend)
+    with httpx.Client(base_url=backend.url, headers={"origin": backend.url}) as board:
+
+        def following(feed: str) -> dict[str, Any] | None:
+            state = board.get("/api/state").json()
+            live = state["feed"]["connected"] and state["feed"]["endpoint"] == feed
+            return state if live and [r["id"] for r in state["runners"]] == ["r"] else None
+
+        first = eventually(lambda: following(feeds["a"]), timeout=30, what="the leader's feed")
+        pair.cluster.kill(pair.daemons["a"])
+        pair.wait_role("b", "leader")
+        then = eventually(lambda: following(feeds["b"]), timeout=30, what="the new leader's feed")
+        assert then["feed"]["epoch"] != first["feed"]["epoch"]
+        assert board.get("/api/jobs").status_code == 200

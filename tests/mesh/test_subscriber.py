@@ -228,3 +228,38 @@ def test_the_status_is_the_api_state_feed_part() -> None:
         assert status["connected"] and status["epoch"] == "first"
 
     scenario(test)
+
+
+def test_with_several_feeds_it_follows_whichever_publishes() -> None:
+    # Dispatchers sharing a database: only the leader publishes. The first
+    # feed named is a standby's (nothing there); then the leader goes silent
+    # and another one, with an epoch of its own, takes over.
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        standby, leader, successor = FakePublisher(ctx), FakePublisher(ctx), FakePublisher(ctx)
+        standby.close()  # its ports taken by nobody: a standby publishes nothing
+        successor.epoch = "second"
+        endpoints = [standby.endpoint, leader.endpoint, successor.endpoint]
+        sub = Subscriber(endpoints, context=ctx, timeout=0.3, backoff=0.05)
+        reader = Reader(sub)
+        task = asyncio.create_task(reader.run())
+        try:
+            await synced(leader, reader)
+            assert sub.endpoint == leader.endpoint and sub.epoch == "first"
+            leader.send()
+            await eventually_async(
+                lambda: any(kind == "log" for kind, _ in reader.seen), timeout=5, what="an update"
+            )
+            leader.close()  # the leader dies: silence, then the next feed
+            await synced(successor, reader)
+            assert sub.endpoint == successor.endpoint and sub.epoch == "second"
+            assert sub.status()["endpoint"] == successor.endpoint
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for fake in (leader, successor):
+                fake.close()
+            ctx.term()
+
+    asyncio.run(main())
